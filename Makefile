@@ -1,0 +1,39 @@
+# Everything starts from a fresh clone with nothing but python3 and make:
+# each target creates .venv if it is missing and installs what it needs.
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+# torch is pinned in pyproject.toml (torch==2.13.0, a CPU build on these machines' disk)
+
+.PHONY: demo test bench notebooks clean
+
+$(PY):
+	python3 -m venv $(VENV)
+
+$(VENV)/.installed-core: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[plots]'
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[test,plots]'
+	touch $@ $(VENV)/.installed-core
+
+# The main command in its quick mode: every claim of the article, measured (< 5 min on 2 cores).
+demo: $(VENV)/.installed-core
+	$(PY) -m minilora verify --quick --out verify-report
+
+# The whole suite: op-by-op torch parity, GPT-2 and PEFT references, property tests,
+# and every notebook executed in quick mode.
+test: $(VENV)/.installed-test
+	$(PY) -m pytest -q
+
+# Speed and memory against PyTorch eager, side by side in one process (not a test).
+bench: $(VENV)/.installed-test
+	$(PY) benchmarks/bench.py
+
+# Re-run the notebooks in full and save their outputs (slow; for maintainers).
+notebooks: $(VENV)/.installed-test
+	MINILORA_QUICK=0 $(PY) -m minilora.notebooks --execute-in-place
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report

@@ -1,0 +1,22 @@
+"""Layers and the Module bookkeeping, with PyTorch's names (``minilora.nn`` ~ ``torch.nn``)."""
+
+from minilora.nn import functional, init
+from minilora.nn.layers import (
+    GELU,
+    Dropout,
+    Embedding,
+    Identity,
+    LayerNorm,
+    Linear,
+    ModuleDict,
+    ModuleList,
+    ReLU,
+    Sequential,
+    Tanh,
+)
+from minilora.nn.module import Module, Parameter
+
+__all__ = [
+    "functional", "init", "Module", "Parameter", "Linear", "Embedding", "LayerNorm", "Dropout",
+    "GELU", "ReLU", "Tanh", "Identity", "Sequential", "ModuleList", "ModuleDict",
+]

@@ -1,0 +1,207 @@
+"""Optimizers and a learning-rate schedule, as ``torch.optim``.
+
+Each optimizer keeps state only for parameters that require a gradient -- so a
+LoRA model, with its base frozen, carries AdamW moments for the adapter alone.
+That is where most of LoRA's memory saving comes from (docs/lora.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+from minilora import backend as B
+from minilora.tensor import Tensor
+
+
+class Optimizer:
+    """Parameter groups and state, shared by every optimizer.
+
+    ``params`` is an iterable of Parameters, or of dicts ``{"params": [...], "lr": ...}``
+    whose entries override the defaults for that group (e.g. no weight decay on biases).
+    """
+
+    def __init__(self, params, defaults: dict):
+        self.defaults = defaults
+        params = list(params)
+        if not params:
+            raise ValueError("optimizer got an empty parameter list")
+        groups = params if isinstance(params[0], dict) else [{"params": params}]
+        self.param_groups = []
+        for group in groups:
+            unknown = set(group) - set(defaults) - {"params"}
+            if unknown:
+                raise ValueError(f"unknown option(s) {sorted(unknown)} in a parameter group; known: {sorted(defaults)}")
+            self.param_groups.append({**defaults, **group, "params": list(group["params"])})
+        self.state: dict = {}  # param -> its state (moments, step count), created on first step
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none or p.grad is None:
+                    p.grad = None
+                else:
+                    p.grad = B.xp.zeros_like(p.data)
+
+    def _params_with_grad(self, group):
+        """The parameters this step updates: trainable ones that received a gradient."""
+        return [p for p in group["params"] if p.requires_grad and p.grad is not None]
+
+    def step(self) -> None:
+        raise NotImplementedError
+
+    def state_bytes(self) -> int:
+        """Bytes held in optimizer state (what memory accounting calls 'optimizer state')."""
+        return sum(v.nbytes for s in self.state.values() for v in s.values() if hasattr(v, "nbytes"))
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent with optional momentum, dampening, Nesterov and L2 weight decay.
+
+    ``g <- g + wd p``; ``b <- mu b + (1 - dampening) g`` (``b = g`` on the first step);
+    ``p <- p - lr (g + mu b if nesterov else b)``.
+    """
+
+    def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
+        if lr < 0:
+            raise ValueError(f"invalid learning rate: {lr}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum needs momentum > 0 and dampening 0")
+        super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov))
+
+    def step(self) -> None:
+        for group in self.param_groups:
+            lr, mu, wd = group["lr"], group["momentum"], group["weight_decay"]
+            for p in self._params_with_grad(group):
+                g = p.grad
+                if wd:
+                    g = g + wd * p.data
+                if mu:
+                    state = self.state.setdefault(p, {})
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = g.copy()
+                    else:
+                        buf = state["momentum_buffer"]
+                        buf *= mu
+                        buf += (1 - group["dampening"]) * g
+                    buf = state["momentum_buffer"]
+                    g = g + mu * buf if group["nesterov"] else buf
+                p.data -= lr * g
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba, 2015, Algorithm 1) with bias correction; ``weight_decay`` is L2,
+    added to the gradient (use AdamW for decoupled decay).
+
+    ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
+    ``p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+    """
+
+    decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        if lr < 0:
+            raise ValueError(f"invalid learning rate: {lr}")
+        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
+            raise ValueError(f"invalid betas {betas}: each must lie in [0, 1)")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+
+    def step(self) -> None:
+        xp = B.xp
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in self._params_with_grad(group):
+                g = p.grad
+                state = self.state.get(p)
+                if state is None:
+                    state = self.state[p] = {"step": 0, "exp_avg": xp.zeros_like(p.data), "exp_avg_sq": xp.zeros_like(p.data)}
+                state["step"] += 1
+                t = state["step"]
+                if wd:
+                    if self.decoupled:  # AdamW: shrink the weights directly (Loshchilov & Hutter, 2019)
+                        p.data *= 1 - lr * wd
+                    else:
+                        g = g + wd * p.data
+                m, v = state["exp_avg"], state["exp_avg_sq"]
+                m *= b1
+                m += (1 - b1) * g
+                v *= b2
+                v += (1 - b2) * (g * g)
+                denom = xp.sqrt(v)
+                denom /= math.sqrt(1 - b2**t)
+                denom += eps
+                p.data -= (lr / (1 - b1**t)) * (m / denom)
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay: ``p <- p (1 - lr wd)`` before the Adam step.
+    PyTorch's default ``weight_decay=0.01``."""
+
+    decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> Tensor:
+    """Scale all gradients together so that their joint norm is at most ``max_norm``.
+
+    Returns the total norm before clipping, as ``torch.nn.utils.clip_grad_norm_``.
+    """
+    xp = B.xp
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return Tensor(0.0)
+    if norm_type == math.inf:
+        total = max(float(xp.abs(g).max()) for g in grads)
+    else:
+        total = sum(float((xp.abs(g) ** norm_type).sum()) for g in grads) ** (1.0 / norm_type)
+    if error_if_nonfinite and not math.isfinite(total):
+        raise RuntimeError(f"the total norm of gradients is {total}; clipping cannot make it finite")
+    coef = max_norm / (total + 1e-6)
+    if coef < 1.0:
+        for g in grads:
+            g *= coef
+    return Tensor(xp.asarray(total, dtype=grads[0].dtype))
+
+
+def warmup_cosine_lr(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
+    """Linear warm-up from ~0 to ``max_lr`` over ``warmup_steps``, then a cosine decay to
+    ``min_lr`` at ``total_steps`` (and ``min_lr`` after). ``step`` counts from 0."""
+    if step < warmup_steps:
+        return max_lr * (step + 1) / warmup_steps
+    if step >= total_steps:
+        return min_lr
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+class WarmupCosine:
+    """Set each group's ``lr`` from ``warmup_cosine_lr`` on every ``step()`` (as a torch LR scheduler).
+
+    The schedule multiplies each group's initial ``lr``, so groups keep their ratios.
+    """
+
+    def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1):
+        if warmup_steps < 0 or total_steps <= 0 or warmup_steps > total_steps:
+            raise ValueError(f"need 0 <= warmup_steps <= total_steps and total_steps > 0, got {warmup_steps}, {total_steps}")
+        self.optimizer = optimizer
+        self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
+        self.base_lrs = [g["lr"] for g in optimizer.param_groups]
+        self.last_step = 0
+        self._apply()
+
+    def _factor(self, step):
+        return warmup_cosine_lr(step, 1.0, self.warmup_steps, self.total_steps, self.min_lr_ratio)
+
+    def _apply(self):
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self._factor(self.last_step)
+
+    def step(self) -> None:
+        self.last_step += 1
+        self._apply()
+
+    def get_last_lr(self) -> list:
+        return [g["lr"] for g in self.optimizer.param_groups]
