@@ -13,6 +13,12 @@ from minilora import backend as B
 from minilora.tensor import Tensor
 
 
+def _check(name: str, value, ok: bool, accepted: str) -> None:
+    """Raise a ValueError that names the argument, its value, and what is accepted."""
+    if not ok:
+        raise ValueError(f"invalid {name}: {value!r}; {name} must be {accepted}")
+
+
 class Optimizer:
     """Parameter groups and state, shared by every optimizer.
 
@@ -27,11 +33,18 @@ class Optimizer:
             raise ValueError("optimizer got an empty parameter list")
         groups = params if isinstance(params[0], dict) else [{"params": params}]
         self.param_groups = []
+        seen = set()
         for group in groups:
             unknown = set(group) - set(defaults) - {"params"}
             if unknown:
                 raise ValueError(f"unknown option(s) {sorted(unknown)} in a parameter group; known: {sorted(defaults)}")
-            self.param_groups.append({**defaults, **group, "params": list(group["params"])})
+            group = {**defaults, **group, "params": list(group["params"])}
+            for p in group["params"]:
+                # a parameter listed twice would be updated twice on every step
+                if id(p) in seen:
+                    raise ValueError(f"a parameter of shape {p.shape} appears more than once in the parameter groups")
+                seen.add(id(p))
+            self.param_groups.append(group)
         self.state: dict = {}  # param -> its state (moments, step count), created on first step
 
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -62,8 +75,9 @@ class SGD(Optimizer):
     """
 
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False):
-        if lr < 0:
-            raise ValueError(f"invalid learning rate: {lr}")
+        _check("lr", lr, lr >= 0, ">= 0")
+        _check("momentum", momentum, momentum >= 0, ">= 0")
+        _check("weight_decay", weight_decay, weight_decay >= 0, ">= 0")
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum needs momentum > 0 and dampening 0")
         super().__init__(params, dict(lr=lr, momentum=momentum, dampening=dampening, weight_decay=weight_decay, nesterov=nesterov))
@@ -99,10 +113,10 @@ class Adam(Optimizer):
     decoupled = False
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        if lr < 0:
-            raise ValueError(f"invalid learning rate: {lr}")
-        if not (0.0 <= betas[0] < 1.0 and 0.0 <= betas[1] < 1.0):
-            raise ValueError(f"invalid betas {betas}: each must lie in [0, 1)")
+        _check("lr", lr, lr >= 0, ">= 0")
+        _check("betas", betas, len(betas) == 2 and all(0.0 <= b < 1.0 for b in betas), "two numbers in [0, 1)")
+        _check("eps", eps, eps >= 0, ">= 0")
+        _check("weight_decay", weight_decay, weight_decay >= 0, ">= 0")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
 
     def step(self) -> None:
@@ -168,7 +182,17 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
 
 def warmup_cosine_lr(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:
     """Linear warm-up from ~0 to ``max_lr`` over ``warmup_steps``, then a cosine decay to
-    ``min_lr`` at ``total_steps`` (and ``min_lr`` after). ``step`` counts from 0."""
+    ``min_lr`` at ``total_steps`` (and ``min_lr`` after). ``step`` counts from 0.
+
+    ``lr = max_lr (step + 1) / warmup_steps`` while ``step < warmup_steps``, then
+    ``lr = min_lr + (max_lr - min_lr) (1 + cos(pi p)) / 2`` with
+    ``p = (step - warmup_steps) / (total_steps - warmup_steps)``.
+    """
+    # a wrong argument would otherwise give a silently odd schedule (negative, or rising)
+    _check("step", step, step >= 0, ">= 0 (steps count from 0)")
+    _check("total_steps", total_steps, total_steps > 0, "> 0")
+    _check("warmup_steps", warmup_steps, 0 <= warmup_steps <= total_steps, f"in [0, total_steps={total_steps}]")
+    _check("min_lr", min_lr, 0 <= min_lr <= max_lr, f"in [0, max_lr={max_lr}]")
     if step < warmup_steps:
         return max_lr * (step + 1) / warmup_steps
     if step >= total_steps:
@@ -186,6 +210,7 @@ class WarmupCosine:
     def __init__(self, optimizer: Optimizer, warmup_steps: int, total_steps: int, min_lr_ratio: float = 0.1):
         if warmup_steps < 0 or total_steps <= 0 or warmup_steps > total_steps:
             raise ValueError(f"need 0 <= warmup_steps <= total_steps and total_steps > 0, got {warmup_steps}, {total_steps}")
+        _check("min_lr_ratio", min_lr_ratio, 0.0 <= min_lr_ratio <= 1.0, "in [0, 1]")
         self.optimizer = optimizer
         self.warmup_steps, self.total_steps, self.min_lr_ratio = warmup_steps, total_steps, min_lr_ratio
         self.base_lrs = [g["lr"] for g in optimizer.param_groups]

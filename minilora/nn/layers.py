@@ -164,6 +164,10 @@ class ModuleList(Module):
         return list(self._modules.values())[i]
 
     def __setitem__(self, i, module):
+        # negative indices count from the end, as for a list; out of range is an error
+        # (a wrap-around such as i % len would silently replace the wrong layer)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"ModuleList index {i} is out of range for a list of {len(self)} modules")
         self.add_module(str(i % len(self)), module)
 
     def __len__(self):

@@ -48,6 +48,11 @@ class Module:
             raise AttributeError(f"call super().__init__() in {type(self).__name__}.__init__ before assigning {name!r}")
         # an attribute lives in at most one registry; the plain __dict__ entry is
         # kept too, so that reading self.weight costs nothing extra
+        if name in self._parameters and value is not None and not isinstance(value, (Parameter, Module)):
+            raise TypeError(
+                f"cannot assign {type(value).__name__} to {name!r}, a parameter of {type(self).__name__} "
+                f"(a Parameter or None is expected; to change its values, assign to {name}.data)"
+            )
         was_buffer = name in self._buffers
         for registry in (self._parameters, self._buffers, self._modules):
             registry.pop(name, None)
@@ -73,7 +78,12 @@ class Module:
             setattr(self, name, param)
 
     def register_buffer(self, name: str, tensor: Tensor | None) -> None:
-        """State that is saved with the module but not trained (e.g. a fixed mask)."""
+        """State that is saved with the module but not trained (e.g. a fixed mask).
+
+        ``None`` removes the buffer from the state dict (as in PyTorch).
+        """
+        for registry in (self._parameters, self._buffers, self._modules):
+            registry.pop(name, None)  # a name lives in one registry, and None leaves none stale
         object.__setattr__(self, name, tensor)
         if tensor is not None:
             self._buffers[name] = tensor
@@ -91,24 +101,33 @@ class Module:
 
     # --- walking the tree -------------------------------------------------------
 
-    def named_modules(self, prefix: str = "", memo=None):
-        """Every module in the tree, this one first, each once, with its dotted name."""
+    def named_modules(self, prefix: str = "", memo=None, remove_duplicate: bool = True):
+        """Every module in the tree, this one first, with its dotted name.
+
+        A module reachable under two names (shared) comes once, under its first
+        name -- unless ``remove_duplicate=False``, which yields every name (what
+        ``state_dict`` needs, as in PyTorch).
+        """
         memo = set() if memo is None else memo
-        if id(self) in memo:
-            return
-        memo.add(id(self))
+        if remove_duplicate:
+            if id(self) in memo:
+                return
+            memo.add(id(self))
         yield prefix, self
         for name, child in self._modules.items():
             if child is not None:
-                yield from child.named_modules(f"{prefix}.{name}" if prefix else name, memo)
+                yield from child.named_modules(f"{prefix}.{name}" if prefix else name, memo, remove_duplicate)
 
     def modules(self):
         for _, m in self.named_modules():
             yield m
 
     def named_children(self):
+        """The direct sub-modules; one held under two names comes once (as in PyTorch)."""
+        seen = set()
         for name, child in self._modules.items():
-            if child is not None:
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
                 yield name, child
 
     def children(self):
@@ -118,7 +137,7 @@ class Module:
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True):
         """``(name, Parameter)`` pairs; a parameter shared by two modules (tied weights) comes once."""
         seen = set()
-        modules = self.named_modules(prefix) if recurse else [(prefix, self)]
+        modules = self.named_modules(prefix, remove_duplicate=remove_duplicate) if recurse else [(prefix, self)]
         for mod_prefix, module in modules:
             for name, p in module._parameters.items():
                 if p is None or (remove_duplicate and id(p) in seen):
@@ -130,9 +149,13 @@ class Module:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
-    def named_buffers(self, prefix: str = ""):
-        for mod_prefix, module in self.named_modules(prefix):
+    def named_buffers(self, prefix: str = "", remove_duplicate: bool = True):
+        seen = set()
+        for mod_prefix, module in self.named_modules(prefix, remove_duplicate=remove_duplicate):
             for name, b in module._buffers.items():
+                if b is None or (remove_duplicate and id(b) in seen):
+                    continue
+                seen.add(id(b))
                 yield (f"{mod_prefix}.{name}" if mod_prefix else name), b
 
     def get_submodule(self, target: str) -> "Module":
@@ -174,6 +197,8 @@ class Module:
 
     def to(self, dtype) -> "Module":
         """Cast every floating-point parameter and buffer to ``dtype`` (in place, keeping ties)."""
+        if not _is_float(dtype):
+            raise TypeError(f"Module.to only casts to floating-point dtypes, got {numpy.dtype(dtype)}")
         for t in list(self.parameters()) + [b for _, b in self.named_buffers()]:
             if _is_float(t.data.dtype):
                 t.data = t.data.astype(dtype)
@@ -195,11 +220,12 @@ class Module:
     def state_dict(self, prefix: str = "") -> "OrderedDict[str, object]":
         """Every parameter and buffer by its dotted name, as backend arrays (sharing memory).
 
-        Unlike ``named_parameters``, a tied weight appears under each of its
-        names, as in PyTorch.
+        Unlike ``named_parameters``, a tied weight -- or a whole module held under
+        two names -- appears under each of its names, as in PyTorch, so that the
+        keys match a checkpoint that PyTorch wrote for the same model.
         """
         out = OrderedDict()
-        for mod_prefix, module in self.named_modules(prefix):
+        for mod_prefix, module in self.named_modules(prefix, remove_duplicate=False):
             for name, t in list(module._parameters.items()) + list(module._buffers.items()):
                 if t is not None:
                     out[f"{mod_prefix}.{name}" if mod_prefix else name] = t.data
@@ -213,7 +239,7 @@ class Module:
         errors; shape mismatches are errors always. All problems are listed at once.
         """
         own = {}
-        for mod_prefix, module in self.named_modules():
+        for mod_prefix, module in self.named_modules(remove_duplicate=False):  # the keys of state_dict()
             for name, t in list(module._parameters.items()) + list(module._buffers.items()):
                 if t is not None:
                     own[f"{mod_prefix}.{name}" if mod_prefix else name] = t
@@ -239,7 +265,9 @@ class Module:
             if k in state_dict:
                 value = state_dict[k]
                 value = value.data if isinstance(value, Tensor) else value
-                t.data = B.xp.array(B.xp.asarray(value), dtype=t.data.dtype, copy=True)
+                # copy into the existing array, as PyTorch does: it keeps its dtype and
+                # row-major layout, and arrays taken from state_dict() keep sharing memory
+                t.data[...] = B.xp.asarray(value)
         return IncompatibleKeys(missing, unexpected)
 
     # --- printing ------------------------------------------------------------------

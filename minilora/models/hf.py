@@ -1,0 +1,342 @@
+"""Hugging Face GPT-2 checkpoints in and out of minilora's ``GPT``.
+
+A checkpoint is a folder with ``config.json`` (a ``transformers.GPT2Config``)
+and ``model.safetensors``, read with ``safetensors.numpy`` -- never pickle, which
+can run code. The names already agree (``transformer.h.0.attn.c_attn.weight`` is
+the same parameter on both sides); what differs, as nanoGPT's ``from_pretrained``
+also handles:
+
+1. HF's four projections are ``Conv1D`` modules that store W as (in, out) and
+   compute ``x @ W + b``; minilora's ``Linear`` stores (out, in), as
+   ``torch.nn.Linear``. Those four weights are transposed on the way in and out.
+2. ``lm_head.weight`` is tied to ``transformer.wte.weight``: HF usually leaves it
+   out of the file; when present it must equal the embedding.
+3. A bare ``GPT2Model`` saves its keys without the ``transformer.`` prefix, and
+   old checkpoints carry the non-parameter buffers ``attn.bias`` (the causal
+   mask) and ``attn.masked_bias``; both are accepted, the buffers ignored.
+
+Everything is checked before anything is loaded or written; a problem is one
+``CheckpointError`` naming the file, the key and both shapes. Saving writes to
+temporary files in the target folder and renames them into place, so a failed
+save never leaves a half-written file or clobbers a good one.
+
+``to_transformers`` / ``from_transformers`` convert in memory; they import torch
+and transformers when called (test-time dependencies, not the package's).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy
+
+from minilora import backend as B
+from minilora.models.gpt import GPT, GPTConfig
+from minilora.tensor import float32
+
+CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh approximation, under its two HF names
+_BUFFER = re.compile(r"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
+_LAYER = re.compile(r"^transformer\.h\.(\d+)\.")
+CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that does not fit minilora's GPT: the message names the file, the key and the shapes."""
+
+
+# ---------------------------------------------------------------------------
+# config.json <-> GPTConfig
+# ---------------------------------------------------------------------------
+
+
+def config_from_hf(hf: dict, source: str = CONFIG_NAME, dropout: float | None = None) -> GPTConfig:
+    """A ``GPTConfig`` from the fields of a ``GPT2Config`` (a dict), refusing the variants GPT does not implement.
+
+    Missing fields take GPT2Config's defaults (which are GPT-2 small's), as transformers does.
+    ``dropout`` overrides the checkpoint's rates; without it, ``resid_pdrop``,
+    ``embd_pdrop`` and ``attn_pdrop`` must agree, since GPTConfig has one rate.
+    """
+    def bad(field, value, accepted):
+        return CheckpointError(f"{source}: {field}={value!r} is not supported by minilora's GPT (accepted: {accepted})")
+
+    if hf.get("model_type", "gpt2") != "gpt2":
+        raise bad("model_type", hf["model_type"], "'gpt2'")
+    if hf.get("activation_function", "gelu_new") not in GELU_TANH:
+        raise bad("activation_function", hf["activation_function"], " or ".join(map(repr, GELU_TANH)))
+    n_embd = hf.get("n_embd", 768)
+    if hf.get("n_inner") not in (None, 4 * n_embd):
+        raise bad("n_inner", hf["n_inner"], f"null or 4 * n_embd = {4 * n_embd}")
+    if abs(hf.get("layer_norm_epsilon", 1e-5) - 1e-5) > 1e-12:
+        raise bad("layer_norm_epsilon", hf["layer_norm_epsilon"], "1e-05")
+    for field, wanted in (("scale_attn_weights", True), ("scale_attn_by_inverse_layer_idx", False),
+                          ("add_cross_attention", False), ("tie_word_embeddings", True)):
+        if hf.get(field, wanted) != wanted:
+            raise bad(field, hf[field], repr(wanted))
+    if dropout is None:
+        rates = {k: hf.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
+        if len(set(rates.values())) > 1:
+            raise CheckpointError(f"{source}: dropout rates {rates} differ, and GPTConfig has one; pass dropout= to choose it")
+        dropout = rates["resid_pdrop"]
+    return GPTConfig(
+        vocab_size=hf.get("vocab_size", 50257),
+        block_size=hf.get("n_positions", 1024),
+        n_layer=hf.get("n_layer", 12),
+        n_head=hf.get("n_head", 12),
+        n_embd=n_embd,
+        dropout=float(dropout),
+        bias=True,
+    )
+
+
+def config_to_hf(config: GPTConfig, dtype="float32") -> dict:
+    """The ``config.json`` of a ``GPT2LMHeadModel`` with this architecture."""
+    if not config.bias:
+        raise ValueError("a GPT with bias=False has no Hugging Face GPT-2 equivalent (GPT-2 has biases everywhere)")
+    # GPT-2's <|endoftext|> is its last id, 50256; another vocabulary has no known end token
+    eos = 50256 if config.vocab_size == 50257 else None
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": config.vocab_size,
+        "n_positions": config.block_size,
+        "n_embd": config.n_embd,
+        "n_layer": config.n_layer,
+        "n_head": config.n_head,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "resid_pdrop": config.dropout,
+        "embd_pdrop": config.dropout,
+        "attn_pdrop": config.dropout,
+        "layer_norm_epsilon": 1e-05,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "reorder_and_upcast_attn": False,
+        "add_cross_attention": False,
+        "tie_word_embeddings": True,
+        "use_cache": True,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+        "torch_dtype": numpy.dtype(dtype).name,
+    }
+
+
+# ---------------------------------------------------------------------------
+# weights: HF layout <-> minilora layout
+# ---------------------------------------------------------------------------
+
+
+def hf_shapes(config: GPTConfig) -> dict:
+    """Every HF key of a GPT2LMHeadModel with this config (``lm_head.weight`` aside), and its shape in HF's layout."""
+    V, T, C = config.vocab_size, config.block_size, config.n_embd
+    shapes = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (T, C)}
+    for i in range(config.n_layer):
+        h = f"transformer.h.{i}."
+        shapes.update({
+            h + "ln_1.weight": (C,), h + "ln_1.bias": (C,),
+            h + "attn.c_attn.weight": (C, 3 * C), h + "attn.c_attn.bias": (3 * C,),  # Conv1D: (in, out)
+            h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
+            h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
+            h + "mlp.c_fc.weight": (C, 4 * C), h + "mlp.c_fc.bias": (4 * C,),
+            h + "mlp.c_proj.weight": (4 * C, C), h + "mlp.c_proj.bias": (C,),
+        })
+    shapes.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
+    return shapes
+
+
+def state_from_hf(tensors: dict, config: GPTConfig, source: str = WEIGHTS_NAME, config_source: str = CONFIG_NAME) -> dict:
+    """HF tensors (name -> NumPy array) as minilora's state dict: prefixes added, Conv1D weights transposed.
+
+    Checks every key and shape against ``config`` first and raises one CheckpointError listing the problems.
+    """
+    expected = hf_shapes(config)
+    implied = (f"{config_source} (vocab_size={config.vocab_size}, n_positions={config.block_size}, "
+               f"n_embd={config.n_embd}, n_layer={config.n_layer})")
+    found, present, problems, lm_head = {}, set(), [], None  # present: expected names seen, whatever their shape
+    for key, array in tensors.items():
+        name = key if key.startswith("transformer.") or key == "lm_head.weight" else "transformer." + key
+        if name == "lm_head.weight":
+            lm_head = array
+            continue
+        if _BUFFER.match(name):
+            continue  # the old causal-mask buffers: not parameters
+        if name not in expected:
+            layer = _LAYER.match(name)
+            hint = f": {config_source} says n_layer={config.n_layer}" if layer and int(layer[1]) >= config.n_layer else ""
+            problems.append(f"unexpected key {key!r}{hint}")
+        elif name in present:
+            problems.append(f"key {key!r} appears twice (with and without the 'transformer.' prefix)")
+        elif tuple(array.shape) != expected[name]:
+            problems.append(f"key {key!r} has shape {tuple(array.shape)}, but {implied} implies {expected[name]}")
+        else:
+            found[name] = array
+        present.add(name)
+    missing = [name for name in expected if name not in present]
+    if missing:
+        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
+                        f" ({implied})")
+    wte = found.get("transformer.wte.weight")
+    if lm_head is not None and wte is not None:
+        if tuple(lm_head.shape) != wte.shape:
+            problems.append(f"key 'lm_head.weight' has shape {tuple(lm_head.shape)}, but the tied embedding has {wte.shape}")
+        elif not numpy.array_equal(lm_head, wte):
+            problems.append("key 'lm_head.weight' differs from 'transformer.wte.weight'; minilora's GPT ties them")
+    if problems:
+        raise CheckpointError(f"{source} does not fit minilora's GPT:\n  " + "\n  ".join(problems))
+    # (in, out) -> (out, in), made contiguous: a transposed view would be copied in Fortran order
+    state = {name: (numpy.ascontiguousarray(array.T) if name.endswith(CONV1D_WEIGHTS) else array) for name, array in found.items()}
+    state["lm_head.weight"] = state["transformer.wte.weight"]  # tied: the same Parameter on our side
+    return state
+
+
+def state_to_hf(model: GPT) -> dict:
+    """The model's weights as HF's tensors: NumPy arrays on the host, Conv1D weights (in, out), no ``lm_head``."""
+    if model.lm_head.weight is not model.transformer.wte.weight:
+        raise ValueError("save: lm_head.weight is no longer tied to transformer.wte.weight; HF's GPT-2 ties them")
+    ours = model.state_dict()
+    expected = hf_shapes(model.config)
+    missing = [name for name in expected if name not in ours]
+    extra = [name for name in ours if name not in expected and name != "lm_head.weight"]
+    if missing or extra:
+        raise ValueError(
+            f"save: the model's parameters are not plain GPT-2's (merge or remove wrappers such as LoRA first); "
+            f"missing: {missing[:6]}, extra: {extra[:6]}"
+        )
+    out = {}
+    for name in expected:
+        array = B.to_numpy(ours[name])
+        out[name] = numpy.ascontiguousarray(array.T if name.endswith(CONV1D_WEIGHTS) else array)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# files
+# ---------------------------------------------------------------------------
+
+
+def read_safetensors(file) -> dict:
+    """name -> NumPy array, or a CheckpointError that says the file is corrupt or truncated."""
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(file))
+    except TypeError as err:  # e.g. bfloat16, which NumPy has no dtype for
+        raise CheckpointError(f"{file}: holds a dtype NumPy cannot read ({err}); save it as float32 or float16") from None
+    except Exception as err:  # safetensors' SafetensorError, OSError
+        raise CheckpointError(f"{file} is corrupt or truncated: not a readable safetensors file ({err})") from None
+
+
+def from_pretrained(path, dtype=float32, dropout: float | None = None) -> GPT:
+    """A ``GPT`` (in eval mode, as transformers returns it) from a Hugging Face GPT-2 checkpoint folder."""
+    folder = Path(path)
+    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+    if not folder.is_dir():
+        raise FileNotFoundError(f"from_pretrained: {folder} is not a folder (expected one holding {CONFIG_NAME} and {WEIGHTS_NAME})")
+    if not config_file.is_file():
+        raise FileNotFoundError(f"from_pretrained: {config_file} not found; a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
+    if not weights_file.is_file():
+        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".json") and p.name != CONFIG_NAME)
+        note = f" (found {', '.join(others)}: only a single safetensors file is read, never pickle)" if others else ""
+        raise FileNotFoundError(f"from_pretrained: {weights_file} not found{note}")
+    try:
+        hf_config = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
+    config = config_from_hf(hf_config, str(config_file), dropout)
+    state = state_from_hf(read_safetensors(weights_file), config, str(weights_file), str(config_file))
+    return _build(config, state, dtype)
+
+
+def _build(config: GPTConfig, state: dict, dtype) -> GPT:
+    model = GPT(config, dtype=dtype)
+    model.load_state_dict(state)  # copies, casting to the model's dtype and backend
+    return model.eval()
+
+
+def save_pretrained(model: GPT, path) -> None:
+    """Write ``config.json`` and ``model.safetensors`` (HF layout) into the folder ``path``, atomically.
+
+    Both files are written in full to temporary files in that folder first and
+    only then renamed over the old ones, so an error at any point leaves what
+    was there untouched.
+    """
+    folder = Path(path)
+    dtype = model.transformer.wte.weight.dtype
+    hf_config = config_to_hf(model.config, dtype)  # validates before anything touches the disk
+    tensors = state_to_hf(model)
+    folder.mkdir(parents=True, exist_ok=True)
+    from safetensors.numpy import save_file
+
+    def write_json(tmp):
+        with open(tmp, "w") as f:
+            json.dump(hf_config, f, indent=2, sort_keys=True)
+            f.write("\n")
+
+    staged = []
+    try:
+        staged.append((_stage(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})), folder / WEIGHTS_NAME))
+        staged.append((_stage(folder / CONFIG_NAME, write_json), folder / CONFIG_NAME))
+        for tmp, target in staged:
+            os.replace(tmp, target)
+    finally:
+        for tmp, _ in staged:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+
+def _stage(target: Path, write) -> str:
+    """Write ``target``'s new content to a temporary file beside it (flushed to disk); return its path."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it an ordinary file's mode
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return tmp
+
+
+# ---------------------------------------------------------------------------
+# in memory, to and from transformers (torch and transformers imported on call)
+# ---------------------------------------------------------------------------
+
+
+def to_transformers(model: GPT):
+    """A ``transformers.GPT2LMHeadModel`` with the same weights, in the model's dtype, eval mode, eager attention."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    dtype = numpy.dtype(model.transformer.wte.weight.dtype)
+    config = GPT2Config(**config_to_hf(model.config, dtype), attn_implementation="eager")
+    hf_model = GPT2LMHeadModel(config).to(getattr(torch, dtype.name))
+    tensors = {k: torch.from_numpy(v) for k, v in state_to_hf(model).items()}
+    tensors["lm_head.weight"] = tensors["transformer.wte.weight"]
+    hf_model.load_state_dict(tensors, strict=True)
+    return hf_model.eval()
+
+
+def from_transformers(hf_model, dropout: float | None = None) -> GPT:
+    """A ``GPT`` with the weights of a ``transformers.GPT2LMHeadModel`` (or ``GPT2Model``), in its dtype."""
+    import torch
+
+    config = config_from_hf(hf_model.config.to_dict(), f"{type(hf_model).__name__}.config", dropout)
+    tensors = {}
+    for name, t in hf_model.state_dict().items():
+        t = t.detach().cpu()
+        tensors[name] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    dtype = tensors["transformer.wte.weight" if "transformer.wte.weight" in tensors else "wte.weight"].dtype
+    state = state_from_hf(tensors, config, f"{type(hf_model).__name__}.state_dict()", f"{type(hf_model).__name__}.config")
+    return _build(config, state, dtype)
