@@ -41,6 +41,7 @@ class TrainConfig:
     eval_interval: int = 100  # evaluate every this many steps (and at the end); 0: only at the end
     seed: int = 0
     progress: bool = True  # a tqdm progress bar
+    checkpoint_path: str | None = None  # if set, the weights are saved here (safetensors, atomically) at each evaluation
     desc: str = "train"
 
 
@@ -112,6 +113,8 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
             row = {"step": step + 1, **evaluate(model)}
             model.train()
             history.evals.append(row)
+            if config.checkpoint_path:
+                save_checkpoint(model, config.checkpoint_path, metadata=row)
             bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in row.items() if k != "step"})
     bar.close()
     model.eval()

@@ -1,0 +1,5 @@
+import sys
+
+from minilora.cli import main
+
+sys.exit(main())

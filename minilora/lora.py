@@ -1,0 +1,783 @@
+"""LoRA: Low-Rank Adaptation of large language models, from first principles.
+
+    Hu, Shen, Wallis, Allen-Zhu, Li, Wang, Wang, Chen (2021).
+    "LoRA: Low-Rank Adaptation of Large Language Models." arXiv:2106.09685.
+
+The whole idea is one line (the paper's eq. 3). A pretrained weight W (out x in)
+stays frozen; its update is constrained to a product of two thin matrices,
+
+    h = W x + ΔW x = W x + (α / r) · B A x,      B: (out x r),  A: (r x in),  r << min(in, out)
+
+and only A and B are trained. ``LoRALinear.forward`` below is that equation.
+B starts at zero, so the adapted model starts exactly at the pretrained one;
+``merge()`` folds ``(α / r) B A`` into W so inference costs nothing extra.
+The derivation -- the gradients with respect to A and B, the scaling, rsLoRA,
+the fused ``c_attn`` case -- is in ``docs/lora.md``.
+
+The names follow Hugging Face PEFT (``LoraConfig``, ``get_peft_model``,
+``lora_A``/``lora_B``, ``merge_and_unload`` ...), and adapters are saved in PEFT's
+file format, so what a student learns here carries over unchanged.
+
+This file holds the layer (``LoRALinear``), its configuration (``LoraConfig``) and
+the injection into a model (``LoraModel``); the user-facing wrapper with saving,
+loading and parameter counts is ``minilora.peft.PeftModel`` (also importable from
+here).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy
+
+from minilora import backend as B
+from minilora import nn
+from minilora.nn import functional as F
+from minilora.tensor import Tensor, cat, no_grad
+
+BASE = "__base__"  # in a mixed-adapter batch: the rows that use no adapter (PEFT's name)
+
+# ---------------------------------------------------------------------------
+# configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class LoraConfig:
+    """What to adapt and how, with PEFT's field names and defaults."""
+
+    r: int = 8  # the rank of the update B A
+    lora_alpha: float = 8  # the update is scaled by lora_alpha / r (or / sqrt(r) with use_rslora)
+    lora_dropout: float = 0.0  # dropout on the adapter's input x (not on the frozen path)
+    target_modules: list | str | None = None  # names, name suffixes (list) or one regex (str); None: GPT-2's c_attn
+    bias: str = "none"  # "none" | "all" (train every bias) | "lora_only" (train the biases of adapted layers)
+    use_rslora: bool = False  # rank-stabilised LoRA (Kalajdzievas, 2023): scale by alpha / sqrt(r)
+    init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B = 0; "gaussian": A ~ N(0, 1/r); "pissa"; False: both random
+    rank_pattern: dict = field(default_factory=dict)  # {regex of module name: r} overriding r for some layers
+    alpha_pattern: dict = field(default_factory=dict)  # {regex of module name: alpha}
+    modules_to_save: list | None = None  # modules trained in full beside the adapter (e.g. a classifier head)
+    fan_in_fan_out: bool = False  # True for GPT-2, whose HF layers (Conv1D) store W as (in, out); set automatically
+    use_dora: bool = False  # DoRA (weight-decomposed LoRA); see minilora/peft/dora.py
+    # minilora's addition, after loralib's MergedLinear: adapt only some of the equal
+    # slices of a fused projection, e.g. [True, False, True] = Wq and Wv inside GPT-2's
+    # c_attn, each with its own rank-r pair -- the setting of the LoRA paper's tables.
+    enable_lora: list | None = None
+    inference_mode: bool = False  # True: nothing is trainable (set when loading for inference)
+    task_type: str | None = None
+    base_model_name_or_path: str | None = None
+    peft_type: str = field(default="LORA", init=False)
+
+    def __post_init__(self):
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
+        if self.lora_alpha < 0:
+            raise ValueError(f"LoraConfig.lora_alpha must be >= 0, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"LoraConfig.lora_dropout must lie in [0, 1), got {self.lora_dropout!r}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ValueError(f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
+        if self.init_lora_weights not in (True, False, "gaussian", "pissa"):
+            raise ValueError(
+                f"LoraConfig.init_lora_weights must be True, False, 'gaussian' or 'pissa', got {self.init_lora_weights!r}"
+            )
+        for pattern, value in {**self.rank_pattern}.items():
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"LoraConfig.rank_pattern[{pattern!r}] must be a positive int, got {value!r}")
+        for pattern, value in self.alpha_pattern.items():
+            if value < 0:
+                raise ValueError(f"LoraConfig.alpha_pattern[{pattern!r}] must be >= 0, got {value!r}")
+        if isinstance(self.target_modules, (set, tuple)):
+            self.target_modules = sorted(self.target_modules)
+        if self.enable_lora is not None:
+            if not any(self.enable_lora):
+                raise ValueError(f"LoraConfig.enable_lora must enable at least one slice, got {self.enable_lora}")
+            if self.init_lora_weights == "pissa" or self.use_dora:
+                raise ValueError("LoraConfig.enable_lora works with plain LoRA only (not with pissa or use_dora)")
+
+    # --- PEFT's file has no enable_lora: save its equivalent ------------------------------
+
+    def to_peft_fields(self) -> dict:
+        """Fields to write in adapter_config.json. An ``enable_lora`` adapter is saved as PEFT's
+        equivalent -- one rank-(k r) pair per layer with zero blocks (see ``LoraModel.adapter_state_dict``),
+        with alpha scaled so that alpha / r is unchanged -- plus a ``minilora_enable_lora`` record
+        (PEFT ignores it, with a warning) from which minilora restores the original layout."""
+        if self.enable_lora is None:
+            return {}
+        if self.rank_pattern or self.alpha_pattern:
+            raise ValueError("saving enable_lora adapters with rank_pattern/alpha_pattern is not supported")
+        k = sum(self.enable_lora)
+        alpha = self.lora_alpha * (math.sqrt(k) if self.use_rslora else k)
+        return {"r": k * self.r, "lora_alpha": alpha, "enable_lora": None,
+                "minilora_enable_lora": {"enable_lora": list(self.enable_lora), "r": self.r, "lora_alpha": self.lora_alpha}}
+
+    @staticmethod
+    def from_peft_fields(data: dict) -> dict:
+        """Undo ``to_peft_fields`` on a loaded dict."""
+        data = dict(data)
+        record = data.pop("minilora_enable_lora", None)
+        if record:
+            data.update(record)
+        return data
+
+    def rank_and_alpha(self, module_name: str) -> tuple:
+        """r and alpha for one module: a matching ``rank_pattern``/``alpha_pattern`` entry wins (PEFT's rule)."""
+        return (_pattern_value(self.rank_pattern, module_name, self.r),
+                _pattern_value(self.alpha_pattern, module_name, self.lora_alpha))
+
+
+def _pattern_value(patterns: dict, name: str, default):
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", name):
+            return value
+    return default
+
+
+def target_matches(target_modules, name: str) -> bool:
+    """PEFT's matching rule: a string is a regex that must match the whole name;
+    a list matches a name equal to an entry or ending in ``"." + entry``."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith("." + t) for t in target_modules)
+
+
+# ---------------------------------------------------------------------------
+# the layer
+# ---------------------------------------------------------------------------
+
+
+class LoRALinear(nn.Module):
+    """A frozen ``nn.Linear`` plus trainable low-rank updates, one per named adapter.
+
+        y = x W^T + b + (α / r) · dropout(x) A^T B^T          (Hu et al., eq. 3)
+
+    ``lora_A[name]`` is a Linear(in -> r) (weight A, (r, in)), ``lora_B[name]`` a
+    Linear(r -> out) (weight B, (out, r)), exactly PEFT's layout. Several adapters
+    can live side by side; one is active at a time (``set_adapter``), or each row
+    of a batch picks its own (``adapter_names``, see ``LoraModel``).
+
+    With ``enable_lora`` (e.g. ``[True, False, True]`` on GPT-2's fused ``c_attn``)
+    the output is split into equal slices and only the enabled ones are adapted,
+    each by its own rank-r pair: A is (k r, in) and B is (k out/slices, r) for k
+    enabled slices, as loralib's ``MergedLinear`` stores them.
+    """
+
+    def __init__(self, base_layer: nn.Linear):
+        super().__init__()
+        self.base_layer = base_layer
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+        self.lora_dropout = nn.ModuleDict()
+        self.r, self.lora_alpha, self.scaling, self.enable_lora = {}, {}, {}, {}
+        self.active_adapter = None  # the adapter used in forward (None: the base layer alone)
+        self.merged_adapters = []  # adapters whose update is folded into base_layer.weight
+        self.disable_adapters = False  # True inside `with model.disable_adapter():`
+        self.row_adapters = None  # one adapter name per batch row, set by LoraModel for mixed batches
+
+    in_features = property(lambda self: self.base_layer.in_features)
+    out_features = property(lambda self: self.base_layer.out_features)
+    weight = property(lambda self: self.base_layer.weight)  # so code reading layer.weight keeps working
+    bias = property(lambda self: self.base_layer.bias)
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
+                     use_rslora: bool = False, init_lora_weights=True, enable_lora=None) -> None:
+        """Add adapter ``adapter_name``: create A and B, and initialise them."""
+        if adapter_name in self.lora_A:
+            raise ValueError(f"this layer already has an adapter named {adapter_name!r}")
+        slices = 1
+        if enable_lora is not None:
+            slices = len(enable_lora)
+            if self.out_features % slices:
+                raise ValueError(f"enable_lora={enable_lora}: out_features={self.out_features} does not split into {slices} equal slices")
+        k = sum(enable_lora) if enable_lora is not None else 1  # how many slices get an update
+        dtype = self.base_layer.weight.dtype
+        self.lora_A[adapter_name] = nn.Linear(self.in_features, k * r, bias=False, dtype=dtype)
+        self.lora_B[adapter_name] = nn.Linear(r, k * self.out_features // slices, bias=False, dtype=dtype)
+        self.lora_dropout[adapter_name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
+        self.r[adapter_name], self.lora_alpha[adapter_name] = r, lora_alpha
+        # The scaling alpha / r keeps the update's size steady as r changes, so alpha need not be
+        # re-tuned with the rank (Hu et al., sec. 4.1); rsLoRA divides by sqrt(r) instead, which keeps
+        # learning from stalling at large r (docs/lora.md).
+        self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+        self.enable_lora[adapter_name] = list(enable_lora) if enable_lora is not None else None
+        self.reset_lora_parameters(adapter_name, init_lora_weights)
+        if self.active_adapter is None:
+            self.active_adapter = adapter_name
+
+    def reset_lora_parameters(self, adapter_name: str, init_lora_weights) -> None:
+        A, Bw = self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight
+        if init_lora_weights is False:  # keep nn.Linear's random init for both: a non-zero update (for tests)
+            return
+        if init_lora_weights == "pissa":
+            self._pissa_init(adapter_name)
+            return
+        if init_lora_weights == "gaussian":
+            nn.init.normal_(A, std=1 / self.r[adapter_name])
+        else:  # True: A as nn.Linear's default init, as loralib and PEFT do
+            nn.init.kaiming_uniform_(A, a=math.sqrt(5))
+        # B = 0 makes B A = 0: training starts exactly from the pretrained model,
+        # while A is random so that B's gradient (g^T (A x)) is not zero (docs/lora.md).
+        nn.init.zeros_(Bw)
+
+    def _pissa_init(self, adapter_name: str) -> None:
+        """PiSSA (Meng et al., 2024): B A = the top-r singular part of W (divided by the scaling),
+        and W is replaced by the residual, so the adapted layer starts at the same output."""
+        W = self.base_layer.weight
+        r, s = self.r[adapter_name], self.scaling[adapter_name]
+        U, S, Vh = B.xp.linalg.svd(W.data, full_matrices=False)  # W = U diag(S) Vh
+        root = B.xp.sqrt(S[:r] / s)  # split each singular value evenly between B and A
+        self.lora_A[adapter_name].weight.data = (root[:, None] * Vh[:r]).astype(W.dtype)  # (r, in)
+        self.lora_B[adapter_name].weight.data = (U[:, :r] * root[None, :]).astype(W.dtype)  # (out, r)
+        W.data = (W.data - self._delta_weight_data(adapter_name)).astype(W.dtype)  # the residual
+
+    # --- the update ---------------------------------------------------------------
+
+    def lora_output(self, x, adapter_name: str) -> Tensor:
+        """``(α / r) · dropout(x) A^T B^T``: what the adapter adds to the base output, (..., out)."""
+        A = self.lora_A[adapter_name].weight  # (k r, in)
+        Bw = self.lora_B[adapter_name].weight  # (k out_slice, r)
+        s = self.scaling[adapter_name]
+        h = F.linear(self.lora_dropout[adapter_name](x), A)  # (..., k r): down to the low-rank space
+        # Scale the thin (..., r) activation rather than the wide output: same result, fewer multiplies.
+        h = h * s
+        enable = self.enable_lora[adapter_name]
+        if enable is None:
+            return F.linear(h, Bw)  # (..., out): back up
+        # Fused projection, some slices adapted: slice j uses rows j*r..(j+1)*r of A and its own block of B.
+        r, out_slice = self.r[adapter_name], self.out_features // len(enable)
+        pieces, j = [], 0
+        for on in enable:
+            if on:
+                pieces.append(F.linear(h[..., j * r:(j + 1) * r], Bw[j * out_slice:(j + 1) * out_slice]))  # (..., out_slice)
+                j += 1
+            else:
+                pieces.append(Tensor(B.xp.zeros(h.shape[:-1] + (out_slice,), dtype=h.dtype)))  # no update here
+        return cat(pieces, dim=-1)  # (..., out)
+
+    def _delta_weight_data(self, adapter_name: str):
+        """ΔW = (α / r) B A as a backend array (out, in); with enable_lora, zero rows for frozen slices."""
+        A = self.lora_A[adapter_name].weight.data
+        Bw = self.lora_B[adapter_name].weight.data
+        s = self.scaling[adapter_name]
+        enable = self.enable_lora[adapter_name]
+        if enable is None:
+            return s * (Bw @ A)
+        r, out_slice = self.r[adapter_name], self.out_features // len(enable)
+        blocks, j = [], 0
+        for on in enable:
+            if on:
+                blocks.append(Bw[j * out_slice:(j + 1) * out_slice] @ A[j * r:(j + 1) * r])
+                j += 1
+            else:
+                blocks.append(B.xp.zeros((out_slice, self.in_features), dtype=A.dtype))
+        return s * B.xp.concatenate(blocks, axis=0)
+
+    def _slices(self, adapter_name: str):
+        """(slot, j) for each enabled slice: its position among all slices, and among the enabled ones."""
+        enabled = [slot for slot, on in enumerate(self.enable_lora[adapter_name]) if on]
+        return list(zip(enabled, range(len(enabled))))
+
+    def full_lora_B(self, adapter_name: str):
+        """An enable_lora B in PEFT's layout, (out, k r): slice `slot`'s rows hold B_j in columns j r..(j+1) r."""
+        Bw = self.lora_B[adapter_name].weight.data
+        r, out_slice = self.r[adapter_name], self.out_features // len(self.enable_lora[adapter_name])
+        full = B.xp.zeros((self.out_features, Bw.shape[0] // out_slice * r), dtype=Bw.dtype)
+        for slot, j in self._slices(adapter_name):
+            full[slot * out_slice:(slot + 1) * out_slice, j * r:(j + 1) * r] = Bw[j * out_slice:(j + 1) * out_slice]
+        return full
+
+    def set_full_lora_B(self, adapter_name: str, full) -> None:
+        """Inverse of ``full_lora_B``; refuses a B with non-zero entries outside the blocks."""
+        r, out_slice = self.r[adapter_name], self.out_features // len(self.enable_lora[adapter_name])
+        full = B.xp.asarray(full)
+        mask = B.xp.zeros(full.shape, dtype=bool)
+        Bw = self.lora_B[adapter_name].weight
+        for slot, j in self._slices(adapter_name):
+            mask[slot * out_slice:(slot + 1) * out_slice, j * r:(j + 1) * r] = True
+            Bw.data[j * out_slice:(j + 1) * out_slice] = full[slot * out_slice:(slot + 1) * out_slice, j * r:(j + 1) * r]
+        if bool((full[~mask] != 0).any()):
+            raise ValueError("an enable_lora lora_B has non-zero entries outside its blocks: it is not an enable_lora adapter")
+
+    def get_delta_weight(self, adapter_name: str) -> Tensor:
+        """ΔW = (α / r) B A, (out, in), as PEFT's method of that name (but always (out, in))."""
+        return Tensor(self._delta_weight_data(adapter_name))
+
+    # --- forward ------------------------------------------------------------------
+
+    def forward(self, x):
+        if self.disable_adapters:
+            if self.merged:  # PEFT's behaviour: disabling a merged adapter takes it out of W first
+                self.unmerge()
+            return self.base_layer(x)
+        if self.row_adapters is not None:
+            return self._mixed_batch_forward(x, self.row_adapters)
+        y = self.base_layer(x)  # x W^T + b, W frozen
+        if self.merged or self.active_adapter not in self.lora_A:
+            return y  # a merged update is already inside W
+        return y + self.lora_output(x, self.active_adapter)
+
+    def _mixed_batch_forward(self, x, names) -> Tensor:
+        """Each batch row with its own adapter (or ``"__base__"`` for none): run the update of
+        each adapter on its rows only, then put the rows back in their original order."""
+        y = self.base_layer(x)  # (B, ..., out)
+        groups = {}
+        for row, name in enumerate(names):
+            groups.setdefault(name, []).append(row)
+        if not any(name in self.lora_A for name in groups):
+            return y
+        pieces, order = [], []
+        for name, rows in groups.items():
+            idx = B.xp.asarray(rows)
+            if name in self.lora_A:
+                pieces.append(self.lora_output(x[idx], name))  # (rows, ..., out)
+            else:  # "__base__", or an adapter this layer does not have: no update
+                pieces.append(Tensor(B.xp.zeros((len(rows),) + y.shape[1:], dtype=y.dtype)))
+            order.extend(rows)
+        inverse = numpy.argsort(numpy.asarray(order))  # where each original row sits in `order`
+        return y + cat(pieces, dim=0)[B.xp.asarray(inverse)]
+
+    # --- merging ------------------------------------------------------------------
+
+    @no_grad()
+    def merge(self, adapter_names=None) -> None:
+        """W <- W + (α / r) B A for the active adapter (or the named ones): inference then costs
+        exactly what the base layer costs (docs/lora.md, "merging")."""
+        for name in adapter_names or [self.active_adapter]:
+            if name not in self.lora_A:
+                continue
+            if name in self.merged_adapters:
+                raise RuntimeError(f"adapter {name!r} is already merged into {type(self.base_layer).__name__}.weight")
+            W = self.base_layer.weight
+            W.data = W.data + self._delta_weight_data(name).astype(W.dtype)
+            self.merged_adapters.append(name)
+
+    @no_grad()
+    def unmerge(self) -> None:
+        """W <- W - (α / r) B A for every merged adapter, last merged first."""
+        while self.merged_adapters:
+            name = self.merged_adapters.pop()
+            W = self.base_layer.weight
+            W.data = W.data - self._delta_weight_data(name).astype(W.dtype)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name in self.merged_adapters:
+            raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
+        for registry in (self.lora_A, self.lora_B, self.lora_dropout):
+            del registry[adapter_name]
+        for table in (self.r, self.lora_alpha, self.scaling, self.enable_lora):
+            table.pop(adapter_name, None)
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{n}: r={self.r[n]}, alpha={self.lora_alpha[n]}" for n in self.lora_A) + (
+            f", active={self.active_adapter!r}" if self.active_adapter else "")
+
+
+# ---------------------------------------------------------------------------
+# modules trained in full beside the adapter
+# ---------------------------------------------------------------------------
+
+
+class ModulesToSaveWrapper(nn.Module):
+    """PEFT's wrapper for ``modules_to_save``: the original module stays frozen, and each
+    adapter trains (and saves) its own full copy of it."""
+
+    def __init__(self, module: nn.Module, adapter_name: str):
+        super().__init__()
+        self.original_module = module
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapter = None
+        self.disable_adapters = False
+        self.update(adapter_name)
+
+    def update(self, adapter_name: str) -> None:
+        self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
+        for p in self.modules_to_save[adapter_name].parameters():
+            p.requires_grad_(True)
+        if self.active_adapter is None:
+            self.active_adapter = adapter_name
+
+    def forward(self, *args, **kwargs):
+        if self.disable_adapters or self.active_adapter not in self.modules_to_save:
+            return self.original_module(*args, **kwargs)
+        return self.modules_to_save[self.active_adapter](*args, **kwargs)
+
+
+# ---------------------------------------------------------------------------
+# injection into a model
+# ---------------------------------------------------------------------------
+
+# PEFT's defaults when target_modules is None, by model class
+DEFAULT_TARGET_MODULES = {"GPT": ["c_attn"]}
+
+
+def _uses_conv1d_in_hf(model) -> bool:
+    """GPT-2's projections are Conv1D (W stored (in, out)) in Hugging Face: PEFT then needs fan_in_fan_out."""
+    return type(model).__name__ == "GPT"
+
+
+class LoraModel(nn.Module):
+    """Injects ``LoRALinear`` into a model and manages its adapters (PEFT's ``LoraModel``).
+
+    The wrapped model is ``self.model``, so that inside a ``PeftModel`` a parameter is
+    named ``base_model.model.transformer.h.0.attn.c_attn.lora_A.default.weight`` --
+    PEFT's name, which is what makes the saved files interchangeable.
+    """
+
+    prefix = "lora_"
+
+    def __init__(self, model: nn.Module, config: LoraConfig, adapter_name: str = "default"):
+        super().__init__()
+        self.model = model
+        self.peft_config = {}
+        self.active_adapter = adapter_name
+        self.inject_adapter(adapter_name, config)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    # --- finding and wrapping the targets -------------------------------------------
+
+    def _target_names(self, config: LoraConfig) -> list:
+        targets = config.target_modules
+        if targets is None:
+            targets = DEFAULT_TARGET_MODULES.get(type(self.model).__name__)
+            if targets is None:
+                raise ValueError(f"LoraConfig.target_modules is None and there is no default for {type(self.model).__name__}; name the modules to adapt")
+            config.target_modules = list(targets)
+        names = []
+        for name, module in self.model.named_modules():
+            if not name or ".lora_" in f".{name}" or ".base_layer" in f".{name}" or "modules_to_save" in name or "original_module" in name:
+                continue  # minilora's own sub-modules are never targets
+            if target_matches(targets, name):
+                if not isinstance(module, (nn.Linear, LoRALinear)):
+                    raise ValueError(
+                        f"target {name!r} is a {type(module).__name__}; LoRA adapts Linear layers only "
+                        f"(check target_modules={targets!r})"
+                    )
+                names.append(name)
+        if not names:
+            linears = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, LoRALinear))
+                       and ".lora_" not in f".{n}" and not n.endswith("base_layer")]
+            raise ValueError(
+                f"target_modules={targets!r} matches no module of {type(self.model).__name__}. "
+                f"Its Linear layers are: {', '.join(linears)}"
+            )
+        return names
+
+    def inject_adapter(self, adapter_name: str, config: LoraConfig) -> None:
+        """Add adapter ``adapter_name`` to every target (wrapping plain Linears), then freeze
+        everything but it. On an error the model is left exactly as it was."""
+        if adapter_name in self.peft_config:
+            raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {sorted(self.peft_config)}")
+        if config.use_dora:
+            raise NotImplementedError("use_dora: DoRA is provided by minilora.peft (see docs/peft_methods.md)")
+        if _uses_conv1d_in_hf(self.model) and not config.fan_in_fan_out:
+            config.fan_in_fan_out = True  # as PEFT does for GPT-2 (it warns); recorded in the saved config
+        targets = self._target_names(config)
+        undo = []  # how to put back what was changed, in reverse order
+        try:
+            for name in targets:
+                module = self.model.get_submodule(name)
+                if not isinstance(module, LoRALinear):
+                    wrapped = LoRALinear(module)
+                    _set_submodule(self.model, name, wrapped)
+                    undo.append(lambda name=name, module=module: _set_submodule(self.model, name, module))
+                    module = wrapped
+                r, alpha = config.rank_and_alpha(name)
+                enable = config.enable_lora
+                module.update_layer(adapter_name, r, alpha, config.lora_dropout, config.use_rslora,
+                                    config.init_lora_weights, enable)
+                undo.append(lambda module=module: module.delete_adapter(adapter_name))
+            for name in config.modules_to_save or []:
+                self._wrap_module_to_save(name, adapter_name, undo)
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+        self.peft_config[adapter_name] = config
+        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else adapter_name)
+
+    def _wrap_module_to_save(self, target: str, adapter_name: str, undo: list) -> None:
+        matches = [n for n, m in self.model.named_modules()
+                   if n and target_matches([target], n) and not isinstance(m, (LoRALinear, ModulesToSaveWrapper))
+                   and "modules_to_save" not in n and "original_module" not in n and ".lora_" not in f".{n}"]
+        if not matches:
+            raise ValueError(f"modules_to_save entry {target!r} matches no module")
+        for name in matches:
+            module = self.model.get_submodule(name)
+            parent_name = name.rpartition(".")[0]
+            parent = self.model.get_submodule(parent_name)
+            if isinstance(parent, ModulesToSaveWrapper):
+                continue
+            wrapper = ModulesToSaveWrapper(module, adapter_name)
+            _set_submodule(self.model, name, wrapper)
+            undo.append(lambda name=name, module=module: _set_submodule(self.model, name, module))
+        for name, module in self.model.named_modules():
+            if isinstance(module, ModulesToSaveWrapper) and target_matches([target], name) and adapter_name not in module.modules_to_save:
+                module.update(adapter_name)
+                undo.append(lambda module=module: module.modules_to_save.__delitem__(adapter_name))
+
+    def lora_layers(self):
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoRALinear)]
+
+    def _wrappers(self):
+        return [m for m in self.model.modules() if isinstance(m, (LoRALinear, ModulesToSaveWrapper))]
+
+    # --- which adapter is trained and used --------------------------------------------
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the one used in forward and the only one trainable."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
+        self.active_adapter = adapter_name
+        for module in self._wrappers():
+            module.active_adapter = adapter_name
+        self._mark_trainable(adapter_name)
+
+    def _mark_trainable(self, adapter_name: str) -> None:
+        """Freeze the base model; train the active adapter's A and B (and the biases or
+        modules_to_save its config asks for). Frozen weights get no gradient at all."""
+        config = self.peft_config[adapter_name]
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if config.inference_mode:
+            return
+        for _, module in self.model.named_modules():
+            if isinstance(module, LoRALinear) and adapter_name in module.lora_A:
+                module.lora_A[adapter_name].weight.requires_grad_(True)
+                module.lora_B[adapter_name].weight.requires_grad_(True)
+                if config.bias == "lora_only" and module.base_layer.bias is not None:
+                    module.base_layer.bias.requires_grad_(True)
+            if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+                module.modules_to_save[adapter_name].requires_grad_(True)
+        if config.bias == "all":
+            for name, p in self.model.named_parameters():
+                if "bias" in name:
+                    p.requires_grad_(True)
+
+    @contextmanager
+    def disable_adapter(self):
+        """Inside the ``with`` block the model is the base model (merged updates are taken out)."""
+        wrappers = self._wrappers()
+        for m in wrappers:
+            m.disable_adapters = True
+        try:
+            yield
+        finally:
+            for m in wrappers:
+                m.disable_adapters = False
+
+    @contextmanager
+    def mixed_batch(self, adapter_names):
+        """Tell every LoRA layer which adapter each row of the next batch uses."""
+        known = set(self.peft_config) | {BASE}
+        unknown = sorted(set(adapter_names) - known)
+        if unknown:
+            raise ValueError(f"adapter_names lists unknown adapters {unknown}; known: {sorted(known)}")
+        if any(m.merged for _, m in self.lora_layers()):
+            raise RuntimeError("adapter_names cannot be used while an adapter is merged; call unmerge_adapter() first")
+        layers = [m for _, m in self.lora_layers()]
+        for m in layers:
+            m.row_adapters = list(adapter_names)
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.row_adapters = None
+
+    # --- merging --------------------------------------------------------------------
+
+    def merge_adapter(self, adapter_names=None) -> None:
+        for _, m in self.lora_layers():
+            m.merge(adapter_names)
+
+    def unmerge_adapter(self) -> None:
+        for _, m in self.lora_layers():
+            m.unmerge()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Fold the active adapter into W and return the plain model (LoRA layers replaced by
+        their base Linears; modules_to_save by the active copy)."""
+        for name, m in self.lora_layers():
+            if not m.merged and m.active_adapter in m.lora_A:
+                m.merge()
+            _set_submodule(self.model, name, m.base_layer)
+        self._unwrap_modules_to_save(use_copy=True)
+        return self.model
+
+    def unload(self) -> nn.Module:
+        """Take every LoRA layer out without merging: the base model as it was."""
+        for name, m in self.lora_layers():
+            m.unmerge()
+            _set_submodule(self.model, name, m.base_layer)
+        self._unwrap_modules_to_save(use_copy=False)
+        return self.model
+
+    def _unwrap_modules_to_save(self, use_copy: bool) -> None:
+        for name, m in [(n, m) for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]:
+            keep = m.modules_to_save[m.active_adapter] if use_copy and m.active_adapter in m.modules_to_save else m.original_module
+            _set_submodule(self.model, name, keep)
+
+    # --- several adapters -------------------------------------------------------------
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
+        if adapter_name == self.active_adapter:
+            raise ValueError(f"adapter {adapter_name!r} is active; set_adapter() to another one before deleting it")
+        if any(adapter_name in m.merged_adapters for _, m in self.lora_layers()):
+            raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
+        for _, m in self.lora_layers():
+            if adapter_name in m.lora_A:
+                m.delete_adapter(adapter_name)
+        for m in self.model.modules():
+            if isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
+                del m.modules_to_save[adapter_name]
+        del self.peft_config[adapter_name]
+
+    @no_grad()
+    def add_weighted_adapter(self, adapters, weights, adapter_name: str, combination_type: str = "svd",
+                             svd_rank: int | None = None) -> None:
+        """A new adapter combining existing ones, with PEFT's semantics:
+
+        * ``"cat"``: A = [w_i s_i A_i] stacked, B = [B_i] side by side, r = Σ r_i, scaling 1,
+          so ΔW = Σ w_i ΔW_i exactly;
+        * ``"svd"``: ΔW = Σ w_i ΔW_i, truncated to rank ``svd_rank`` (default max r_i) by SVD --
+          the best such approximation (Eckart-Young);
+        * ``"linear"``: A = Σ sign · sqrt(|w_i s_i|) A_i and B = Σ sqrt(|w_i s_i|) B_i (all r_i equal).
+          This is *not* Σ w_i ΔW_i: B A has cross terms B_i A_j (docs/lora.md shows the difference).
+        """
+        if adapter_name in self.peft_config:
+            raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {sorted(self.peft_config)}")
+        missing = [a for a in adapters if a not in self.peft_config]
+        if missing:
+            raise ValueError(f"add_weighted_adapter: unknown adapters {missing}; adapters: {sorted(self.peft_config)}")
+        if len(adapters) != len(weights):
+            raise ValueError(f"add_weighted_adapter: {len(adapters)} adapters but {len(weights)} weights")
+        if len(adapters) == 1:
+            combination_type = "linear"  # PEFT's rule
+        configs = [self.peft_config[a] for a in adapters]
+        if any(c.enable_lora is not None for c in configs):
+            raise ValueError("add_weighted_adapter does not combine enable_lora adapters")
+        ranks = [max([c.r, *c.rank_pattern.values()]) for c in configs]
+        if combination_type == "linear":
+            if len(set(ranks)) != 1:
+                raise ValueError(f"combination_type='linear' needs adapters of one rank, got ranks {ranks}")
+            new_rank = ranks[0]
+        elif combination_type == "cat":
+            new_rank = sum(ranks)
+        elif combination_type == "svd":
+            new_rank = svd_rank or max(ranks)
+        else:
+            raise ValueError(f"combination_type must be 'linear', 'cat' or 'svd', got {combination_type!r}")
+        targets = sorted(set().union(*[set(n for n, m in self.lora_layers() if a in m.lora_A) for a in adapters]))
+        new = copy.copy(configs[0])
+        new.r, new.lora_alpha, new.rank_pattern, new.alpha_pattern = new_rank, new_rank, {}, {}
+        new.target_modules = [name for name in targets]
+        new.init_lora_weights = True
+        new.modules_to_save = None
+        self.inject_adapter(adapter_name, new)
+        for _, m in self.lora_layers():
+            if adapter_name not in m.lora_A:
+                continue
+            A_new, B_new = m.lora_A[adapter_name].weight, m.lora_B[adapter_name].weight
+            present = [(a, w) for a, w in zip(adapters, weights) if a in m.lora_A]
+            if combination_type == "cat":
+                As = [w * m.scaling[a] * m.lora_A[a].weight.data for a, w in present]
+                Bs = [m.lora_B[a].weight.data for a, _ in present]
+                A_new.data = B.xp.zeros_like(A_new.data)
+                B_new.data = B.xp.zeros_like(B_new.data)
+                stacked_A = B.xp.concatenate(As, axis=0)
+                A_new.data[: stacked_A.shape[0]] = stacked_A
+                stacked_B = B.xp.concatenate(Bs, axis=1)
+                B_new.data[:, : stacked_B.shape[1]] = stacked_B
+            elif combination_type == "svd":
+                delta = sum(w * m._delta_weight_data(a) for a, w in present)  # (out, in)
+                U, S, Vh = B.xp.linalg.svd(delta, full_matrices=False)
+                k = min(new_rank, S.shape[0])
+                A_new.data = B.xp.zeros_like(A_new.data)
+                B_new.data = B.xp.zeros_like(B_new.data)
+                A_new.data[:k] = Vh[:k]
+                B_new.data[:, :k] = U[:, :k] * S[:k]
+            else:  # linear
+                wa = [math.copysign(math.sqrt(abs(w * m.scaling[a])), w * m.scaling[a]) for a, w in present]
+                wb = [math.sqrt(abs(w * m.scaling[a])) for a, w in present]
+                A_new.data = sum(c * m.lora_A[a].weight.data for c, (a, _) in zip(wa, present)).astype(A_new.dtype)
+                B_new.data = sum(c * m.lora_B[a].weight.data for c, (a, _) in zip(wb, present)).astype(B_new.dtype)
+
+    # --- the adapter's weights, named as in PEFT's files -----------------------------------
+
+    def adapter_state_dict(self, adapter_name: str) -> dict:
+        """``{PEFT key: array}`` for one adapter: lora_A/lora_B (adapter name removed), the
+        trained biases, and the modules_to_save copies. Keys start ``base_model.model.``.
+
+        Arrays are the live parameter arrays, except an ``enable_lora`` layer's B, which is
+        exported in PEFT's layout: (out, k r) with zero blocks (docs/lora.md, section 6)."""
+        config = self.peft_config[adapter_name]
+        out = {}
+        for name, t in self.model.state_dict().items():
+            key = _peft_key(name, adapter_name)
+            if key is None:
+                continue
+            out["base_model.model." + key] = t
+        for name, m in self.lora_layers():
+            if m.enable_lora.get(adapter_name) is not None:
+                out[f"base_model.model.{name}.lora_B.weight"] = m.full_lora_B(adapter_name)
+        if config.bias != "none":
+            lora_layer_names = {n for n, m in self.lora_layers()}
+            for name, t in self.model.state_dict().items():
+                if not name.endswith("bias") or ".lora_" in name or "modules_to_save" in name or "original_module" in name:
+                    continue
+                if config.bias == "all" or name.rpartition(".base_layer")[0] in lora_layer_names:
+                    out["base_model.model." + name] = t
+        return out
+
+
+    @no_grad()
+    def load_adapter_state_dict(self, adapter_name: str, tensors: dict) -> None:
+        """Copy arrays keyed as ``adapter_state_dict`` keys them (shapes already checked) into the adapter."""
+        live = self.adapter_state_dict(adapter_name)
+        for name, m in self.lora_layers():
+            if m.enable_lora.get(adapter_name) is not None:
+                key = f"base_model.model.{name}.lora_B.weight"
+                m.set_full_lora_B(adapter_name, tensors[key])
+                live.pop(key)
+        for key, array in live.items():  # each is the live array of a parameter: write into it
+            array[...] = B.xp.asarray(tensors[key])
+
+
+def _peft_key(name: str, adapter_name: str):
+    """The saved key for a model key, or None if it is not this adapter's: PEFT drops the
+    adapter's name (``lora_A.default.weight`` -> ``lora_A.weight``,
+    ``modules_to_save.default.x`` -> ``x``)."""
+    for part in (".lora_A.", ".lora_B."):
+        marker = f"{part}{adapter_name}."
+        if marker in name:
+            return name.replace(marker, part)
+    marker = f".modules_to_save.{adapter_name}."
+    if marker in name:
+        return name.replace(marker, ".")
+    return None
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    setattr(parent, child, module)
+
+
+# The user-facing wrapper lives in minilora/peft/model.py (shared by every method);
+# it is re-exported here so that `from minilora.lora import PeftModel, get_peft_model` works.
+from minilora.peft.model import PeftModel, get_peft_model  # noqa: E402
+
+__all__ = ["LoRALinear", "LoraConfig", "LoraModel", "PeftModel", "get_peft_model", "ModulesToSaveWrapper", "target_matches"]

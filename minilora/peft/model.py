@@ -1,0 +1,238 @@
+"""``PeftModel``: one wrapper for every parameter-efficient method, as Hugging Face PEFT's.
+
+It holds the method's "tuner" (``base_model``: e.g. ``LoraModel``, which holds the
+original model as ``base_model.model``), counts parameters the way PEFT does,
+and reads and writes PEFT's adapter files:
+
+    adapter_config.json          the config, with PEFT's field names
+    adapter_model.safetensors    the adapter's weights, keyed as PEFT keys them,
+                                 e.g. base_model.model.transformer.h.0.attn.c_attn.lora_A.weight
+
+Files are read through JSON and safetensors only -- never pickle -- so a
+malicious adapter file cannot run code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy
+
+from minilora import backend as B
+from minilora import nn
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+
+# peft_type -> (module, config class, tuner class): imported on first use, so that
+# each method stays in its own file and this one imports none of them.
+METHODS = {
+    "LORA": ("minilora.lora", "LoraConfig", "LoraModel"),
+}
+
+
+def _method(peft_type: str):
+    if peft_type not in METHODS:
+        raise ValueError(f"unknown PEFT method {peft_type!r}; minilora knows: {', '.join(METHODS)}")
+    module_name, config_name, tuner_name = METHODS[peft_type]
+    module = importlib.import_module(module_name)
+    return getattr(module, config_name), getattr(module, tuner_name)
+
+
+def get_peft_model(model: nn.Module, peft_config, adapter_name: str = "default") -> "PeftModel":
+    """Wrap ``model`` for parameter-efficient training with ``peft_config`` (any method's config).
+
+    As in PEFT, the model is changed in place (layers are wrapped, the base is frozen);
+    on an error it is left exactly as it was.
+    """
+    return PeftModel(model, peft_config, adapter_name)
+
+
+@contextmanager
+def _restored_on_error(model: nn.Module):
+    """If the block raises, put back every parameter's array and trainable flag.
+
+    Methods change the model by swapping modules (undone by the tuner itself) and by
+    assigning new arrays (PiSSA's residual, merging), never by writing into the
+    old ones, so keeping references to the old arrays is enough to restore them.
+    """
+    snapshot = [(p, p.data, p.requires_grad) for p in model.parameters()]
+    try:
+        yield
+    except BaseException:
+        for p, data, flag in snapshot:
+            p.data = data
+            p.requires_grad = flag
+        raise
+
+
+class PeftModel(nn.Module):
+    def __init__(self, model: nn.Module, peft_config, adapter_name: str = "default"):
+        super().__init__()
+        if isinstance(model, PeftModel):
+            raise TypeError("the model is a PeftModel already; use add_adapter() to add another adapter")
+        _, tuner = _method(getattr(peft_config, "peft_type", None))
+        with _restored_on_error(model):
+            self.base_model = tuner(model, peft_config, adapter_name)
+
+    # --- what PEFT's PeftModel exposes ------------------------------------------------
+
+    @property
+    def peft_config(self) -> dict:
+        return self.base_model.peft_config
+
+    @property
+    def active_adapter(self) -> str:
+        return self.base_model.active_adapter
+
+    @property
+    def active_peft_config(self):
+        return self.peft_config[self.active_adapter]
+
+    def get_base_model(self) -> nn.Module:
+        return self.base_model.model
+
+    def forward(self, *args, adapter_names=None, **kwargs):
+        """The wrapped model's forward. ``adapter_names``: one adapter name (or ``"__base__"``)
+        per batch row, each row then computed with its own adapter."""
+        if adapter_names is None:
+            return self.base_model(*args, **kwargs)
+        batch = _batch_size(args, kwargs)
+        if batch is not None and len(adapter_names) != batch:
+            raise ValueError(f"adapter_names has {len(adapter_names)} entries for a batch of {batch} rows")
+        with self.base_model.mixed_batch(adapter_names):
+            return self.base_model(*args, **kwargs)
+
+    def generate(self, *args, **kwargs):
+        return self.get_base_model().generate(*args, **kwargs)
+
+    def get_nb_trainable_parameters(self) -> tuple:
+        """(trainable, all) parameter counts, each parameter once, as PEFT counts them."""
+        trainable = total = 0
+        for p in self.parameters():
+            total += p.numel()
+            if p.requires_grad:
+                trainable += p.numel()
+        return trainable, total
+
+    def print_trainable_parameters(self) -> None:
+        trainable, total = self.get_nb_trainable_parameters()
+        print(f"trainable params: {trainable:,d} || all params: {total:,d} || trainable%: {100 * trainable / total:.4f}")
+
+    # --- several adapters (the tuner does the work) -------------------------------------------
+
+    def add_adapter(self, adapter_name: str, peft_config) -> None:
+        if peft_config.peft_type != self.active_peft_config.peft_type:
+            raise ValueError(f"cannot add a {peft_config.peft_type} adapter to a {self.active_peft_config.peft_type} model")
+        with _restored_on_error(self):
+            self.base_model.inject_adapter(adapter_name, peft_config)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        self.base_model.set_adapter(adapter_name)
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        self.base_model.delete_adapter(adapter_name)
+
+    @contextmanager
+    def disable_adapter(self):
+        with self.base_model.disable_adapter():
+            yield
+
+    def merge_adapter(self, adapter_names=None) -> None:
+        self.base_model.merge_adapter(adapter_names)
+
+    def unmerge_adapter(self) -> None:
+        self.base_model.unmerge_adapter()
+
+    def merge_and_unload(self) -> nn.Module:
+        return self.base_model.merge_and_unload()
+
+    def unload(self) -> nn.Module:
+        return self.base_model.unload()
+
+    def add_weighted_adapter(self, adapters, weights, adapter_name, combination_type="svd", svd_rank=None) -> None:
+        self.base_model.add_weighted_adapter(adapters, weights, adapter_name, combination_type, svd_rank)
+
+    # --- PEFT's files -----------------------------------------------------------------------
+
+    def save_pretrained(self, save_directory, selected_adapters=None) -> None:
+        """Write each adapter as PEFT does: the default one in ``save_directory``, any other
+        in ``save_directory/<name>``. Files are written to temporary names, then renamed."""
+        from minilora.peft import files
+
+        names = list(selected_adapters or self.peft_config)
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"save_pretrained: unknown adapters {unknown}; adapters: {sorted(self.peft_config)}")
+        for name in names:
+            folder = Path(save_directory) if name == "default" else Path(save_directory) / name
+            config = self.peft_config[name]
+            tensors = {k: numpy.ascontiguousarray(B.to_numpy(v)) for k, v in self.base_model.adapter_state_dict(name).items()}
+            files.write_adapter(folder, files.config_to_dict(config), tensors)
+
+    @classmethod
+    def from_pretrained(cls, model: nn.Module, model_id, adapter_name: str = "default", is_trainable: bool = False) -> "PeftModel":
+        """Load an adapter saved by PEFT (or by minilora) onto ``model``.
+
+        On any error -- a file missing or corrupt, a key or shape that does not fit
+        the model -- the error names the key and shapes and ``model`` is left exactly
+        as it was.
+        """
+        from minilora.peft import files
+
+        config_dict, tensors = files.read_adapter(model_id)
+        config_cls, _ = _method(config_dict.get("peft_type"))
+        config = files.config_from_dict(config_cls, config_dict, source=Path(model_id) / CONFIG_NAME)
+        config.inference_mode = not is_trainable
+        with _restored_on_error(model):
+            peft_model = cls(model, config, adapter_name)
+            try:
+                peft_model._load_adapter_weights(adapter_name, tensors, Path(model_id) / WEIGHTS_NAME)
+            except BaseException:
+                peft_model.unload()  # the wrapped layers out again; the arrays are restored on the way out
+                raise
+        return peft_model
+
+    def load_adapter(self, model_id, adapter_name: str, is_trainable: bool = False) -> None:
+        """Load another adapter onto this model, next to the ones it has."""
+        from minilora.peft import files
+
+        config_dict, tensors = files.read_adapter(model_id)
+        config_cls, _ = _method(config_dict.get("peft_type"))
+        config = files.config_from_dict(config_cls, config_dict, source=Path(model_id) / CONFIG_NAME)
+        config.inference_mode = not is_trainable
+        with _restored_on_error(self):
+            self.add_adapter(adapter_name, config)
+            try:
+                self._load_adapter_weights(adapter_name, tensors, Path(model_id) / WEIGHTS_NAME)
+            except BaseException:
+                self.delete_adapter(adapter_name)
+                raise
+
+    def _load_adapter_weights(self, adapter_name: str, tensors: dict, path) -> None:
+        """Copy saved arrays into the adapter, after checking every key and shape."""
+        expected = self.base_model.adapter_state_dict(adapter_name)
+        missing = sorted(set(expected) - set(tensors))
+        unexpected = sorted(set(tensors) - set(expected))
+        mismatched = [f"{k}: file has {tuple(tensors[k].shape)}, the model needs {tuple(expected[k].shape)}"
+                      for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
+        problems = []
+        if missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if unexpected:
+            problems.append("keys that fit no part of this model: " + ", ".join(unexpected))
+        if mismatched:
+            problems.append("shape mismatches: " + "; ".join(mismatched))
+        if problems:
+            raise ValueError(f"the adapter in {path} does not fit this model:\n  " + "\n  ".join(problems))
+        self.base_model.load_adapter_state_dict(adapter_name, tensors)
+
+
+def _batch_size(args, kwargs):
+    first = args[0] if args else kwargs.get("idx", kwargs.get("input_ids"))
+    shape = getattr(first, "shape", None)
+    return shape[0] if shape else None
