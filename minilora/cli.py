@@ -21,6 +21,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="minilora", description="LoRA from first principles, measured.")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    v = sub.add_parser("verify", help="measure each claim of the article and write a report (the main command)")
+    v.add_argument("--quick", action="store_true", help="the demo's sizes: minutes instead of about an hour")
+    v.add_argument("--out", default="verify-report", help="the report folder to write (default %(default)s)")
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--only", default=None, help="comma-separated claim keys to run (default: all)")
+    v.add_argument("--no-progress", action="store_true", help="no progress bars")
+    v.set_defaults(run=lambda args: __import__("minilora.verify", fromlist=["main_verify"]).main_verify(args))
+
     p = sub.add_parser("pretrain", help="train the base model from scratch on the prose corpus")
     p.add_argument("--out", default=str(BASE_DIR), help="the folder to write (default: the shipped checkpoint)")
     p.add_argument("--steps", type=int, default=BASE_TRAIN.max_steps, help="optimizer steps (default %(default)s)")

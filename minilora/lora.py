@@ -66,7 +66,9 @@ class LoraConfig:
     # minilora's addition, after loralib's MergedLinear: adapt only some of the equal
     # slices of a fused projection, e.g. [True, False, True] = Wq and Wv inside GPT-2's
     # c_attn, each with its own rank-r pair -- the setting of the LoRA paper's tables.
-    enable_lora: list | None = None
+    # A list applies to every target; a dict {module-name regex: list} to the modules
+    # it matches (e.g. {"c_attn": [True, True, True]} beside a plain attn.c_proj).
+    enable_lora: list | dict | None = None
     inference_mode: bool = False  # True: nothing is trainable (set when loading for inference)
     task_type: str | None = None
     base_model_name_or_path: str | None = None
@@ -94,8 +96,9 @@ class LoraConfig:
         if isinstance(self.target_modules, (set, tuple)):
             self.target_modules = sorted(self.target_modules)
         if self.enable_lora is not None:
-            if not any(self.enable_lora):
-                raise ValueError(f"LoraConfig.enable_lora must enable at least one slice, got {self.enable_lora}")
+            lists = self.enable_lora.values() if isinstance(self.enable_lora, dict) else [self.enable_lora]
+            if not all(isinstance(lst, (list, tuple)) and any(lst) for lst in lists):
+                raise ValueError(f"LoraConfig.enable_lora must enable at least one slice of each list, got {self.enable_lora}")
             if self.init_lora_weights == "pissa" or self.use_dora:
                 raise ValueError("LoraConfig.enable_lora works with plain LoRA only (not with pissa or use_dora)")
 
@@ -110,10 +113,18 @@ class LoraConfig:
             return {}
         if self.rank_pattern or self.alpha_pattern:
             raise ValueError("saving enable_lora adapters with rank_pattern/alpha_pattern is not supported")
-        k = sum(self.enable_lora)
-        alpha = self.lora_alpha * (math.sqrt(k) if self.use_rslora else k)
-        return {"r": k * self.r, "lora_alpha": alpha, "enable_lora": None,
-                "minilora_enable_lora": {"enable_lora": list(self.enable_lora), "r": self.r, "lora_alpha": self.lora_alpha}}
+        record = {"enable_lora": self.enable_lora, "r": self.r, "lora_alpha": self.lora_alpha}
+
+        def equivalent(k):  # PEFT's (r, alpha) for k slices of rank r each, keeping alpha / r (or / sqrt r)
+            return k * self.r, self.lora_alpha * (math.sqrt(k) if self.use_rslora else k)
+
+        if isinstance(self.enable_lora, dict):
+            patterns = {p: equivalent(sum(lst)) for p, lst in self.enable_lora.items()}
+            return {"rank_pattern": {p: v[0] for p, v in patterns.items()},
+                    "alpha_pattern": {p: v[1] for p, v in patterns.items()},
+                    "enable_lora": None, "minilora_enable_lora": record}
+        r, alpha = equivalent(sum(self.enable_lora))
+        return {"r": r, "lora_alpha": alpha, "enable_lora": None, "minilora_enable_lora": record}
 
     @staticmethod
     def from_peft_fields(data: dict) -> dict:
@@ -122,7 +133,15 @@ class LoraConfig:
         record = data.pop("minilora_enable_lora", None)
         if record:
             data.update(record)
+            if isinstance(record["enable_lora"], dict):  # the patterns were written for PEFT only
+                data["rank_pattern"], data["alpha_pattern"] = {}, {}
         return data
+
+    def enable_lora_for(self, module_name: str):
+        """The slice list for one module (None: a plain, unsliced adapter)."""
+        if isinstance(self.enable_lora, dict):
+            return _pattern_value(self.enable_lora, module_name, None)
+        return self.enable_lora
 
     def rank_and_alpha(self, module_name: str) -> tuple:
         """r and alpha for one module: a matching ``rank_pattern``/``alpha_pattern`` entry wins (PEFT's rule)."""
@@ -494,7 +513,7 @@ class LoraModel(nn.Module):
                     undo.append(lambda name=name, module=module: _set_submodule(self.model, name, module))
                     module = wrapped
                 r, alpha = config.rank_and_alpha(name)
-                enable = config.enable_lora
+                enable = config.enable_lora_for(name)
                 module.update_layer(adapter_name, r, alpha, config.lora_dropout, config.use_rslora,
                                     config.init_lora_weights, enable)
                 undo.append(lambda module=module: module.delete_adapter(adapter_name))

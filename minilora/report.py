@@ -1,0 +1,48 @@
+"""The verify report: one table of claims and verdicts, then a section per claim."""
+
+from __future__ import annotations
+
+ARTICLE = "the source article on LoRA (shared/seed/lora-article.txt)"
+
+
+def _cell(text: str) -> str:
+    return str(text).replace("|", "\\|").replace("\n", " ")
+
+
+def render_table(results) -> str:
+    """The summary table, as markdown (also what the command prints)."""
+    lines = ["| # | claim | measured | figure | verdict |", "|---|---|---|---|---|"]
+    for i, r in enumerate(results, 1):
+        lines.append(f"| {i} | {_cell(r.title)} | {_cell(r.measured)} | {_cell(r.figure)} | **{r.verdict}** |")
+    return "\n".join(lines)
+
+
+def render_readme(results, meta: dict) -> str:
+    """README.md of the report folder."""
+    versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if v)
+    parts = [
+        "# minilora verify",
+        "",
+        f"Each claim of {ARTICLE}, measured in miniature. Mode: **{meta.get('mode')}** "
+        f"(`{meta.get('command')}`), seed {meta.get('seed')}, {meta.get('seconds', 0) / 60:.1f} min on "
+        f"{meta.get('machine', {}).get('cpus')} CPUs; {versions}. Every figure, setting and seed is in "
+        "`results.json`; each verdict is computed from the figures against the thresholds stated in its section.",
+        "",
+        render_table(results),
+        "",
+    ]
+    for i, r in enumerate(results, 1):
+        parts += [f"## {i}. {r.title}", "", f"> {r.claim}", "", f"**Measured:** {r.measured}  ",
+                  f"**Figure:** {r.figure}  ", f"**Verdict:** {r.verdict}"]
+        if r.thresholds:
+            parts.append("  \n**Thresholds:** " + ", ".join(f"{k} = {v}" for k, v in r.thresholds.items()))
+        parts.append("")
+        if r.body:
+            parts += [r.body.strip(), ""]
+        for plot in r.plots:
+            parts += [f"![{r.title}]({plot})", ""]
+        settings = {k: v for k, v in r.settings.items()}
+        if settings:
+            parts += ["<details><summary>settings</summary>", "", "```", *[f"{k}: {v}" for k, v in settings.items()],
+                      "```", "", "</details>", ""]
+    return "\n".join(parts)

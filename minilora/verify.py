@@ -1,0 +1,142 @@
+"""``minilora verify``: each claim of the source article, measured, with a verdict.
+
+    minilora verify --quick --out verify-report     # minutes: the demo's sizes
+    minilora verify --out verify-report             # about an hour: the full grids
+
+Each claim is a module in ``minilora/experiments`` with ``run(ctx) -> ClaimResult``.
+The report is written into a temporary folder beside ``--out`` and renamed into
+place only when every claim has finished, so an interrupted or failed run never
+leaves a report that looks complete.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import minilora
+from minilora.experiments.common import Context
+from minilora.report import render_readme, render_table
+
+# The claims, in the article's order: (key, module).
+CLAIMS = [
+    ("params", "minilora.experiments.params"),
+    ("memory", "minilora.experiments.memory"),
+    ("time", "minilora.experiments.speed"),
+    ("accuracy", "minilora.experiments.finetune"),
+    ("reference", "minilora.experiments.reference"),
+    ("rank", "minilora.experiments.intrinsic_rank"),
+    ("inference", "minilora.experiments.inference"),
+    ("modularity", "minilora.experiments.modularity"),
+    ("sensitivity", "minilora.experiments.sensitivity"),
+]
+
+
+def environment() -> dict:
+    """Library versions and the machine, for results.json."""
+    versions = {"minilora": minilora.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    for name in ("torch", "transformers", "peft"):
+        try:
+            versions[name] = importlib.import_module(name).__version__
+        except ImportError:
+            versions[name] = None
+    return {"versions": versions, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                                              "backend": minilora.get_backend()}}
+
+
+def run_claims(ctx: Context, keys=None, log=print) -> list:
+    """Run the selected claims (all by default) in order; returns their ClaimResults."""
+    selected = [(k, m) for k, m in CLAIMS if keys is None or k in keys]
+    results = []
+    for i, (key, module_name) in enumerate(selected, 1):
+        log(f"[{i}/{len(selected)}] {key} ...")
+        start = time.perf_counter()
+        result = importlib.import_module(module_name).run(ctx)
+        result.settings.setdefault("seconds", round(time.perf_counter() - start, 1))
+        log(f"[{i}/{len(selected)}] {key}: {result.figure} -> {result.verdict} ({result.settings['seconds']:.0f} s)")
+        results.append(result)
+    return results
+
+
+def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = True, log=print) -> list:
+    """Run the claims and write the report to ``out`` (README.md, plots, results.json)."""
+    out = Path(out).resolve()
+    parent = out.parent
+    if not parent.exists():
+        raise OSError(f"cannot write the report to {out}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OSError(f"cannot write the report to {out}: {parent} is not writable")
+    if out.exists() and not out.is_dir():
+        raise OSError(f"cannot write the report to {out}: it exists and is not a folder")
+    unknown = sorted(set(only or []) - {k for k, _ in CLAIMS})
+    if unknown:
+        raise ValueError(f"unknown claims {unknown}; claims: {', '.join(k for k, _ in CLAIMS)}")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+    try:
+        start = time.perf_counter()
+        ctx = Context(out=str(tmp), quick=quick, seed=seed, progress=progress)
+        results = run_claims(ctx, only, log)
+        meta = {
+            "mode": "quick" if quick else "full",
+            "seed": seed,
+            "seconds": round(time.perf_counter() - start, 1),
+            "command": " ".join(["minilora", "verify"] + (["--quick"] if quick else [])),
+            **environment(),
+            **ctx.shared.get("provenance", {}),
+        }
+        (tmp / "results.json").write_text(json.dumps(
+            {"meta": meta, "claims": {r.key: _claim_json(r) for r in results}}, indent=1, default=_jsonable))
+        (tmp / "README.md").write_text(render_readme(results, meta))
+        _replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log("")
+    log(render_table(results))
+    log(f"\nreport: {out / 'README.md'}")
+    return results
+
+
+def _claim_json(r) -> dict:
+    return {"title": r.title, "claim": r.claim, "measured": r.measured, "figure": r.figure, "verdict": r.verdict,
+            "thresholds": r.thresholds, "figures": r.figures, "settings": r.settings, "plots": r.plots}
+
+
+def _jsonable(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _replace_folder(new: Path, out: Path) -> None:
+    """Move the finished report into place; an older report at ``out`` is removed only after."""
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+        os.replace(new, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(new, out)
+
+
+def main_verify(args) -> int:
+    try:
+        verify(args.out, quick=args.quick, seed=args.seed, only=args.only.split(",") if args.only else None,
+               progress=not args.no_progress)
+    except (OSError, ValueError) as err:
+        print(f"minilora verify: {err}", file=sys.stderr)
+        return 1
+    return 0
