@@ -38,9 +38,12 @@ import numpy
 from minilora import backend as B
 from minilora import nn
 from minilora.nn import functional as F
+from minilora.quant import NF4Linear  # a 4-bit base layer (QLoRA): docs/qlora.md
 from minilora.tensor import Tensor, cat, no_grad
 
 BASE = "__base__"  # in a mixed-adapter batch: the rows that use no adapter (PEFT's name)
+NF4_MERGE_ERROR = ("cannot merge into a 4-bit NF4 weight: W + ΔW would have to be re-quantized, which rounds most "
+                   "of ΔW away and makes unmerging inexact; merge_and_unload() returns a dense model instead")
 
 # ---------------------------------------------------------------------------
 # configuration
@@ -75,6 +78,11 @@ class LoraConfig:
     peft_type: str = field(default="LORA", init=False)
 
     def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Check every field. Also called when the config is used (``inject_adapter``): a config
+        is a plain dataclass and may have been edited since it was made."""
         if not isinstance(self.r, int) or self.r <= 0:
             raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
         if self.lora_alpha < 0:
@@ -183,14 +191,20 @@ class LoRALinear(nn.Module):
     the output is split into equal slices and only the enabled ones are adapted,
     each by its own rank-r pair: A is (k r, in) and B is (k out/slices, r) for k
     enabled slices, as loralib's ``MergedLinear`` stores them.
+
+    An adapter made with ``use_dora`` also has a trained magnitude m, (out,)
+    (``lora_magnitude_vector[name].weight``), and adds DoRA's update instead
+    (``adapter_output``; the math is in ``minilora/peft/dora.py``).
     """
 
-    def __init__(self, base_layer: nn.Linear):
+    def __init__(self, base_layer: nn.Linear | NF4Linear):
         super().__init__()
         self.base_layer = base_layer
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
+        self.lora_magnitude_vector = nn.ModuleDict()  # DoRA's m, for the adapters made with use_dora (peft/dora.py)
+        self._dora_norms = {}  # a merged DoRA adapter's ||W + ΔW||_c, which unmerging needs
         self.r, self.lora_alpha, self.scaling, self.enable_lora = {}, {}, {}, {}
         self.active_adapter = None  # the adapter used in forward (None: the base layer alone)
         self.merged_adapters = []  # adapters whose update is folded into base_layer.weight
@@ -207,8 +221,8 @@ class LoRALinear(nn.Module):
         return bool(self.merged_adapters)
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
-                     use_rslora: bool = False, init_lora_weights=True, enable_lora=None) -> None:
-        """Add adapter ``adapter_name``: create A and B, and initialise them."""
+                     use_rslora: bool = False, init_lora_weights=True, enable_lora=None, use_dora: bool = False) -> None:
+        """Add adapter ``adapter_name``: create A and B, and initialise them (and DoRA's m, with ``use_dora``)."""
         if adapter_name in self.lora_A:
             raise ValueError(f"this layer already has an adapter named {adapter_name!r}")
         slices = 1
@@ -228,6 +242,9 @@ class LoRALinear(nn.Module):
         self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
         self.enable_lora[adapter_name] = list(enable_lora) if enable_lora is not None else None
         self.reset_lora_parameters(adapter_name, init_lora_weights)
+        if use_dora:  # m = ||W + ΔW||_c, after A and B (and PiSSA's W) are set: W' = W + ΔW at the start
+            norm = dora.weight_norm(self.base_layer.weight.data, self._delta_weight_data(adapter_name))
+            self.lora_magnitude_vector[adapter_name] = dora.DoraMagnitude(norm.astype(dtype))
         if self.active_adapter is None:
             self.active_adapter = adapter_name
 
@@ -236,6 +253,8 @@ class LoRALinear(nn.Module):
         if init_lora_weights is False:  # keep nn.Linear's random init for both: a non-zero update (for tests)
             return
         if init_lora_weights == "pissa":
+            if isinstance(self.base_layer, NF4Linear):  # the residual W - B A would need re-quantizing
+                raise ValueError("init_lora_weights='pissa' needs a dense base layer, not a 4-bit NF4Linear")
             self._pissa_init(adapter_name)
             return
         if init_lora_weights == "gaussian":
@@ -341,7 +360,13 @@ class LoRALinear(nn.Module):
         y = self.base_layer(x)  # x W^T + b, W frozen
         if self.merged or self.active_adapter not in self.lora_A:
             return y  # a merged update is already inside W
-        return y + self.lora_output(x, self.active_adapter)
+        return y + self.adapter_output(x, self.active_adapter, y)
+
+    def adapter_output(self, x, adapter_name: str, y) -> Tensor:
+        """What the adapter adds to the base output ``y``: LoRA's update, or DoRA's (minilora/peft/dora.py)."""
+        if adapter_name in self.lora_magnitude_vector:
+            return dora.dora_output(self, x, adapter_name, y)
+        return self.lora_output(x, adapter_name)
 
     def _mixed_batch_forward(self, x, names) -> Tensor:
         """Each batch row with its own adapter (or ``"__base__"`` for none): run the update of
@@ -356,7 +381,7 @@ class LoRALinear(nn.Module):
         for name, rows in groups.items():
             idx = B.xp.asarray(rows)
             if name in self.lora_A:
-                pieces.append(self.lora_output(x[idx], name))  # (rows, ..., out)
+                pieces.append(self.adapter_output(x[idx], name, y[idx]))  # (rows, ..., out)
             else:  # "__base__", or an adapter this layer does not have: no update
                 pieces.append(Tensor(B.xp.zeros((len(rows),) + y.shape[1:], dtype=y.dtype)))
             order.extend(rows)
@@ -369,28 +394,60 @@ class LoRALinear(nn.Module):
     def merge(self, adapter_names=None) -> None:
         """W <- W + (α / r) B A for the active adapter (or the named ones): inference then costs
         exactly what the base layer costs (docs/lora.md, "merging")."""
-        for name in adapter_names or [self.active_adapter]:
-            if name not in self.lora_A:
-                continue
+        names = [name for name in adapter_names or [self.active_adapter] if name in self.lora_A]
+        if names and isinstance(self.base_layer, NF4Linear):
+            raise RuntimeError(NF4_MERGE_ERROR)
+        for name in names:  # all checked before W changes: a refused merge leaves W as it was
             if name in self.merged_adapters:
                 raise RuntimeError(f"adapter {name!r} is already merged into {type(self.base_layer).__name__}.weight")
+        for name in names:
             W = self.base_layer.weight
-            W.data = W.data + self._delta_weight_data(name).astype(W.dtype)
+            delta = self._delta_weight_data(name).astype(W.dtype)
+            if name in self.lora_magnitude_vector:  # DoRA: W <- m ⊙ (W + ΔW) / ||W + ΔW||_c
+                m = self.lora_magnitude_vector[name].weight.data
+                W.data, self._dora_norms[name] = dora.merged_weight(W.data, self._unmerged_weight_data(), delta, m)
+            else:
+                W.data = W.data + delta
             self.merged_adapters.append(name)
 
     @no_grad()
     def unmerge(self) -> None:
         """W <- W - (α / r) B A for every merged adapter, last merged first."""
+        self.check_unmerge()
         while self.merged_adapters:
             name = self.merged_adapters.pop()
             W = self.base_layer.weight
-            W.data = W.data - self._delta_weight_data(name).astype(W.dtype)
+            W.data = self._without_update(W.data, name)
+            self._dora_norms.pop(name, None)
+
+    def check_unmerge(self) -> None:
+        """Refuse, before anything changes, an unmerge that cannot be done: a DoRA magnitude with zeros."""
+        for name in self.merged_adapters:
+            if name in self.lora_magnitude_vector:
+                dora.check_unmerge(self.lora_magnitude_vector[name].weight.data, name)
+
+    def _without_update(self, W, adapter_name: str):
+        """The array W with the merged update of ``adapter_name`` taken out."""
+        delta = self._delta_weight_data(adapter_name).astype(W.dtype)
+        if adapter_name in self.lora_magnitude_vector:
+            m = self.lora_magnitude_vector[adapter_name].weight.data
+            return dora.unmerged_weight(W, delta, m, self._dora_norms[adapter_name])
+        return W - delta
+
+    def _unmerged_weight_data(self):
+        """W as it was before any merge (a new array): DoRA's norm is taken of it, as in forward."""
+        W = self.base_layer.weight.data
+        for name in reversed(self.merged_adapters):
+            W = self._without_update(W, name)
+        return W
 
     def delete_adapter(self, adapter_name: str) -> None:
         if adapter_name in self.merged_adapters:
             raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
         for registry in (self.lora_A, self.lora_B, self.lora_dropout):
             del registry[adapter_name]
+        if adapter_name in self.lora_magnitude_vector:
+            del self.lora_magnitude_vector[adapter_name]
         for table in (self.r, self.lora_alpha, self.scaling, self.enable_lora):
             table.pop(adapter_name, None)
         if self.active_adapter == adapter_name:
@@ -416,6 +473,7 @@ class ModulesToSaveWrapper(nn.Module):
         self.modules_to_save = nn.ModuleDict()
         self.active_adapter = None
         self.disable_adapters = False
+        self.row_adapters = None  # one adapter name per batch row, set by LoraModel for mixed batches
         self.update(adapter_name)
 
     def update(self, adapter_name: str) -> None:
@@ -426,9 +484,34 @@ class ModulesToSaveWrapper(nn.Module):
             self.active_adapter = adapter_name
 
     def forward(self, *args, **kwargs):
-        if self.disable_adapters or self.active_adapter not in self.modules_to_save:
+        if self.disable_adapters:
             return self.original_module(*args, **kwargs)
-        return self.modules_to_save[self.active_adapter](*args, **kwargs)
+        if self.row_adapters is not None:
+            return self._mixed_batch_forward(*args, **kwargs)
+        return self._module_for(self.active_adapter)(*args, **kwargs)
+
+    def _module_for(self, adapter_name) -> nn.Module:
+        """The adapter's copy; the original for "__base__" or an adapter that has no copy here."""
+        return self.modules_to_save[adapter_name] if adapter_name in self.modules_to_save else self.original_module
+
+    def _mixed_batch_forward(self, x) -> Tensor:
+        """Each batch row through its own adapter's copy, as ``LoRALinear._mixed_batch_forward``."""
+        groups = {}
+        for row, name in enumerate(self.row_adapters):
+            groups.setdefault(id(self._module_for(name)), (self._module_for(name), []))[1].append(row)
+        if len(groups) == 1:  # every row uses the same module: no need to split the batch
+            return next(iter(groups.values()))[0](x)
+        if x.shape[0] != len(self.row_adapters):
+            raise ValueError(
+                f"a mixed batch needs a batched input to modules_to_save ({type(self.original_module).__name__}), "
+                f"got shape {x.shape} for {len(self.row_adapters)} rows"
+            )
+        pieces, order = [], []
+        for module, rows in groups.values():
+            pieces.append(module(x[B.xp.asarray(rows)]))  # (rows, ...)
+            order.extend(rows)
+        inverse = numpy.argsort(numpy.asarray(order))  # where each original row sits in `order`
+        return cat(pieces, dim=0)[B.xp.asarray(inverse)]
 
 
 # ---------------------------------------------------------------------------
@@ -478,14 +561,14 @@ class LoraModel(nn.Module):
             if not name or ".lora_" in f".{name}" or ".base_layer" in f".{name}" or "modules_to_save" in name or "original_module" in name:
                 continue  # minilora's own sub-modules are never targets
             if target_matches(targets, name):
-                if not isinstance(module, (nn.Linear, LoRALinear)):
+                if not isinstance(module, (nn.Linear, NF4Linear, LoRALinear)):
                     raise ValueError(
                         f"target {name!r} is a {type(module).__name__}; LoRA adapts Linear layers only "
                         f"(check target_modules={targets!r})"
                     )
                 names.append(name)
         if not names:
-            linears = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, LoRALinear))
+            linears = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, NF4Linear, LoRALinear))
                        and ".lora_" not in f".{n}" and not n.endswith("base_layer")]
             raise ValueError(
                 f"target_modules={targets!r} matches no module of {type(self.model).__name__}. "
@@ -498,8 +581,7 @@ class LoraModel(nn.Module):
         everything but it. On an error the model is left exactly as it was."""
         if adapter_name in self.peft_config:
             raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {sorted(self.peft_config)}")
-        if config.use_dora:
-            raise NotImplementedError("use_dora: DoRA is provided by minilora.peft (see docs/peft_methods.md)")
+        config.validate()
         if _uses_conv1d_in_hf(self.model) and not config.fan_in_fan_out:
             config.fan_in_fan_out = True  # as PEFT does for GPT-2 (it warns); recorded in the saved config
         targets = self._target_names(config)
@@ -515,7 +597,7 @@ class LoraModel(nn.Module):
                 r, alpha = config.rank_and_alpha(name)
                 enable = config.enable_lora_for(name)
                 module.update_layer(adapter_name, r, alpha, config.lora_dropout, config.use_rslora,
-                                    config.init_lora_weights, enable)
+                                    config.init_lora_weights, enable, config.use_dora)
                 undo.append(lambda module=module: module.delete_adapter(adapter_name))
             for name in config.modules_to_save or []:
                 self._wrap_module_to_save(name, adapter_name, undo)
@@ -530,7 +612,8 @@ class LoraModel(nn.Module):
         matches = [n for n, m in self.model.named_modules()
                    if n and target_matches([target], n) and not isinstance(m, (LoRALinear, ModulesToSaveWrapper))
                    and "modules_to_save" not in n and "original_module" not in n and ".lora_" not in f".{n}"]
-        if not matches:
+        wrapped = [n for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper) and target_matches([target], n)]
+        if not matches and not wrapped:  # a module another adapter wrapped already matches too
             raise ValueError(f"modules_to_save entry {target!r} matches no module")
         for name in matches:
             module = self.model.get_submodule(name)
@@ -575,13 +658,17 @@ class LoraModel(nn.Module):
             if isinstance(module, LoRALinear) and adapter_name in module.lora_A:
                 module.lora_A[adapter_name].weight.requires_grad_(True)
                 module.lora_B[adapter_name].weight.requires_grad_(True)
+                if adapter_name in module.lora_magnitude_vector:
+                    module.lora_magnitude_vector[adapter_name].weight.requires_grad_(True)
                 if config.bias == "lora_only" and module.base_layer.bias is not None:
                     module.base_layer.bias.requires_grad_(True)
             if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
                 module.modules_to_save[adapter_name].requires_grad_(True)
         if config.bias == "all":
             for name, p in self.model.named_parameters():
-                if "bias" in name:
+                # a modules_to_save wrapper keeps its original frozen and trains only the active
+                # copy (in full, above), as PEFT's wrapper does
+                if name.endswith("bias") and ".original_module." not in name and ".modules_to_save." not in name:
                     p.requires_grad_(True)
 
     @contextmanager
@@ -598,14 +685,14 @@ class LoraModel(nn.Module):
 
     @contextmanager
     def mixed_batch(self, adapter_names):
-        """Tell every LoRA layer which adapter each row of the next batch uses."""
+        """Tell every LoRA layer (and modules_to_save copy) which adapter each row of the next batch uses."""
         known = set(self.peft_config) | {BASE}
         unknown = sorted(set(adapter_names) - known)
         if unknown:
             raise ValueError(f"adapter_names lists unknown adapters {unknown}; known: {sorted(known)}")
         if any(m.merged for _, m in self.lora_layers()):
             raise RuntimeError("adapter_names cannot be used while an adapter is merged; call unmerge_adapter() first")
-        layers = [m for _, m in self.lora_layers()]
+        layers = [m for m in self.model.modules() if isinstance(m, (LoRALinear, ModulesToSaveWrapper))]
         for m in layers:
             m.row_adapters = list(adapter_names)
         try:
@@ -617,16 +704,31 @@ class LoraModel(nn.Module):
     # --- merging --------------------------------------------------------------------
 
     def merge_adapter(self, adapter_names=None) -> None:
+        names = list(adapter_names or [self.active_adapter])
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"merge_adapter: unknown adapters {unknown}; adapters: {sorted(self.peft_config)}")
+        for _, m in self.lora_layers():  # every layer checked before any W changes
+            for name in names:
+                if name in m.merged_adapters:
+                    raise RuntimeError(f"adapter {name!r} is already merged into {type(m.base_layer).__name__}.weight")
+            if isinstance(m.base_layer, NF4Linear) and set(names) & set(m.lora_A):
+                raise RuntimeError(NF4_MERGE_ERROR)
         for _, m in self.lora_layers():
-            m.merge(adapter_names)
+            m.merge(names)
 
     def unmerge_adapter(self) -> None:
+        for _, m in self.lora_layers():  # every layer checked before any W changes
+            m.check_unmerge()
         for _, m in self.lora_layers():
             m.unmerge()
 
     def merge_and_unload(self) -> nn.Module:
         """Fold the active adapter into W and return the plain model (LoRA layers replaced by
-        their base Linears; modules_to_save by the active copy)."""
+        their base Linears; modules_to_save by the active copy). A 4-bit base (QLoRA) is
+        dequantized first, every NF4Linear becoming an nn.Linear: the result is a dense model."""
+        for name, q in [(n, m) for n, m in self.model.named_modules() if isinstance(m, NF4Linear)]:
+            _set_submodule(self.model, name, q.to_dense())
         for name, m in self.lora_layers():
             if not m.merged and m.active_adapter in m.lora_A:
                 m.merge()
@@ -636,6 +738,8 @@ class LoraModel(nn.Module):
 
     def unload(self) -> nn.Module:
         """Take every LoRA layer out without merging: the base model as it was."""
+        for _, m in self.lora_layers():  # every layer checked before any is taken out
+            m.check_unmerge()
         for name, m in self.lora_layers():
             m.unmerge()
             _set_submodule(self.model, name, m.base_layer)
@@ -656,12 +760,18 @@ class LoraModel(nn.Module):
             raise ValueError(f"adapter {adapter_name!r} is active; set_adapter() to another one before deleting it")
         if any(adapter_name in m.merged_adapters for _, m in self.lora_layers()):
             raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
-        for _, m in self.lora_layers():
+        # A layer that only this adapter used goes back to what it was before add_adapter, so
+        # that deleting an adapter (also when loading one fails half-way) undoes adding it.
+        for name, m in self.lora_layers():
             if adapter_name in m.lora_A:
                 m.delete_adapter(adapter_name)
-        for m in self.model.modules():
-            if isinstance(m, ModulesToSaveWrapper) and adapter_name in m.modules_to_save:
+                if not len(m.lora_A):
+                    _set_submodule(self.model, name, m.base_layer)
+        for name, m in [(n, m) for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]:
+            if adapter_name in m.modules_to_save:
                 del m.modules_to_save[adapter_name]
+                if not len(m.modules_to_save):
+                    _set_submodule(self.model, name, m.original_module)
         del self.peft_config[adapter_name]
 
     @no_grad()
@@ -688,6 +798,8 @@ class LoraModel(nn.Module):
         configs = [self.peft_config[a] for a in adapters]
         if any(c.enable_lora is not None for c in configs):
             raise ValueError("add_weighted_adapter does not combine enable_lora adapters")
+        if any(c.use_dora for c in configs):  # a DoRA update depends on W through its norm: not a sum of ΔW_i
+            raise ValueError("add_weighted_adapter does not combine DoRA adapters (use_dora=True)")
         ranks = [max([c.r, *c.rank_pattern.values()]) for c in configs]
         if combination_type == "linear":
             if len(set(ranks)) != 1:
@@ -702,6 +814,10 @@ class LoraModel(nn.Module):
         targets = sorted(set().union(*[set(n for n, m in self.lora_layers() if a in m.lora_A) for a in adapters]))
         new = copy.copy(configs[0])
         new.r, new.lora_alpha, new.rank_pattern, new.alpha_pattern = new_rank, new_rank, {}, {}
+        # The combinations above fold each adapter's scaling into A and B, so the new adapter's own
+        # scaling must be 1: alpha = r, and no rsLoRA (whose alpha / sqrt(r) would be sqrt(r)).
+        # PEFT up to 0.21.2 keeps use_rslora here and so scales the result by sqrt(r) (fixed upstream, PR #3449).
+        new.use_rslora = False
         new.target_modules = [name for name in targets]
         new.init_lora_weights = True
         new.modules_to_save = None
@@ -752,13 +868,21 @@ class LoraModel(nn.Module):
         for name, m in self.lora_layers():
             if m.enable_lora.get(adapter_name) is not None:
                 out[f"base_model.model.{name}.lora_B.weight"] = m.full_lora_B(adapter_name)
-        if config.bias != "none":
+        if config.bias == "lora_only":
             lora_layer_names = {n for n, m in self.lora_layers()}
             for name, t in self.model.state_dict().items():
-                if not name.endswith("bias") or ".lora_" in name or "modules_to_save" in name or "original_module" in name:
-                    continue
-                if config.bias == "all" or name.rpartition(".base_layer")[0] in lora_layer_names:
+                if name.endswith(".base_layer.bias") and name.rpartition(".base_layer")[0] in lora_layer_names:
                     out["base_model.model." + name] = t
+        elif config.bias == "all":
+            # PEFT's rule: every key ending in ".bias" but other adapters' -- which, beside a
+            # modules_to_save copy, includes the frozen original's bias and the copy's bias a
+            # second time, as "<module>.modules_to_save.bias". The same keys are written and read
+            # here, so that either side loads the other's file.
+            others = [a for a in self.peft_config if a != adapter_name]
+            for name, t in self.model.state_dict().items():
+                if not name.endswith(".bias") or any(f".modules_to_save.{a}." in name for a in others):
+                    continue
+                out["base_model.model." + name.replace(f".modules_to_save.{adapter_name}.", ".modules_to_save.")] = t
         return out
 
 
@@ -786,17 +910,24 @@ def _peft_key(name: str, adapter_name: str):
     marker = f".modules_to_save.{adapter_name}."
     if marker in name:
         return name.replace(marker, ".")
+    marker = f".lora_magnitude_vector.{adapter_name}.weight"
+    if name.endswith(marker):  # DoRA's m: PEFT saves it without the ".weight"
+        return name[: -len(marker)] + ".lora_magnitude_vector"
     return None
 
 
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at ``name``; it takes its predecessor's place among the siblings, so
+    a rolled-back injection or an ``unload()`` gives back the very tree it started from."""
     parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name)
-    setattr(parent, child, module)
+    setattr(model.get_submodule(parent_name), child, module)
 
 
 # The user-facing wrapper lives in minilora/peft/model.py (shared by every method);
 # it is re-exported here so that `from minilora.lora import PeftModel, get_peft_model` works.
 from minilora.peft.model import PeftModel, get_peft_model  # noqa: E402
+# DoRA's math (use_dora), called by LoRALinear; imported last because importing minilora.peft
+# imports this module.
+from minilora.peft import dora  # noqa: E402
 
 __all__ = ["LoRALinear", "LoraConfig", "LoraModel", "PeftModel", "get_peft_model", "ModulesToSaveWrapper", "target_matches"]

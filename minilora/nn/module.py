@@ -53,15 +53,19 @@ class Module:
                 f"cannot assign {type(value).__name__} to {name!r}, a parameter of {type(self).__name__} "
                 f"(a Parameter or None is expected; to change its values, assign to {name}.data)"
             )
-        was_buffer = name in self._buffers
-        for registry in (self._parameters, self._buffers, self._modules):
-            registry.pop(name, None)
         if isinstance(value, Parameter):
-            self._parameters[name] = value
+            target = self._parameters
         elif isinstance(value, Module):
-            self._modules[name] = value
-        elif was_buffer and isinstance(value, Tensor):
-            self._buffers[name] = value
+            target = self._modules
+        elif name in self._buffers and isinstance(value, Tensor):
+            target = self._buffers
+        else:
+            target = None
+        for registry in (self._parameters, self._buffers, self._modules):
+            if registry is not target:
+                registry.pop(name, None)
+        if target is not None:
+            target[name] = value  # replacing an entry keeps its place, as in PyTorch (a swapped layer stays put)
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):

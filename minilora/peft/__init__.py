@@ -10,6 +10,12 @@ and reads/writes PEFT's adapter files (``files.py``).
 """
 
 from minilora.lora import LoraConfig, LoRALinear, LoraModel  # noqa: F401  (LoRA: minilora/lora.py)
+from minilora.peft.adapters import BottleneckConfig  # noqa: F401  (bottleneck adapters: adapters.py)
+from minilora.peft.ia3 import IA3Config, IA3Model  # noqa: F401  ((IA)^3: ia3.py; DoRA is LoraConfig(use_dora=True))
 from minilora.peft.model import PeftModel, get_peft_model  # noqa: F401
+from minilora.peft.prefix_tuning import PrefixEncoder, PrefixTuningConfig, PrefixTuningModel  # noqa: F401
+from minilora.peft.prompt_tuning import PromptEmbedding, PromptTuningConfig, PromptTuningModel  # noqa: F401
 
-__all__ = ["LoraConfig", "LoRALinear", "LoraModel", "PeftModel", "get_peft_model"]
+__all__ = ["LoraConfig", "LoRALinear", "LoraModel", "PeftModel", "get_peft_model", "BottleneckConfig",
+           "PromptTuningConfig", "PromptEmbedding", "PromptTuningModel",
+           "PrefixTuningConfig", "PrefixEncoder", "PrefixTuningModel", "IA3Config", "IA3Model"]

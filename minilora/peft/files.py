@@ -38,6 +38,17 @@ PEFT_FIELDS = {
         "lora_bias": False, "target_parameters": None, "use_bdlora": None, "arrow_config": None,
         "kasa_config": None, "ensure_weight_tying": False,
     },
+    # PromptTuningConfig / PrefixTuningConfig (0.21.2): PromptLearningConfig's fields, then their own
+    "PROMPT_TUNING": {"num_virtual_tokens": None, "token_dim": None, "num_transformer_submodules": None,
+                      "num_attention_heads": None, "num_layers": None, "modules_to_save": None,
+                      "prompt_tuning_init": "RANDOM", "prompt_tuning_init_text": None, "tokenizer_name_or_path": None,
+                      "tokenizer_kwargs": None},
+    "PREFIX_TUNING": {"num_virtual_tokens": None, "token_dim": None, "num_transformer_submodules": None,
+                      "num_attention_heads": None, "num_layers": None, "modules_to_save": None,
+                      "init_weights": None, "encoder_hidden_size": None, "prefix_projection": False},
+    # IA3Config (0.21.2)
+    "IA3": {"target_modules": None, "exclude_modules": None, "feedforward_modules": None, "fan_in_fan_out": False,
+            "modules_to_save": None, "init_ia3_weights": True},
 }
 
 # Fields that describe where a file came from; their values never change behaviour.

@@ -10,6 +10,22 @@ and reads and writes PEFT's adapter files:
 
 Files are read through JSON and safetensors only -- never pickle -- so a
 malicious adapter file cannot run code.
+
+A method plugs in with a config dataclass (with a ``peft_type`` field, PEFT's
+name for the method) and a tuner ``nn.Module`` registered in ``METHODS``. The
+tuner is built as ``Tuner(model, config, adapter_name)``, keeps the model as
+``self.model``, and provides what ``PeftModel`` delegates to:
+
+    forward(*args, **kwargs)                 the adapted model's forward
+    peft_config: {name: config}, active_adapter
+    inject_adapter(name, config)             add an adapter (undo its own changes on error)
+    set_adapter(name), delete_adapter(name), disable_adapter() (a context manager)
+    merge_adapter(), unmerge_adapter(), merge_and_unload(), unload()
+    adapter_state_dict(name) -> {PEFT key: array}     what save_pretrained writes
+    load_adapter_state_dict(name, {PEFT key: array})  the inverse (keys and shapes already checked)
+
+A method that cannot do something (e.g. merge bottleneck adapters) raises an
+error that says why.
 """
 
 from __future__ import annotations
@@ -31,7 +47,11 @@ WEIGHTS_NAME = "adapter_model.safetensors"
 # peft_type -> (module, config class, tuner class): imported on first use, so that
 # each method stays in its own file and this one imports none of them.
 METHODS = {
-    "LORA": ("minilora.lora", "LoraConfig", "LoraModel"),
+    "LORA": ("minilora.lora", "LoraConfig", "LoraModel"),  # with use_dora=True: DoRA (minilora/peft/dora.py)
+    "IA3": ("minilora.peft.ia3", "IA3Config", "IA3Model"),
+    "PROMPT_TUNING": ("minilora.peft.prompt_tuning", "PromptTuningConfig", "PromptTuningModel"),
+    "PREFIX_TUNING": ("minilora.peft.prefix_tuning", "PrefixTuningConfig", "PrefixTuningModel"),
+    "BOTTLENECK": ("minilora.peft.adapters", "BottleneckConfig", "BottleneckModel"),  # ours: PEFT has none
 }
 
 
@@ -108,6 +128,10 @@ class PeftModel(nn.Module):
             return self.base_model(*args, **kwargs)
 
     def generate(self, *args, **kwargs):
+        # a method that changes the input rather than the layers (prompt and prefix tuning)
+        # generates through its tuner, which puts the virtual tokens in front
+        if hasattr(self.base_model, "generate"):
+            return self.base_model.generate(*args, **kwargs)
         return self.get_base_model().generate(*args, **kwargs)
 
     def get_nb_trainable_parameters(self) -> tuple:

@@ -1,0 +1,469 @@
+"""(IA)^3: Infused Adapter by Inhibiting and Amplifying Inner Activations.
+
+    Liu, Tam, Muqeeth, Mohta, Huang, Bansal, Raffel (2022). "Few-Shot Parameter-Efficient
+    Fine-Tuning is Better and Cheaper than In-Context Learning." NeurIPS 2022, arXiv:2205.05638.
+
+The smallest update of all: a learned vector l rescales a layer's activations,
+element by element, and nothing else is trained. For a projection y = W x + b,
+
+    y = l ⊙ (W x + b)          l: (out,)   an ordinary target: its output is scaled
+    y = W (l ⊙ x) + b          l: (in,)    a "feedforward" target: its input is scaled
+
+The paper (sec. 3.3) scales the keys and values, l_k ⊙ K and l_v ⊙ V, and the
+feed-forward network's inner activation, (l_ff ⊙ γ(W_1 x)) W_2 -- which is the
+*input* of the second FFN projection; hence PEFT's "feedforward_modules", whose
+vector multiplies the input. l starts at ones, so the adapted model starts at
+the pretrained one exactly.
+
+PEFT's GPT-2 defaults are target_modules ["c_attn", "mlp.c_proj"] with feedforward
+["mlp.c_proj"]: GPT-2 computes q, k and v in one fused ``c_attn``, so its output
+vector scales the queries as well (3C numbers a layer, where the paper has 2C);
+with the FFN's 4C that is L (3C + 4C) trained numbers. ``docs/ia3.md`` has the
+gradients, the merge and the count.
+
+Because l ⊙ (W x + b) = (diag(l) W) x + l ⊙ b and W (l ⊙ x) = (W diag(l)) x, the
+vector folds into W (and, for an output scaling, into b): ``merge`` costs nothing at
+inference, ``unmerge`` divides it back out.
+
+Names follow PEFT: ``IA3Config``, the vector ``ia3_l.<adapter>`` (saved as
+``base_model.model.<module>.ia3_l``), of shape (out, 1) or, for a feedforward
+target, (1, in) -- PEFT's shapes, so a file maps one to one.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from minilora import backend as B
+from minilora import nn
+from minilora.lora import BASE, LoraModel, ModulesToSaveWrapper, _set_submodule, _uses_conv1d_in_hf, target_matches
+from minilora.tensor import Tensor, cat, no_grad
+
+# PEFT's defaults when target_modules / feedforward_modules are None, by model class
+DEFAULT_TARGET_MODULES = {"GPT": ["c_attn", "mlp.c_proj"]}
+DEFAULT_FEEDFORWARD_MODULES = {"GPT": ["mlp.c_proj"]}
+
+
+@dataclass
+class IA3Config:
+    """What to rescale, with PEFT's field names and defaults."""
+
+    target_modules: list | str | None = None  # names or suffixes (list), or one regex (str); None: c_attn, mlp.c_proj
+    feedforward_modules: list | str | None = None  # targets whose *input* is scaled (a subset); None: mlp.c_proj
+    fan_in_fan_out: bool = False  # True for GPT-2, whose HF layers (Conv1D) store W as (in, out); set automatically
+    modules_to_save: list | None = None  # modules trained in full beside the vectors (e.g. a classifier head)
+    init_ia3_weights: bool = True  # True: l = 1 (the base model); False: l ~ N(0, 1) (for tests only)
+    inference_mode: bool = False  # True: nothing is trainable (set when loading for inference)
+    task_type: str | None = None
+    base_model_name_or_path: str | None = None
+    peft_type: str = field(default="IA3", init=False)
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """PEFT's check: listed feedforward modules must be listed targets too (a feedforward
+        module that is no target would silently get no vector)."""
+        for name in ("target_modules", "feedforward_modules"):
+            value = getattr(self, name)
+            if isinstance(value, (set, tuple)):
+                setattr(self, name, sorted(value))
+            elif value is not None and not isinstance(value, (list, str)):
+                raise ValueError(f"IA3Config.{name} must be a list of names, a regex string or None, got {value!r}")
+        if isinstance(self.target_modules, list) and isinstance(self.feedforward_modules, list):
+            stray = [f for f in self.feedforward_modules if f not in self.target_modules]
+            if stray:
+                raise ValueError(
+                    f"IA3Config.feedforward_modules must be a subset of target_modules: {stray} "
+                    f"not in target_modules={self.target_modules}"
+                )
+        if self.init_ia3_weights not in (True, False):
+            raise ValueError(f"IA3Config.init_ia3_weights must be True or False, got {self.init_ia3_weights!r}")
+
+
+def is_feedforward(feedforward_modules, name: str) -> bool:
+    """PEFT's rule, which differs from target_modules': a string is a regex matching the whole
+    name; a list entry matches any name that *ends with* it (no "." boundary is required)."""
+    if isinstance(feedforward_modules, str):
+        return re.fullmatch(feedforward_modules, name) is not None
+    return any(name.endswith(f) for f in feedforward_modules)
+
+
+class ParameterDict(nn.Module):
+    """``torch.nn.ParameterDict``'s minimum: parameters by name, so that the vector of adapter
+    "default" is called ``ia3_l.default``, as in PEFT."""
+
+    def __getitem__(self, name):
+        return self._parameters[name]
+
+    def __setitem__(self, name, param):
+        setattr(self, name, param)
+
+    def __delitem__(self, name):
+        delattr(self, name)
+
+    def __contains__(self, name):
+        return name in self._parameters
+
+    def __iter__(self):
+        return iter(self._parameters)
+
+    def __len__(self):
+        return len(self._parameters)
+
+
+# ---------------------------------------------------------------------------
+# the layer
+# ---------------------------------------------------------------------------
+
+
+class IA3Linear(nn.Module):
+    """A frozen ``nn.Linear`` whose output (or, if ``is_feedforward``, input) is rescaled
+    by a trained vector, one per named adapter:
+
+        y = l ⊙ (x W^T + b)       or, feedforward,      y = (l ⊙ x) W^T + b
+    """
+
+    def __init__(self, base_layer: nn.Linear, is_feedforward: bool):
+        super().__init__()
+        self.base_layer = base_layer
+        self.is_feedforward = is_feedforward  # one choice per layer, shared by its adapters (as in PEFT)
+        self.ia3_l = ParameterDict()
+        self.active_adapter = None
+        self.merged_adapters = []  # adapters whose vector is folded into base_layer.weight (and bias)
+        self.disable_adapters = False
+        self.row_adapters = None  # one adapter name per batch row, set by IA3Model for mixed batches
+
+    in_features = property(lambda self: self.base_layer.in_features)
+    out_features = property(lambda self: self.base_layer.out_features)
+    weight = property(lambda self: self.base_layer.weight)
+    bias = property(lambda self: self.base_layer.bias)
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    def update_layer(self, adapter_name: str, init_ia3_weights: bool = True) -> None:
+        if adapter_name in self.ia3_l:
+            raise ValueError(f"this layer already has an adapter named {adapter_name!r}")
+        # PEFT's shapes: (1, in) multiplies a row vector x, (out, 1) a column of outputs
+        shape = (1, self.in_features) if self.is_feedforward else (self.out_features, 1)
+        dtype = self.base_layer.weight.dtype
+        if init_ia3_weights:
+            values = B.xp.ones(shape, dtype=dtype)  # l = 1: exactly the pretrained layer
+        else:
+            values = B.rng().standard_normal(shape).astype(dtype)  # PEFT's torch.randn: for tests
+        self.ia3_l[adapter_name] = nn.Parameter(values)
+        if self.active_adapter is None:
+            self.active_adapter = adapter_name
+
+    def forward(self, x):
+        if self.disable_adapters:
+            if self.merged:  # PEFT's behaviour: disabling a merged adapter takes it out of W first
+                self.unmerge()
+            return self.base_layer(x)
+        if self.row_adapters is not None:
+            return self._mixed_batch_forward(x)
+        if self.merged or self.active_adapter not in self.ia3_l:
+            return self.base_layer(x)
+        l = self.ia3_l[self.active_adapter].flatten()  # (in,) or (out,)
+        if self.is_feedforward:
+            return self.base_layer(x * l)  # W (l ⊙ x) + b
+        return self.base_layer(x) * l  # l ⊙ (W x + b): the bias is scaled too
+
+    def _mixed_batch_forward(self, x) -> Tensor:
+        """Each batch row with its own adapter's vector (ones for "__base__" or an adapter this
+        layer does not have): one (B, 1, ..., 1, n) stack of vectors, broadcast over the rest."""
+        n = self.in_features if self.is_feedforward else self.out_features
+        ones = Tensor(B.xp.ones(n, dtype=self.base_layer.weight.dtype))
+        rows = [self.ia3_l[name].flatten() if name in self.ia3_l else ones for name in self.row_adapters]
+        scale = cat([v.reshape(1, n) for v in rows], dim=0).reshape(len(rows), *[1] * (x.ndim - 2), n)
+        if self.is_feedforward:
+            return self.base_layer(x * scale)
+        return self.base_layer(x) * scale
+
+    # --- merging ------------------------------------------------------------------
+
+    @no_grad()
+    def merge(self, adapter_names=None) -> None:
+        """Fold l into the layer: W <- diag(l) W and b <- l ⊙ b for an output scaling,
+        W <- W diag(l) for a feedforward one (the bias is applied after W: unchanged)."""
+        names = [name for name in adapter_names or [self.active_adapter] if name in self.ia3_l]
+        for name in names:  # all checked before W changes: a refused merge leaves W as it was
+            if name in self.merged_adapters:
+                raise RuntimeError(f"adapter {name!r} is already merged into {type(self.base_layer).__name__}.weight")
+        W, b = self.base_layer.weight, self.base_layer.bias
+        for name in names:
+            l = self.ia3_l[name].data.reshape(-1)
+            if self.is_feedforward:
+                W.data = W.data * l[None, :]  # scale column j of W (input feature j)
+            else:
+                W.data = W.data * l[:, None]  # scale row i of W (output feature i)
+                if b is not None:
+                    b.data = b.data * l
+            self.merged_adapters.append(name)
+
+    @no_grad()
+    def unmerge(self) -> None:
+        """Divide every merged vector back out, last merged first. PEFT divides by l + 1e-8
+        (to avoid a division by zero, at the price of an error of about 1e-8 / l); minilora
+        divides by l itself, so W comes back to rounding, and refuses an l with zeros, whose
+        merge wiped those rows (or columns) of W for good."""
+        self.check_unmerge()
+        W, b = self.base_layer.weight, self.base_layer.bias
+        while self.merged_adapters:
+            l = self.ia3_l[self.merged_adapters.pop()].data.reshape(-1)
+            if self.is_feedforward:
+                W.data = W.data / l[None, :]
+            else:
+                W.data = W.data / l[:, None]
+                if b is not None:
+                    b.data = b.data / l
+
+    def check_unmerge(self) -> None:
+        for name in self.merged_adapters:
+            if bool((self.ia3_l[name].data == 0).any()):
+                raise ValueError(f"cannot unmerge IA3 adapter {name!r}: its vector ia3_l has zeros, so the merge "
+                                 "set those parts of W to zero and lost them")
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name in self.merged_adapters:
+            raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
+        del self.ia3_l[adapter_name]
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
+
+    def extra_repr(self) -> str:
+        return f"{'input' if self.is_feedforward else 'output'} scaled, adapters: {list(self.ia3_l)}"
+
+
+# ---------------------------------------------------------------------------
+# injection into a model
+# ---------------------------------------------------------------------------
+
+
+class IA3Model(nn.Module):
+    """Wraps the target Linears of a model in ``IA3Linear`` and manages the adapters (PEFT's
+    ``IA3Model``). The model is ``self.model``, so that inside a ``PeftModel`` a vector is named
+    ``base_model.model.transformer.h.0.attn.c_attn.ia3_l.default``, as in PEFT."""
+
+    prefix = "ia3_"
+
+    def __init__(self, model: nn.Module, config: IA3Config, adapter_name: str = "default"):
+        super().__init__()
+        self.model = model
+        self.peft_config = {}
+        self.active_adapter = adapter_name
+        self.inject_adapter(adapter_name, config)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def _target_names(self, config: IA3Config) -> list:
+        model_type = type(self.model).__name__
+        if config.target_modules is None:
+            if model_type not in DEFAULT_TARGET_MODULES:
+                raise ValueError(f"IA3Config.target_modules is None and there is no default for {model_type}; "
+                                 "name the modules to adapt")
+            config.target_modules = list(DEFAULT_TARGET_MODULES[model_type])
+        if config.feedforward_modules is None:
+            if model_type not in DEFAULT_FEEDFORWARD_MODULES:
+                raise ValueError(f"IA3Config.feedforward_modules is None and there is no default for {model_type}; "
+                                 "name them ([] for none)")
+            config.feedforward_modules = list(DEFAULT_FEEDFORWARD_MODULES[model_type])
+        config.validate()  # the defaults filled in, and any edit since the config was made, checked too
+        targets = config.target_modules
+        names = []
+        for name, module in self.model.named_modules():
+            if not name or ".base_layer" in f".{name}" or "modules_to_save" in name or "original_module" in name:
+                continue  # minilora's own sub-modules are never targets
+            if target_matches(targets, name):
+                if not isinstance(module, (nn.Linear, IA3Linear)):
+                    raise ValueError(f"target {name!r} is a {type(module).__name__}; IA3 adapts Linear layers only "
+                                     f"(check target_modules={targets!r})")
+                names.append(name)
+        if not names:
+            linears = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, IA3Linear))
+                       and not n.endswith("base_layer")]
+            raise ValueError(f"target_modules={targets!r} matches no module of {type(self.model).__name__}. "
+                             f"Its Linear layers are: {', '.join(linears)}")
+        return names
+
+    def inject_adapter(self, adapter_name: str, config: IA3Config) -> None:
+        """Add adapter ``adapter_name`` to every target (wrapping plain Linears), then freeze
+        everything but it. On an error the model is left exactly as it was."""
+        if adapter_name in self.peft_config:
+            raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {sorted(self.peft_config)}")
+        if _uses_conv1d_in_hf(self.model) and not config.fan_in_fan_out:
+            config.fan_in_fan_out = True  # as PEFT does for GPT-2 (it warns); recorded in the saved config
+        targets = self._target_names(config)
+        undo = []  # how to put back what was changed, in reverse order
+        try:
+            for name in targets:
+                module = self.model.get_submodule(name)
+                feedforward = is_feedforward(config.feedforward_modules, name)
+                if not isinstance(module, IA3Linear):
+                    wrapped = IA3Linear(module, feedforward)
+                    _set_submodule(self.model, name, wrapped)
+                    undo.append(lambda name=name, module=module: _set_submodule(self.model, name, module))
+                    module = wrapped
+                elif module.is_feedforward != feedforward:  # PEFT silently keeps the first adapter's choice
+                    raise ValueError(f"{name!r} scales its {'input' if module.is_feedforward else 'output'} for the "
+                                     f"adapters it has; adapter {adapter_name!r} would scale its "
+                                     f"{'input' if feedforward else 'output'} (check feedforward_modules)")
+                module.update_layer(adapter_name, config.init_ia3_weights)
+                undo.append(lambda module=module: module.delete_adapter(adapter_name))
+            for name in config.modules_to_save or []:
+                self._wrap_module_to_save(name, adapter_name, undo)
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+        self.peft_config[adapter_name] = config
+        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else adapter_name)
+
+    # modules_to_save are wrapped and unwrapped exactly as for LoRA (the code touches only self.model)
+    _wrap_module_to_save = LoraModel._wrap_module_to_save
+    _unwrap_modules_to_save = LoraModel._unwrap_modules_to_save
+
+    def ia3_layers(self):
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, IA3Linear)]
+
+    def _wrappers(self):
+        return [m for m in self.model.modules() if isinstance(m, (IA3Linear, ModulesToSaveWrapper))]
+
+    # --- which adapter is trained and used --------------------------------------------
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the one used in forward and the only one trainable."""
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
+        self.active_adapter = adapter_name
+        for module in self._wrappers():
+            module.active_adapter = adapter_name
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if self.peft_config[adapter_name].inference_mode:
+            return
+        for _, module in self.model.named_modules():
+            if isinstance(module, IA3Linear) and adapter_name in module.ia3_l:
+                module.ia3_l[adapter_name].requires_grad_(True)
+            if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+                module.modules_to_save[adapter_name].requires_grad_(True)
+
+    @contextmanager
+    def disable_adapter(self):
+        """Inside the ``with`` block the model is the base model (merged vectors are divided out)."""
+        wrappers = self._wrappers()
+        for m in wrappers:
+            m.disable_adapters = True
+        try:
+            yield
+        finally:
+            for m in wrappers:
+                m.disable_adapters = False
+
+    @contextmanager
+    def mixed_batch(self, adapter_names):
+        """Tell every IA3 layer (and modules_to_save copy) which adapter each row of the next batch uses."""
+        known = set(self.peft_config) | {BASE}
+        unknown = sorted(set(adapter_names) - known)
+        if unknown:
+            raise ValueError(f"adapter_names lists unknown adapters {unknown}; known: {sorted(known)}")
+        if any(m.merged for _, m in self.ia3_layers()):
+            raise RuntimeError("adapter_names cannot be used while an adapter is merged; call unmerge_adapter() first")
+        layers = self._wrappers()
+        for m in layers:
+            m.row_adapters = list(adapter_names)
+        try:
+            yield
+        finally:
+            for m in layers:
+                m.row_adapters = None
+
+    # --- merging --------------------------------------------------------------------
+
+    def merge_adapter(self, adapter_names=None) -> None:
+        names = list(adapter_names or [self.active_adapter])
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"merge_adapter: unknown adapters {unknown}; adapters: {sorted(self.peft_config)}")
+        for _, m in self.ia3_layers():  # every layer checked before any W changes
+            for name in names:
+                if name in m.merged_adapters:
+                    raise RuntimeError(f"adapter {name!r} is already merged into {type(m.base_layer).__name__}.weight")
+        for _, m in self.ia3_layers():
+            m.merge(names)
+
+    def unmerge_adapter(self) -> None:
+        for _, m in self.ia3_layers():  # every layer checked before any W changes
+            m.check_unmerge()
+        for _, m in self.ia3_layers():
+            m.unmerge()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Fold the active adapter into W (and b) and return the plain model."""
+        for name, m in self.ia3_layers():
+            if not m.merged and m.active_adapter in m.ia3_l:
+                m.merge()
+            _set_submodule(self.model, name, m.base_layer)
+        self._unwrap_modules_to_save(use_copy=True)
+        return self.model
+
+    def unload(self) -> nn.Module:
+        """Take every IA3 layer out without merging: the base model as it was."""
+        for _, m in self.ia3_layers():  # every layer checked before any is taken out
+            m.check_unmerge()
+        for name, m in self.ia3_layers():
+            m.unmerge()
+            _set_submodule(self.model, name, m.base_layer)
+        self._unwrap_modules_to_save(use_copy=False)
+        return self.model
+
+    # --- several adapters -------------------------------------------------------------
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.peft_config:
+            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
+        if adapter_name == self.active_adapter:
+            raise ValueError(f"adapter {adapter_name!r} is active; set_adapter() to another one before deleting it")
+        if any(adapter_name in m.merged_adapters for _, m in self.ia3_layers()):
+            raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
+        for name, m in self.ia3_layers():  # a layer only this adapter used goes back to its Linear
+            if adapter_name in m.ia3_l:
+                m.delete_adapter(adapter_name)
+                if not len(m.ia3_l):
+                    _set_submodule(self.model, name, m.base_layer)
+        for name, m in [(n, m) for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]:
+            if adapter_name in m.modules_to_save:
+                del m.modules_to_save[adapter_name]
+                if not len(m.modules_to_save):
+                    _set_submodule(self.model, name, m.original_module)
+        del self.peft_config[adapter_name]
+
+    def add_weighted_adapter(self, adapters, weights, adapter_name, *args, **kwargs) -> None:
+        raise NotImplementedError("add_weighted_adapter is not implemented for IA3 in minilora "
+                                  "(PEFT's IA3 version sums the vectors, Σ w_i l_i)")
+
+    # --- the adapter's weights, named as in PEFT's files -----------------------------------
+
+    def adapter_state_dict(self, adapter_name: str) -> dict:
+        """``{PEFT key: array}``: each vector as ``<module>.ia3_l`` and each modules_to_save copy
+        under its original name (the adapter's name dropped, as PEFT saves them). Keys start
+        ``base_model.model.``; the arrays are the live parameter arrays."""
+        out = {}
+        for name, t in self.model.state_dict().items():
+            if name.endswith(f".ia3_l.{adapter_name}"):
+                out["base_model.model." + name.removesuffix(f".{adapter_name}")] = t
+            elif f".modules_to_save.{adapter_name}." in name:
+                out["base_model.model." + name.replace(f".modules_to_save.{adapter_name}.", ".")] = t
+        return out
+
+    @no_grad()
+    def load_adapter_state_dict(self, adapter_name: str, tensors: dict) -> None:
+        """Copy arrays keyed as ``adapter_state_dict`` keys them (shapes already checked) into the adapter."""
+        for key, array in self.adapter_state_dict(adapter_name).items():
+            array[...] = B.xp.asarray(tensors[key])
+
