@@ -130,13 +130,229 @@ def bench_mlp(torch):
 
 
 # ---------------------------------------------------------------------------
+# models: the shipped base config and GPT-2-small-sized blocks
+# ---------------------------------------------------------------------------
+
+BLOCK_768 = dict(vocab_size=256, block_size=128, n_layer=2, n_head=12, n_embd=768)  # 2 GPT-2-small blocks
+BATCH_768 = (8, 128)
+
+
+def _models(config_kwargs, lora=False):
+    """A minilora GPT and the identical transformers GPT-2 (same weights), optionally with LoRA r=8
+    on the attention matrices (c_attn and attn.c_proj) through minilora.lora and through PEFT."""
+    from minilora.models import GPT, GPTConfig, to_transformers
+
+    minilora.manual_seed(0)
+    ours = GPT(GPTConfig(**config_kwargs))
+    theirs = to_transformers(ours)
+    theirs.config._attn_implementation = "sdpa"  # PyTorch's fused attention: the stronger baseline
+    if lora:
+        import peft
+
+        from minilora.lora import LoraConfig, get_peft_model
+
+        target = r".*\.attn\.(c_attn|c_proj)"
+        ours = get_peft_model(ours, LoraConfig(r=8, lora_alpha=16, target_modules=target))
+        theirs = peft.get_peft_model(theirs, peft.LoraConfig(r=8, lora_alpha=16, target_modules=target, fan_in_fan_out=True))
+    return ours, theirs
+
+
+def _train_steps(ours, theirs, torch, batch):
+    """One training step (forward, backward, AdamW) of each, as callables."""
+    from minilora.optim import AdamW
+
+    rng = np.random.default_rng(0)
+    V = 256
+    x = rng.integers(0, V, size=batch)
+    y = rng.integers(0, V, size=batch)
+    opt_ours = AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
+    opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-4)
+    xt, yt = torch.tensor(x), torch.tensor(y)
+
+    def step_ours():
+        opt_ours.zero_grad()  # first: last step's gradients are freed before this step's activations exist
+        _, loss = ours(x, targets=y)
+        loss.backward()
+        opt_ours.step()
+
+    def step_theirs():
+        opt_theirs.zero_grad()
+        logits = theirs(input_ids=xt).logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), yt.view(-1))
+        loss.backward()
+        opt_theirs.step()
+
+    return step_ours, step_theirs
+
+
+def step_flops(config_kwargs, batch, lora_r=None) -> float:
+    """Matrix-multiply FLOPs of one training step: 2 per multiply-add, forward + backward.
+
+    Each weight matrix costs 2 N (forward), 2 N (input gradient) and 2 N (weight gradient)
+    per token; a frozen one skips the last. Attention adds q k^T and P v (B nh T T hs each).
+    LoRA adds its thin matrices (trained: all three terms)."""
+    L, C, V = config_kwargs["n_layer"], config_kwargs["n_embd"], config_kwargs["vocab_size"]
+    B, T = batch
+    tokens = B * T
+    per_layer = 12 * C * C  # c_attn 3C^2, attn.c_proj C^2, c_fc 4C^2, mlp.c_proj 4C^2
+    weights = L * per_layer + V * C  # + the tied head (its gradient counts: wte is trained)
+    attention = L * 2 * (2 * B * T * T * C)  # q k^T and P v, forward
+    full = 6 * weights * tokens + 3 * attention
+    if lora_r is None:
+        return full
+    adapter = L * lora_r * ((C + 3 * C) + (C + C))  # r (in + out) for c_attn and attn.c_proj
+    frozen = weights - V * C  # the head/embedding is frozen too under LoRA
+    return 4 * frozen * tokens + 2 * V * C * tokens * 2 + 6 * adapter * tokens + 3 * attention
+
+
+@section("gpt")
+def bench_gpt(torch):
+    """Training step (forward, backward, AdamW) of the base GPT and of two n_embd-768 blocks, full and LoRA."""
+    from minilora.pretrain import BASE_CONFIG
+
+    rows = []
+    base = dict(vocab_size=BASE_CONFIG.vocab_size, block_size=BASE_CONFIG.block_size, n_layer=BASE_CONFIG.n_layer,
+                n_head=BASE_CONFIG.n_head, n_embd=BASE_CONFIG.n_embd)
+    for label, cfg, batch in (("base GPT", base, (16, 128)), ("768 blocks", BLOCK_768, BATCH_768)):
+        for lora in (False, True):
+            ours, theirs = _models(cfg, lora=lora)
+            step_ours, step_theirs = _train_steps(ours, theirs, torch, batch)
+            name = f"{label} train step{' LoRA r=8 (attn)' if lora else ''} B{batch[0]}xT{batch[1]}"
+            flops = step_flops(cfg, batch, 8 if lora else None)
+            row = compare(rows, name, step_ours, step_theirs, unit="ms", scale=1e3, flops=flops)
+            row["minilora_gflops"] = flops / (row["minilora"] / 1e3) / 1e9
+            row["torch_gflops"] = flops / (row["torch"] / 1e3) / 1e9
+    # LoRA step / full step, within each library
+    for label in ("base GPT", "768 blocks"):
+        full = next(r for r in rows if r["name"].startswith(label) and "LoRA" not in r["name"])
+        lora = next(r for r in rows if r["name"].startswith(label) and "LoRA" in r["name"])
+        rows.append({"name": f"{label}: LoRA step / full step", "minilora": lora["minilora"] / full["minilora"],
+                     "torch": lora["torch"] / full["torch"], "unit": "x", "ratio": (lora["minilora"] / full["minilora"]) / (lora["torch"] / full["torch"])})
+    return rows
+
+
+@section("sgemm")
+def bench_sgemm(torch):
+    """The machine's float32 GEMM rate (NumPy's BLAS), and the share of it a full 768 training step reaches."""
+    rows = []
+    n = 1024
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n)).astype(np.float32)
+    at, bt = torch.tensor(a), torch.tensor(b)
+    row = compare(rows, f"sgemm {n}x{n}x{n}", lambda: a @ b, lambda: at @ bt, unit="ms", scale=1e3)
+    rate = 2 * n**3 / (row["minilora"] / 1e3)
+    row["minilora_gflops"], row["torch_gflops"] = rate / 1e9, 2 * n**3 / (row["torch"] / 1e3) / 1e9
+    ours, theirs = _models(BLOCK_768)
+    step_ours, step_theirs = _train_steps(ours, theirs, torch, BATCH_768)
+    flops = step_flops(BLOCK_768, BATCH_768)
+    t_ours, t_theirs = median_time(step_ours, repeat=5), median_time(step_theirs, repeat=5)
+    rows.append({"name": "768 full step: share of NumPy's sgemm rate", "minilora": flops / t_ours / rate,
+                 "torch": flops / t_theirs / rate, "unit": "frac", "ratio": t_theirs / t_ours})
+    return rows
+
+
+@section("infer")
+def bench_infer(torch):
+    """Inference: tokens/s at batch 1 with the KV cache, and a forward pass base vs merged vs unmerged LoRA."""
+    from minilora.lora import LoraConfig, get_peft_model
+    from minilora.models import GPT, GPTConfig
+    from minilora.pretrain import BASE_CONFIG
+
+    rows = []
+    minilora.manual_seed(0)
+    ours, theirs = _models(dict(vocab_size=256, block_size=128, n_layer=BASE_CONFIG.n_layer, n_head=BASE_CONFIG.n_head,
+                                n_embd=BASE_CONFIG.n_embd))
+    prompt = np.random.default_rng(0).integers(0, 256, size=(1, 16))
+    new = 64
+    ours.eval()
+    pt = torch.tensor(prompt)
+
+    def gen_theirs():
+        with torch.no_grad():
+            theirs.generate(pt, max_new_tokens=new, do_sample=False, min_new_tokens=new, pad_token_id=0)
+
+    row = compare(rows, f"generate {new} tokens, batch 1, KV cache (ms)", lambda: ours.generate(prompt, new, temperature=0),
+                  gen_theirs, unit="ms", scale=1e3)
+    row["minilora_tokens_per_s"] = new / (row["minilora"] / 1e3)
+    row["torch_tokens_per_s"] = new / (row["torch"] / 1e3)
+    # merged LoRA costs what the base costs: same computation
+    cfg = GPTConfig(**BLOCK_768)
+    base = GPT(cfg)
+    x = np.random.default_rng(0).integers(0, 256, size=(1, 128))
+    peft_model = get_peft_model(GPT(cfg), LoraConfig(r=8, target_modules=r".*\.attn\.(c_attn|c_proj)", init_lora_weights=False))
+    merged = get_peft_model(GPT(cfg), LoraConfig(r=8, target_modules=r".*\.attn\.(c_attn|c_proj)", init_lora_weights=False))
+    merged.merge_adapter()
+    with minilora.no_grad():
+        t_base = median_time(lambda: base(x), repeat=20)
+        t_merged = median_time(lambda: merged(x), repeat=20)
+        t_unmerged = median_time(lambda: peft_model(x), repeat=20)
+        t_base2 = median_time(lambda: base(x), repeat=20)  # again, to see the noise
+    t_base = min(t_base, t_base2)
+    rows.append({"name": "768 blocks forward B1xT128: merged LoRA / base", "minilora": t_merged / t_base, "torch": float("nan"),
+                 "unit": "x", "ratio": t_merged / t_base})
+    rows.append({"name": "768 blocks forward B1xT128: unmerged LoRA / base", "minilora": t_unmerged / t_base, "torch": float("nan"),
+                 "unit": "x", "ratio": t_unmerged / t_base})
+    return rows
+
+
+def _torch_peak_bytes(torch, fn) -> int:
+    """Peak bytes PyTorch's CPU profiler sees allocated during ``fn`` (a running sum of each op's own
+    allocations and frees, in time order)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(prof.events(), key=lambda e: e.time_range.start)
+    live = peak = 0
+    for e in events:
+        live += e.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+@section("memory")
+def bench_memory(torch):
+    """Peak memory of one training step (AdamW), full and LoRA, at batch 1 x 128 where weights dominate.
+
+    Peak = what lives across steps (weights, AdamW's moments) + the peak of what the step
+    allocates (gradients, activations, temporaries): tracemalloc for NumPy's allocations,
+    PyTorch's CPU profiler for torch's."""
+    import tracemalloc
+
+    rows = []
+    for lora in (False, True):
+        ours, theirs = _models(BLOCK_768, lora=lora)
+        step_ours, step_theirs = _train_steps(ours, theirs, torch, (1, 128))
+        step_ours()  # optimizer state exists from here on, as in training
+        step_theirs()
+        weights = sum(p.data.nbytes for p in ours.parameters())
+        moments = 2 * sum(p.data.nbytes for p in ours.parameters() if p.requires_grad)
+        tracemalloc.start()
+        step_ours()
+        step_peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        ours_peak = weights + moments + step_peak
+        torch_weights = sum(p.numel() * p.element_size() for p in theirs.parameters())
+        torch_moments = 2 * sum(p.numel() * p.element_size() for p in theirs.parameters() if p.requires_grad)
+        torch_peak = torch_weights + torch_moments + _torch_peak_bytes(torch, step_theirs)
+        rows.append({"name": f"768 blocks B1xT128 peak memory{' LoRA' if lora else ' full'} (MB)",
+                     "minilora": ours_peak / 1e6, "torch": torch_peak / 1e6, "unit": "MB", "ratio": ours_peak / torch_peak,
+                     "weights_mb": weights / 1e6, "moments_mb": moments / 1e6, "step_allocations_mb": step_peak / 1e6})
+    full, lora = rows
+    rows.append({"name": "768 blocks B1xT128: LoRA peak / full peak", "minilora": lora["minilora"] / full["minilora"],
+                 "torch": lora["torch"] / full["torch"], "unit": "x", "ratio": (lora["minilora"] / full["minilora"]) / (lora["torch"] / full["torch"])})
+    return rows
+
+
+# ---------------------------------------------------------------------------
 
 
 def print_table(rows):
     width = max(len(r["name"]) for r in rows) + 2
-    print(f"{'benchmark':<{width}}{'minilora':>12}{'torch':>12}  unit   ratio")
+    print(f"{'benchmark':<{width}}{'minilora':>12}{'torch':>12}  unit   ratio (minilora / torch)")
     for r in rows:
-        print(f"{r['name']:<{width}}{r['minilora']:>12.1f}{r['torch']:>12.1f}  {r['unit']:<5}{r['ratio']:>7.2f}")
+        digits = 1 if r["unit"] in ("us", "ms", "MB") else 3
+        print(f"{r['name']:<{width}}{r['minilora']:>12.{digits}f}{r['torch']:>12.{digits}f}  {r['unit']:<5}{r['ratio']:>7.2f}")
 
 
 def main(argv=None):

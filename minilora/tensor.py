@@ -154,7 +154,9 @@ class Tensor:
         the output's broadcast of that parent; ``Tensor.backward`` does the rest.
         """
         out = Tensor.__new__(Tensor)
-        out.data = data
+        # asarray: NumPy answers an op on 0-d arrays with a scalar (np.float64), which is
+        # immutable and lacks array methods; .data is always an array, as on CuPy
+        out.data = B.xp.asarray(data)
         out.grad = None
         out._retain = False
         if _grad_enabled and any(p.requires_grad for p in parents):
@@ -288,7 +290,7 @@ class Tensor:
             for parent, pg in zip(node._parents, node._backward(g)):
                 if pg is None or not parent.requires_grad:
                     continue
-                pg = unbroadcast(pg, parent.data.shape)
+                pg = unbroadcast(B.xp.asarray(pg), parent.data.shape)  # asarray: see _make
                 if pg.dtype != parent.data.dtype:
                     pg = pg.astype(parent.data.dtype)
                 if parent.grad is None:
@@ -302,21 +304,21 @@ class Tensor:
     # --- elementwise arithmetic -------------------------------------------------
 
     def __add__(self, other):
-        other = _lift(other, self)
-        return Tensor._make(self.data + other.data, (self, other), lambda g: (g, g))
+        a, b = _operands(self, other)
+        return Tensor._make(a.data + b.data, (a, b), lambda g: (g, g))
 
     __radd__ = __add__
 
     def __sub__(self, other):
-        other = _lift(other, self)
-        return Tensor._make(self.data - other.data, (self, other), lambda g: (g, -g))
+        a, b = _operands(self, other)
+        return Tensor._make(a.data - b.data, (a, b), lambda g: (g, -g))
 
     def __rsub__(self, other):
-        return _lift(other, self) - self
+        a, b = _operands(self, other)
+        return b - a
 
     def __mul__(self, other):
-        other = _lift(other, self)
-        a, b = self, other
+        a, b = _operands(self, other)
         return Tensor._make(
             a.data * b.data,
             (a, b),
@@ -326,8 +328,7 @@ class Tensor:
     __rmul__ = __mul__
 
     def __truediv__(self, other):
-        other = _lift(other, self)
-        a, b = self, other
+        a, b = _operands(self, other)
         out = a.data / b.data
 
         def backward(g):
@@ -338,15 +339,16 @@ class Tensor:
         return Tensor._make(out, (a, b), backward)
 
     def __rtruediv__(self, other):
-        return _lift(other, self) / self
+        a, b = _operands(self, other)
+        return b / a
 
     def __pow__(self, exponent):
-        a = self
+        a, _ = _operands(self, exponent)
         if isinstance(exponent, (int, float)):
             # x ** c, the common case: d/dx = c x^(c-1)
             out = a.data**exponent
             return Tensor._make(out, (a,), lambda g: (g * exponent * a.data ** (exponent - 1),))
-        e = _lift(exponent, self)
+        e = _lift(exponent, a)
         out = a.data**e.data
 
         def backward(g):
@@ -357,7 +359,8 @@ class Tensor:
         return Tensor._make(out, (a, e), backward)
 
     def __rpow__(self, base):
-        return _lift(base, self) ** self
+        a, b = _operands(self, base)
+        return b**a
 
     def __neg__(self):
         return Tensor._make(-self.data, (self,), lambda g: (-g,))
@@ -643,6 +646,19 @@ def _lift(value, like: Tensor) -> Tensor:
     return Tensor._make(B.xp.asarray(value), (), None)
 
 
+def _operands(a: Tensor, other) -> tuple:
+    """The two operands of an arithmetic op as Tensors, ``a`` first.
+
+    A Python float meeting an integer tensor makes that tensor float first, as
+    in PyTorch: ``ids * 0.5`` is float32, where NumPy (int64 array times a
+    float32 scalar) would give float64. Integer tensors carry no gradient, so
+    the cast adds nothing to the graph.
+    """
+    if isinstance(other, float) and not _is_float(a.dtype):
+        a = a.to(B.default_float)
+    return a, _lift(other, a)
+
+
 def _unwrap_index(index):
     if isinstance(index, Tensor):
         return index.data
@@ -703,9 +719,9 @@ def matmul(a, b) -> Tensor:
         # a vector is a matrix with one row (on the left) or one column (on the right)
         a2 = a.unsqueeze(0) if a.ndim == 1 else a
         b2 = b.unsqueeze(-1) if b.ndim == 1 else b
-        out = matmul(a2, b2)
-        out = out.squeeze(-1) if b.ndim == 1 else out
-        return out.squeeze(-2) if a.ndim == 1 else out
+        out = matmul(a2, b2)  # (..., n, m) with n = 1 for a vector a, m = 1 for a vector b
+        out = out.squeeze(-2) if a.ndim == 1 else out  # drop n first: for two vectors,
+        return out.squeeze(-1) if b.ndim == 1 else out  # (1, 1) -> (1,) -> (), a dot product
     ad, bd = a.data, b.data
     if bd.ndim == 2 and ad.ndim > 2:
         # (..., K) @ (K, N): one large GEMM over all rows, rather than a batched loop
