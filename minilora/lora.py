@@ -281,42 +281,44 @@ class LoRALinear(nn.Module):
     def lora_output(self, x, adapter_name: str) -> Tensor:
         """``(α / r) · dropout(x) A^T B^T``: what the adapter adds to the base output, (..., out)."""
         A = self.lora_A[adapter_name].weight  # (k r, in)
-        Bw = self.lora_B[adapter_name].weight  # (k out_slice, r)
         s = self.scaling[adapter_name]
         h = F.linear(self.lora_dropout[adapter_name](x), A)  # (..., k r): down to the low-rank space
         # Scale the thin (..., r) activation rather than the wide output: same result, fewer multiplies.
         h = h * s
+        return F.linear(h, self.lora_B_full(adapter_name))  # (..., out): back up
+
+    def lora_B_full(self, adapter_name: str) -> Tensor:
+        """B as it acts on the whole output, (out, k r): ``lora_B`` itself for a plain adapter.
+
+        With ``enable_lora``, slice ``slot`` of the output takes its own block B_j (out/slices, r)
+        in columns j r..(j+1) r, and a frozen slice's rows are zero, so ``B_full A`` is the
+        block update [B_q A_q; 0; B_v A_v] (docs/lora.md, section 6). Built from weight-sized
+        pieces, it costs nothing next to the activations, and the gradient flows back into B."""
+        Bw = self.lora_B[adapter_name].weight  # (k out_slice, r)
         enable = self.enable_lora[adapter_name]
         if enable is None:
-            return F.linear(h, Bw)  # (..., out): back up
-        # Fused projection, some slices adapted: slice j uses rows j*r..(j+1)*r of A and its own block of B.
-        r, out_slice = self.r[adapter_name], self.out_features // len(enable)
-        pieces, j = [], 0
+            return Bw
+        r, k = self.r[adapter_name], sum(enable)
+        out_slice = self.out_features // len(enable)
+
+        def zeros(rows, cols):
+            return Tensor(B.xp.zeros((rows, cols), dtype=Bw.dtype))
+
+        rows, j = [], 0
         for on in enable:
             if on:
-                pieces.append(F.linear(h[..., j * r:(j + 1) * r], Bw[j * out_slice:(j + 1) * out_slice]))  # (..., out_slice)
+                block = Bw[j * out_slice:(j + 1) * out_slice]  # (out_slice, r)
+                rows.append(cat([zeros(out_slice, j * r), block, zeros(out_slice, (k - j - 1) * r)], dim=1))
                 j += 1
             else:
-                pieces.append(Tensor(B.xp.zeros(h.shape[:-1] + (out_slice,), dtype=h.dtype)))  # no update here
-        return cat(pieces, dim=-1)  # (..., out)
+                rows.append(zeros(out_slice, k * r))  # this slice is not adapted
+        return cat(rows, dim=0)  # (out, k r)
 
+    @no_grad()
     def _delta_weight_data(self, adapter_name: str):
         """ΔW = (α / r) B A as a backend array (out, in); with enable_lora, zero rows for frozen slices."""
         A = self.lora_A[adapter_name].weight.data
-        Bw = self.lora_B[adapter_name].weight.data
-        s = self.scaling[adapter_name]
-        enable = self.enable_lora[adapter_name]
-        if enable is None:
-            return s * (Bw @ A)
-        r, out_slice = self.r[adapter_name], self.out_features // len(enable)
-        blocks, j = [], 0
-        for on in enable:
-            if on:
-                blocks.append(Bw[j * out_slice:(j + 1) * out_slice] @ A[j * r:(j + 1) * r])
-                j += 1
-            else:
-                blocks.append(B.xp.zeros((out_slice, self.in_features), dtype=A.dtype))
-        return s * B.xp.concatenate(blocks, axis=0)
+        return self.scaling[adapter_name] * (self.lora_B_full(adapter_name).data @ A)
 
     def _slices(self, adapter_name: str):
         """(slot, j) for each enabled slice: its position among all slices, and among the enabled ones."""
@@ -324,13 +326,8 @@ class LoRALinear(nn.Module):
         return list(zip(enabled, range(len(enabled))))
 
     def full_lora_B(self, adapter_name: str):
-        """An enable_lora B in PEFT's layout, (out, k r): slice `slot`'s rows hold B_j in columns j r..(j+1) r."""
-        Bw = self.lora_B[adapter_name].weight.data
-        r, out_slice = self.r[adapter_name], self.out_features // len(self.enable_lora[adapter_name])
-        full = B.xp.zeros((self.out_features, Bw.shape[0] // out_slice * r), dtype=Bw.dtype)
-        for slot, j in self._slices(adapter_name):
-            full[slot * out_slice:(slot + 1) * out_slice, j * r:(j + 1) * r] = Bw[j * out_slice:(j + 1) * out_slice]
-        return full
+        """An enable_lora B in PEFT's layout, (out, k r), as a backend array (what save_pretrained writes)."""
+        return self.lora_B_full(adapter_name).data
 
     def set_full_lora_B(self, adapter_name: str, full) -> None:
         """Inverse of ``full_lora_B``; refuses a B with non-zero entries outside the blocks."""

@@ -277,7 +277,10 @@ class Tensor:
             self.grad = grad.copy() if self.grad is None else self.grad + grad
             return
         self.grad = grad
-        for node in reversed(order):
+        while order:
+            # pop, not iterate: once a node is processed nothing here refers to it, so its
+            # output array is freed as soon as the last consumer's closure is gone
+            node = order.pop()
             if node._backward is None:  # a leaf: its .grad is the result
                 continue
             g = node.grad
@@ -300,6 +303,7 @@ class Tensor:
                 else:
                     parent.grad = parent.grad + pg
             node._parents, node._backward = (), _freed  # free the graph as we go
+            del node, g  # (and drop this frame's references before the next node)
 
     # --- elementwise arithmetic -------------------------------------------------
 
