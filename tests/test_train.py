@@ -1,0 +1,128 @@
+"""The training loop and the shipped base model.
+
+The loop: deterministic by seed, stops on a non-finite loss with a clear message,
+trains only what requires grad, and writes checkpoints atomically. The base model:
+it loads offline, reaches the validation loss recorded when it was trained (within
+2%) and generates text.
+"""
+
+import json
+import math
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+import minilora
+from minilora.data import ByteTokenizer, build_corpus, get_batch
+from minilora.models import GPT, GPTConfig
+from minilora.pretrain import BASE_CONFIG, BASE_DIR, base_log, load_base, prose_val_loss
+from minilora.train import NonFiniteLossError, TrainConfig, atomic_write, save_checkpoint, train
+
+TINY = GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=16)
+
+
+def tiny_run(seed, steps=6, **overrides):
+    minilora.manual_seed(seed)
+    model = GPT(TINY)
+    data = np.random.default_rng(0).integers(0, 256, size=4096).astype(np.uint8)
+    config = TrainConfig(max_steps=steps, warmup_steps=2, eval_interval=3, seed=seed, progress=False, **overrides)
+    history = train(model, lambda rng: get_batch(data, 4, 16, rng), config,
+                    evaluate=lambda m: {"val_loss": float(m(data[None, :16], data[None, 1:17])[1].data)})
+    return model, history
+
+
+def test_two_runs_with_one_seed_give_identical_losses():
+    _, a = tiny_run(seed=3)
+    _, b = tiny_run(seed=3)
+    _, c = tiny_run(seed=4)
+    assert a.losses == b.losses
+    assert a.evals == b.evals
+    assert a.losses != c.losses
+
+
+def test_training_lowers_the_loss_and_evaluates_periodically():
+    _, history = tiny_run(seed=0, steps=30, lr=3e-3)
+    assert np.mean(history.losses[-5:]) < np.mean(history.losses[:5])
+    assert [row["step"] for row in history.evals] == list(range(3, 31, 3))
+    assert len(history.steps) == 30 and history.seconds > 0
+
+
+def test_a_non_finite_loss_stops_training_with_a_clear_message():
+    with pytest.raises(NonFiniteLossError, match=r"the loss became (nan|inf) at step \d+"):
+        tiny_run(seed=0, steps=20, lr=1e12, grad_clip=0.0)
+
+
+def test_only_parameters_that_require_grad_are_trained():
+    minilora.manual_seed(0)
+    model = GPT(TINY)
+    frozen = model.transformer.h[0].attn.c_attn.weight
+    frozen.requires_grad_(False)
+    before = frozen.data.copy()
+    data = np.random.default_rng(0).integers(0, 256, size=2048).astype(np.uint8)
+    train(model, lambda rng: get_batch(data, 2, 16, rng), TrainConfig(max_steps=3, warmup_steps=1, progress=False))
+    assert np.array_equal(frozen.data, before)
+    assert frozen.grad is None
+
+
+def test_checkpoints_are_written_atomically(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    _, _ = tiny_run(seed=0, steps=6, checkpoint_path=str(path))
+    saved = load_file(str(path))
+    assert "transformer.wte.weight" in saved and "lm_head.weight" not in saved  # the tied head once
+    good = path.read_bytes()
+
+    def crash(tmp):
+        with open(tmp, "wb") as f:
+            f.write(b"half a file")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(str(path), crash)
+    assert path.read_bytes() == good  # the old checkpoint is intact
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]  # no temporary left behind
+
+
+def test_checkpoint_metadata(tmp_path):
+    minilora.manual_seed(0)
+    model = GPT(TINY)
+    save_checkpoint(model, str(tmp_path / "m.safetensors"), metadata={"step": 7, "val_loss": 1.5})
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "m.safetensors"), "np") as f:
+        assert json.loads(f.metadata()["step"]) == 7
+
+
+# ---------------------------------------------------------------------------
+# the shipped base model
+# ---------------------------------------------------------------------------
+
+
+def test_the_base_model_ships_in_the_package_and_loads_offline():
+    assert (BASE_DIR / "model.safetensors").stat().st_size <= 10 * 2**20
+    model = load_base()
+    assert model.config == BASE_CONFIG
+    assert model.num_parameters() == BASE_CONFIG.num_parameters()
+
+
+def test_the_base_model_reaches_its_recorded_validation_loss():
+    log = base_log()
+    corpus = build_corpus("prose")
+    assert corpus.sha256 == log["corpus"]["sha256"], "the prose corpus differs from the one the model was trained on"
+    loss = prose_val_loss(load_base(), corpus)
+    assert math.isfinite(loss)
+    assert abs(loss - log["val_loss"]) <= 0.02 * log["val_loss"], (loss, log["val_loss"])
+    # and it is far below the unigram entropy of the bytes: the model has learned English
+    assert loss < 0.6 * math.log(256)
+
+
+def test_the_base_model_generates_text():
+    model = load_base()
+    tok = ByteTokenizer()
+    prompt = tok.encode("Return the ")[None]
+    out = model.generate(prompt, max_new_tokens=60, temperature=0.8, top_k=40, seed=0)
+    text = tok.decode(out.numpy()[0])
+    assert text.startswith("Return the ") and len(text) >= 60
+    words = text.split()
+    letters = sum(c.isalpha() or c.isspace() for c in text) / len(text)
+    assert letters > 0.8 and len(words) >= 8  # English-like: mostly letters, broken into words
