@@ -136,14 +136,25 @@ class Adam(Optimizer):
                     else:
                         g = g + wd * p.data
                 m, v = state["exp_avg"], state["exp_avg_sq"]
-                m *= b1
-                m += (1 - b1) * g
-                v *= b2
-                v += (1 - b2) * (g * g)
-                denom = xp.sqrt(v)
-                denom /= math.sqrt(1 - b2**t)
-                denom += eps
-                p.data -= (lr / (1 - b1**t)) * (m / denom)
+                # Every line below writes in place into m, v, p or one scratch array: an
+                # optimizer step over millions of weights is bound by memory traffic, and
+                # each temporary NumPy would otherwise allocate is a full pass more.
+                tmp = xp.empty_like(g)
+                m *= b1  # m <- b1 m + (1 - b1) g
+                xp.multiply(g, 1 - b1, out=tmp)
+                m += tmp
+                v *= b2  # v <- b2 v + (1 - b2) g^2
+                xp.multiply(g, g, out=tmp)
+                tmp *= 1 - b2
+                v += tmp
+                # p <- p - lr / (1 - b1^t) * m / (sqrt(v) / c + eps), with c = sqrt(1 - b2^t),
+                # computed as p - [lr c / (1 - b1^t)] * m / (sqrt(v) + eps c): one division fewer
+                c = math.sqrt(1 - b2**t)
+                xp.sqrt(v, out=tmp)
+                tmp += eps * c
+                xp.divide(m, tmp, out=tmp)
+                tmp *= lr * c / (1 - b1**t)
+                p.data -= tmp
 
 
 class AdamW(Adam):

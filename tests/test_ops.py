@@ -21,6 +21,7 @@ import minilora.nn.functional as F
 from op_table import (
     OPS,
     finite_difference_gradients,
+    minilora_params,
     minilora_run,
     relative_error,
     torch_run,
@@ -95,6 +96,15 @@ def test_matches_torch(op, data):
         assert not any(numpy.shares_memory(grad, o) for o in others), f"{op}: grad of input {i} shares memory"
 
 
+def _loss_scale(op, example, upstream) -> float:
+    """|L| = |sum <out, g>|-sized scale of the loss the finite differences perturb."""
+    params = minilora_params(example.params, numpy.float64)
+    with ml.no_grad():
+        results = op.minilora(*[ml.Tensor(numpy.array(a, dtype=numpy.float64)) for a in example.inputs], **params)
+    results = results if isinstance(results, (tuple, list)) else (results,)
+    return sum(float(numpy.abs(numpy.asarray(r.numpy()) * g).sum()) for r, g in zip(results, upstream) if g is not None)
+
+
 @ops
 @given(data=st.data())
 def test_gradient_matches_finite_differences(op, data):
@@ -104,8 +114,13 @@ def test_gradient_matches_finite_differences(op, data):
     numeric = finite_difference_gradients(op, example, gs)
     grads = [_numpy(x.grad) for x in xs]
     err = relative_error(grads, numeric)
-    assert err <= FD_TOL, f"{op}: gradient differs from finite differences, relative error {err:.3g} " + _worst(
-        grads, numeric
+    # Central differences carry a rounding error of about eps |L| / h ~ 1e-10 |L| whatever the
+    # gradient's size; where every entry of the gradient is small (GELU deep in its negative
+    # tail), that floor, not the op, would set the relative error -- so it is allowed for.
+    floor = 1e-9 * max(1.0, _loss_scale(op, example, gs))
+    abs_err = max((numpy.abs(a - b).max() for a, b in zip(grads, numeric) if a.size), default=0.0)
+    assert err <= FD_TOL or abs_err <= floor, (
+        f"{op}: gradient differs from finite differences, relative error {err:.3g} " + _worst(grads, numeric)
     )
 
 

@@ -78,36 +78,43 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Ten
 
     Backward, with ``xhat`` the normalised input and ``gh = g * weight``:
     ``dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))``.
+
+    Computed on a (rows, n) view; the per-row dot products (``einsum``) need no
+    temporary the size of x.
     """
     x = _t(input)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if x.shape[-len(shape) :] != shape:
         raise RuntimeError(f"layer_norm: normalized_shape {shape} does not match the input's last dims {x.shape}")
-    axes = tuple(range(x.ndim - len(shape), x.ndim))
-    mu = x.data.mean(axis=axes, keepdims=True)
-    xc = x.data - mu
-    var = (xc * xc).mean(axis=axes, keepdims=True)
-    rstd = 1.0 / B.xp.sqrt(var + eps)
-    xhat = xc
-    xhat *= rstd  # reuse xc's memory: xhat is all the backward needs
-    y = xhat * weight.data if weight is not None else xhat.copy()
-    if bias is not None:
-        y += bias.data
-    batch_axes = tuple(range(x.ndim - len(shape)))
+    xp = B.xp
+    n = math.prod(shape)
+    x2 = x.data.reshape(-1, n)  # (rows, n)
+    xhat = x2 - x2.mean(axis=1, keepdims=True)  # centred; becomes xhat below, in place
+    var = xp.einsum("ij,ij->i", xhat, xhat) / n  # (rows,)
+    rstd = (1.0 / xp.sqrt(var + eps))[:, None].astype(x2.dtype)  # (rows, 1)
+    xhat *= rstd  # xhat is all the backward needs
+    w = weight.data.reshape(n) if weight is not None else None
+    b = bias.data.reshape(n) if bias is not None else None
+    y = xhat * w if w is not None else xhat.copy()
+    if b is not None:
+        y += b
 
     def backward(g):
-        gw = (g * xhat).sum(axis=batch_axes) if weight is not None and weight.requires_grad else None
-        gb = g.sum(axis=batch_axes) if bias is not None and bias.requires_grad else None
+        g2 = g.reshape(-1, n)
+        gw = xp.einsum("ij,ij->j", g2, xhat).reshape(shape) if weight is not None and weight.requires_grad else None
+        gb = g2.sum(axis=0).reshape(shape) if bias is not None and bias.requires_grad else None
         gx = None
         if x.requires_grad:
-            gh = g * weight.data if weight is not None else g
-            gx = gh - gh.mean(axis=axes, keepdims=True)
-            gx -= xhat * (gh * xhat).mean(axis=axes, keepdims=True)
-            gx *= rstd
+            gh = g2 * w if w is not None else g2.copy()
+            mean_gh_xhat = (xp.einsum("ij,ij->i", gh, xhat) / n)[:, None]  # (rows, 1)
+            gh -= gh.mean(axis=1, keepdims=True)
+            gh -= xhat * mean_gh_xhat
+            gh *= rstd
+            gx = gh.reshape(x.data.shape)
         return gx, gw, gb
 
     parents = (x, weight if weight is not None else _none(), bias if bias is not None else _none())
-    return Tensor._make(y, parents, backward)
+    return Tensor._make(y.reshape(x.data.shape), parents, backward)
 
 
 def _none() -> Tensor:
@@ -189,13 +196,32 @@ def gelu(input, approximate="none") -> Tensor:
     x = _t(input)
     d = x.data
     if approximate == "tanh":
-        inner = _SQRT_2_OVER_PI * (d + 0.044715 * d * d * d)
-        t = B.xp.tanh(inner)
-        out = 0.5 * d * (1 + t)
+        # In place, on as few (B, T, 4C) arrays as possible: GELU is memory-bound.
+        t = B.xp.multiply(d, d, out=B.xp.empty_like(d))  # t = tanh(sqrt(2/pi) (d + 0.044715 d^3))
+        t *= 0.044715
+        t += 1
+        t *= d
+        t *= _SQRT_2_OVER_PI
+        B.xp.tanh(t, out=t)
+        out = t + 1  # out = 0.5 d (1 + t)
+        out *= d
+        out *= 0.5
 
         def backward(g):
-            dinner = _SQRT_2_OVER_PI * (1 + 3 * 0.044715 * d * d)
-            return (g * (0.5 * (1 + t) + 0.5 * d * (1 - t * t) * dinner),)
+            # d/dd = 0.5 (1 + t) + 0.5 d (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 d^2)
+            dinner = d * d
+            dinner *= 3 * 0.044715
+            dinner += 1
+            dinner *= _SQRT_2_OVER_PI
+            one_minus_t2 = B.xp.multiply(t, t, out=B.xp.empty_like(t))
+            B.xp.subtract(1, one_minus_t2, out=one_minus_t2)
+            dinner *= one_minus_t2
+            dinner *= d
+            dinner += t
+            dinner += 1
+            dinner *= 0.5
+            dinner *= g
+            return (dinner,)
 
         return Tensor._make(out, (x,), backward)
     if approximate != "none":
@@ -335,8 +361,8 @@ def scaled_dot_product_attention(
     L, S = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     xp = B.xp
-    att = q.data @ xp.swapaxes(k.data, -1, -2)  # (..., L, S)
-    att *= scale
+    # scale q (..., L, E) rather than the scores (..., L, S): one pass over a small array
+    att = (q.data * xp.asarray(scale, dtype=q.dtype)) @ xp.swapaxes(k.data, -1, -2)  # (..., L, S)
     if is_causal:
         att += _causal_bias(L, S, att.dtype)
     if attn_mask is not None:
@@ -361,12 +387,14 @@ def scaled_dot_product_attention(
             dP = g @ xp.swapaxes(v.data, -1, -2)  # (..., L, S)
             if drop is not None:
                 dP *= drop
+            # dS = P * (dP - sum_j dP_j P_j), in place in dP; the row sums without a (L, S) temporary
+            rowsum = xp.einsum("...ij,...ij->...i", dP, P)[..., None]  # (..., L, 1)
             dS = dP
-            dS -= (dP * P).sum(axis=-1, keepdims=True)
+            dS -= rowsum
             dS *= P
-            dS *= scale
-            gq = dS @ k.data if q.requires_grad else None
-            gk = xp.swapaxes(dS, -1, -2) @ q.data if k.requires_grad else None
+            # the scale goes on the small results, not on dS (..., L, S)
+            gq = (dS @ k.data) * xp.asarray(scale, dtype=dS.dtype) if q.requires_grad else None
+            gk = (xp.swapaxes(dS, -1, -2) @ q.data) * xp.asarray(scale, dtype=dS.dtype) if k.requires_grad else None
         return gq, gk, gv
 
     return Tensor._make(out, (q, k, v), backward)
