@@ -11,7 +11,7 @@ $(PY):
 	python3 -m venv $(VENV)
 
 $(VENV)/.installed-core: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[plots]'
+	$(PY) -m pip install -q -e '.[reference,plots]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)

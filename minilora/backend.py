@@ -95,6 +95,50 @@ def scatter_add(target, index, values) -> None:
         xp.add.at(target, index, values)
 
 
+# ---------------------------------------------------------------------------
+# elementwise work on every core
+# ---------------------------------------------------------------------------
+# NumPy's matrix products run on all cores (its BLAS is threaded), but its
+# elementwise functions -- tanh, exp, +, * -- run on one. PyTorch runs both on all
+# cores. NumPy releases Python's lock inside a ufunc, so a fused op can split its
+# arrays into contiguous chunks and run one chunk per thread: that is all
+# ``parallel_for`` does. (On CuPy the GPU is parallel already: one call.)
+
+_pool = None
+MIN_CHUNK = 1 << 16  # elements; below this, starting threads costs more than it saves
+
+
+def num_threads() -> int:
+    """Threads for elementwise work: ``MINILORA_NUM_THREADS``, else the cores this process may use."""
+    env = os.environ.get("MINILORA_NUM_THREADS")
+    if env:
+        return max(1, int(env))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def parallel_for(n: int, kernel, row_size: int = 1) -> None:
+    """Call ``kernel(start, stop)`` over ``[0, n)`` in contiguous chunks, one per thread.
+
+    The kernel must touch only its own chunk of each array (elementwise work,
+    or rows of a row-wise op), so the chunks never race. ``row_size``: elements
+    per unit of ``n`` (the row length for a row-wise op), to judge the work.
+    """
+    global _pool
+    threads = min(num_threads(), n * row_size // MIN_CHUNK, n)
+    if name != "numpy" or threads <= 1:
+        kernel(0, n)
+        return
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=num_threads() - 1, thread_name_prefix="minilora")
+    bounds = [n * i // threads for i in range(threads + 1)]
+    futures = [_pool.submit(kernel, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    kernel(bounds[0], bounds[1])  # this thread takes the first chunk
+    for f in futures:
+        f.result()
+
+
 _env = os.environ.get("MINILORA_BACKEND")
 if _env:
     set_backend(_env)

@@ -50,13 +50,14 @@ import json
 import os
 import platform
 import sysconfig
-import tempfile
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from minilora.io import atomic_write
 
 # Bump when a change to this file changes the bytes a builder produces; the disk
 # cache is keyed on it, so stale caches are never read.
@@ -382,7 +383,7 @@ def _build_cached(kind: str, max_bytes: int | None, val_fraction: float) -> Corp
 
 
 def save_corpus(corpus: Corpus, path: str | os.PathLike) -> None:
-    """Write a corpus to an ``.npz`` file atomically (a temporary file, then ``os.replace``).
+    """Write a corpus to an ``.npz`` file atomically (``minilora.io``).
 
     A reader never sees a half-written file: either the old one or the new one.
     """
@@ -397,14 +398,7 @@ def save_corpus(corpus: Corpus, path: str | os.PathLike) -> None:
         sha256=np.array(corpus.sha256),
         meta=np.array(json.dumps(corpus.meta, sort_keys=True)),
     )
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
 
 
 def load_corpus(path: str | os.PathLike) -> Corpus:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import math
 import re
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 

@@ -125,9 +125,12 @@ class Adam(Optimizer):
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in self._params_with_grad(group):
                 g = p.grad
+                if not p.data.flags.c_contiguous:
+                    p.data = xp.ascontiguousarray(p.data)  # the update works on flat views of it
                 state = self.state.get(p)
                 if state is None:
-                    state = self.state[p] = {"step": 0, "exp_avg": xp.zeros_like(p.data), "exp_avg_sq": xp.zeros_like(p.data)}
+                    zeros = lambda: xp.zeros(p.data.shape, dtype=p.data.dtype)  # noqa: E731  (row-major, like p)
+                    state = self.state[p] = {"step": 0, "exp_avg": zeros(), "exp_avg_sq": zeros()}
                 state["step"] += 1
                 t = state["step"]
                 if wd:
@@ -135,26 +138,42 @@ class Adam(Optimizer):
                         p.data *= 1 - lr * wd
                     else:
                         g = g + wd * p.data
-                m, v = state["exp_avg"], state["exp_avg_sq"]
-                # Every line below writes in place into m, v, p or one scratch array: an
-                # optimizer step over millions of weights is bound by memory traffic, and
-                # each temporary NumPy would otherwise allocate is a full pass more.
-                tmp = xp.empty_like(g)
-                m *= b1  # m <- b1 m + (1 - b1) g
-                xp.multiply(g, 1 - b1, out=tmp)
-                m += tmp
-                v *= b2  # v <- b2 v + (1 - b2) g^2
-                xp.multiply(g, g, out=tmp)
-                tmp *= 1 - b2
-                v += tmp
-                # p <- p - lr / (1 - b1^t) * m / (sqrt(v) / c + eps), with c = sqrt(1 - b2^t),
-                # computed as p - [lr c / (1 - b1^t)] * m / (sqrt(v) + eps c): one division fewer
                 c = math.sqrt(1 - b2**t)
-                xp.sqrt(v, out=tmp)
-                tmp += eps * c
-                xp.divide(m, tmp, out=tmp)
-                tmp *= lr * c / (1 - b1**t)
-                p.data -= tmp
+                _adam_update(p.data.reshape(-1), xp.ascontiguousarray(g).reshape(-1), state["exp_avg"].reshape(-1),
+                             state["exp_avg_sq"].reshape(-1), b1, b2, eps * c, lr * c / (1 - b1**t))
+
+
+def _adam_update(p, g, m, v, b1, b2, eps_c, step_size):
+    """One Adam step on flat arrays, in place, on all cores (``backend.parallel_for``):
+
+        m <- b1 m + (1 - b1) g
+        v <- b2 v + (1 - b2) g^2
+        p <- p - step_size * m / (sqrt(v) + eps_c)
+
+    which is Algorithm 1's ``p - lr / (1 - b1^t) * m / (sqrt(v) / c + eps)`` with
+    ``c = sqrt(1 - b2^t)``, ``step_size = lr c / (1 - b1^t)``, ``eps_c = eps c`` (one
+    division fewer). Every line writes into m, v, p or one scratch array: an optimizer
+    step over millions of weights is bound by memory traffic, and each temporary NumPy
+    would otherwise allocate is one more pass over it.
+    """
+    xp = B.xp
+
+    def kernel(a, b):
+        g_, m_, v_, tmp = g[a:b], m[a:b], v[a:b], xp.empty_like(g[a:b])
+        m_ *= b1
+        xp.multiply(g_, 1 - b1, out=tmp)
+        m_ += tmp
+        v_ *= b2
+        xp.multiply(g_, g_, out=tmp)
+        tmp *= 1 - b2
+        v_ += tmp
+        xp.sqrt(v_, out=tmp)
+        tmp += eps_c
+        xp.divide(m_, tmp, out=tmp)
+        tmp *= step_size
+        p[a:b] -= tmp
+
+    B.parallel_for(p.size, kernel)
 
 
 class AdamW(Adam):

@@ -18,7 +18,6 @@ import json
 import os
 import platform
 import sys
-import time
 from dataclasses import asdict, replace
 from pathlib import Path
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -25,6 +23,7 @@ from tqdm.auto import tqdm
 
 import minilora
 from minilora import backend as B
+from minilora.io import atomic_write
 from minilora.nn import Module
 from minilora.optim import AdamW, WarmupCosine, clip_grad_norm_
 
@@ -134,24 +133,6 @@ def evaluate_loss(model: Module, batches) -> float:
     if count == 0:
         raise ValueError("evaluate_loss got no targets to score")
     return total / count
-
-
-def atomic_write(path: str, write) -> None:
-    """Call ``write(tmp_path)``, then move the finished file over ``path`` in one step.
-
-    A crash halfway leaves the old file (or nothing) -- never a truncated one.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.basename(path))
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 def save_checkpoint(model: Module, path: str, metadata: dict | None = None) -> None:

@@ -27,14 +27,13 @@ and transformers when called (test-time dependencies, not the package's).
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy
 
 from minilora import backend as B
+from minilora.io import write_atomically
 from minilora.models.gpt import GPT, GPTConfig
 from minilora.tensor import float32
 
@@ -277,36 +276,10 @@ def save_pretrained(model: GPT, path) -> None:
             json.dump(hf_config, f, indent=2, sort_keys=True)
             f.write("\n")
 
-    staged = []
-    try:
-        staged.append((_stage(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"})), folder / WEIGHTS_NAME))
-        staged.append((_stage(folder / CONFIG_NAME, write_json), folder / CONFIG_NAME))
-        for tmp, target in staged:
-            os.replace(tmp, target)
-    finally:
-        for tmp, _ in staged:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-
-
-def _stage(target: Path, write) -> str:
-    """Write ``target``'s new content to a temporary file beside it (flushed to disk); return its path."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it an ordinary file's mode
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return tmp
+    write_atomically({
+        folder / WEIGHTS_NAME: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+        folder / CONFIG_NAME: write_json,
+    })
 
 
 # ---------------------------------------------------------------------------

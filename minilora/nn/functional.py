@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from minilora import backend as B
-from minilora.tensor import Tensor, _dims, _lift
+from minilora.tensor import Tensor, _dims
 
 
 def _t(x) -> Tensor:
@@ -190,40 +190,54 @@ def erf(x):
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
+def _gelu_tanh_forward(d, t, out):
+    """t = tanh(sqrt(2/pi) (d + 0.044715 d^3)), out = 0.5 d (1 + t); in place in t and out."""
+    B.xp.multiply(d, d, out=t)
+    t *= 0.044715
+    t += 1
+    t *= d
+    t *= _SQRT_2_OVER_PI
+    B.xp.tanh(t, out=t)
+    B.xp.add(t, 1, out=out)
+    out *= d
+    out *= 0.5
+
+
+def _gelu_tanh_backward(d, t, g, out):
+    """out = g * (0.5 (1 + t) + 0.5 d (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 d^2))."""
+    B.xp.multiply(d, d, out=out)
+    out *= 3 * 0.044715
+    out += 1
+    out *= _SQRT_2_OVER_PI
+    out *= d
+    one_minus_t2 = t * t
+    B.xp.subtract(1, one_minus_t2, out=one_minus_t2)
+    out *= one_minus_t2
+    out += t
+    out += 1
+    out *= 0.5
+    out *= g
+
+
 def gelu(input, approximate="none") -> Tensor:
     """GELU(x) = x Phi(x) (Hendrycks & Gimpel); ``approximate="tanh"`` is GPT-2's form
     ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
     x = _t(input)
     d = x.data
     if approximate == "tanh":
-        # In place, on as few (B, T, 4C) arrays as possible: GELU is memory-bound.
-        t = B.xp.multiply(d, d, out=B.xp.empty_like(d))  # t = tanh(sqrt(2/pi) (d + 0.044715 d^3))
-        t *= 0.044715
-        t += 1
-        t *= d
-        t *= _SQRT_2_OVER_PI
-        B.xp.tanh(t, out=t)
-        out = t + 1  # out = 0.5 d (1 + t)
-        out *= d
-        out *= 0.5
+        # GELU is memory-bound: the kernels work in place on as few (B, T, 4C) arrays as
+        # possible, and on all cores (backend.parallel_for), one contiguous chunk each.
+        d_flat = B.xp.ascontiguousarray(d).reshape(-1)
+        t, out = B.xp.empty_like(d_flat), B.xp.empty_like(d_flat)
+        B.parallel_for(d_flat.size, lambda a, b: _gelu_tanh_forward(d_flat[a:b], t[a:b], out[a:b]))
 
         def backward(g):
-            # d/dd = 0.5 (1 + t) + 0.5 d (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 d^2)
-            dinner = d * d
-            dinner *= 3 * 0.044715
-            dinner += 1
-            dinner *= _SQRT_2_OVER_PI
-            one_minus_t2 = B.xp.multiply(t, t, out=B.xp.empty_like(t))
-            B.xp.subtract(1, one_minus_t2, out=one_minus_t2)
-            dinner *= one_minus_t2
-            dinner *= d
-            dinner += t
-            dinner += 1
-            dinner *= 0.5
-            dinner *= g
-            return (dinner,)
+            g_flat = B.xp.ascontiguousarray(g).reshape(-1)
+            grad = B.xp.empty_like(d_flat)
+            B.parallel_for(d_flat.size, lambda a, b: _gelu_tanh_backward(d_flat[a:b], t[a:b], g_flat[a:b], grad[a:b]))
+            return (grad.reshape(d.shape),)
 
-        return Tensor._make(out, (x,), backward)
+        return Tensor._make(out.reshape(d.shape), (x,), backward)
     if approximate != "none":
         raise ValueError(f"gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
     cdf = 0.5 * (1 + erf(d * (1 / math.sqrt(2.0))))
@@ -247,6 +261,20 @@ def _softmax_array(x, axis):
     B.xp.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
     return e
+
+
+def _softmax_rows_inplace(x):
+    """Softmax along the last axis, in place, on all cores (rows are independent)."""
+    rows = x.reshape(-1, x.shape[-1])  # a view: x is contiguous
+
+    def kernel(a, b):
+        block = rows[a:b]
+        block -= block.max(axis=1, keepdims=True)
+        B.xp.exp(block, out=block)
+        block /= block.sum(axis=1, keepdims=True)
+
+    B.parallel_for(rows.shape[0], kernel, row_size=rows.shape[1])
+    return x
 
 
 def softmax(input, dim) -> Tensor:
@@ -371,7 +399,7 @@ def scaled_dot_product_attention(
             att = xp.where(m, att, xp.asarray(-xp.inf, dtype=att.dtype))
         else:
             att += m
-    P = _softmax_array(att, -1)  # reuses att's memory
+    P = _softmax_rows_inplace(B.xp.ascontiguousarray(att))  # in att's memory
     if dropout_p > 0.0:
         keep = B.rng().random(P.shape, dtype=xp.float32) >= dropout_p
         drop = keep * xp.asarray(1.0 / (1.0 - dropout_p), dtype=P.dtype)

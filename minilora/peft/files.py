@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import tempfile
 from pathlib import Path
+
+from minilora.io import write_atomically
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -106,14 +106,14 @@ def config_from_dict(config_cls, data: dict, source="adapter_config.json"):
 
 
 def write_adapter(folder, config: dict, tensors: dict) -> None:
-    """Write both files; each goes to a temporary name in ``folder`` first, then is renamed,
-    so an interrupted save never leaves a half-written file under the real name."""
+    """Write both files atomically (``minilora.io``): an interrupted save leaves the old ones."""
     from safetensors.numpy import save_file
 
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    _atomic(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    _atomic(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"))
+    write_atomically({
+        folder / WEIGHTS_NAME: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
+        folder / CONFIG_NAME: lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
+    })
 
 
 def read_adapter(folder) -> tuple:
@@ -141,15 +141,3 @@ def read_adapter(folder) -> tuple:
     except (SafetensorError, OSError, ValueError) as err:
         raise ValueError(f"{weights_path} is corrupt or truncated: {err}") from err
     return config, tensors
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.name)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise

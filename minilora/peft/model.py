@@ -31,8 +31,6 @@ error that says why.
 from __future__ import annotations
 
 import importlib
-import json
-import os
 from contextlib import contextmanager
 from pathlib import Path
 
