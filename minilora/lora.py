@@ -19,9 +19,11 @@ The names follow Hugging Face PEFT (``LoraConfig``, ``get_peft_model``,
 file format, so what a student learns here carries over unchanged.
 
 This file holds the layer (``LoRALinear``), its configuration (``LoraConfig``) and
-the injection into a model (``LoraModel``); the user-facing wrapper with saving,
-loading and parameter counts is ``minilora.peft.PeftModel`` (also importable from
-here).
+the injection into a model (``LoraModel``). The bookkeeping LoRA shares with the other
+methods that wrap layers -- adapters by name, modules_to_save, mixed batches, merging
+and unloading every layer -- is ``BaseTuner``, in ``minilora/tuner.py``; the user-facing
+wrapper with saving, loading and parameter counts is ``minilora.peft.PeftModel`` (also
+importable from here).
 """
 
 from __future__ import annotations
@@ -29,147 +31,27 @@ from __future__ import annotations
 import copy
 import math
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-
-import numpy
 
 from minilora import backend as B
 from minilora import nn
 from minilora.nn import functional as F
 from minilora.quant import NF4Linear  # a 4-bit base layer (QLoRA): docs/qlora.md
 from minilora.tensor import Tensor, cat, no_grad
+from minilora.tuner import (  # BASE, ModulesToSaveWrapper and target_matches: importable from here too
+    BASE,
+    BaseTuner,
+    ModulesToSaveWrapper,
+    check_new_name,
+    group_rows,
+    in_row_order,
+    set_fan_in_fan_out,
+    set_submodule,
+    target_matches,
+)
 
-BASE = "__base__"  # in a mixed-adapter batch: the rows that use no adapter (PEFT's name)
 NF4_MERGE_ERROR = ("cannot merge into a 4-bit NF4 weight: W + ΔW would have to be re-quantized, which rounds most "
                    "of ΔW away and makes unmerging inexact; merge_and_unload() returns a dense model instead")
-
-# ---------------------------------------------------------------------------
-# configuration
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class LoraConfig:
-    """What to adapt and how, with PEFT's field names and defaults."""
-
-    r: int = 8  # the rank of the update B A
-    lora_alpha: float = 8  # the update is scaled by lora_alpha / r (or / sqrt(r) with use_rslora)
-    lora_dropout: float = 0.0  # dropout on the adapter's input x (not on the frozen path)
-    target_modules: list | str | None = None  # names, name suffixes (list) or one regex (str); None: GPT-2's c_attn
-    bias: str = "none"  # "none" | "all" (train every bias) | "lora_only" (train the biases of adapted layers)
-    use_rslora: bool = False  # rank-stabilised LoRA (Kalajdzievas, 2023): scale by alpha / sqrt(r)
-    init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B = 0; "gaussian": A ~ N(0, 1/r); "pissa"; False: both random
-    rank_pattern: dict = field(default_factory=dict)  # {regex of module name: r} overriding r for some layers
-    alpha_pattern: dict = field(default_factory=dict)  # {regex of module name: alpha}
-    modules_to_save: list | None = None  # modules trained in full beside the adapter (e.g. a classifier head)
-    fan_in_fan_out: bool = False  # True for GPT-2, whose HF layers (Conv1D) store W as (in, out); set automatically
-    use_dora: bool = False  # DoRA (weight-decomposed LoRA); see minilora/peft/dora.py
-    # minilora's addition, after loralib's MergedLinear: adapt only some of the equal
-    # slices of a fused projection, e.g. [True, False, True] = Wq and Wv inside GPT-2's
-    # c_attn, each with its own rank-r pair -- the setting of the LoRA paper's tables.
-    # A list applies to every target; a dict {module-name regex: list} to the modules
-    # it matches (e.g. {"c_attn": [True, True, True]} beside a plain attn.c_proj).
-    enable_lora: list | dict | None = None
-    inference_mode: bool = False  # True: nothing is trainable (set when loading for inference)
-    task_type: str | None = None
-    base_model_name_or_path: str | None = None
-    peft_type: str = field(default="LORA", init=False)
-
-    def __post_init__(self):
-        self.validate()
-
-    def validate(self) -> None:
-        """Check every field. Also called when the config is used (``inject_adapter``): a config
-        is a plain dataclass and may have been edited since it was made."""
-        if not isinstance(self.r, int) or self.r <= 0:
-            raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
-        if self.lora_alpha < 0:
-            raise ValueError(f"LoraConfig.lora_alpha must be >= 0, got {self.lora_alpha!r}")
-        if not 0.0 <= self.lora_dropout < 1.0:
-            raise ValueError(f"LoraConfig.lora_dropout must lie in [0, 1), got {self.lora_dropout!r}")
-        if self.bias not in ("none", "all", "lora_only"):
-            raise ValueError(f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
-        if self.init_lora_weights not in (True, False, "gaussian", "pissa"):
-            raise ValueError(
-                f"LoraConfig.init_lora_weights must be True, False, 'gaussian' or 'pissa', got {self.init_lora_weights!r}"
-            )
-        for pattern, value in {**self.rank_pattern}.items():
-            if not isinstance(value, int) or value <= 0:
-                raise ValueError(f"LoraConfig.rank_pattern[{pattern!r}] must be a positive int, got {value!r}")
-        for pattern, value in self.alpha_pattern.items():
-            if value < 0:
-                raise ValueError(f"LoraConfig.alpha_pattern[{pattern!r}] must be >= 0, got {value!r}")
-        if isinstance(self.target_modules, (set, tuple)):
-            self.target_modules = sorted(self.target_modules)
-        if self.enable_lora is not None:
-            lists = self.enable_lora.values() if isinstance(self.enable_lora, dict) else [self.enable_lora]
-            if not all(isinstance(lst, (list, tuple)) and any(lst) for lst in lists):
-                raise ValueError(f"LoraConfig.enable_lora must enable at least one slice of each list, got {self.enable_lora}")
-            if self.init_lora_weights == "pissa" or self.use_dora:
-                raise ValueError("LoraConfig.enable_lora works with plain LoRA only (not with pissa or use_dora)")
-
-    # --- PEFT's file has no enable_lora: save its equivalent ------------------------------
-
-    def to_peft_fields(self) -> dict:
-        """Fields to write in adapter_config.json. An ``enable_lora`` adapter is saved as PEFT's
-        equivalent -- one rank-(k r) pair per layer with zero blocks (see ``LoraModel.adapter_state_dict``),
-        with alpha scaled so that alpha / r is unchanged -- plus a ``minilora_enable_lora`` record
-        (PEFT ignores it, with a warning) from which minilora restores the original layout."""
-        if self.enable_lora is None:
-            return {}
-        if self.rank_pattern or self.alpha_pattern:
-            raise ValueError("saving enable_lora adapters with rank_pattern/alpha_pattern is not supported")
-        record = {"enable_lora": self.enable_lora, "r": self.r, "lora_alpha": self.lora_alpha}
-
-        def equivalent(k):  # PEFT's (r, alpha) for k slices of rank r each, keeping alpha / r (or / sqrt r)
-            return k * self.r, self.lora_alpha * (math.sqrt(k) if self.use_rslora else k)
-
-        if isinstance(self.enable_lora, dict):
-            patterns = {p: equivalent(sum(lst)) for p, lst in self.enable_lora.items()}
-            return {"rank_pattern": {p: v[0] for p, v in patterns.items()},
-                    "alpha_pattern": {p: v[1] for p, v in patterns.items()},
-                    "enable_lora": None, "minilora_enable_lora": record}
-        r, alpha = equivalent(sum(self.enable_lora))
-        return {"r": r, "lora_alpha": alpha, "enable_lora": None, "minilora_enable_lora": record}
-
-    @staticmethod
-    def from_peft_fields(data: dict) -> dict:
-        """Undo ``to_peft_fields`` on a loaded dict."""
-        data = dict(data)
-        record = data.pop("minilora_enable_lora", None)
-        if record:
-            data.update(record)
-            if isinstance(record["enable_lora"], dict):  # the patterns were written for PEFT only
-                data["rank_pattern"], data["alpha_pattern"] = {}, {}
-        return data
-
-    def enable_lora_for(self, module_name: str):
-        """The slice list for one module (None: a plain, unsliced adapter)."""
-        if isinstance(self.enable_lora, dict):
-            return _pattern_value(self.enable_lora, module_name, None)
-        return self.enable_lora
-
-    def rank_and_alpha(self, module_name: str) -> tuple:
-        """r and alpha for one module: a matching ``rank_pattern``/``alpha_pattern`` entry wins (PEFT's rule)."""
-        return (_pattern_value(self.rank_pattern, module_name, self.r),
-                _pattern_value(self.alpha_pattern, module_name, self.lora_alpha))
-
-
-def _pattern_value(patterns: dict, name: str, default):
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", name):
-            return value
-    return default
-
-
-def target_matches(target_modules, name: str) -> bool:
-    """PEFT's matching rule: a string is a regex that must match the whole name;
-    a list matches a name equal to an entry or ending in ``"." + entry``."""
-    if isinstance(target_modules, str):
-        return re.fullmatch(target_modules, name) is not None
-    return any(name == t or name.endswith("." + t) for t in target_modules)
-
 
 # ---------------------------------------------------------------------------
 # the layer
@@ -218,6 +100,11 @@ class LoRALinear(nn.Module):
     @property
     def merged(self) -> bool:
         return bool(self.merged_adapters)
+
+    @property
+    def adapters(self) -> list:
+        """The names of the adapters this layer holds."""
+        return list(self.lora_A)
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
                      use_rslora: bool = False, init_lora_weights=True, enable_lora=None, use_dora: bool = False) -> None:
@@ -368,21 +255,17 @@ class LoRALinear(nn.Module):
         """Each batch row with its own adapter (or ``"__base__"`` for none): run the update of
         each adapter on its rows only, then put the rows back in their original order."""
         y = self.base_layer(x)  # (B, ..., out)
-        groups = {}
-        for row, name in enumerate(names):
-            groups.setdefault(name, []).append(row)
+        groups = group_rows(names)
         if not any(name in self.lora_A for name in groups):
             return y
-        pieces, order = [], []
+        pieces = []
         for name, rows in groups.items():
             idx = B.xp.asarray(rows)
             if name in self.lora_A:
                 pieces.append(self.adapter_output(x[idx], name, y[idx]))  # (rows, ..., out)
             else:  # "__base__", or an adapter this layer does not have: no update
                 pieces.append(Tensor(B.xp.zeros((len(rows),) + y.shape[1:], dtype=y.dtype)))
-            order.extend(rows)
-        inverse = numpy.argsort(numpy.asarray(order))  # where each original row sits in `order`
-        return y + cat(pieces, dim=0)[B.xp.asarray(inverse)]
+        return y + in_row_order(pieces, groups.values())
 
     # --- merging ------------------------------------------------------------------
 
@@ -391,11 +274,7 @@ class LoRALinear(nn.Module):
         """W <- W + (α / r) B A for the active adapter (or the named ones): inference then costs
         exactly what the base layer costs (docs/lora.md, "merging")."""
         names = [name for name in adapter_names or [self.active_adapter] if name in self.lora_A]
-        if names and isinstance(self.base_layer, NF4Linear):
-            raise RuntimeError(NF4_MERGE_ERROR)
-        for name in names:  # all checked before W changes: a refused merge leaves W as it was
-            if name in self.merged_adapters:
-                raise RuntimeError(f"adapter {name!r} is already merged into {type(self.base_layer).__name__}.weight")
+        self.check_merge(names)  # before W changes: a refused merge leaves W as it was
         for name in names:
             W = self.base_layer.weight
             delta = self._delta_weight_data(name).astype(W.dtype)
@@ -405,6 +284,15 @@ class LoRALinear(nn.Module):
             else:
                 W.data = W.data + delta
             self.merged_adapters.append(name)
+
+    def check_merge(self, adapter_names) -> None:
+        """Refuse, before anything changes, a merge that cannot be done: into a 4-bit weight, or twice."""
+        names = [name for name in adapter_names if name in self.lora_A]
+        if names and isinstance(self.base_layer, NF4Linear):
+            raise RuntimeError(NF4_MERGE_ERROR)
+        for name in names:
+            if name in self.merged_adapters:
+                raise RuntimeError(f"adapter {name!r} is already merged into {type(self.base_layer).__name__}.weight")
 
     @no_grad()
     def unmerge(self) -> None:
@@ -455,59 +343,122 @@ class LoRALinear(nn.Module):
 
 
 # ---------------------------------------------------------------------------
-# modules trained in full beside the adapter
+# configuration
 # ---------------------------------------------------------------------------
 
 
-class ModulesToSaveWrapper(nn.Module):
-    """PEFT's wrapper for ``modules_to_save``: the original module stays frozen, and each
-    adapter trains (and saves) its own full copy of it."""
+@dataclass
+class LoraConfig:
+    """What to adapt and how, with PEFT's field names and defaults."""
 
-    def __init__(self, module: nn.Module, adapter_name: str):
-        super().__init__()
-        self.original_module = module
-        self.modules_to_save = nn.ModuleDict()
-        self.active_adapter = None
-        self.disable_adapters = False
-        self.row_adapters = None  # one adapter name per batch row, set by LoraModel for mixed batches
-        self.update(adapter_name)
+    r: int = 8  # the rank of the update B A
+    lora_alpha: float = 8  # the update is scaled by lora_alpha / r (or / sqrt(r) with use_rslora)
+    lora_dropout: float = 0.0  # dropout on the adapter's input x (not on the frozen path)
+    target_modules: list | str | None = None  # names, name suffixes (list) or one regex (str); None: GPT-2's c_attn
+    bias: str = "none"  # "none" | "all" (train every bias) | "lora_only" (train the biases of adapted layers)
+    use_rslora: bool = False  # rank-stabilised LoRA (Kalajdzievas, 2023): scale by alpha / sqrt(r)
+    init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B = 0; "gaussian": A ~ N(0, 1/r); "pissa"; False: both random
+    rank_pattern: dict = field(default_factory=dict)  # {regex of module name: r} overriding r for some layers
+    alpha_pattern: dict = field(default_factory=dict)  # {regex of module name: alpha}
+    modules_to_save: list | None = None  # modules trained in full beside the adapter (e.g. a classifier head)
+    fan_in_fan_out: bool = False  # True for GPT-2, whose HF layers (Conv1D) store W as (in, out); set automatically
+    use_dora: bool = False  # DoRA (weight-decomposed LoRA); see minilora/peft/dora.py
+    # minilora's addition, after loralib's MergedLinear: adapt only some of the equal
+    # slices of a fused projection, e.g. [True, False, True] = Wq and Wv inside GPT-2's
+    # c_attn, each with its own rank-r pair -- the setting of the LoRA paper's tables.
+    # A list applies to every target; a dict {module-name regex: list} to the modules
+    # it matches (e.g. {"c_attn": [True, True, True]} beside a plain attn.c_proj).
+    enable_lora: list | dict | None = None
+    inference_mode: bool = False  # True: nothing is trainable (set when loading for inference)
+    task_type: str | None = None
+    base_model_name_or_path: str | None = None
+    peft_type: str = field(default="LORA", init=False)
 
-    def update(self, adapter_name: str) -> None:
-        self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
-        for p in self.modules_to_save[adapter_name].parameters():
-            p.requires_grad_(True)
-        if self.active_adapter is None:
-            self.active_adapter = adapter_name
+    def __post_init__(self):
+        self.validate()
 
-    def forward(self, *args, **kwargs):
-        if self.disable_adapters:
-            return self.original_module(*args, **kwargs)
-        if self.row_adapters is not None:
-            return self._mixed_batch_forward(*args, **kwargs)
-        return self._module_for(self.active_adapter)(*args, **kwargs)
-
-    def _module_for(self, adapter_name) -> nn.Module:
-        """The adapter's copy; the original for "__base__" or an adapter that has no copy here."""
-        return self.modules_to_save[adapter_name] if adapter_name in self.modules_to_save else self.original_module
-
-    def _mixed_batch_forward(self, x) -> Tensor:
-        """Each batch row through its own adapter's copy, as ``LoRALinear._mixed_batch_forward``."""
-        groups = {}
-        for row, name in enumerate(self.row_adapters):
-            groups.setdefault(id(self._module_for(name)), (self._module_for(name), []))[1].append(row)
-        if len(groups) == 1:  # every row uses the same module: no need to split the batch
-            return next(iter(groups.values()))[0](x)
-        if x.shape[0] != len(self.row_adapters):
+    def validate(self) -> None:
+        """Check every field. Also called when the config is used (``inject_adapter``): a config
+        is a plain dataclass and may have been edited since it was made."""
+        if not isinstance(self.r, int) or self.r <= 0:
+            raise ValueError(f"LoraConfig.r must be a positive int, got {self.r!r}")
+        if self.lora_alpha < 0:
+            raise ValueError(f"LoraConfig.lora_alpha must be >= 0, got {self.lora_alpha!r}")
+        if not 0.0 <= self.lora_dropout < 1.0:
+            raise ValueError(f"LoraConfig.lora_dropout must lie in [0, 1), got {self.lora_dropout!r}")
+        if self.bias not in ("none", "all", "lora_only"):
+            raise ValueError(f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
+        if self.init_lora_weights not in (True, False, "gaussian", "pissa"):
             raise ValueError(
-                f"a mixed batch needs a batched input to modules_to_save ({type(self.original_module).__name__}), "
-                f"got shape {x.shape} for {len(self.row_adapters)} rows"
+                f"LoraConfig.init_lora_weights must be True, False, 'gaussian' or 'pissa', got {self.init_lora_weights!r}"
             )
-        pieces, order = [], []
-        for module, rows in groups.values():
-            pieces.append(module(x[B.xp.asarray(rows)]))  # (rows, ...)
-            order.extend(rows)
-        inverse = numpy.argsort(numpy.asarray(order))  # where each original row sits in `order`
-        return cat(pieces, dim=0)[B.xp.asarray(inverse)]
+        for pattern, value in {**self.rank_pattern}.items():
+            if not isinstance(value, int) or value <= 0:
+                raise ValueError(f"LoraConfig.rank_pattern[{pattern!r}] must be a positive int, got {value!r}")
+        for pattern, value in self.alpha_pattern.items():
+            if value < 0:
+                raise ValueError(f"LoraConfig.alpha_pattern[{pattern!r}] must be >= 0, got {value!r}")
+        if isinstance(self.target_modules, (set, tuple)):
+            self.target_modules = sorted(self.target_modules)
+        if self.enable_lora is not None:
+            lists = self.enable_lora.values() if isinstance(self.enable_lora, dict) else [self.enable_lora]
+            if not all(isinstance(lst, (list, tuple)) and any(lst) for lst in lists):
+                raise ValueError(f"LoraConfig.enable_lora must enable at least one slice of each list, got {self.enable_lora}")
+            if self.init_lora_weights == "pissa" or self.use_dora:
+                raise ValueError("LoraConfig.enable_lora works with plain LoRA only (not with pissa or use_dora)")
+
+    # --- PEFT's file has no enable_lora: save its equivalent ------------------------------
+
+    def to_peft_fields(self) -> dict:
+        """Fields to write in adapter_config.json. An ``enable_lora`` adapter is saved as PEFT's
+        equivalent -- one rank-(k r) pair per layer with zero blocks (see ``LoraModel.adapter_state_dict``),
+        with alpha scaled so that alpha / r is unchanged -- plus a ``minilora_enable_lora`` record
+        (PEFT ignores it, with a warning) from which minilora restores the original layout."""
+        if self.enable_lora is None:
+            return {}
+        if self.rank_pattern or self.alpha_pattern:
+            raise ValueError("saving enable_lora adapters with rank_pattern/alpha_pattern is not supported")
+        record = {"enable_lora": self.enable_lora, "r": self.r, "lora_alpha": self.lora_alpha}
+
+        def equivalent(k):  # PEFT's (r, alpha) for k slices of rank r each, keeping alpha / r (or / sqrt r)
+            return k * self.r, self.lora_alpha * (math.sqrt(k) if self.use_rslora else k)
+
+        if isinstance(self.enable_lora, dict):
+            patterns = {p: equivalent(sum(lst)) for p, lst in self.enable_lora.items()}
+            return {"rank_pattern": {p: v[0] for p, v in patterns.items()},
+                    "alpha_pattern": {p: v[1] for p, v in patterns.items()},
+                    "enable_lora": None, "minilora_enable_lora": record}
+        r, alpha = equivalent(sum(self.enable_lora))
+        return {"r": r, "lora_alpha": alpha, "enable_lora": None, "minilora_enable_lora": record}
+
+    @staticmethod
+    def from_peft_fields(data: dict) -> dict:
+        """Undo ``to_peft_fields`` on a loaded dict."""
+        data = dict(data)
+        record = data.pop("minilora_enable_lora", None)
+        if record:
+            data.update(record)
+            if isinstance(record["enable_lora"], dict):  # the patterns were written for PEFT only
+                data["rank_pattern"], data["alpha_pattern"] = {}, {}
+        return data
+
+    def enable_lora_for(self, module_name: str):
+        """The slice list for one module (None: a plain, unsliced adapter)."""
+        if isinstance(self.enable_lora, dict):
+            return _pattern_value(self.enable_lora, module_name, None)
+        return self.enable_lora
+
+    def rank_and_alpha(self, module_name: str) -> tuple:
+        """r and alpha for one module: a matching ``rank_pattern``/``alpha_pattern`` entry wins (PEFT's rule)."""
+        return (_pattern_value(self.rank_pattern, module_name, self.r),
+                _pattern_value(self.alpha_pattern, module_name, self.lora_alpha))
+
+
+def _pattern_value(patterns: dict, name: str, default):
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", name):
+            return value
+    return default
 
 
 # ---------------------------------------------------------------------------
@@ -518,257 +469,72 @@ class ModulesToSaveWrapper(nn.Module):
 DEFAULT_TARGET_MODULES = {"GPT": ["c_attn"]}
 
 
-def _uses_conv1d_in_hf(model) -> bool:
-    """GPT-2's projections are Conv1D (W stored (in, out)) in Hugging Face: PEFT then needs fan_in_fan_out."""
-    return type(model).__name__ == "GPT"
-
-
-class LoraModel(nn.Module):
+class LoraModel(BaseTuner):
     """Injects ``LoRALinear`` into a model and manages its adapters (PEFT's ``LoraModel``).
 
     The wrapped model is ``self.model``, so that inside a ``PeftModel`` a parameter is
     named ``base_model.model.transformer.h.0.attn.c_attn.lora_A.default.weight`` --
-    PEFT's name, which is what makes the saved files interchangeable.
+    PEFT's name, which is what makes the saved files interchangeable. Adding, choosing,
+    disabling, mixing, merging and deleting adapters is ``BaseTuner``'s (minilora/tuner.py);
+    what is LoRA's own is below: which layers to wrap and how, what is trained, a 4-bit
+    base, combining adapters, and PEFT's file keys.
     """
 
+    method = "LoRA"
     prefix = "lora_"
-
-    def __init__(self, model: nn.Module, config: LoraConfig, adapter_name: str = "default"):
-        super().__init__()
-        self.model = model
-        self.peft_config = {}
-        self.active_adapter = adapter_name
-        self.inject_adapter(adapter_name, config)
-
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
+    layer_type = LoRALinear
 
     # --- finding and wrapping the targets -------------------------------------------
 
-    def _target_names(self, config: LoraConfig) -> list:
-        targets = config.target_modules
-        if targets is None:
-            targets = DEFAULT_TARGET_MODULES.get(type(self.model).__name__)
-            if targets is None:
-                raise ValueError(f"LoraConfig.target_modules is None and there is no default for {type(self.model).__name__}; name the modules to adapt")
-            config.target_modules = list(targets)
-        names = []
-        for name, module in self.model.named_modules():
-            if not name or ".lora_" in f".{name}" or ".base_layer" in f".{name}" or "modules_to_save" in name or "original_module" in name:
-                continue  # minilora's own sub-modules are never targets
-            if target_matches(targets, name):
-                if not isinstance(module, (nn.Linear, NF4Linear, LoRALinear)):
-                    raise ValueError(
-                        f"target {name!r} is a {type(module).__name__}; LoRA adapts Linear layers only "
-                        f"(check target_modules={targets!r})"
-                    )
-                names.append(name)
-        if not names:
-            linears = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, NF4Linear, LoRALinear))
-                       and ".lora_" not in f".{n}" and not n.endswith("base_layer")]
-            raise ValueError(
-                f"target_modules={targets!r} matches no module of {type(self.model).__name__}. "
-                f"Its Linear layers are: {', '.join(linears)}"
-            )
-        return names
-
-    def inject_adapter(self, adapter_name: str, config: LoraConfig) -> None:
-        """Add adapter ``adapter_name`` to every target (wrapping plain Linears), then freeze
-        everything but it. On an error the model is left exactly as it was."""
-        if adapter_name in self.peft_config:
-            raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {sorted(self.peft_config)}")
+    def _prepare_config(self, config: LoraConfig) -> None:
         config.validate()
-        if _uses_conv1d_in_hf(self.model) and not config.fan_in_fan_out:
-            config.fan_in_fan_out = True  # as PEFT does for GPT-2 (it warns); recorded in the saved config
-        targets = self._target_names(config)
-        undo = []  # how to put back what was changed, in reverse order
-        try:
-            for name in targets:
-                module = self.model.get_submodule(name)
-                if not isinstance(module, LoRALinear):
-                    wrapped = LoRALinear(module)
-                    _set_submodule(self.model, name, wrapped)
-                    undo.append(lambda name=name, module=module: _set_submodule(self.model, name, module))
-                    module = wrapped
-                r, alpha = config.rank_and_alpha(name)
-                enable = config.enable_lora_for(name)
-                module.update_layer(adapter_name, r, alpha, config.lora_dropout, config.use_rslora,
-                                    config.init_lora_weights, enable, config.use_dora)
-                undo.append(lambda module=module: module.delete_adapter(adapter_name))
-            for name in config.modules_to_save or []:
-                self._wrap_module_to_save(name, adapter_name, undo)
-        except BaseException:
-            for step in reversed(undo):
-                step()
-            raise
-        self.peft_config[adapter_name] = config
-        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else adapter_name)
+        set_fan_in_fan_out(self.model, config)
+        self._fill_default(config, "target_modules", DEFAULT_TARGET_MODULES)
 
-    def _wrap_module_to_save(self, target: str, adapter_name: str, undo: list) -> None:
-        matches = [n for n, m in self.model.named_modules()
-                   if n and target_matches([target], n) and not isinstance(m, (LoRALinear, ModulesToSaveWrapper))
-                   and "modules_to_save" not in n and "original_module" not in n and ".lora_" not in f".{n}"]
-        wrapped = [n for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper) and target_matches([target], n)]
-        if not matches and not wrapped:  # a module another adapter wrapped already matches too
-            raise ValueError(f"modules_to_save entry {target!r} matches no module")
-        for name in matches:
-            module = self.model.get_submodule(name)
-            parent_name = name.rpartition(".")[0]
-            parent = self.model.get_submodule(parent_name)
-            if isinstance(parent, ModulesToSaveWrapper):
-                continue
-            wrapper = ModulesToSaveWrapper(module, adapter_name)
-            _set_submodule(self.model, name, wrapper)
-            undo.append(lambda name=name, module=module: _set_submodule(self.model, name, module))
-        for name, module in self.model.named_modules():
-            if isinstance(module, ModulesToSaveWrapper) and target_matches([target], name) and adapter_name not in module.modules_to_save:
-                module.update(adapter_name)
-                undo.append(lambda module=module: module.modules_to_save.__delitem__(adapter_name))
+    def _target_names(self, config: LoraConfig) -> list:
+        return self._find_targets(config.target_modules, (nn.Linear, NF4Linear, LoRALinear))
 
-    def lora_layers(self):
-        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, LoRALinear)]
+    def _new_layer(self, name: str, module, config: LoraConfig) -> LoRALinear:
+        return LoRALinear(module)
 
-    def _wrappers(self):
-        return [m for m in self.model.modules() if isinstance(m, (LoRALinear, ModulesToSaveWrapper))]
+    def _update_layer(self, name: str, layer: LoRALinear, adapter_name: str, config: LoraConfig) -> None:
+        r, alpha = config.rank_and_alpha(name)
+        layer.update_layer(adapter_name, r, alpha, config.lora_dropout, config.use_rslora,
+                           config.init_lora_weights, config.enable_lora_for(name), config.use_dora)
 
-    # --- which adapter is trained and used --------------------------------------------
-
-    def set_adapter(self, adapter_name: str) -> None:
-        """Make ``adapter_name`` the one used in forward and the only one trainable."""
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
-        self.active_adapter = adapter_name
-        for module in self._wrappers():
-            module.active_adapter = adapter_name
-        self._mark_trainable(adapter_name)
+    def lora_layers(self) -> list:
+        """Every ``(name, LoRALinear)`` of the model."""
+        return self.adapter_layers()
 
     def _mark_trainable(self, adapter_name: str) -> None:
-        """Freeze the base model; train the active adapter's A and B (and the biases or
-        modules_to_save its config asks for). Frozen weights get no gradient at all."""
+        """Train the adapter's A and B (and DoRA's m), and the biases its config asks for."""
         config = self.peft_config[adapter_name]
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        if config.inference_mode:
-            return
-        for _, module in self.model.named_modules():
-            if isinstance(module, LoRALinear) and adapter_name in module.lora_A:
+        for _, module in self.lora_layers():
+            if adapter_name in module.lora_A:
                 module.lora_A[adapter_name].weight.requires_grad_(True)
                 module.lora_B[adapter_name].weight.requires_grad_(True)
                 if adapter_name in module.lora_magnitude_vector:
                     module.lora_magnitude_vector[adapter_name].weight.requires_grad_(True)
                 if config.bias == "lora_only" and module.base_layer.bias is not None:
                     module.base_layer.bias.requires_grad_(True)
-            if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
-                module.modules_to_save[adapter_name].requires_grad_(True)
         if config.bias == "all":
             for name, p in self.model.named_parameters():
                 # a modules_to_save wrapper keeps its original frozen and trains only the active
-                # copy (in full, above), as PEFT's wrapper does
+                # copy (in full, by BaseTuner.set_adapter), as PEFT's wrapper does
                 if name.endswith("bias") and ".original_module." not in name and ".modules_to_save." not in name:
                     p.requires_grad_(True)
 
-    @contextmanager
-    def disable_adapter(self):
-        """Inside the ``with`` block the model is the base model (merged updates are taken out)."""
-        wrappers = self._wrappers()
-        for m in wrappers:
-            m.disable_adapters = True
-        try:
-            yield
-        finally:
-            for m in wrappers:
-                m.disable_adapters = False
-
-    @contextmanager
-    def mixed_batch(self, adapter_names):
-        """Tell every LoRA layer (and modules_to_save copy) which adapter each row of the next batch uses."""
-        known = set(self.peft_config) | {BASE}
-        unknown = sorted(set(adapter_names) - known)
-        if unknown:
-            raise ValueError(f"adapter_names lists unknown adapters {unknown}; known: {sorted(known)}")
-        if any(m.merged for _, m in self.lora_layers()):
-            raise RuntimeError("adapter_names cannot be used while an adapter is merged; call unmerge_adapter() first")
-        layers = [m for m in self.model.modules() if isinstance(m, (LoRALinear, ModulesToSaveWrapper))]
-        for m in layers:
-            m.row_adapters = list(adapter_names)
-        try:
-            yield
-        finally:
-            for m in layers:
-                m.row_adapters = None
-
-    # --- merging --------------------------------------------------------------------
-
-    def merge_adapter(self, adapter_names=None) -> None:
-        names = list(adapter_names or [self.active_adapter])
-        unknown = [n for n in names if n not in self.peft_config]
-        if unknown:
-            raise ValueError(f"merge_adapter: unknown adapters {unknown}; adapters: {sorted(self.peft_config)}")
-        for _, m in self.lora_layers():  # every layer checked before any W changes
-            for name in names:
-                if name in m.merged_adapters:
-                    raise RuntimeError(f"adapter {name!r} is already merged into {type(m.base_layer).__name__}.weight")
-            if isinstance(m.base_layer, NF4Linear) and set(names) & set(m.lora_A):
-                raise RuntimeError(NF4_MERGE_ERROR)
-        for _, m in self.lora_layers():
-            m.merge(names)
-
-    def unmerge_adapter(self) -> None:
-        for _, m in self.lora_layers():  # every layer checked before any W changes
-            m.check_unmerge()
-        for _, m in self.lora_layers():
-            m.unmerge()
+    # --- merging into a 4-bit base --------------------------------------------------------
 
     def merge_and_unload(self) -> nn.Module:
         """Fold the active adapter into W and return the plain model (LoRA layers replaced by
         their base Linears; modules_to_save by the active copy). A 4-bit base (QLoRA) is
         dequantized first, every NF4Linear becoming an nn.Linear: the result is a dense model."""
         for name, q in [(n, m) for n, m in self.model.named_modules() if isinstance(m, NF4Linear)]:
-            _set_submodule(self.model, name, q.to_dense())
-        for name, m in self.lora_layers():
-            if not m.merged and m.active_adapter in m.lora_A:
-                m.merge()
-            _set_submodule(self.model, name, m.base_layer)
-        self._unwrap_modules_to_save(use_copy=True)
-        return self.model
+            set_submodule(self.model, name, q.to_dense())
+        return super().merge_and_unload()
 
-    def unload(self) -> nn.Module:
-        """Take every LoRA layer out without merging: the base model as it was."""
-        for _, m in self.lora_layers():  # every layer checked before any is taken out
-            m.check_unmerge()
-        for name, m in self.lora_layers():
-            m.unmerge()
-            _set_submodule(self.model, name, m.base_layer)
-        self._unwrap_modules_to_save(use_copy=False)
-        return self.model
-
-    def _unwrap_modules_to_save(self, use_copy: bool) -> None:
-        for name, m in [(n, m) for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]:
-            keep = m.modules_to_save[m.active_adapter] if use_copy and m.active_adapter in m.modules_to_save else m.original_module
-            _set_submodule(self.model, name, keep)
-
-    # --- several adapters -------------------------------------------------------------
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
-        if adapter_name == self.active_adapter:
-            raise ValueError(f"adapter {adapter_name!r} is active; set_adapter() to another one before deleting it")
-        if any(adapter_name in m.merged_adapters for _, m in self.lora_layers()):
-            raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
-        # A layer that only this adapter used goes back to what it was before add_adapter, so
-        # that deleting an adapter (also when loading one fails half-way) undoes adding it.
-        for name, m in self.lora_layers():
-            if adapter_name in m.lora_A:
-                m.delete_adapter(adapter_name)
-                if not len(m.lora_A):
-                    _set_submodule(self.model, name, m.base_layer)
-        for name, m in [(n, m) for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]:
-            if adapter_name in m.modules_to_save:
-                del m.modules_to_save[adapter_name]
-                if not len(m.modules_to_save):
-                    _set_submodule(self.model, name, m.original_module)
-        del self.peft_config[adapter_name]
+    # --- combining adapters ---------------------------------------------------------------
 
     @no_grad()
     def add_weighted_adapter(self, adapters, weights, adapter_name: str, combination_type: str = "svd",
@@ -782,8 +548,7 @@ class LoraModel(nn.Module):
         * ``"linear"``: A = Σ sign · sqrt(|w_i s_i|) A_i and B = Σ sqrt(|w_i s_i|) B_i (all r_i equal).
           This is *not* Σ w_i ΔW_i: B A has cross terms B_i A_j (docs/lora.md shows the difference).
         """
-        if adapter_name in self.peft_config:
-            raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {sorted(self.peft_config)}")
+        check_new_name(self, adapter_name)
         missing = [a for a in adapters if a not in self.peft_config]
         if missing:
             raise ValueError(f"add_weighted_adapter: unknown adapters {missing}; adapters: {sorted(self.peft_config)}")
@@ -881,7 +646,6 @@ class LoraModel(nn.Module):
                 out["base_model.model." + name.replace(f".modules_to_save.{adapter_name}.", ".modules_to_save.")] = t
         return out
 
-
     @no_grad()
     def load_adapter_state_dict(self, adapter_name: str, tensors: dict) -> None:
         """Copy arrays keyed as ``adapter_state_dict`` keys them (shapes already checked) into the adapter."""
@@ -912,13 +676,6 @@ def _peft_key(name: str, adapter_name: str):
     return None
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Put ``module`` at ``name``; it takes its predecessor's place among the siblings, so
-    a rolled-back injection or an ``unload()`` gives back the very tree it started from."""
-    parent_name, _, child = name.rpartition(".")
-    setattr(model.get_submodule(parent_name), child, module)
-
-
 # The user-facing wrapper lives in minilora/peft/model.py (shared by every method);
 # it is re-exported here so that `from minilora.lora import PeftModel, get_peft_model` works.
 from minilora.peft.model import PeftModel, get_peft_model  # noqa: E402
@@ -926,4 +683,5 @@ from minilora.peft.model import PeftModel, get_peft_model  # noqa: E402
 # imports this module.
 from minilora.peft import dora  # noqa: E402
 
-__all__ = ["LoRALinear", "LoraConfig", "LoraModel", "PeftModel", "get_peft_model", "ModulesToSaveWrapper", "target_matches"]
+__all__ = ["LoRALinear", "LoraConfig", "LoraModel", "PeftModel", "get_peft_model", "ModulesToSaveWrapper", "target_matches",
+           "BASE"]

@@ -1,8 +1,8 @@
 """LoRA against Hugging Face PEFT: the files, the logits, the counts, the gradients, the errors.
 
 Every test builds a tiny random GPT-2 (vocab 61, 16 positions, width 16, 2 layers,
-2 heads) in minilora, converts it with ``to_transformers`` and gives both sides the
-same adapter -- with *random* A and B (``init_lora_weights=False``) and perturbed
+2 heads; ``peft_helpers.py``, with the comparisons these files share) in minilora,
+converts it with ``to_transformers`` and gives both sides the same adapter -- with *random* A and B (``init_lora_weights=False``) and perturbed
 biases and modules_to_save copies, so that a wrong key, a transposed matrix or a
 wrong scaling cannot hide behind a zero update. The shipped base model
 (``minilora.pretrain.load_base``) is checked the same way.
@@ -19,7 +19,6 @@ import json
 import pickle
 import re
 import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +31,24 @@ from safetensors.numpy import load_file, save_file  # noqa: E402
 import minilora  # noqa: E402
 from minilora import Tensor, nn  # noqa: E402
 from minilora.lora import LoraConfig, LoRALinear, PeftModel, get_peft_model  # noqa: E402
-from minilora.models import GPT, GPTConfig, to_transformers  # noqa: E402
+from minilora.models import to_transformers  # noqa: E402
 from minilora.optim import AdamW  # noqa: E402
 from minilora.pretrain import load_base  # noqa: E402
-
-V, N_POS, C, N_LAYER, N_HEAD = 61, 16, 16, 2, 2
-TINY = GPTConfig(vocab_size=V, block_size=N_POS, n_layer=N_LAYER, n_head=N_HEAD, n_embd=C)
+from peft_helpers import (  # noqa: E402
+    C,
+    N_LAYER,
+    assert_unchanged,
+    ids,
+    loss_and_grads_against_peft,
+    losses_against_torch,
+    max_err,
+    peft_logits,
+    perturb_trainable,
+    perturb_trainable_torch,
+    rel_err,
+    snapshot,
+    tiny_gpt,
+)
 
 # PEFT warns that GPT-2's Conv1D layers need fan_in_fan_out=True (and sets it); minilora does the same.
 pytestmark = pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning")
@@ -46,49 +57,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:U
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-
-def tiny_gpt(dtype=np.float64, seed=0, **overrides) -> GPT:
-    """A tiny GPT-2 with every parameter perturbed (biases and LayerNorms start at 0 and 1 otherwise)."""
-    minilora.manual_seed(seed)
-    model = GPT(replace(TINY, **overrides), dtype=dtype)
-    rng = np.random.default_rng(seed)
-    for p in model.parameters():
-        p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(dtype)
-    return model.eval()
-
-
-def ids(batch=2, length=12, vocab=V, seed=0):
-    return np.random.default_rng(seed).integers(0, vocab, size=(batch, length))
-
-
-def perturb_trainable(model, seed=1) -> None:
-    """Move every trainable array (A, B, trained biases, modules_to_save copies) away from its init."""
-    rng = np.random.default_rng(seed)
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(p.dtype)
-
-
-def perturb_trainable_torch(model, seed=1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-
-
-def peft_logits(model, x):
-    with torch.no_grad():
-        return model(torch.tensor(x)).logits.numpy()
-
-
-def max_err(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
-
-
-def rel_err(a, b) -> float:
-    return max_err(a, b) / max(float(np.max(np.abs(b))), 1e-300)
 
 
 # The adapters every parity test runs: each LoraConfig field the issue names, alone or combined.
@@ -116,27 +84,6 @@ def peft_adapter(hf_model, config: dict, seed=1):
     model = peft.get_peft_model(hf_model, peft.LoraConfig(init_lora_weights=False, **copy.deepcopy(config)))
     perturb_trainable_torch(model, seed)
     return model.eval()
-
-
-def snapshot(model) -> dict:
-    """Everything a failed call must leave as it was: the module tree, every parameter's
-    values and trainable flag, and the adapters' bookkeeping."""
-    return {
-        "tree": [(name, type(m).__name__, id(m)) for name, m in model.named_modules()],
-        "params": [(name, id(p), p.requires_grad, p.data.dtype, p.data.copy()) for name, p in model.named_parameters()],
-        "state": [(name, list(getattr(m, "merged_adapters", [])), getattr(m, "active_adapter", None),
-                   sorted(getattr(m, "peft_config", {})), dict(getattr(m, "scaling", {})))
-                  for name, m in model.named_modules()],
-    }
-
-
-def assert_unchanged(model, before: dict) -> None:
-    after = snapshot(model)
-    assert after["tree"] == before["tree"]
-    assert after["state"] == before["state"]
-    assert [p[:4] for p in after["params"]] == [p[:4] for p in before["params"]]
-    for (name, *_, new), (_, *_, old) in zip(after["params"], before["params"]):
-        assert np.array_equal(new, old), f"{name} changed"
 
 
 # ---------------------------------------------------------------------------
@@ -262,22 +209,13 @@ def test_loss_and_gradients_equal_peft(name, tmp_path):
     ours = minilora_adapter(tiny_gpt(np.float64), CONFIGS[name])
     ours.save_pretrained(tmp_path)
     theirs = peft.PeftModel.from_pretrained(to_transformers(tiny_gpt(np.float64)), tmp_path, is_trainable=True)
-    x = ids(2, 12, seed=5)
-    targets = np.concatenate([x[:, 1:], np.full((2, 1), -100)], axis=1)
-
-    _, loss = ours(x, targets)
-    loss.backward()
-    logits = theirs(torch.tensor(x)).logits
-    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.tensor(targets).reshape(-1), ignore_index=-100)
-    ref.backward()
-    assert abs(loss.item() - ref.item()) <= 1e-12 * abs(ref.item())
+    loss, ref, grads = loss_and_grads_against_peft(ours, theirs, ids(2, 12, seed=5))  # also: the same trainable names
+    assert abs(loss - ref) <= 1e-12 * abs(ref)
+    for n, ours_grad, peft_grad in grads:  # lora_A/lora_B are (r, in)/(out, r) on both sides; biases and copies too
+        assert rel_err(ours_grad, peft_grad) < 1e-8, n
 
     ours_params = dict(ours.named_parameters())
     trainable = {n for n, p in ours_params.items() if p.requires_grad}
-    peft_params = {n: p for n, p in theirs.named_parameters() if p.requires_grad}
-    assert trainable == set(peft_params)  # same names: PEFT's, parameter for parameter
-    for n in trainable:  # lora_A/lora_B are (r, in)/(out, r) on both sides; biases and copies too
-        assert rel_err(ours_params[n].grad, peft_params[n].grad.numpy()) < 1e-8, n
     frozen = [n for n, p in ours_params.items() if not p.requires_grad]
     assert frozen and all(ours_params[n].grad is None for n in frozen)  # no weight-gradient work for the base
 
@@ -408,14 +346,8 @@ def test_enable_lora_gradients_match_a_torch_reference():
             return output + torch.cat([dq, torch.zeros_like(dq), dv], dim=-1)
 
         block.attn.c_attn.register_forward_hook(hook)
-    x = ids(seed=9)
-    targets = np.concatenate([x[:, 1:], np.full((2, 1), -100)], axis=1)
-    _, loss = ours(x, targets)
-    loss.backward()
-    logits = hf(torch.tensor(x)).logits
-    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.tensor(targets).reshape(-1), ignore_index=-100)
-    ref.backward()
-    assert abs(loss.item() - ref.item()) <= 1e-12 * abs(ref.item())
+    loss, ref = losses_against_torch(ours, hf, ids(seed=9))
+    assert abs(loss - ref) <= 1e-12 * abs(ref)
     for i, pair in enumerate(pairs):
         layer = ours.get_base_model().transformer.h[i].attn.c_attn
         gA, gB = layer.lora_A["default"].weight.grad, layer.lora_B["default"].weight.grad

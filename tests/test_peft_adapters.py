@@ -2,12 +2,10 @@
 
 PEFT has no bottleneck adapters, so the oracle is written here: Hugging Face's GPT-2
 (``to_transformers``) with its blocks' ``attn`` and ``mlp`` wrapped in a ten-line torch
-module, weights copied from minilora. Logits and gradients must agree in float64. The
-other oracles: the closed-form parameter count, the near-identity bound of the init,
-and a snapshot of the model before a call that must fail.
+module, weights copied from minilora (the tiny GPT-2 is ``peft_helpers.py``'s). Logits and
+gradients must agree in float64. The other oracles: the closed-form parameter count, the
+near-identity bound of the init, and a snapshot of the model before a call that must fail.
 """
-
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -16,28 +14,15 @@ from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 
-import minilora  # noqa: E402
 from minilora import Tensor, nn  # noqa: E402
 from minilora.lora import LoraConfig  # noqa: E402
-from minilora.models import GPT, GPTConfig, KVCache, to_transformers  # noqa: E402
+from minilora.models import GPT, KVCache, to_transformers  # noqa: E402
 from minilora.peft import BottleneckConfig, PeftModel, get_peft_model  # noqa: E402
 from minilora.peft.adapters import ACTIVATIONS  # noqa: E402
-
-V, C, N_LAYER = 61, 16, 2
-TINY = GPTConfig(vocab_size=V, block_size=16, n_layer=N_LAYER, n_head=2, n_embd=C)
+from peft_helpers import C, N_LAYER, TINY, V, assert_unchanged, snapshot, tiny_gpt  # noqa: E402
 
 
-def tiny_gpt(dtype=np.float64, seed=0, **overrides) -> GPT:
-    """A tiny GPT-2 with every parameter perturbed (biases and LayerNorms start at 0 and 1 otherwise)."""
-    minilora.manual_seed(seed)
-    model = GPT(replace(TINY, **overrides), dtype=dtype)
-    rng = np.random.default_rng(seed)
-    for p in model.parameters():
-        p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(dtype)
-    return model.eval()
-
-
-def ids(batch=2, length=10, seed=0):
+def ids(batch=2, length=10, seed=0):  # this file's inputs: 10 tokens (peft_helpers.ids: 12)
     return np.random.default_rng(seed).integers(0, V, size=(batch, length))
 
 
@@ -51,23 +36,6 @@ def adapted(config: BottleneckConfig, dtype=np.float64, seed=0, perturb=True) ->
             if p.requires_grad:
                 p.data = (p.data + 0.3 * rng.standard_normal(p.shape)).astype(dtype)
     return model
-
-
-def snapshot(model) -> dict:
-    return {
-        "tree": [(n, type(m).__name__, id(m)) for n, m in model.named_modules()],
-        "params": [(n, id(p), p.requires_grad, p.data.copy()) for n, p in model.named_parameters()],
-        "state": [(n, getattr(m, "active_adapter", None), sorted(getattr(m, "peft_config", {})))
-                  for n, m in model.named_modules()],
-    }
-
-
-def assert_unchanged(model, before: dict) -> None:
-    after = snapshot(model)
-    assert after["tree"] == before["tree"] and after["state"] == before["state"]
-    assert [p[:3] for p in after["params"]] == [p[:3] for p in before["params"]]
-    for (name, *_, new), (_, *_, old) in zip(after["params"], before["params"]):
-        assert np.array_equal(new, old), f"{name} changed"
 
 
 # ---------------------------------------------------------------------------

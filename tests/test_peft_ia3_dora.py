@@ -1,7 +1,7 @@
 """(IA)^3 and DoRA against Hugging Face PEFT, and the properties each must have.
 
 As in ``test_lora.py``: a tiny random GPT-2 (vocab 61, 16 positions, width 16, 2
-layers, 2 heads) in minilora and its ``to_transformers`` twin get the same adapter,
+layers, 2 heads; ``peft_helpers.py``) in minilora and its ``to_transformers`` twin get the same adapter,
 with every trained array moved away from its initial value -- IA3's vectors away from
 ones, DoRA's A, B (``init_lora_weights=False``) and magnitude m away from ||W + ΔW|| --
 so that a wrong key, shape, scaling or bias rule cannot hide behind an identity update.
@@ -23,7 +23,6 @@ comes back within 1e-12.
 
 import copy
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -37,12 +36,23 @@ from safetensors.numpy import load_file  # noqa: E402
 import minilora  # noqa: E402
 from minilora import Tensor, nn  # noqa: E402
 from minilora.lora import BASE, LoraConfig, LoRALinear  # noqa: E402
-from minilora.models import GPT, GPTConfig, to_transformers  # noqa: E402
+from minilora.models import GPT, to_transformers  # noqa: E402
 from minilora.peft import IA3Config, PeftModel, get_peft_model  # noqa: E402
 from minilora.peft.ia3 import IA3Linear  # noqa: E402
-
-V, N_POS, C, N_LAYER, N_HEAD = 61, 16, 16, 2, 2
-TINY = GPTConfig(vocab_size=V, block_size=N_POS, n_layer=N_LAYER, n_head=N_HEAD, n_embd=C)
+from peft_helpers import (  # noqa: E402
+    C,
+    N_LAYER,
+    assert_unchanged,
+    ids,
+    loss_and_grads_against_peft,
+    max_err,
+    peft_logits,
+    perturb_trainable,
+    perturb_trainable_torch,
+    rel_err,
+    snapshot,
+    tiny_gpt,
+)
 
 # PEFT warns that GPT-2's Conv1D layers need fan_in_fan_out=True (and sets it), and that
 # unmerging IA3 "can be inaccurate"; minilora sets fan_in_fan_out the same way.
@@ -53,67 +63,6 @@ pytestmark = [pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:
 # ---------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------
-
-
-def tiny_gpt(dtype=np.float64, seed=0, **overrides) -> GPT:
-    """A tiny GPT-2 with every parameter perturbed (biases and LayerNorms start at 0 and 1 otherwise)."""
-    minilora.manual_seed(seed)
-    model = GPT(replace(TINY, **overrides), dtype=dtype)
-    rng = np.random.default_rng(seed)
-    for p in model.parameters():
-        p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(dtype)
-    return model.eval()
-
-
-def ids(batch=2, length=12, seed=0):
-    return np.random.default_rng(seed).integers(0, V, size=(batch, length))
-
-
-def perturb_trainable(model, seed=1) -> None:
-    rng = np.random.default_rng(seed)
-    for _, p in model.named_parameters():
-        if p.requires_grad:
-            p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(p.dtype)
-
-
-def perturb_trainable_torch(model, seed=1) -> None:
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.requires_grad:
-                p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
-
-
-def peft_logits(model, x):
-    with torch.no_grad():
-        return model(torch.tensor(x)).logits.numpy()
-
-
-def max_err(a, b) -> float:
-    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
-
-
-def rel_err(a, b) -> float:
-    return max_err(a, b) / max(float(np.max(np.abs(b))), 1e-300)
-
-
-def snapshot(model) -> dict:
-    """What a failed call must leave as it was: the module tree, every parameter (values,
-    trainable flag) and the adapters' bookkeeping."""
-    return {
-        "tree": [(name, type(m).__name__, id(m)) for name, m in model.named_modules()],
-        "params": [(name, id(p), p.requires_grad, p.data.copy()) for name, p in model.named_parameters()],
-        "state": [(name, list(getattr(m, "merged_adapters", [])), getattr(m, "active_adapter", None),
-                   sorted(getattr(m, "peft_config", {}))) for name, m in model.named_modules()],
-    }
-
-
-def assert_unchanged(model, before: dict) -> None:
-    after = snapshot(model)
-    assert after["tree"] == before["tree"] and after["state"] == before["state"]
-    assert [p[:3] for p in after["params"]] == [p[:3] for p in before["params"]]
-    for (name, *_, new), (_, *_, old) in zip(after["params"], before["params"]):
-        assert np.array_equal(new, old), f"{name} changed"
 
 
 # The adapters every parity test runs: (minilora config class, PEFT config class, fields).
@@ -226,20 +175,6 @@ def test_minilora_loads_a_peft_adapter_and_agrees(name, tmp_path):
     assert ours.get_nb_trainable_parameters()[0] == 0  # loaded for inference, as PEFT's default
     with ours.disable_adapter():
         assert max_err(ours(x)[0].numpy(), peft_logits(theirs, x)) > 1e-3
-
-
-def loss_and_grads_against_peft(ours, theirs, x):
-    """Cross-entropy on both sides, backward; returns (our loss, PEFT's, [(name, our grad, PEFT's)])."""
-    targets = np.concatenate([x[:, 1:], np.full((x.shape[0], 1), -100)], axis=1)
-    _, loss = ours(x, targets)
-    loss.backward()
-    logits = theirs(torch.tensor(x)).logits
-    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.tensor(targets).reshape(-1), ignore_index=-100)
-    ref.backward()
-    ours_params = dict(ours.named_parameters())
-    peft_params = {n: p for n, p in theirs.named_parameters() if p.requires_grad}
-    assert {n for n, p in ours_params.items() if p.requires_grad} == set(peft_params)
-    return loss.item(), ref.item(), [(n, ours_params[n].grad, peft_params[n].grad.numpy()) for n in peft_params]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -401,17 +336,11 @@ class GPTCase:
     def __init__(self, n_embd, n_layer, seed, configs, batch, length):
         self.seed, self.configs = seed, configs
         self.names = ["default"] + [f"a{i}" for i in range(1, len(configs))]
-        minilora.manual_seed(seed)
-        self.base_config = GPTConfig(vocab_size=23, block_size=8, n_layer=n_layer, n_head=2, n_embd=n_embd)
+        self.sizes = dict(vocab_size=23, block_size=8, n_layer=n_layer, n_head=2, n_embd=n_embd)
         self.idx = np.random.default_rng(seed).integers(0, 23, size=(batch, length))
 
     def base(self) -> GPT:
-        minilora.manual_seed(self.seed)
-        model = GPT(self.base_config, dtype=np.float64)
-        rng = np.random.default_rng(self.seed)
-        for p in model.parameters():
-            p.data = p.data + 0.1 * rng.standard_normal(p.shape)
-        return model.eval()
+        return tiny_gpt(np.float64, self.seed, **self.sizes)
 
     def model(self, perturb=True) -> PeftModel:
         model = None

@@ -1,9 +1,9 @@
 """Prompt tuning and prefix tuning against Hugging Face PEFT: counts, logits, gradients, files, errors.
 
 Every test builds a tiny random GPT-2 (vocab 61, 16 positions, width 16, 2 layers,
-2 heads) in minilora and its ``to_transformers`` twin, and gives both sides the same
-trained vectors (copied from minilora's random init into PEFT's encoder), so that a
-wrong permute, a wrong position offset or a missing -100 cannot hide.
+2 heads; ``peft_helpers.py``) in minilora and its ``to_transformers`` twin, and gives
+both sides the same trained vectors (copied from minilora's random init into PEFT's
+encoder), so that a wrong permute, a wrong position offset or a missing -100 cannot hide.
 
 Oracles: PEFT itself (its counts, its files, its ``from_pretrained``, its autograd in
 float64 -- PEFT keeps its encoders in float32, so the tests cast them to float64);
@@ -20,7 +20,6 @@ Two things learned from PEFT 0.21.2 with transformers 5.x, recorded here:
 """
 
 import json
-from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -29,14 +28,13 @@ torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 from safetensors.numpy import load_file  # noqa: E402
 
-import minilora  # noqa: E402
 from minilora.data import ByteTokenizer  # noqa: E402
-from minilora.models import GPT, GPTConfig, KVCache, to_transformers  # noqa: E402
+from minilora.models import KVCache, to_transformers  # noqa: E402
 from minilora.peft import PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model  # noqa: E402
 from minilora.peft.prompt_tuning import BYTE_TOKENIZER  # noqa: E402
+from peft_helpers import C, TINY, V, assert_unchanged, rel_err, snapshot, tiny_gpt  # noqa: E402
+from peft_helpers import N_LAYER as L  # noqa: E402
 
-V, N_POS, C, L, N_HEAD = 61, 16, 16, 2, 2
-TINY = GPTConfig(vocab_size=V, block_size=N_POS, n_layer=L, n_head=N_HEAD, n_embd=C)
 P = 3
 
 # name -> (minilora config, PEFT config), the same settings on both sides
@@ -56,23 +54,8 @@ CONFIGS = {
 # ---------------------------------------------------------------------------
 
 
-def tiny_gpt(dtype=np.float64, seed=0, **overrides) -> GPT:
-    """A tiny GPT-2 with every parameter perturbed (biases and LayerNorms start at 0 and 1 otherwise)."""
-    minilora.manual_seed(seed)
-    model = GPT(replace(TINY, **overrides), dtype=dtype)
-    rng = np.random.default_rng(seed)
-    for p in model.parameters():
-        p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(dtype)
-    return model.eval()
-
-
-def ids(batch=2, length=9, seed=1):
+def ids(batch=2, length=9, seed=1):  # this file's inputs: 9 tokens, seed 1 (peft_helpers.ids: 12, seed 0)
     return np.random.default_rng(seed).integers(0, V, size=(batch, length))
-
-
-def rel_err(a, b) -> float:
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    return float(np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-300))
 
 
 def trainable(model) -> dict:
@@ -92,16 +75,6 @@ def both(name, dtype=np.float64):
             if p.requires_grad:
                 p.copy_(torch.tensor(mine[n].data))
     return ours, theirs.eval()
-
-
-def snapshot(model) -> list:
-    return [(n, id(p), p.requires_grad, p.data.copy()) for n, p in model.named_parameters()]
-
-
-def assert_unchanged(model, before) -> None:
-    after = snapshot(model)
-    assert [a[:3] for a in after] == [b[:3] for b in before]
-    assert all(np.array_equal(a[3], b[3]) for a, b in zip(after, before))
 
 
 # ---------------------------------------------------------------------------

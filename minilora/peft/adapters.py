@@ -46,16 +46,13 @@ Equations and counts in docs/adapters.md.
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-
-import numpy
 
 from minilora import backend as B
 from minilora import nn
-from minilora.lora import BASE, _set_submodule
 from minilora.nn import functional as F
-from minilora.tensor import Tensor, cat, no_grad
+from minilora.tensor import Tensor
+from minilora.tuner import BaseTuner, group_rows, in_row_order
 
 # Each satisfies |act(z)| <= |z|, which the near-identity bound in the tests relies on.
 ACTIVATIONS = {
@@ -147,6 +144,10 @@ class AdapterLayer(nn.Module):
     One adapter is active at a time, or each batch row picks its own (``row_adapters``).
     """
 
+    # Nothing is ever merged into the sublayer (see MERGE_ERROR); the tuner's bookkeeping reads these.
+    merged_adapters = ()
+    merged = False
+
     def __init__(self, base_layer: nn.Module, n_embd: int):
         super().__init__()
         self.base_layer = base_layer
@@ -158,6 +159,11 @@ class AdapterLayer(nn.Module):
         self.active_adapter = None  # None: the sublayer alone
         self.disable_adapters = False  # True inside `with model.disable_adapter():`
         self.row_adapters = None  # one adapter name per batch row, for mixed batches
+
+    @property
+    def adapters(self) -> list:
+        """The names of the adapters this layer holds."""
+        return list(self.adapter_down)
 
     def update_layer(self, adapter_name: str, config: BottleneckConfig) -> None:
         if adapter_name in self.adapter_down:
@@ -193,19 +199,15 @@ class AdapterLayer(nn.Module):
 
     def _mixed_batch_forward(self, h, names) -> Tensor:
         """Each batch row through its own adapter (or none, for ``"__base__"``)."""
-        groups = {}
-        for row, name in enumerate(names):
-            groups.setdefault(name, []).append(row)
-        pieces, order = [], []
+        groups = group_rows(names)
+        pieces = []
         for name, rows in groups.items():
             idx = B.xp.asarray(rows)
             if name in self.adapter_down:
                 pieces.append(self.adapter_output(h[idx], name))  # (rows, T, C)
             else:
                 pieces.append(Tensor(B.xp.zeros((len(rows),) + h.shape[1:], dtype=h.dtype)))
-            order.extend(rows)
-        inverse = numpy.argsort(numpy.asarray(order))  # where each original row sits in `order`
-        return h + cat(pieces, dim=0)[B.xp.asarray(inverse)]
+        return h + in_row_order(pieces, groups.values())
 
     def delete_adapter(self, adapter_name: str) -> None:
         for registry in (self.adapter_down, self.adapter_up, self.adapter_dropout):
@@ -223,24 +225,18 @@ class AdapterLayer(nn.Module):
 # ---------------------------------------------------------------------------
 
 
-class BottleneckModel(nn.Module):
+class BottleneckModel(BaseTuner):
     """Wraps the ``attn``/``mlp`` of every GPT block in an ``AdapterLayer`` and manages the adapters.
 
     The model is ``self.model``, so inside a ``PeftModel`` a parameter is named
-    ``base_model.model.transformer.h.0.mlp.adapter_down.default.weight``.
+    ``base_model.model.transformer.h.0.mlp.adapter_down.default.weight``. The adapters'
+    bookkeeping is ``BaseTuner``'s (minilora/tuner.py); what is the adapters' own is below:
+    the sublayers to wrap, what is trained, the key names, and that nothing can be merged.
     """
 
+    method = "bottleneck adapters"
     prefix = "adapter_"
-
-    def __init__(self, model: nn.Module, config: BottleneckConfig, adapter_name: str = "default"):
-        super().__init__()
-        self.model = model
-        self.peft_config = {}
-        self.active_adapter = adapter_name
-        self.inject_adapter(adapter_name, config)
-
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
+    layer_type = AdapterLayer
 
     def _target_names(self, config: BottleneckConfig) -> list:
         from minilora.models.gpt import Block
@@ -251,87 +247,17 @@ class BottleneckModel(nn.Module):
             raise ValueError(f"bottleneck adapters go inside GPT blocks; {type(self.model).__name__} has none")
         return [f"{b}.{sub}" for b in blocks for sub in PLACEMENTS[config.placement]]
 
-    def inject_adapter(self, adapter_name: str, config: BottleneckConfig) -> None:
-        """Add adapter ``adapter_name`` after each target sublayer, then train only it.
-        On an error the model is left exactly as it was."""
-        if adapter_name in self.peft_config:
-            raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {sorted(self.peft_config)}")
-        config.validate()
-        undo = []  # how to put back what was changed, in reverse order
-        try:
-            for name in self._target_names(config):
-                module = self.model.get_submodule(name)
-                if not isinstance(module, AdapterLayer):
-                    wrapped = AdapterLayer(module, self.model.config.n_embd)
-                    _set_submodule(self.model, name, wrapped)
-                    undo.append(lambda name=name, module=module: _set_submodule(self.model, name, module))
-                    module = wrapped
-                module.update_layer(adapter_name, config)
-                undo.append(lambda module=module: module.delete_adapter(adapter_name))
-        except BaseException:
-            for step in reversed(undo):
-                step()
-            raise
-        self.peft_config[adapter_name] = config
-        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else adapter_name)
+    def _new_layer(self, name: str, module, config: BottleneckConfig) -> AdapterLayer:
+        return AdapterLayer(module, self.model.config.n_embd)
 
-    def adapter_layers(self):
-        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, AdapterLayer)]
+    def _update_layer(self, name: str, layer: AdapterLayer, adapter_name: str, config: BottleneckConfig) -> None:
+        layer.update_layer(adapter_name, config)
 
-    # --- which adapter is trained and used --------------------------------------------
-
-    def set_adapter(self, adapter_name: str) -> None:
-        """Make ``adapter_name`` the one used in forward and the only one trainable."""
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
-        self.active_adapter = adapter_name
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        for _, m in self.adapter_layers():
-            m.active_adapter = adapter_name
-            if adapter_name in m.adapter_down and not self.peft_config[adapter_name].inference_mode:
-                m.adapter_down[adapter_name].requires_grad_(True)
-                m.adapter_up[adapter_name].requires_grad_(True)
-
-    @contextmanager
-    def disable_adapter(self):
-        """Inside the ``with`` block the model is the base model."""
-        layers = [m for _, m in self.adapter_layers()]
-        for m in layers:
-            m.disable_adapters = True
-        try:
-            yield
-        finally:
-            for m in layers:
-                m.disable_adapters = False
-
-    @contextmanager
-    def mixed_batch(self, adapter_names):
-        """Tell every adapter layer which adapter each row of the next batch uses."""
-        known = set(self.peft_config) | {BASE}
-        unknown = sorted(set(adapter_names) - known)
-        if unknown:
-            raise ValueError(f"adapter_names lists unknown adapters {unknown}; known: {sorted(known)}")
-        layers = [m for _, m in self.adapter_layers()]
-        for m in layers:
-            m.row_adapters = list(adapter_names)
-        try:
-            yield
-        finally:
-            for m in layers:
-                m.row_adapters = None
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
-        if adapter_name == self.active_adapter:
-            raise ValueError(f"adapter {adapter_name!r} is active; set_adapter() to another one before deleting it")
-        for name, m in self.adapter_layers():
-            if adapter_name in m.adapter_down:
-                m.delete_adapter(adapter_name)
-                if not len(m.adapter_down):  # no adapter left here: the sublayer goes back in place
-                    _set_submodule(self.model, name, m.base_layer)
-        del self.peft_config[adapter_name]
+    def _mark_trainable(self, adapter_name: str) -> None:
+        for _, layer in self.adapter_layers():
+            if adapter_name in layer.adapter_down:
+                layer.adapter_down[adapter_name].requires_grad_(True)
+                layer.adapter_up[adapter_name].requires_grad_(True)
 
     # --- merging: impossible -------------------------------------------------------------
 
@@ -348,12 +274,6 @@ class BottleneckModel(nn.Module):
         raise RuntimeError("bottleneck adapters cannot be combined by weighting their parameters: "
                            "the adapter is not linear in them (act sits between W_down and W_up)")
 
-    def unload(self) -> nn.Module:
-        """Take every adapter layer out: the base model as it was."""
-        for name, m in self.adapter_layers():
-            _set_submodule(self.model, name, m.base_layer)
-        return self.model
-
     # --- the adapter's weights, under our own key names --------------------------------------
 
     def adapter_state_dict(self, adapter_name: str) -> dict:
@@ -366,12 +286,6 @@ class BottleneckModel(nn.Module):
                 out[f"base_model.model.{name}.{part}.weight"] = linear.weight.data
                 out[f"base_model.model.{name}.{part}.bias"] = linear.bias.data
         return out
-
-    @no_grad()
-    def load_adapter_state_dict(self, adapter_name: str, tensors: dict) -> None:
-        """Copy arrays keyed as ``adapter_state_dict`` keys them (shapes already checked)."""
-        for key, array in self.adapter_state_dict(adapter_name).items():
-            array[...] = B.xp.asarray(tensors[key])
 
 
 __all__ = ["BottleneckConfig", "BottleneckModel", "AdapterLayer", "ACTIVATIONS", "PLACEMENTS"]

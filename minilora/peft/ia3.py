@@ -33,13 +33,12 @@ target, (1, in) -- PEFT's shapes, so a file maps one to one.
 from __future__ import annotations
 
 import re
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from minilora import backend as B
 from minilora import nn
-from minilora.lora import BASE, LoraModel, ModulesToSaveWrapper, _set_submodule, _uses_conv1d_in_hf, target_matches
 from minilora.tensor import Tensor, cat, no_grad
+from minilora.tuner import BaseTuner, set_fan_in_fan_out
 
 # PEFT's defaults when target_modules / feedforward_modules are None, by model class
 DEFAULT_TARGET_MODULES = {"GPT": ["c_attn", "mlp.c_proj"]}
@@ -145,6 +144,11 @@ class IA3Linear(nn.Module):
     def merged(self) -> bool:
         return bool(self.merged_adapters)
 
+    @property
+    def adapters(self) -> list:
+        """The names of the adapters this layer holds."""
+        return list(self.ia3_l)
+
     def update_layer(self, adapter_name: str, init_ia3_weights: bool = True) -> None:
         if adapter_name in self.ia3_l:
             raise ValueError(f"this layer already has an adapter named {adapter_name!r}")
@@ -191,9 +195,7 @@ class IA3Linear(nn.Module):
         """Fold l into the layer: W <- diag(l) W and b <- l ⊙ b for an output scaling,
         W <- W diag(l) for a feedforward one (the bias is applied after W: unchanged)."""
         names = [name for name in adapter_names or [self.active_adapter] if name in self.ia3_l]
-        for name in names:  # all checked before W changes: a refused merge leaves W as it was
-            if name in self.merged_adapters:
-                raise RuntimeError(f"adapter {name!r} is already merged into {type(self.base_layer).__name__}.weight")
+        self.check_merge(names)  # before W changes: a refused merge leaves W as it was
         W, b = self.base_layer.weight, self.base_layer.bias
         for name in names:
             l = self.ia3_l[name].data.reshape(-1)
@@ -204,6 +206,12 @@ class IA3Linear(nn.Module):
                 if b is not None:
                     b.data = b.data * l
             self.merged_adapters.append(name)
+
+    def check_merge(self, adapter_names) -> None:
+        """Refuse, before anything changes, to merge an adapter a second time."""
+        for name in adapter_names:
+            if name in self.merged_adapters:
+                raise RuntimeError(f"adapter {name!r} is already merged into {type(self.base_layer).__name__}.weight")
 
     @no_grad()
     def unmerge(self) -> None:
@@ -244,204 +252,45 @@ class IA3Linear(nn.Module):
 # ---------------------------------------------------------------------------
 
 
-class IA3Model(nn.Module):
+class IA3Model(BaseTuner):
     """Wraps the target Linears of a model in ``IA3Linear`` and manages the adapters (PEFT's
     ``IA3Model``). The model is ``self.model``, so that inside a ``PeftModel`` a vector is named
-    ``base_model.model.transformer.h.0.attn.c_attn.ia3_l.default``, as in PEFT."""
+    ``base_model.model.transformer.h.0.attn.c_attn.ia3_l.default``, as in PEFT. The adapters'
+    bookkeeping -- modules_to_save, choosing, mixing, merging, deleting -- is ``BaseTuner``'s
+    (minilora/tuner.py), as for LoRA; what is IA3's own is below."""
 
+    method = "IA3"
     prefix = "ia3_"
+    layer_type = IA3Linear
 
-    def __init__(self, model: nn.Module, config: IA3Config, adapter_name: str = "default"):
-        super().__init__()
-        self.model = model
-        self.peft_config = {}
-        self.active_adapter = adapter_name
-        self.inject_adapter(adapter_name, config)
-
-    def forward(self, *args, **kwargs):
-        return self.model(*args, **kwargs)
+    def _prepare_config(self, config: IA3Config) -> None:
+        set_fan_in_fan_out(self.model, config)
+        self._fill_default(config, "target_modules", DEFAULT_TARGET_MODULES)
+        self._fill_default(config, "feedforward_modules", DEFAULT_FEEDFORWARD_MODULES, hint="name them ([] for none)")
+        config.validate()  # the defaults filled in, and any edit since the config was made, checked too
 
     def _target_names(self, config: IA3Config) -> list:
-        model_type = type(self.model).__name__
-        if config.target_modules is None:
-            if model_type not in DEFAULT_TARGET_MODULES:
-                raise ValueError(f"IA3Config.target_modules is None and there is no default for {model_type}; "
-                                 "name the modules to adapt")
-            config.target_modules = list(DEFAULT_TARGET_MODULES[model_type])
-        if config.feedforward_modules is None:
-            if model_type not in DEFAULT_FEEDFORWARD_MODULES:
-                raise ValueError(f"IA3Config.feedforward_modules is None and there is no default for {model_type}; "
-                                 "name them ([] for none)")
-            config.feedforward_modules = list(DEFAULT_FEEDFORWARD_MODULES[model_type])
-        config.validate()  # the defaults filled in, and any edit since the config was made, checked too
-        targets = config.target_modules
-        names = []
-        for name, module in self.model.named_modules():
-            if not name or ".base_layer" in f".{name}" or "modules_to_save" in name or "original_module" in name:
-                continue  # minilora's own sub-modules are never targets
-            if target_matches(targets, name):
-                if not isinstance(module, (nn.Linear, IA3Linear)):
-                    raise ValueError(f"target {name!r} is a {type(module).__name__}; IA3 adapts Linear layers only "
-                                     f"(check target_modules={targets!r})")
-                names.append(name)
-        if not names:
-            linears = [n for n, m in self.model.named_modules() if isinstance(m, (nn.Linear, IA3Linear))
-                       and not n.endswith("base_layer")]
-            raise ValueError(f"target_modules={targets!r} matches no module of {type(self.model).__name__}. "
-                             f"Its Linear layers are: {', '.join(linears)}")
-        return names
+        return self._find_targets(config.target_modules, (nn.Linear, IA3Linear))
 
-    def inject_adapter(self, adapter_name: str, config: IA3Config) -> None:
-        """Add adapter ``adapter_name`` to every target (wrapping plain Linears), then freeze
-        everything but it. On an error the model is left exactly as it was."""
-        if adapter_name in self.peft_config:
-            raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {sorted(self.peft_config)}")
-        if _uses_conv1d_in_hf(self.model) and not config.fan_in_fan_out:
-            config.fan_in_fan_out = True  # as PEFT does for GPT-2 (it warns); recorded in the saved config
-        targets = self._target_names(config)
-        undo = []  # how to put back what was changed, in reverse order
-        try:
-            for name in targets:
-                module = self.model.get_submodule(name)
-                feedforward = is_feedforward(config.feedforward_modules, name)
-                if not isinstance(module, IA3Linear):
-                    wrapped = IA3Linear(module, feedforward)
-                    _set_submodule(self.model, name, wrapped)
-                    undo.append(lambda name=name, module=module: _set_submodule(self.model, name, module))
-                    module = wrapped
-                elif module.is_feedforward != feedforward:  # PEFT silently keeps the first adapter's choice
-                    raise ValueError(f"{name!r} scales its {'input' if module.is_feedforward else 'output'} for the "
-                                     f"adapters it has; adapter {adapter_name!r} would scale its "
-                                     f"{'input' if feedforward else 'output'} (check feedforward_modules)")
-                module.update_layer(adapter_name, config.init_ia3_weights)
-                undo.append(lambda module=module: module.delete_adapter(adapter_name))
-            for name in config.modules_to_save or []:
-                self._wrap_module_to_save(name, adapter_name, undo)
-        except BaseException:
-            for step in reversed(undo):
-                step()
-            raise
-        self.peft_config[adapter_name] = config
-        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else adapter_name)
+    def _new_layer(self, name: str, module, config: IA3Config) -> IA3Linear:
+        return IA3Linear(module, is_feedforward(config.feedforward_modules, name))
 
-    # modules_to_save are wrapped and unwrapped exactly as for LoRA (the code touches only self.model)
-    _wrap_module_to_save = LoraModel._wrap_module_to_save
-    _unwrap_modules_to_save = LoraModel._unwrap_modules_to_save
+    def _update_layer(self, name: str, layer: IA3Linear, adapter_name: str, config: IA3Config) -> None:
+        feedforward = is_feedforward(config.feedforward_modules, name)
+        if layer.is_feedforward != feedforward:  # PEFT silently keeps the first adapter's choice
+            raise ValueError(f"{name!r} scales its {'input' if layer.is_feedforward else 'output'} for the "
+                             f"adapters it has; adapter {adapter_name!r} would scale its "
+                             f"{'input' if feedforward else 'output'} (check feedforward_modules)")
+        layer.update_layer(adapter_name, config.init_ia3_weights)
 
-    def ia3_layers(self):
-        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, IA3Linear)]
+    def ia3_layers(self) -> list:
+        """Every ``(name, IA3Linear)`` of the model."""
+        return self.adapter_layers()
 
-    def _wrappers(self):
-        return [m for m in self.model.modules() if isinstance(m, (IA3Linear, ModulesToSaveWrapper))]
-
-    # --- which adapter is trained and used --------------------------------------------
-
-    def set_adapter(self, adapter_name: str) -> None:
-        """Make ``adapter_name`` the one used in forward and the only one trainable."""
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
-        self.active_adapter = adapter_name
-        for module in self._wrappers():
-            module.active_adapter = adapter_name
-        for p in self.model.parameters():
-            p.requires_grad_(False)
-        if self.peft_config[adapter_name].inference_mode:
-            return
-        for _, module in self.model.named_modules():
-            if isinstance(module, IA3Linear) and adapter_name in module.ia3_l:
-                module.ia3_l[adapter_name].requires_grad_(True)
-            if isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
-                module.modules_to_save[adapter_name].requires_grad_(True)
-
-    @contextmanager
-    def disable_adapter(self):
-        """Inside the ``with`` block the model is the base model (merged vectors are divided out)."""
-        wrappers = self._wrappers()
-        for m in wrappers:
-            m.disable_adapters = True
-        try:
-            yield
-        finally:
-            for m in wrappers:
-                m.disable_adapters = False
-
-    @contextmanager
-    def mixed_batch(self, adapter_names):
-        """Tell every IA3 layer (and modules_to_save copy) which adapter each row of the next batch uses."""
-        known = set(self.peft_config) | {BASE}
-        unknown = sorted(set(adapter_names) - known)
-        if unknown:
-            raise ValueError(f"adapter_names lists unknown adapters {unknown}; known: {sorted(known)}")
-        if any(m.merged for _, m in self.ia3_layers()):
-            raise RuntimeError("adapter_names cannot be used while an adapter is merged; call unmerge_adapter() first")
-        layers = self._wrappers()
-        for m in layers:
-            m.row_adapters = list(adapter_names)
-        try:
-            yield
-        finally:
-            for m in layers:
-                m.row_adapters = None
-
-    # --- merging --------------------------------------------------------------------
-
-    def merge_adapter(self, adapter_names=None) -> None:
-        names = list(adapter_names or [self.active_adapter])
-        unknown = [n for n in names if n not in self.peft_config]
-        if unknown:
-            raise ValueError(f"merge_adapter: unknown adapters {unknown}; adapters: {sorted(self.peft_config)}")
-        for _, m in self.ia3_layers():  # every layer checked before any W changes
-            for name in names:
-                if name in m.merged_adapters:
-                    raise RuntimeError(f"adapter {name!r} is already merged into {type(m.base_layer).__name__}.weight")
-        for _, m in self.ia3_layers():
-            m.merge(names)
-
-    def unmerge_adapter(self) -> None:
-        for _, m in self.ia3_layers():  # every layer checked before any W changes
-            m.check_unmerge()
-        for _, m in self.ia3_layers():
-            m.unmerge()
-
-    def merge_and_unload(self) -> nn.Module:
-        """Fold the active adapter into W (and b) and return the plain model."""
-        for name, m in self.ia3_layers():
-            if not m.merged and m.active_adapter in m.ia3_l:
-                m.merge()
-            _set_submodule(self.model, name, m.base_layer)
-        self._unwrap_modules_to_save(use_copy=True)
-        return self.model
-
-    def unload(self) -> nn.Module:
-        """Take every IA3 layer out without merging: the base model as it was."""
-        for _, m in self.ia3_layers():  # every layer checked before any is taken out
-            m.check_unmerge()
-        for name, m in self.ia3_layers():
-            m.unmerge()
-            _set_submodule(self.model, name, m.base_layer)
-        self._unwrap_modules_to_save(use_copy=False)
-        return self.model
-
-    # --- several adapters -------------------------------------------------------------
-
-    def delete_adapter(self, adapter_name: str) -> None:
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
-        if adapter_name == self.active_adapter:
-            raise ValueError(f"adapter {adapter_name!r} is active; set_adapter() to another one before deleting it")
-        if any(adapter_name in m.merged_adapters for _, m in self.ia3_layers()):
-            raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
-        for name, m in self.ia3_layers():  # a layer only this adapter used goes back to its Linear
-            if adapter_name in m.ia3_l:
-                m.delete_adapter(adapter_name)
-                if not len(m.ia3_l):
-                    _set_submodule(self.model, name, m.base_layer)
-        for name, m in [(n, m) for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]:
-            if adapter_name in m.modules_to_save:
-                del m.modules_to_save[adapter_name]
-                if not len(m.modules_to_save):
-                    _set_submodule(self.model, name, m.original_module)
-        del self.peft_config[adapter_name]
+    def _mark_trainable(self, adapter_name: str) -> None:
+        for _, layer in self.ia3_layers():
+            if adapter_name in layer.ia3_l:
+                layer.ia3_l[adapter_name].requires_grad_(True)
 
     def add_weighted_adapter(self, adapters, weights, adapter_name, *args, **kwargs) -> None:
         raise NotImplementedError("add_weighted_adapter is not implemented for IA3 in minilora "
@@ -460,10 +309,4 @@ class IA3Model(nn.Module):
             elif f".modules_to_save.{adapter_name}." in name:
                 out["base_model.model." + name.replace(f".modules_to_save.{adapter_name}.", ".")] = t
         return out
-
-    @no_grad()
-    def load_adapter_state_dict(self, adapter_name: str, tensors: dict) -> None:
-        """Copy arrays keyed as ``adapter_state_dict`` keys them (shapes already checked) into the adapter."""
-        for key, array in self.adapter_state_dict(adapter_name).items():
-            array[...] = B.xp.asarray(tensors[key])
 

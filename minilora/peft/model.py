@@ -25,7 +25,10 @@ tuner is built as ``Tuner(model, config, adapter_name)``, keeps the model as
     load_adapter_state_dict(name, {PEFT key: array})  the inverse (keys and shapes already checked)
 
 A method that cannot do something (e.g. merge bottleneck adapters) raises an
-error that says why.
+error that says why. A method that wraps layers of the model (LoRA, IA3,
+bottleneck adapters) subclasses ``BaseTuner`` (``minilora/tuner.py``), which
+provides all of this but the method's own parts: its layer, its targets, what
+it trains and its file keys.
 """
 
 from __future__ import annotations

@@ -30,6 +30,7 @@ from minilora import backend as B
 from minilora import nn
 from minilora.models.gpt import KVCache, sample_next
 from minilora.tensor import Tensor, no_grad
+from minilora.tuner import check_deletable, check_known, check_new_name
 
 
 @dataclass
@@ -105,8 +106,7 @@ class PromptLearningModel(nn.Module):
     def inject_adapter(self, adapter_name: str, config: PromptLearningConfig) -> None:
         """Check ``config`` against the model, fill in the model's sizes (as PEFT does), build the
         encoder, and freeze everything but it. Nothing is changed if a check fails."""
-        if adapter_name in self.peft_config:
-            raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {sorted(self.peft_config)}")
+        check_new_name(self, adapter_name)
         config.validate()
         sizes = self.model_sizes(config)
         filled = dataclasses.replace(config, **sizes)  # the encoder is built from a filled-in copy ...
@@ -143,8 +143,7 @@ class PromptLearningModel(nn.Module):
 
     def set_adapter(self, adapter_name: str) -> None:
         """Use ``adapter_name``'s virtual tokens; train its encoder only (the model stays frozen)."""
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
+        check_known(self, adapter_name)
         self.active_adapter = adapter_name
         for p in self.model.parameters():
             p.requires_grad_(False)
@@ -152,10 +151,7 @@ class PromptLearningModel(nn.Module):
             encoder.requires_grad_(name == adapter_name and not self.peft_config[name].inference_mode)
 
     def delete_adapter(self, adapter_name: str) -> None:
-        if adapter_name not in self.peft_config:
-            raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(self.peft_config)}")
-        if adapter_name == self.active_adapter:
-            raise ValueError(f"adapter {adapter_name!r} is active; set_adapter() to another one before deleting it")
+        check_deletable(self, adapter_name)
         del self.prompt_encoder[adapter_name]
         del self.peft_config[adapter_name]
 

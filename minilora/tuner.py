@@ -1,0 +1,417 @@
+"""What every method that wraps layers of a model shares: the tuner's bookkeeping.
+
+LoRA (``minilora/lora.py``), (IA)^3 (``peft/ia3.py``) and bottleneck adapters
+(``peft/adapters.py``) adapt a model in the same way. Each finds some of its modules
+(the *targets*), puts every target inside a wrapper layer that keeps the module as
+``base_layer`` and holds one small trained part per named adapter, and then keeps the
+books: which adapters exist, which one is used and trained, which batch row uses which,
+what is merged into the weights. Only the wrapper layer and its math differ from method
+to method; ``BaseTuner`` keeps the books, once, for all of them -- the tuner protocol
+that ``PeftModel`` (``minilora/peft/model.py``) delegates to.
+
+What a tuner (a subclass of ``BaseTuner``) provides:
+
+    method, prefix, layer_type              "LoRA", "lora_", LoRALinear: its name in messages, the prefix
+                                            of its layers' parameter names, its wrapper layer class
+    _prepare_config(config)                 check the config, fill in what the model decides
+    _target_names(config) -> [name, ...]    the modules to wrap (``_find_targets`` finds Linears by name)
+    _new_layer(name, module, config)        the wrapper for a module not wrapped yet
+    _update_layer(name, layer, adapter_name, config)   add the adapter to a wrapper layer
+    _mark_trainable(adapter_name)           make the adapter's own parameters trainable
+    adapter_state_dict(name)                {file key: live parameter array}, what save_pretrained writes
+    add_weighted_adapter(...)               or an error that says why the method has none
+
+What its wrapper layer provides: ``base_layer``; ``active_adapter``, ``disable_adapters`` and
+``row_adapters`` (set by the tuner, read in forward); ``adapters`` (the names it holds);
+``delete_adapter(name)``; and the merge protocol -- ``merged_adapters``, ``merged``,
+``check_merge(names)``, ``merge(names)``, ``check_unmerge()``, ``unmerge()`` -- where the
+method can merge (a layer that cannot has no merged adapters, ever).
+
+What the tuner gets for free: ``peft_config`` and ``active_adapter``; ``inject_adapter``,
+which undoes its own changes on an error; ``modules_to_save`` (``ModulesToSaveWrapper``);
+``set_adapter``, ``disable_adapter``, ``mixed_batch``, ``delete_adapter``; ``merge_adapter``,
+``unmerge_adapter``, ``merge_and_unload``, ``unload``; ``load_adapter_state_dict``. A
+method that cannot merge overrides the merging ones with errors that say why.
+
+The checks on adapter names (``check_new_name`` ...) are plain functions, so that the
+prompt-learning tuner (``peft/prompt_learning.py``), which wraps no layer, gives the
+same errors. (This file sits beside ``lora.py`` rather than in ``peft/`` because
+``lora.py`` builds on it, and importing ``minilora.peft`` imports ``lora.py``.)
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from contextlib import contextmanager
+
+import numpy
+
+from minilora import backend as B
+from minilora import nn
+from minilora.tensor import Tensor, cat, no_grad
+
+BASE = "__base__"  # in a mixed-adapter batch: the rows that use no adapter (PEFT's name)
+
+
+def target_matches(target_modules, name: str) -> bool:
+    """PEFT's matching rule: a string is a regex that must match the whole name;
+    a list matches a name equal to an entry or ending in ``"." + entry``."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    return any(name == t or name.endswith("." + t) for t in target_modules)
+
+
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at ``name``; it takes its predecessor's place among the siblings, so
+    a rolled-back injection or an ``unload()`` gives back the very tree it started from."""
+    parent_name, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent_name), child, module)
+
+
+def set_fan_in_fan_out(model: nn.Module, config) -> None:
+    """GPT-2's projections are Conv1D in Hugging Face (W stored (in, out)), so PEFT sets
+    ``fan_in_fan_out=True`` for it (with a warning); minilora does the same, and the saved
+    config records it."""
+    if type(model).__name__ == "GPT" and not config.fan_in_fan_out:
+        config.fan_in_fan_out = True
+
+
+# --- the checks every tuner makes on adapter names -----------------------------------------
+
+
+def check_new_name(tuner, adapter_name: str) -> None:
+    if adapter_name in tuner.peft_config:
+        raise ValueError(f"an adapter named {adapter_name!r} exists already; adapters: {sorted(tuner.peft_config)}")
+
+
+def check_known(tuner, adapter_name: str) -> None:
+    if adapter_name not in tuner.peft_config:
+        raise ValueError(f"no adapter named {adapter_name!r}; adapters: {sorted(tuner.peft_config)}")
+
+
+def check_deletable(tuner, adapter_name: str) -> None:
+    check_known(tuner, adapter_name)
+    if adapter_name == tuner.active_adapter:
+        raise ValueError(f"adapter {adapter_name!r} is active; set_adapter() to another one before deleting it")
+
+
+# --- a mixed batch: each row with its own adapter ----------------------------------------------
+
+
+def group_rows(keys) -> dict:
+    """``{key: [rows]}``: the batch rows of each key (an adapter name, say), keys in order of first use."""
+    groups = {}
+    for row, key in enumerate(keys):
+        groups.setdefault(key, []).append(row)
+    return groups
+
+
+def in_row_order(pieces, groups) -> Tensor:
+    """The pieces, one per group of rows (``groups``: each piece's rows), stacked into one
+    batch with every row back in its original place."""
+    order = [row for rows in groups for row in rows]  # the row each stacked row came from
+    inverse = numpy.argsort(numpy.asarray(order))  # where each original row sits in `order`
+    return cat(pieces, dim=0)[B.xp.asarray(inverse)]
+
+
+# ---------------------------------------------------------------------------
+# modules trained in full beside the adapter
+# ---------------------------------------------------------------------------
+
+
+class ModulesToSaveWrapper(nn.Module):
+    """PEFT's wrapper for ``modules_to_save``: the original module stays frozen, and each
+    adapter trains (and saves) its own full copy of it."""
+
+    def __init__(self, module: nn.Module, adapter_name: str):
+        super().__init__()
+        self.original_module = module
+        self.modules_to_save = nn.ModuleDict()
+        self.active_adapter = None
+        self.disable_adapters = False
+        self.row_adapters = None  # one adapter name per batch row, set by the tuner for mixed batches
+        self.update(adapter_name)
+
+    def update(self, adapter_name: str) -> None:
+        self.modules_to_save[adapter_name] = copy.deepcopy(self.original_module)
+        for p in self.modules_to_save[adapter_name].parameters():
+            p.requires_grad_(True)
+        if self.active_adapter is None:
+            self.active_adapter = adapter_name
+
+    def forward(self, *args, **kwargs):
+        if self.disable_adapters:
+            return self.original_module(*args, **kwargs)
+        if self.row_adapters is not None:
+            return self._mixed_batch_forward(*args, **kwargs)
+        return self._module_for(self.active_adapter)(*args, **kwargs)
+
+    def _module_for(self, adapter_name) -> nn.Module:
+        """The adapter's copy; the original for "__base__" or an adapter that has no copy here."""
+        return self.modules_to_save[adapter_name] if adapter_name in self.modules_to_save else self.original_module
+
+    def _mixed_batch_forward(self, x) -> Tensor:
+        """Each batch row through its own adapter's copy. Rows are grouped by module, not by
+        name: the rows of "__base__" and of adapters without a copy share the original."""
+        modules = [self._module_for(name) for name in self.row_adapters]
+        groups = group_rows(id(m) for m in modules)
+        if len(groups) == 1:  # every row uses the same module: no need to split the batch
+            return modules[0](x)
+        if x.shape[0] != len(self.row_adapters):
+            raise ValueError(
+                f"a mixed batch needs a batched input to modules_to_save ({type(self.original_module).__name__}), "
+                f"got shape {x.shape} for {len(self.row_adapters)} rows"
+            )
+        pieces = [modules[rows[0]](x[B.xp.asarray(rows)]) for rows in groups.values()]  # (rows, ...)
+        return in_row_order(pieces, groups.values())
+
+
+# ---------------------------------------------------------------------------
+# the tuner
+# ---------------------------------------------------------------------------
+
+
+class BaseTuner(nn.Module):
+    """The bookkeeping of a method that wraps layers of ``self.model`` (module docstring:
+    what a subclass provides and what it gets). Inside a ``PeftModel`` the model is
+    ``base_model.model``, so parameters get PEFT's names, e.g.
+    ``base_model.model.transformer.h.0.attn.c_attn.lora_A.default.weight``."""
+
+    # set by each subclass
+    method: str  # the method's name in messages, e.g. "LoRA"
+    prefix: str  # the prefix of the wrapper layers' own parameter names, e.g. "lora_"
+    layer_type: type  # the wrapper layer class, e.g. LoRALinear
+
+    def __init__(self, model: nn.Module, config, adapter_name: str = "default"):
+        super().__init__()
+        self.model = model
+        self.peft_config = {}
+        self.active_adapter = adapter_name
+        self.inject_adapter(adapter_name, config)
+
+    def forward(self, *args, **kwargs):
+        return self.model(*args, **kwargs)
+
+    def adapter_layers(self) -> list:
+        """Every ``(name, wrapper layer)`` of the model."""
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, self.layer_type)]
+
+    def _wrappers(self) -> list:
+        """The modules that read ``active_adapter``, ``disable_adapters`` and ``row_adapters``."""
+        return [m for m in self.model.modules() if isinstance(m, (self.layer_type, ModulesToSaveWrapper))]
+
+    # --- adding an adapter ------------------------------------------------------------------
+
+    def _prepare_config(self, config) -> None:
+        """Check the config (it may have been edited since it was made) and fill in what the model decides."""
+        config.validate()
+
+    def inject_adapter(self, adapter_name: str, config) -> None:
+        """Add adapter ``adapter_name`` to every target (wrapping the ones not wrapped yet) and
+        to the config's ``modules_to_save``, then train only it. On an error the model is left
+        exactly as it was."""
+        check_new_name(self, adapter_name)
+        self._prepare_config(config)
+        targets = self._target_names(config)
+        undo = []  # how to put back what was changed, in reverse order
+        try:
+            for name in targets:
+                layer = self.model.get_submodule(name)
+                if not isinstance(layer, self.layer_type):
+                    layer = self._replace(name, self._new_layer(name, layer, config), undo)
+                self._update_layer(name, layer, adapter_name, config)
+                undo.append(lambda layer=layer: layer.delete_adapter(adapter_name))
+            for target in getattr(config, "modules_to_save", None) or []:  # a field some methods' configs lack
+                self._wrap_module_to_save(target, adapter_name, undo)
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+        self.peft_config[adapter_name] = config
+        self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else adapter_name)
+
+    def _replace(self, name: str, module: nn.Module, undo: list) -> nn.Module:
+        """Put ``module`` at ``name``, and on ``undo`` how to put back the module there now."""
+        old = self.model.get_submodule(name)
+        set_submodule(self.model, name, module)
+        undo.append(lambda: set_submodule(self.model, name, old))
+        return module
+
+    def _is_own_submodule(self, name: str) -> bool:
+        """Whether ``name`` is a part minilora put in -- a wrapper's base_layer or adapter
+        weights, a modules_to_save copy -- which is never a target."""
+        dotted = f".{name}"
+        return (f".{self.prefix}" in dotted or ".base_layer" in dotted
+                or "modules_to_save" in name or "original_module" in name)
+
+    def _fill_default(self, config, field: str, defaults: dict, hint: str = "name the modules to adapt") -> None:
+        """A ``None`` in ``config.<field>`` becomes PEFT's default for the model's class."""
+        if getattr(config, field) is not None:
+            return
+        model_type = type(self.model).__name__
+        if model_type not in defaults:
+            raise ValueError(f"{type(config).__name__}.{field} is None and there is no default for {model_type}; {hint}")
+        setattr(config, field, list(defaults[model_type]))
+
+    def _find_targets(self, targets, accepted: tuple) -> list:
+        """The names of the modules ``targets`` matches (``target_matches``), each of which must
+        be one of ``accepted``; if none matches, the error lists the ones there are."""
+        names = []
+        for name, module in self.model.named_modules():
+            if not name or self._is_own_submodule(name):
+                continue
+            if target_matches(targets, name):
+                if not isinstance(module, accepted):
+                    raise ValueError(f"target {name!r} is a {type(module).__name__}; {self.method} adapts Linear "
+                                     f"layers only (check target_modules={targets!r})")
+                names.append(name)
+        if not names:
+            linears = [n for n, m in self.model.named_modules() if isinstance(m, accepted) and not self._is_own_submodule(n)]
+            raise ValueError(f"target_modules={targets!r} matches no module of {type(self.model).__name__}. "
+                             f"Its Linear layers are: {', '.join(linears)}")
+        return names
+
+    def _wrap_module_to_save(self, target: str, adapter_name: str, undo: list) -> None:
+        """Give adapter ``adapter_name`` its own trained copy of every module ``target`` matches."""
+        matches = [n for n, m in self.model.named_modules()
+                   if n and target_matches([target], n) and not isinstance(m, (self.layer_type, ModulesToSaveWrapper))
+                   and not self._is_own_submodule(n)]
+        wrapped = [n for n, m in self._modules_to_save() if target_matches([target], n)]
+        if not matches and not wrapped:  # a module another adapter wrapped already matches too
+            raise ValueError(f"modules_to_save entry {target!r} matches no module")
+        for name in matches:
+            if isinstance(self.model.get_submodule(name.rpartition(".")[0]), ModulesToSaveWrapper):
+                continue
+            self._replace(name, ModulesToSaveWrapper(self.model.get_submodule(name), adapter_name), undo)
+        for name, module in self._modules_to_save():
+            if target_matches([target], name) and adapter_name not in module.modules_to_save:
+                module.update(adapter_name)
+                undo.append(lambda module=module: module.modules_to_save.__delitem__(adapter_name))
+
+    def _modules_to_save(self) -> list:
+        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, ModulesToSaveWrapper)]
+
+    # --- which adapter is used and trained ----------------------------------------------------
+
+    def set_adapter(self, adapter_name: str) -> None:
+        """Make ``adapter_name`` the one used in forward and the only one trainable: the base
+        model is frozen -- frozen weights get no gradient at all -- and, unless the config is
+        for inference, the adapter's own parameters and modules_to_save copies are trained."""
+        check_known(self, adapter_name)
+        self.active_adapter = adapter_name
+        for module in self._wrappers():
+            module.active_adapter = adapter_name
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        if self.peft_config[adapter_name].inference_mode:
+            return
+        self._mark_trainable(adapter_name)
+        for _, module in self._modules_to_save():
+            if adapter_name in module.modules_to_save:
+                module.modules_to_save[adapter_name].requires_grad_(True)
+
+    @contextmanager
+    def disable_adapter(self):
+        """Inside the ``with`` block the model is the base model (a merged adapter is taken out of W)."""
+        wrappers = self._wrappers()
+        for m in wrappers:
+            m.disable_adapters = True
+        try:
+            yield
+        finally:
+            for m in wrappers:
+                m.disable_adapters = False
+
+    @contextmanager
+    def mixed_batch(self, adapter_names):
+        """Tell every wrapper layer (and modules_to_save copy) which adapter each row of the next batch uses."""
+        known = set(self.peft_config) | {BASE}
+        unknown = sorted(set(adapter_names) - known)
+        if unknown:
+            raise ValueError(f"adapter_names lists unknown adapters {unknown}; known: {sorted(known)}")
+        if any(m.merged for _, m in self.adapter_layers()):
+            raise RuntimeError("adapter_names cannot be used while an adapter is merged; call unmerge_adapter() first")
+        wrappers = self._wrappers()
+        for m in wrappers:
+            m.row_adapters = list(adapter_names)
+        try:
+            yield
+        finally:
+            for m in wrappers:
+                m.row_adapters = None
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        check_deletable(self, adapter_name)
+        if any(adapter_name in m.merged_adapters for _, m in self.adapter_layers()):
+            raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
+        # A layer that only this adapter used goes back to what it was before add_adapter, so
+        # that deleting an adapter (also when loading one fails half-way) undoes adding it.
+        for name, m in self.adapter_layers():
+            if adapter_name in m.adapters:
+                m.delete_adapter(adapter_name)
+                if not m.adapters:
+                    set_submodule(self.model, name, m.base_layer)
+        for name, m in self._modules_to_save():
+            if adapter_name in m.modules_to_save:
+                del m.modules_to_save[adapter_name]
+                if not len(m.modules_to_save):
+                    set_submodule(self.model, name, m.original_module)
+        del self.peft_config[adapter_name]
+
+    # --- merging ------------------------------------------------------------------------------
+
+    def merge_adapter(self, adapter_names=None) -> None:
+        """Fold the active adapter (or the named ones) into the weights of every layer."""
+        names = list(adapter_names or [self.active_adapter])
+        unknown = [n for n in names if n not in self.peft_config]
+        if unknown:
+            raise ValueError(f"merge_adapter: unknown adapters {unknown}; adapters: {sorted(self.peft_config)}")
+        layers = self.adapter_layers()
+        for _, m in layers:  # every layer checked before any W changes
+            m.check_merge(names)
+        for _, m in layers:
+            m.merge(names)
+
+    def unmerge_adapter(self) -> None:
+        """Take every merged adapter out of the weights again."""
+        layers = self.adapter_layers()
+        for _, m in layers:  # every layer checked before any W changes
+            m.check_unmerge()
+        for _, m in layers:
+            m.unmerge()
+
+    def merge_and_unload(self) -> nn.Module:
+        """Fold the active adapter into the weights and return the plain model: each wrapper
+        layer replaced by its base layer, each modules_to_save wrapper by the active copy."""
+        for name, m in self.adapter_layers():
+            if not m.merged and m.active_adapter in m.adapters:
+                m.merge()
+            set_submodule(self.model, name, m.base_layer)
+        self._unwrap_modules_to_save(use_copy=True)
+        return self.model
+
+    def unload(self) -> nn.Module:
+        """Take every wrapper layer out without merging: the base model as it was."""
+        self.unmerge_adapter()
+        for name, m in self.adapter_layers():
+            set_submodule(self.model, name, m.base_layer)
+        self._unwrap_modules_to_save(use_copy=False)
+        return self.model
+
+    def _unwrap_modules_to_save(self, use_copy: bool) -> None:
+        for name, m in self._modules_to_save():
+            keep = m.modules_to_save[m.active_adapter] if use_copy and m.active_adapter in m.modules_to_save else m.original_module
+            set_submodule(self.model, name, keep)
+
+    # --- the adapter's weights ---------------------------------------------------------------
+
+    @no_grad()
+    def load_adapter_state_dict(self, adapter_name: str, tensors: dict) -> None:
+        """Copy arrays keyed as ``adapter_state_dict`` keys them (shapes already checked) into
+        the adapter: each value there is a live parameter array, written in place."""
+        for key, array in self.adapter_state_dict(adapter_name).items():
+            array[...] = B.xp.asarray(tensors[key])
+
+
+__all__ = ["BASE", "BaseTuner", "ModulesToSaveWrapper", "target_matches", "set_submodule"]

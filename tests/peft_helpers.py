@@ -1,0 +1,108 @@
+"""What the PEFT-method tests share: the tiny GPT-2, inputs, and the comparisons with PyTorch/PEFT.
+
+``test_lora.py``, ``test_peft_ia3_dora.py``, ``test_peft_adapters.py`` and ``test_peft_prompt.py``
+import it (a plain module, as ``op_table.py`` is). Every test builds the same tiny random
+GPT-2 (vocab 61, 16 positions, width 16, 2 layers, 2 heads) in minilora, converts it with
+``to_transformers`` where it compares with PyTorch, and moves every trained array away from
+its initial value, so that a wrong key, shape, scaling or bias rule cannot hide behind an
+identity update. Each test file imports torch with ``pytest.importorskip`` before this module.
+"""
+
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+import minilora
+from minilora.models import GPT, GPTConfig
+
+V, N_POS, C, N_LAYER, N_HEAD = 61, 16, 16, 2, 2
+TINY = GPTConfig(vocab_size=V, block_size=N_POS, n_layer=N_LAYER, n_head=N_HEAD, n_embd=C)
+
+
+def tiny_gpt(dtype=np.float64, seed=0, **overrides) -> GPT:
+    """A tiny GPT-2 with every parameter perturbed (biases and LayerNorms start at 0 and 1 otherwise)."""
+    minilora.manual_seed(seed)
+    model = GPT(replace(TINY, **overrides), dtype=dtype)
+    rng = np.random.default_rng(seed)
+    for p in model.parameters():
+        p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(dtype)
+    return model.eval()
+
+
+def ids(batch=2, length=12, vocab=V, seed=0):
+    return np.random.default_rng(seed).integers(0, vocab, size=(batch, length))
+
+
+def perturb_trainable(model, seed=1) -> None:
+    """Move every trainable array (A, B, vectors, trained biases, modules_to_save copies) away from its init."""
+    rng = np.random.default_rng(seed)
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(p.dtype)
+
+
+def perturb_trainable_torch(model, seed=1) -> None:
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def peft_logits(model, x):
+    with torch.no_grad():
+        return model(torch.tensor(x)).logits.numpy()
+
+
+def max_err(a, b) -> float:
+    return float(np.max(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))))
+
+
+def rel_err(a, b) -> float:
+    return max_err(a, b) / max(float(np.max(np.abs(b))), 1e-300)
+
+
+def losses_against_torch(ours, theirs, x) -> tuple:
+    """The next-token cross-entropy of minilora's ``ours`` and of the torch model ``theirs``
+    (an HF causal LM) on ``x``, each followed by its backward: (our loss, torch's), as floats.
+    The last position has no next token: target -100, ignored on both sides."""
+    targets = np.concatenate([x[:, 1:], np.full((x.shape[0], 1), -100)], axis=1)
+    _, loss = ours(x, targets)
+    loss.backward()
+    logits = theirs(torch.tensor(x)).logits
+    ref = torch.nn.functional.cross_entropy(logits.reshape(-1, V), torch.tensor(targets).reshape(-1), ignore_index=-100)
+    ref.backward()
+    return loss.item(), ref.item()
+
+
+def loss_and_grads_against_peft(ours, theirs, x):
+    """Cross-entropy on both sides, backward; returns (our loss, PEFT's, [(name, our grad, PEFT's)]),
+    after checking that the trainable parameters have the same names on both sides: PEFT's,
+    parameter for parameter."""
+    loss, ref = losses_against_torch(ours, theirs, x)
+    ours_params = dict(ours.named_parameters())
+    peft_params = {n: p for n, p in theirs.named_parameters() if p.requires_grad}
+    assert {n for n, p in ours_params.items() if p.requires_grad} == set(peft_params)
+    return loss, ref, [(n, ours_params[n].grad, peft_params[n].grad.numpy()) for n in peft_params]
+
+
+def snapshot(model) -> dict:
+    """Everything a failed call must leave as it was: the module tree, every parameter's
+    values, dtype and trainable flag, and the adapters' bookkeeping."""
+    return {
+        "tree": [(name, type(m).__name__, id(m)) for name, m in model.named_modules()],
+        "params": [(name, id(p), p.requires_grad, p.data.dtype, p.data.copy()) for name, p in model.named_parameters()],
+        "state": [(name, list(getattr(m, "merged_adapters", [])), getattr(m, "active_adapter", None),
+                   sorted(getattr(m, "peft_config", {})), dict(getattr(m, "scaling", {})))
+                  for name, m in model.named_modules()],
+    }
+
+
+def assert_unchanged(model, before: dict) -> None:
+    after = snapshot(model)
+    assert after["tree"] == before["tree"]
+    assert after["state"] == before["state"]
+    assert [p[:4] for p in after["params"]] == [p[:4] for p in before["params"]]
+    for (name, *_, new), (_, *_, old) in zip(after["params"], before["params"]):
+        assert np.array_equal(new, old), f"{name} changed"
