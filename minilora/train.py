@@ -114,7 +114,8 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
             history.evals.append(row)
             if config.checkpoint_path:
                 save_checkpoint(model, config.checkpoint_path, metadata=row)
-            bar.set_postfix(loss=f"{loss_value:.3f}", **{k: f"{v:.3f}" for k, v in row.items() if k != "step"})
+            # a dict, not keywords: evaluate() may report a "loss" of its own
+            bar.set_postfix({"loss": f"{loss_value:.3f}", **{f"eval {k}": f"{v:.3f}" for k, v in row.items() if k != "step"}})
     bar.close()
     model.eval()
     history.seconds = time.perf_counter() - start

@@ -48,6 +48,15 @@ def test_training_lowers_the_loss_and_evaluates_periodically():
     assert len(history.steps) == 30 and history.seconds > 0
 
 
+def test_an_evaluation_may_report_its_own_loss():
+    minilora.manual_seed(0)
+    model = GPT(TINY)
+    data = np.random.default_rng(0).integers(0, 256, size=2048).astype(np.uint8)
+    history = train(model, lambda rng: get_batch(data, 2, 16, rng), TrainConfig(max_steps=2, warmup_steps=1, progress=True),
+                    evaluate=lambda m: {"loss": 1.0, "accuracy": 0.5})
+    assert history.last_eval() == {"step": 2, "loss": 1.0, "accuracy": 0.5}
+
+
 def test_a_non_finite_loss_stops_training_with_a_clear_message():
     with pytest.raises(NonFiniteLossError, match=r"the loss became (nan|inf) at step \d+"):
         tiny_run(seed=0, steps=20, lr=1e12, grad_clip=0.0)

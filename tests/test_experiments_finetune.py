@@ -1,0 +1,302 @@
+"""The fine-tuning experiments (claims 4, 5, 6, 8, 9) on tiny settings.
+
+* the runner trains, is deterministic by seed, and its seed changes the run;
+* the PyTorch + PEFT reference reproduces minilora's loss curve step by step
+  (float64: to rounding; float32: closely) -- the strongest test that the
+  reference is the same experiment;
+* the math of claim 6 (energy shares, the subspace similarity φ) on matrices whose
+  answer is known;
+* every verdict flips when its figure crosses its threshold;
+* each claim's ``run(ctx)`` completes on a tiny model and writes its plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from minilora.experiments import finetune as ft
+from minilora.experiments import intrinsic_rank as ir
+from minilora.experiments import modularity as mod
+from minilora.experiments import reference as ref
+from minilora.experiments import sensitivity as sens
+from minilora.experiments.common import FAILS, HOLDS, PARTLY, Context
+from minilora.models import GPT, GPTConfig
+from minilora.tasks import code_corpus, docstring_package_task
+
+TINY = GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+
+
+@pytest.fixture(scope="module")
+def cls_task():
+    return docstring_package_task(max_prompt_bytes=ft.CLS_PROMPT_BYTES, per_class=20, block_size=64)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return code_corpus(max_bytes=40_000)
+
+
+def tiny_base(dtype=np.float32, seed=0) -> GPT:
+    import minilora
+
+    minilora.manual_seed(seed)
+    return GPT(TINY, dtype=dtype)
+
+
+def spec(**kw) -> ft.RunSpec:
+    defaults = dict(task="cls", method="lora", target="Wq+Wv", r=2, steps=4, batch_size=4, warmup_steps=1)
+    return ft.RunSpec(**{**defaults, **kw})
+
+
+# ---------------------------------------------------------------------------
+# the runner
+# ---------------------------------------------------------------------------
+
+
+def test_runner_is_deterministic_by_seed(cls_task):
+    base = tiny_base()
+    data = ft.ClassificationData(cls_task, 4)
+    a, b = ft.finetune(spec(seed=0), base, data), ft.finetune(spec(seed=0), base, data)
+    c = ft.finetune(spec(seed=1), base, data)
+    assert a.losses == b.losses and a.final == b.final
+    assert a.losses != c.losses
+    assert set(a.final) == {"loss", "accuracy"} and 0.0 <= a.final["accuracy"] <= 1.0
+    # Wq+Wv at r=2: per layer A (2r, C) and B (2C, r)
+    assert a.trainable == TINY.n_layer * (2 * 2 * 32 + 2 * 32 * 2)
+    # the base model is untouched by the runs
+    assert np.array_equal(np.asarray(base.state_dict()["transformer.h.0.attn.c_attn.weight"]),
+                          np.asarray(tiny_base().state_dict()["transformer.h.0.attn.c_attn.weight"]))
+
+
+@pytest.mark.parametrize("target", list(ft.TARGETS))
+def test_every_target_set_trains(cls_task, target):
+    result = ft.finetune(spec(target=target, steps=2), tiny_base(), ft.ClassificationData(cls_task, 4))
+    assert all(math.isfinite(x) for x in result.losses)
+    assert any("lora_A" in k for k in result.state)
+
+
+def test_full_finetuning_and_code_task(corpus):
+    data = ft.CodeData(corpus, 4, block=32, eval_windows=8)
+    result = ft.finetune(spec(task="code", method="full", target=None, r=0), tiny_base(), data)
+    assert result.trainable == TINY.num_parameters()
+    assert "transformer.h.0.attn.c_attn.weight" in result.state
+    assert len(result.losses) == 4 and 0.0 <= result.final["accuracy"] <= 1.0
+
+
+def test_summarize_mean_and_std():
+    runs = [ft.RunResult(spec(seed=s), [1.0], {"loss": 1.0 + s, "accuracy": 0.5 + 0.1 * s}, 10, 0.0) for s in range(3)]
+    rows = ft.summarize(runs)["cls"]["Wq+Wv r=2"]
+    assert rows["n"] == 3 and rows["accuracy_mean"] == pytest.approx(0.6)
+    assert rows["loss_std"] == pytest.approx(1.0)  # sample std of 1, 2, 3
+
+
+def test_runspec_refuses_bad_settings():
+    with pytest.raises(ValueError, match="target"):
+        ft.RunSpec("cls", "lora", "Wk+Wq", 8)
+    with pytest.raises(ValueError, match="task"):
+        ft.RunSpec("images", "full")
+
+
+# ---------------------------------------------------------------------------
+# the reference: the same run in PyTorch + PEFT
+# ---------------------------------------------------------------------------
+
+
+def _rel_err(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(np.max(np.abs(a - b) / np.abs(b)))
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_reference_matches_minilora_float64(cls_task, method):
+    base = tiny_base(np.float64)
+    s = spec(method=method, target="c_attn" if method == "lora" else None, r=4 if method == "lora" else 0, steps=6, lr=3e-2)
+    data = ft.ClassificationData(cls_task, 4)
+    ours, theirs = ft.finetune(s, base, data), ref.torch_finetune(s, base, data)
+    assert _rel_err(ours.losses, theirs["losses"]) < 1e-9
+    assert ours.final["loss"] == pytest.approx(theirs["final"]["loss"], rel=1e-9)
+    assert ours.losses[-1] < ours.losses[0]  # it did learn something: the curves are not trivially flat
+
+
+def test_reference_matches_minilora_float32(corpus):
+    base = tiny_base(np.float32)
+    s = spec(task="code", target="c_attn", r=4, steps=6, lr=1e-2)
+    data = ft.CodeData(corpus, 4, block=32, eval_windows=8)
+    ours, theirs = ft.finetune(s, base, data), ref.torch_finetune(s, base, data)
+    assert _rel_err(ours.losses, theirs["losses"]) < 1e-4
+    assert ours.final["loss"] == pytest.approx(theirs["final"]["loss"], rel=1e-4)
+
+
+def test_reference_refuses_what_peft_cannot_express():
+    with pytest.raises(ValueError, match="c_attn"):
+        ref.torch_model(spec(target="Wq+Wv"), tiny_base())
+
+
+def test_agreement_measures_against_seed_spread():
+    def run(seed, offset):
+        losses = list(2.0 + 0.1 * seed + offset + np.zeros(20))
+        return ft.RunResult(spec(seed=seed), losses, {"accuracy": 0.5 + 0.1 * seed + offset}, 1, 0.0)
+
+    ours = [run(s, 0.0) for s in range(3)]
+    close = [{"losses": r.losses, "final": {"accuracy": r.final["accuracy"] + 0.01}} for r in ours]
+    a = ref.agreement(ours, close, "accuracy")
+    assert a["final_spread"] == pytest.approx(0.1) and a["final_ratio"] == pytest.approx(0.1)
+    assert a["curve_ratio"] == pytest.approx(0.0)
+    far = [{"losses": [x + 0.5 for x in r.losses], "final": {"accuracy": r.final["accuracy"]}} for r in ours]
+    assert ref.agreement(ours, far, "accuracy")["curve_ratio"] == pytest.approx(5.0)
+    same = [ft.RunResult(spec(seed=s), [2.0] * 20, {"accuracy": 0.5}, 1, 0.0) for s in range(2)]
+    exact = [{"losses": r.losses, "final": dict(r.final)} for r in same]
+    assert ref.agreement(same, exact, "accuracy")["final_ratio"] == 0.0  # no difference, even with no spread
+
+
+# ---------------------------------------------------------------------------
+# claim 6's math
+# ---------------------------------------------------------------------------
+
+
+def test_energy_share():
+    s = np.array([3.0, 2.0, 1.0, 0.0])
+    assert ir.energy_share(s, 1) == pytest.approx(9 / 14)
+    assert ir.energy_share(s, 3) == pytest.approx(1.0)
+    assert ir.rank_for_energy(s, 0.9) == 2  # cumulative shares 9/14, 13/14, 1
+    rng = np.random.default_rng(0)
+    low_rank = rng.standard_normal((40, 3)) @ rng.standard_normal((3, 30))  # rank 3
+    assert ir.energy_share(np.linalg.svd(low_rank, compute_uv=False), 3) == pytest.approx(1.0)
+    assert ir.rank_for_energy(np.linalg.svd(low_rank, compute_uv=False), 0.999) <= 3
+    # a random square matrix spreads its energy: top 8 of 128 hold far less than half
+    assert 0.05 < ir.random_energy_share((128, 128), 8) < 0.3
+
+
+def test_update_spectra_reads_every_projection():
+    base = tiny_base()
+    state = {k: np.array(v) for k, v in base.state_dict().items()}
+    tuned = {k: v.copy() for k, v in state.items()}
+    rng = np.random.default_rng(0)
+    tuned["transformer.h.1.attn.c_attn.weight"][32:64] += np.outer(rng.standard_normal(32), rng.standard_normal(32))
+    spectra = ir.update_spectra(state, tuned, TINY.n_layer)
+    assert len(spectra) == 6 * TINY.n_layer
+    assert ir.energy_share(spectra["h.1.Wk"], 1) == pytest.approx(1.0)  # a rank-1 change of Wk only
+    assert np.allclose(spectra["h.1.Wq"], 0) and np.allclose(spectra["h.0.W_fc"], 0)
+
+
+def test_phi_of_a_subspace_with_itself_is_one():
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((8, 64))
+    for i in (1, 4, 8):
+        assert ir.subspace_similarity(A, A, i, i) == pytest.approx(1.0)
+    # a larger adapter containing A's rows spans A's directions: phi(i, j) = 1 for j = all of its rank
+    A_big = np.concatenate([A, rng.standard_normal((24, 64))])
+    assert ir.subspace_similarity(A, A_big, 8, 32) == pytest.approx(1.0)
+    # the grid agrees with the function, entry by entry
+    grid = ir.similarity_grid(A, A_big)
+    assert grid.shape == (8, 32)
+    assert grid[2, 9] == pytest.approx(ir.subspace_similarity(A, A_big, 3, 10))
+
+
+def test_phi_of_random_subspaces_is_max_ij_over_d():
+    rng = np.random.default_rng(1)
+    d = 128
+    for i, j in ((1, 1), (4, 16), (8, 64)):
+        values = [ir.subspace_similarity(rng.standard_normal((i, d)), rng.standard_normal((j, d)), i, j) for _ in range(200)]
+        assert np.mean(values) == pytest.approx(ir.random_similarity(i, j, d), rel=0.2)
+
+
+# ---------------------------------------------------------------------------
+# verdicts: each flips when its figure crosses its threshold
+# ---------------------------------------------------------------------------
+
+
+def test_accuracy_verdict_flips():
+    assert ft.judge_accuracy(0.01, 0.95)[0] == HOLDS
+    assert ft.judge_accuracy(ft.CLS_GAP_HOLDS + 0.001, 0.95)[0] == PARTLY
+    assert ft.judge_accuracy(0.01, ft.CODE_SHARE_HOLDS - 0.01)[0] == PARTLY
+    assert ft.judge_accuracy(ft.CLS_GAP_PARTLY + 0.01, ft.CODE_SHARE_PARTLY - 0.01)[0] == FAILS
+    assert ft.judge_accuracy(-0.05, 1.2)[0] == HOLDS  # LoRA better than full fine-tuning
+
+
+def test_headline_figures():
+    summary = {"cls": {"full": {"accuracy_mean": 0.8}, "Wq+Wv r=8": {"accuracy_mean": 0.75}},
+               "code": {"full": {"loss_mean": 1.0}, "all r=8": {"loss_mean": 1.5}}}
+    head = ft.headline(summary, {"code": {"loss": 2.0}})
+    assert head["cls_gap"] == pytest.approx(0.05) and head["code_share"] == pytest.approx(0.5)
+    summary["code"]["full"]["loss_mean"] = 1.999  # full fine-tuning barely moved; LoRA did better: all of it
+    assert ft.headline(summary, {"code": {"loss": 2.0}})["code_share"] == math.inf
+    assert ft.judge_accuracy(0.0, math.inf)[1]["domain shift"] == HOLDS
+    summary["code"]["all r=8"]["loss_mean"] = 2.1  # ... and LoRA did worse: nothing measurable
+    assert math.isnan(ft.headline(summary, {"code": {"loss": 2.0}})["code_share"])
+
+
+def test_reference_verdict_flips():
+    assert ref.judge_reference({"a": 0.2, "b": 0.9})[0] == HOLDS
+    assert ref.judge_reference({"a": 0.2, "b": 1.1})[0] == PARTLY
+    assert ref.judge_reference({"a": 3.5, "b": 4.0})[0] == FAILS
+
+
+def test_rank_verdict_flips():
+    assert ir.judge_rank(ir.SHARE_HOLDS, ir.PHI_HOLDS)[0] == HOLDS
+    assert ir.judge_rank(ir.SHARE_HOLDS - 0.01, ir.PHI_HOLDS)[0] == PARTLY
+    assert ir.judge_rank(ir.SHARE_PARTLY - 0.01, ir.PHI_PARTLY - 0.01)[0] == FAILS
+
+
+def test_modularity_verdict_flips():
+    good = dict(storage_ratio=0.02, swap_speedup=100.0, retained_min=0.9, mixed_diff=1e-6)
+    assert mod.judge_modularity(**good)[0] == HOLDS
+    assert mod.judge_modularity(**{**good, "retained_min": 0.6})[0] == PARTLY
+    assert mod.judge_modularity(**{**good, "mixed_diff": 1e-2})[1]["mixed batch"] == FAILS
+    assert mod.judge_modularity(storage_ratio=0.9, swap_speedup=1.0, retained_min=0.1, mixed_diff=1.0)[0] == FAILS
+
+
+def test_retained_share():
+    scores = {"base": {"cls": {"accuracy": 0.2}, "code": {"loss": 2.0}},
+              "cls": {"cls": {"accuracy": 0.6}, "code": {"loss": 2.1}},
+              "code": {"cls": {"accuracy": 0.2}, "code": {"loss": 1.5}},
+              "both": {"cls": {"accuracy": 0.5}, "code": {"loss": 1.6}}}
+    keep = mod.retained(scores)
+    assert keep["cls"] == pytest.approx(0.75) and keep["code"] == pytest.approx(0.8)
+
+
+def test_sensitivity_verdict_flips():
+    assert sens.judge_sensitivity(5.0, 0.1, 5.0, 0.1)[0] == HOLDS
+    assert sens.judge_sensitivity(5.0, 0.1, 2.0, 0.1)[0] == PARTLY
+    assert sens.judge_sensitivity(5.0, 0.01, 5.0, 0.01)[0] == FAILS  # ranges below MIN_RANGE count as no effect
+    assert sens.judge_sensitivity(1.0, 0.1, 1.0, 0.1)[0] == FAILS
+    assert sens.judge_sensitivity(math.inf, 0.1, math.inf, 0.1)[0] == PARTLY  # one seed: no noise estimate
+
+
+def test_spread_against_noise():
+    rows = {"a": {"accuracy_mean": 0.5, "accuracy_std": 0.02}, "b": {"accuracy_mean": 0.6, "accuracy_std": 0.02}}
+    s = sens.spread(rows, ["a", "b", "missing"], "accuracy")
+    assert s["range"] == pytest.approx(0.1) and s["ratio"] == pytest.approx(5.0) and s["best"] == "b"
+
+
+# ---------------------------------------------------------------------------
+# every claim, end to end, on a tiny model
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
+def test_claims_run_end_to_end(cls_task, corpus, tmp_path, monkeypatch, quick):
+    if quick:
+        tiny = dataclasses.replace(ft.QUICK, cls_steps=3, code_steps=3, batch_size=4, code_eval_windows=8)
+        monkeypatch.setattr(ft, "QUICK", tiny)
+    else:  # the full mode's code paths (several seeds and targets), at tiny sizes
+        tiny = dataclasses.replace(ft.FULL, cls_steps=2, code_steps=2, batch_size=4, seeds=(0, 1),
+                                   cls_ranks=(1, 8, 64), code_ranks=(1, 8), code_eval_windows=8)
+        monkeypatch.setattr(ft, "FULL", tiny)
+    ctx = Context(out=str(tmp_path), quick=quick, progress=False)
+    ctx.shared["finetune_env"] = ft.Environment(tiny_base(), cls_task, corpus, {"test": True})
+    for module in (ft, ref, ir, mod, sens):
+        result = module.run(ctx)
+        assert result.verdict in (HOLDS, PARTLY, FAILS)
+        assert result.body and ("Quick-mode" in result.body) == quick
+        for plot in result.plots:
+            assert (tmp_path / plot).stat().st_size > 1000
+    # claim 4's grid was trained once; the later claims reused it and added only their own runs
+    grid = set(ft.grid(quick))
+    assert grid <= set(ctx.shared["finetune_runs"])
+    extra = set(ctx.shared["finetune_runs"]) - grid
+    assert extra == set(sens.extra_specs(quick)) | (set() if not quick else {s for _, specs in ref.reference_specs(True, "cls") for s in specs} - grid)
