@@ -121,22 +121,25 @@ def measure_step_memory(config: GPTConfig, batch: int, method: str, r: int = LOR
 
 
 def saved_activations(config: GPTConfig, batch: int, method: str, r: int = LORA_RANK) -> list:
-    """What the forward pass leaves alive for the backward, op by op: rows of
-    ``(op, bytes of the op's output, bytes its backward keeps besides)``.
+    """What the forward pass leaves alive for the backward, op by op in the order the ops run:
+    rows of ``(op, bytes of the op's output, bytes its backward keeps besides)``.
 
-    Two facts about minilora's engine decide it (``minilora/tensor.py``):
+    Three facts about minilora's engine decide it (``minilora/tensor.py``):
 
-    * every op's output stays alive until ``backward()`` returns -- it is a parent of the
-      next node, and backward's topological order holds every node -- though few
-      backward rules read their output;
+    * an op's output lives as long as its node, and the backward's topological order holds
+      every node until the backward reaches it -- so when the forward pass ends, every
+      output is alive, though few backward rules read their output;
     * each fused op's backward closure keeps a few arrays of its own (layer_norm: the
-      normalized input ``xhat`` and ``1/std``; attention: the probabilities ``P``;
-      GELU: ``tanh(...)``; cross-entropy: the shifted logits), freed as soon as that
-      op's backward has run. Views (split, view, transpose) cost nothing.
+      normalized input ``xhat`` and ``1/std``; attention: the probabilities ``P``; GELU:
+      ``tanh(...)``; cross-entropy: the shifted logits);
+    * the backward visits the ops in reverse and frees each one -- output and closure --
+      once it has passed its gradient on: when it reaches the op of row i, rows 1..i are
+      alive and the rows after it are gone (``analytic_step_memory`` reads the list so).
 
-    An op none of whose inputs needs a gradient builds no node and keeps nothing but its
-    output, and only while a later node holds it: with LoRA, the embeddings and the first
-    ``ln_1`` (all frozen, fed by token ids) save nothing for the backward.
+    Views (split, view, transpose) cost nothing. An op none of whose inputs needs a gradient
+    builds no node and keeps nothing but its output, and only while a later node holds it:
+    with LoRA, the embeddings and the first ``ln_1`` (all frozen, fed by token ids) save
+    nothing for the backward.
     """
     B, T, d, h, V, L = batch, config.block_size, config.n_embd, config.n_head, config.vocab_size, config.n_layer
     N, f = B * T, 4  # tokens; bytes per float32
@@ -149,10 +152,11 @@ def saved_activations(config: GPTConfig, batch: int, method: str, r: int = LORA_
         first_frozen = lora and i == 0  # ln_1 of layer 0 sees no gradient under LoRA
         rows += [
             (f"h.{i}.ln_1", N * d * f, 0 if first_frozen else (N * d + N) * f),  # y; xhat and 1/std
-            (f"h.{i}.c_attn", 3 * N * d * f, 0),
+            (f"h.{i}.c_attn", 3 * N * d * f, 0),  # with LoRA the frozen W x, held by the sum below
         ]
-        if lora:  # A x (N, 2r), its scaled copy, B_q and B_v outputs (N, d) each, zeros for k, cat (N, 3d), W x + update
-            rows.append((f"h.{i}.c_attn LoRA (Wq, Wv)", (4 * r * N + 9 * N * d) * f, 0))
+        if lora:  # h = A x and h * s (N, 2r); B_full h and W x + B_full h (N, 3d); B_full (3d, 2r) and
+            # the pieces it is built from (two block rows (d, 2r), zeros 4 d r): 14 d r floats
+            rows.append((f"h.{i}.c_attn LoRA (Wq, Wv)", (2 * N * 2 * r + 2 * 3 * N * d) * f, 14 * d * r * f))
         rows += [
             (f"h.{i}.attention", N * d * f, B * h * T * T * f),  # output; P, (B, h, T, T)
             (f"h.{i}.merge heads", N * d * f, 0),  # transpose + reshape: a copy
@@ -185,45 +189,66 @@ def _param_sizes(config: GPTConfig, method: str, r: int) -> list:
 def analytic_step_memory(config: GPTConfig, batch: int, method: str, r: int = LORA_RANK) -> dict:
     """The peak of one training step predicted from the shapes (bytes), and what it is made of.
 
-    peak = weights + optimizer state + the largest of these moments (``phases``):
+    peak = weights + optimizer state + the largest of these moments (``phases``), each the
+    sum of the activations still alive, the gradients of the parameters done so far, and
+    temporaries (gradients on their way down, arrays inside one op's backward or update):
 
-    forward        the activations A (``saved_activations``)
-    loss backward  A + the softmax gradient (N, V) and one temporary of that size
-    top GELU       A, less what the head's backward freed, plus the incoming gradient (N, 4d)
-                   and the five (N, 4d) temporaries GELU's backward formula creates at once,
-                   plus the residual stream's gradient and the head's weight gradients
-    top attention  likewise, at the last block's attention: dP and dP * P (B, h, T, T),
-                   and the three input gradients (N, d)
-    backward end   every op's output (held until backward returns) + all gradients; with
-                   full fine-tuning also the tied embedding's second gradient and their sum
-    optimizer      all gradients + AdamW's temporaries: three arrays the size of the
-                   parameter being updated (or two, beside the previous one's sqrt(v))
+    loss backward       all activations (``saved_activations``) + the softmax gradient
+                        (N, V) and the temporary ``shifted - logsumexp`` it is made from
+    h.i GELU backward   for each block i from the top: the activations up to block i's GELU
+                        (the backward has freed those after it) and the gradients of the
+                        weights above it; the residual stream's gradient (N, d), GELU's
+                        incoming gradient (N, 4d), its result and ``1 - tanh^2`` (N, 4d)
+    h.i attention       likewise at block i's attention: the residual stream's and the
+      backward          incoming gradient (N, d), dP (B, h, T, T) and its row sums (B, h, T),
+                        dq, dk, dv (N, d) and the temporary one of them is scaled in
+    backward end        all gradients; with full fine-tuning the embeddings' backward too:
+                        their outputs, the incoming gradient (N, d), and the tied wte's second
+                        gradient (V, d) with the sum of the two
+    optimizer           all gradients + AdamW's scratch, the size of the largest parameter
+                        (m, v and the weights are updated in place through it)
+
+    ``backend.parallel_for`` splits GELU's and AdamW's temporaries into per-thread chunks
+    with the same bytes in all; they are counted whole, although GELU's ``1 - tanh^2``
+    chunks often do not live at the same time. Left out: Python's own objects (modules,
+    the graph's nodes and closures: tens of KB) and the cached causal mask (T, T) -- why
+    the measurement runs a few % higher on the smallest models.
     """
-    B, T, d, h, V = batch, config.block_size, config.n_embd, config.n_head, config.vocab_size
+    B, T, d, h, V, L = batch, config.block_size, config.n_embd, config.n_head, config.vocab_size, config.n_layer
     N, f = B * T, 4
     sizes = _param_sizes(config, method, r)
     trainable = sum(sizes)
     n_params = config.num_parameters() + (trainable if method == "lora" else 0)
     weights, gradients, optimizer = n_params * f, trainable * f, 2 * trainable * f
     rows = saved_activations(config, batch, method, r)
-    outputs = sum(out for _, out, _ in rows)
-    A = outputs + sum(extra for _, _, extra in rows)
+    names = [name for name, _, _ in rows]
+    A = sum(out + extra for _, out, extra in rows)
+
+    def alive(op):
+        """The activations of the ops up to and including ``op``: those the backward has not yet passed."""
+        return sum(out + extra for _, out, extra in rows[: names.index(op) + 1])
+
+    # the gradients the backward has produced, in its order (with LoRA, only the adapters' exist)
     full = method == "full"
-    head_freed = (N * V + N) * f + N * 17 + (N * d + N) * f  # cross-entropy's and ln_f's saved arrays
-    head_grads = (V * d + 2 * d + 4 * d * d + d) * f if full else 0  # wte (as lm_head), ln_f, mlp.c_proj
-    top_mlp_grads = (4 * d * d + 4 * d + 2 * d + d * d + d) * f if full else 0  # c_fc, ln_2, attn.c_proj
-    pairs = zip([0] + sizes[:-1], sizes)
-    adam_temporaries = max(max(3 * cur, prev + 2 * cur) for prev, cur in pairs) * f
-    # each moment: (activations still alive, gradients of parameters so far, temporaries)
-    phases = {
-        "forward": (A, 0, 0),
-        "loss backward": (A, 0, 2 * N * V * f),
-        "top GELU backward": (A - head_freed, head_grads, (N * d + 4 * N * d + 5 * 4 * N * d) * f),
-        "top attention backward": (A - head_freed - (N * d + N) * f - 4 * N * d * f,  # ln_2's xhat, GELU's tanh freed
-                                   head_grads + top_mlp_grads, (2 * N * d + 2 * B * h * T * T + 3 * N * d) * f),
-        "backward end": (outputs, gradients, (2 * V * d + N * d) * f if full else 0),
-        "optimizer": (0, gradients, adam_temporaries),
-    }
+    head_grads = (V * d + 2 * d) * f if full else 0  # wte (as lm_head), ln_f
+    mlp_c_proj = (4 * d * d + d) * f if full else 0
+    below_attention = (4 * d * d + 4 * d + 2 * d + d * d + d) * f if full else 0  # c_fc, ln_2, attn.c_proj
+    block_grads = (12 * d * d + 13 * d) * f if full else 4 * d * r * f  # a whole block; LoRA: its A and B
+    # temporaries: gradients on their way down, and the arrays one backward rule makes
+    gelu_temps = (N * d  # the residual stream's gradient, waiting for the block's branch
+                  + 4 * N * d  # GELU's incoming gradient
+                  + 2 * 4 * N * d) * f  # its result and 1 - tanh^2
+    attention_temps = (2 * N * d  # the residual stream's and the incoming gradient
+                       + B * h * T * T + B * h * T  # dP (dS is made in its place) and its row sums
+                       + 4 * N * d) * f  # dv, dq, dk and the product dk is scaled from
+    phases = {"loss backward": (A, 0, 2 * N * V * f)}
+    done = head_grads  # gradients of the parameters the backward has passed so far
+    for i in reversed(range(L)):
+        phases[f"h.{i} GELU backward"] = (alive(f"h.{i}.gelu"), done + mlp_c_proj, gelu_temps)
+        phases[f"h.{i} attention backward"] = (alive(f"h.{i}.attention"), done + mlp_c_proj + below_attention, attention_temps)
+        done += block_grads
+    phases["backward end"] = (alive("wpe(pos)"), gradients, (N * d + 2 * V * d) * f) if full else (0, gradients, 0)
+    phases["optimizer"] = (0, gradients, max(sizes) * f)
     phase = max(phases, key=lambda k: sum(phases[k]))
     act, grads, temp = phases[phase]
     return {"config": config_name(config), "batch": batch, "method": method, "peak": weights + optimizer + act + grads + temp,
@@ -379,21 +404,23 @@ def run(ctx: Context, wide: GPTConfig = WIDE_CONFIG, base: GPTConfig | None = No
         f"holds too: weights, gradients, optimizer state, activations, temporaries. Where the weights dominate "
         f"({wide_name}: {wide.n_layer} layers, width {wide.n_embd}, {wide.num_parameters() / 1e6:.1f}M parameters, batch 1 x "
         f"{wide.block_size} tokens) full fine-tuning holds {w['full']['measured']['peak'] / mib:.0f} MiB -- weights, gradients "
-        f"and AdamW's two moments, 16 bytes a parameter, plus AdamW's temporaries -- and LoRA (r = {LORA_RANK} on Wq, Wv) "
+        f"and AdamW's two moments, 16 bytes a parameter, plus AdamW's scratch array -- and LoRA (r = {LORA_RANK} on Wq, Wv) "
         f"{w['lora']['measured']['peak'] / mib:.0f} MiB: **{wide_ratio:.2f}x**. At the base model's size the ratio is "
         + ", ".join(f"{by[(base_name, b)]:.2f}x at batch {b}" for b in batches) + ". "
         + (f"From batch {cross[0]} on, LoRA saves less than {100 * (1 - RATIO_PARTLY):.0f}% (or needs more): the activations "
            "dominate, and LoRA keeps all of them -- it back-propagates through the whole frozen model -- plus its own "
-           "(with `enable_lora` on the fused c_attn, about 9 N d floats a layer for the adapter's path, the zero block of Wk "
-           "and the concatenation). **The claim does not hold there.**" if cross else
+           "(with `enable_lora` on the fused c_attn, 6 N d floats a layer: the adapter's output B A x and the sum W x + B A x, "
+           "each (N, 3d)). **The claim does not hold there.**" if cross else
            "LoRA's saving shrinks as the batch grows and activations take over."),
         "",
-        f"The analytic count (`analytic_step_memory`: weights + AdamW state + the largest of six moments of the step, "
+        "The analytic count (`analytic_step_memory`: weights + AdamW state + the largest of the step's moments -- the "
+        "loss's backward, each block's GELU and attention backward, the end of the backward, the optimizer update -- "
         f"following what minilora's engine keeps alive) agrees with the measurement within {100 * max(errors):.1f}% "
         f"everywhere (threshold {100 * AGREEMENT:.0f}%: {result['agreement']}). Which moment sets the peak is in the last column: "
-        "the optimizer update for full fine-tuning at small batches, the backward pass once activations dominate. One "
-        "engine fact shows here: every op's output stays alive until `backward()` returns (the backward's topological "
-        "order holds every node), so activations are freed at the end of the backward rather than as it goes, as in PyTorch.",
+        "the optimizer update for full fine-tuning at small batches, the top of the backward once activations dominate. "
+        "One engine fact shows here: as in PyTorch, the backward frees each op's output and saved arrays as soon as it "
+        "has passed that op, so an activation-bound step peaks early in the backward, while nearly every activation is "
+        "still alive; the gradients, which grow as the backward goes down, set the peak only where the weights dominate.",
         "",
         *table,
     ])
