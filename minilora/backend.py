@@ -96,16 +96,22 @@ def scatter_add(target, index, values) -> None:
 
 
 # ---------------------------------------------------------------------------
-# elementwise work on every core
+# elementwise work: in cache-sized blocks, on every core
 # ---------------------------------------------------------------------------
-# NumPy's matrix products run on all cores (its BLAS is threaded), but its
-# elementwise functions -- tanh, exp, +, * -- run on one. PyTorch runs both on all
-# cores. NumPy releases Python's lock inside a ufunc, so a fused op can split its
-# arrays into contiguous chunks and run one chunk per thread: that is all
-# ``parallel_for`` does. (On CuPy the GPU is parallel already: one call.)
+# A fused op such as GELU is ten NumPy passes over arrays of millions of floats.
+# Two things make that slow, and ``parallel_for`` addresses both:
+#
+# * memory traffic: each pass streams the whole array from RAM and back. Run all
+#   ten passes on a block of ~64K elements instead, and the block stays in the
+#   CPU's cache between passes (here: 24 ms -> 14.5 ms for GELU on 3M floats);
+# * one core: NumPy's elementwise functions run on one core, while its BLAS (and
+#   PyTorch) use all of them. NumPy releases Python's lock inside a ufunc, so
+#   threads working on different blocks really run in parallel.
+#
+# On CuPy the GPU is parallel already, and there is no CPU cache to block for: one call.
 
 _pool = None
-MIN_CHUNK = 1 << 16  # elements; below this, starting threads costs more than it saves
+BLOCK = 1 << 16  # elements per kernel call: 3-4 such float32 arrays fit in a core's L2 cache
 
 
 def num_threads() -> int:
@@ -117,24 +123,35 @@ def num_threads() -> int:
 
 
 def parallel_for(n: int, kernel, row_size: int = 1) -> None:
-    """Call ``kernel(start, stop)`` over ``[0, n)`` in contiguous chunks, one per thread.
+    """Call ``kernel(start, stop)`` on blocks of ``[0, n)`` that together cover it once.
 
-    The kernel must touch only its own chunk of each array (elementwise work,
-    or rows of a row-wise op), so the chunks never race. ``row_size``: elements
-    per unit of ``n`` (the row length for a row-wise op), to judge the work.
+    The kernel must touch only its own block of each array (elementwise work, or
+    rows of a row-wise op: then ``row_size`` is the row length, so that a block
+    holds about ``BLOCK`` elements), so blocks never race. Threads take
+    contiguous runs of blocks.
     """
     global _pool
-    threads = min(num_threads(), n * row_size // MIN_CHUNK, n)
-    if name != "numpy" or threads <= 1:
+    if name != "numpy":
         kernel(0, n)
+        return
+    step = max(1, BLOCK // max(1, row_size))
+    blocks = [(a, min(a + step, n)) for a in range(0, n, step)]
+    threads = min(num_threads(), len(blocks))
+
+    def run(first, last):
+        for a, b in blocks[first:last]:
+            kernel(a, b)
+
+    if threads <= 1:
+        run(0, len(blocks))
         return
     if _pool is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _pool = ThreadPoolExecutor(max_workers=num_threads() - 1, thread_name_prefix="minilora")
-    bounds = [n * i // threads for i in range(threads + 1)]
-    futures = [_pool.submit(kernel, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    kernel(bounds[0], bounds[1])  # this thread takes the first chunk
+    bounds = [len(blocks) * i // threads for i in range(threads + 1)]
+    futures = [_pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, threads)]
+    run(bounds[0], bounds[1])  # this thread takes the first run of blocks
     for f in futures:
         f.result()
 
