@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 import os
 import types
+from contextlib import contextmanager
 
 import numpy
 
@@ -154,6 +155,26 @@ def parallel_for(n: int, kernel, row_size: int = 1) -> None:
     run(bounds[0], bounds[1])  # this thread takes the first run of blocks
     for f in futures:
         f.result()
+
+
+_blas = None
+
+
+@contextmanager
+def blas_single_threaded():
+    """NumPy's BLAS on one thread inside the block, for many small matrix products run from
+    ``parallel_for``'s threads: a thread per product beats BLAS splitting each tiny one
+    across cores (and keeps working when another process loads the machine)."""
+    global _blas
+    if name != "numpy":
+        yield
+        return
+    if _blas is None:
+        from threadpoolctl import ThreadpoolController
+
+        _blas = ThreadpoolController()
+    with _blas.limit(limits=1, user_api="blas"):
+        yield
 
 
 _env = os.environ.get("MINILORA_BACKEND")

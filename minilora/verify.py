@@ -38,6 +38,9 @@ CLAIMS = [
     ("inference", "minilora.experiments.inference"),
     ("modularity", "minilora.experiments.modularity"),
     ("sensitivity", "minilora.experiments.sensitivity"),
+    ("depth_latency", "minilora.experiments.methods_latency"),
+    ("expressiveness", "minilora.experiments.methods_accuracy"),
+    ("quantization", "minilora.experiments.quantization"),
 ]
 
 

@@ -79,8 +79,9 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Ten
     Backward, with ``xhat`` the normalised input and ``gh = g * weight``:
     ``dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))``.
 
-    Computed on a (rows, n) view; the per-row dot products (``einsum``) need no
-    temporary the size of x.
+    Computed on a (rows, n) view, rows being independent: in cache-sized blocks on
+    all cores (``backend.parallel_for``), and the per-row dot products with
+    ``einsum``, which needs no temporary the size of x.
     """
     x = _t(input)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -89,28 +90,47 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Ten
     xp = B.xp
     n = math.prod(shape)
     x2 = x.data.reshape(-1, n)  # (rows, n)
-    xhat = x2 - x2.mean(axis=1, keepdims=True)  # centred; becomes xhat below, in place
-    var = xp.einsum("ij,ij->i", xhat, xhat) / n  # (rows,)
-    rstd = (1.0 / xp.sqrt(var + eps))[:, None].astype(x2.dtype)  # (rows, 1)
-    xhat *= rstd  # xhat is all the backward needs
     w = weight.data.reshape(n) if weight is not None else None
     b = bias.data.reshape(n) if bias is not None else None
-    y = xhat * w if w is not None else xhat.copy()
-    if b is not None:
-        y += b
+    xhat, y = xp.empty_like(x2), xp.empty_like(x2)
+    rstd = xp.empty((x2.shape[0], 1), dtype=x2.dtype)
+
+    def forward(a, c):
+        xh = xhat[a:c]
+        xp.subtract(x2[a:c], x2[a:c].mean(axis=1, keepdims=True), out=xh)  # centred, then normalised in place
+        var = xp.einsum("ij,ij->i", xh, xh) / n
+        rstd[a:c, 0] = 1.0 / xp.sqrt(var + eps)
+        xh *= rstd[a:c]
+        if w is not None:
+            xp.multiply(xh, w, out=y[a:c])
+        else:
+            y[a:c] = xh
+        if b is not None:
+            y[a:c] += b
+
+    B.parallel_for(x2.shape[0], forward, row_size=n)
 
     def backward(g):
-        g2 = g.reshape(-1, n)
+        g2 = xp.ascontiguousarray(g).reshape(-1, n)
         gw = xp.einsum("ij,ij->j", g2, xhat).reshape(shape) if weight is not None and weight.requires_grad else None
         gb = g2.sum(axis=0).reshape(shape) if bias is not None and bias.requires_grad else None
         gx = None
         if x.requires_grad:
-            gh = g2 * w if w is not None else g2.copy()
-            mean_gh_xhat = (xp.einsum("ij,ij->i", gh, xhat) / n)[:, None]  # (rows, 1)
-            gh -= gh.mean(axis=1, keepdims=True)
-            gh -= xhat * mean_gh_xhat
-            gh *= rstd
-            gx = gh.reshape(x.data.shape)
+            gx = xp.empty_like(g2)
+
+            def rows(a, c):
+                gh = gx[a:c]
+                if w is not None:
+                    xp.multiply(g2[a:c], w, out=gh)
+                else:
+                    gh[...] = g2[a:c]
+                mean_gh_xhat = (xp.einsum("ij,ij->i", gh, xhat[a:c]) / n)[:, None]  # (block, 1)
+                gh -= gh.mean(axis=1, keepdims=True)
+                gh -= xhat[a:c] * mean_gh_xhat
+                gh *= rstd[a:c]
+
+            B.parallel_for(g2.shape[0], rows, row_size=n)
+            gx = gx.reshape(x.data.shape)
         return gx, gw, gb
 
     parents = (x, weight if weight is not None else _none(), bias if bias is not None else _none())
@@ -263,20 +283,6 @@ def _softmax_array(x, axis):
     return e
 
 
-def _softmax_rows_inplace(x):
-    """Softmax along the last axis, in place, on all cores (rows are independent)."""
-    rows = x.reshape(-1, x.shape[-1])  # a view: x is contiguous
-
-    def kernel(a, b):
-        block = rows[a:b]
-        block -= block.max(axis=1, keepdims=True)
-        B.xp.exp(block, out=block)
-        block /= block.sum(axis=1, keepdims=True)
-
-    B.parallel_for(rows.shape[0], kernel, row_size=rows.shape[1])
-    return x
-
-
 def softmax(input, dim) -> Tensor:
     """``softmax(x)_i = e^{x_i} / sum_j e^{x_j}``; backward ``dx = s * (g - sum(g * s))``."""
     x = _t(input)
@@ -382,47 +388,82 @@ def scaled_dot_product_attention(
     Backward, with ``P`` the attention probabilities and ``P'`` them after dropout:
     ``dv = P'^T g``, ``dP = (g v^T) * dropmask``, ``dS = P * (dP - sum(dP * P))``,
     ``dq = dS k * scale``, ``dk = dS^T q * scale``.
+
+    Every (batch, head) pair is independent, so both passes run a few heads at a
+    time (``backend.parallel_for``): the (L, S) scores of a block stay in cache
+    through scaling, masking, softmax and the product with v, blocks run on all
+    cores, and the backward never holds more than a block's dP.
     """
     q, k, v = _t(query), _t(key), _t(value)
-    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2]:
+    if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
         raise RuntimeError(f"attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit")
-    L, S = q.shape[-2], k.shape[-2]
-    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     xp = B.xp
-    # scale q (..., L, E) rather than the scores (..., L, S): one pass over a small array
-    att = (q.data * xp.asarray(scale, dtype=q.dtype)) @ xp.swapaxes(k.data, -1, -2)  # (..., L, S)
-    if is_causal:
-        att += _causal_bias(L, S, att.dtype)
+    batch, (L, E), (S, Ev) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
+    H = math.prod(batch)  # (batch, head) pairs
+    scale = 1.0 / math.sqrt(E) if scale is None else scale
+    c = xp.asarray(scale, dtype=q.dtype)
+    q3, k3, v3 = (xp.ascontiguousarray(t.data).reshape(H, -1, t.shape[-1]) for t in (q, k, v))
+    bias = _causal_bias(L, S, q.dtype) if is_causal else None  # (L, S), added to the scores
+    mask = None
     if attn_mask is not None:
-        m = attn_mask.data if isinstance(attn_mask, Tensor) else xp.asarray(attn_mask)
-        if m.dtype == bool:
-            att = xp.where(m, att, xp.asarray(-xp.inf, dtype=att.dtype))
-        else:
-            att += m
-    P = _softmax_rows_inplace(B.xp.ascontiguousarray(att))  # in att's memory
-    if dropout_p > 0.0:
-        keep = B.rng().random(P.shape, dtype=xp.float32) >= dropout_p
-        drop = keep * xp.asarray(1.0 / (1.0 - dropout_p), dtype=P.dtype)
-        Pd = P * drop
-    else:
-        drop, Pd = None, P
-    out = Pd @ v.data  # (..., L, Ev)
+        mask = attn_mask.data if isinstance(attn_mask, Tensor) else xp.asarray(attn_mask)
+        if mask.ndim > 2:  # a mask per batch entry: line it up with the (batch, head) pairs
+            mask = xp.broadcast_to(mask, batch + mask.shape[-2:]).reshape(H, *mask.shape[-2:])
+    drop = None
+    if dropout_p > 0.0:  # drawn up front, so the mask does not depend on how blocks are scheduled
+        keep = B.rng().random((H, L, S), dtype=xp.float32) >= dropout_p
+        drop = keep * xp.asarray(1.0 / (1.0 - dropout_p), dtype=q.dtype)
+    P = xp.empty((H, L, S), dtype=q.dtype)  # softmax probabilities, kept for the backward
+    out = xp.empty((H, L, Ev), dtype=q.dtype)
+
+    def heads_mask(a, b):
+        return mask if mask is None or mask.ndim <= 2 else mask[a:b]
+
+    def forward(a, b):  # heads a..b
+        scores = P[a:b]
+        xp.matmul(q3[a:b] * c, xp.swapaxes(k3[a:b], -1, -2), out=scores)  # scale q (L, E), not the scores (L, S)
+        if bias is not None:
+            scores += bias
+        m = heads_mask(a, b)
+        if m is not None and m.dtype == bool:
+            scores[...] = xp.where(m, scores, xp.asarray(-xp.inf, dtype=scores.dtype))
+        elif m is not None:
+            scores += m
+        scores -= scores.max(axis=-1, keepdims=True)  # softmax, in place
+        xp.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        xp.matmul(scores * drop[a:b] if drop is not None else scores, v3[a:b], out=out[a:b])
+
+    with B.blas_single_threaded():
+        B.parallel_for(H, forward, row_size=L * S)
 
     def backward(g):
-        gv = xp.swapaxes(Pd, -1, -2) @ g if v.requires_grad else None
-        gq = gk = None
-        if q.requires_grad or k.requires_grad:
-            dP = g @ xp.swapaxes(v.data, -1, -2)  # (..., L, S)
-            if drop is not None:
-                dP *= drop
-            # dS = P * (dP - sum_j dP_j P_j), in place in dP; the row sums without a (L, S) temporary
-            rowsum = xp.einsum("...ij,...ij->...i", dP, P)[..., None]  # (..., L, 1)
-            dS = dP
-            dS -= rowsum
-            dS *= P
-            # the scale goes on the small results, not on dS (..., L, S)
-            gq = (dS @ k.data) * xp.asarray(scale, dtype=dS.dtype) if q.requires_grad else None
-            gk = (xp.swapaxes(dS, -1, -2) @ q.data) * xp.asarray(scale, dtype=dS.dtype) if k.requires_grad else None
-        return gq, gk, gv
+        g3 = xp.ascontiguousarray(g).reshape(H, L, Ev)
+        gq = xp.empty_like(q3) if q.requires_grad else None
+        gk = xp.empty_like(k3) if k.requires_grad else None
+        gv = xp.empty_like(v3) if v.requires_grad else None
 
-    return Tensor._make(out, (q, k, v), backward)
+        def heads(a, b):
+            Pb = P[a:b]
+            Pd = Pb * drop[a:b] if drop is not None else Pb
+            if gv is not None:
+                xp.matmul(xp.swapaxes(Pd, -1, -2), g3[a:b], out=gv[a:b])
+            if gq is None and gk is None:
+                return
+            dS = g3[a:b] @ xp.swapaxes(v3[a:b], -1, -2)  # dP, (block, L, S)
+            if drop is not None:
+                dS *= drop[a:b]
+            # dS = P * (dP - sum_j dP_j P_j), in place; the row sums without an (L, S) temporary
+            dS -= xp.einsum("...ij,...ij->...i", dS, Pb)[..., None]
+            dS *= Pb
+            dS *= c  # the scale of q k^T, once for both gradients
+            if gq is not None:
+                xp.matmul(dS, k3[a:b], out=gq[a:b])
+            if gk is not None:
+                xp.matmul(xp.swapaxes(dS, -1, -2), q3[a:b], out=gk[a:b])
+
+        with B.blas_single_threaded():
+            B.parallel_for(H, heads, row_size=L * S)
+        return tuple(None if t is None else t.reshape(x.shape) for t, x in ((gq, q), (gk, k), (gv, v)))
+
+    return Tensor._make(out.reshape(batch + (L, Ev)), (q, k, v), backward)
