@@ -277,6 +277,7 @@ class Tensor:
             self.grad = grad.copy() if self.grad is None else self.grad + grad
             return
         self.grad = grad
+        owned = set()  # nodes whose .grad this pass allocated and nobody else holds (see _add_slice)
         while order:
             # pop, not iterate: once a node is processed nothing here refers to it, so its
             # output array is freed as soon as the last consumer's closure is gone
@@ -284,6 +285,7 @@ class Tensor:
             if node._backward is None:  # a leaf: its .grad is the result
                 continue
             g = node.grad
+            owned.discard(id(node))
             if not node._retain:
                 node.grad = None
             if g is None:  # not reached by this backward pass
@@ -293,6 +295,9 @@ class Tensor:
             for parent, pg in zip(node._parents, node._backward(g)):
                 if pg is None or not parent.requires_grad:
                     continue
+                if isinstance(pg, SliceGrad):
+                    _add_slice(parent, pg, owned)
+                    continue
                 pg = unbroadcast(B.xp.asarray(pg), parent.data.shape)  # asarray: see _make
                 if pg.dtype != parent.data.dtype:
                     pg = pg.astype(parent.data.dtype)
@@ -300,8 +305,10 @@ class Tensor:
                     # A leaf keeps its .grad; make sure it owns it (see the invariant above).
                     is_leaf = parent._backward is None
                     parent.grad = pg.copy() if is_leaf and (pg is g or pg.base is not None) else pg
+                    owned.discard(id(parent))
                 else:
                     parent.grad = parent.grad + pg
+                    owned.add(id(parent))  # a fresh array: later slices may be added into it
             node._parents, node._backward = (), _freed  # free the graph as we go
             del node, g  # (and drop this frame's references before the next node)
 
@@ -584,11 +591,10 @@ class Tensor:
         advanced = _is_advanced(index)
 
         def backward(g):
+            if not advanced:  # a slice: its gradient goes into that slice of the input's (SliceGrad)
+                return (SliceGrad(index, g),)
             ga = B.xp.zeros_like(a.data)
-            if advanced:
-                B.scatter_add(ga, index, g)
-            else:
-                ga[index] = g
+            B.scatter_add(ga, index, g)
             return (ga,)
 
         return Tensor._make(out, (a,), backward)
@@ -676,6 +682,34 @@ def _unwrap_index(index):
 def _is_advanced(index) -> bool:
     items = index if isinstance(index, tuple) else (index,)
     return any(not (i is None or i is Ellipsis or isinstance(i, (int, slice))) for i in items)
+
+
+class SliceGrad:
+    """The gradient of a basic slice ``x[index]``: ``value`` at ``index``, zero elsewhere.
+
+    Returned by ``__getitem__``'s backward instead of a zero array the size of x with
+    the slice filled in: ``split`` of GPT's fused q, k, v would otherwise allocate three
+    of those and add them up. ``backward`` adds the slice in place (``_add_slice``).
+    """
+
+    __slots__ = ("index", "value")
+
+    def __init__(self, index, value):
+        self.index, self.value = index, value
+
+
+def _add_slice(node: Tensor, pg: SliceGrad, owned: set) -> None:
+    """``node.grad[index] += value``. In place only into an array this backward pass allocated
+    (``owned``) or a leaf's own ``.grad``: any other ``.grad`` may be an array some other
+    node still holds (``+`` hands one ``g`` to both inputs), so it is copied first."""
+    is_leaf = node._backward is None
+    if node.grad is None:
+        node.grad = B.xp.zeros(node.data.shape, dtype=node.data.dtype)
+        owned.add(id(node))
+    elif not (is_leaf or id(node) in owned):
+        node.grad = node.grad.copy()
+        owned.add(id(node))
+    node.grad[pg.index] += pg.value
 
 
 def _freed(g):

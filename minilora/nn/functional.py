@@ -389,32 +389,36 @@ def scaled_dot_product_attention(
     ``dv = P'^T g``, ``dP = (g v^T) * dropmask``, ``dS = P * (dP - sum(dP * P))``,
     ``dq = dS k * scale``, ``dk = dS^T q * scale``.
 
-    Every (batch, head) pair is independent, so both passes run a few heads at a
-    time (``backend.parallel_for``): the (L, S) scores of a block stay in cache
-    through scaling, masking, softmax and the product with v, blocks run on all
-    cores, and the backward never holds more than a block's dP.
+    Batch entries are independent, so both passes run a few at a time
+    (``backend.parallel_for`` over the first batch dimension): a block's (L, S)
+    scores stay in cache through scaling, masking, softmax and the product with v,
+    blocks run on all cores, and the backward never holds more than a block's dP.
+    q, k and v are used as they come -- GPT's are strided views into c_attn's output,
+    which BLAS reads directly -- so nothing but P is kept for the backward.
     """
     q, k, v = _t(query), _t(key), _t(value)
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
         raise RuntimeError(f"attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit")
     xp = B.xp
     batch, (L, E), (S, Ev) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
-    H = math.prod(batch)  # (batch, head) pairs
     scale = 1.0 / math.sqrt(E) if scale is None else scale
     c = xp.asarray(scale, dtype=q.dtype)
-    q3, k3, v3 = (xp.ascontiguousarray(t.data).reshape(H, -1, t.shape[-1]) for t in (q, k, v))
+    # views with one leading batch dimension to split blocks along (a 2-D input gets one of size 1)
+    q3, k3, v3 = (t.data if batch else t.data[None] for t in (q, k, v))
+    lead = q3.shape[:-2]  # (n, ...): blocks are ranges of the first entry
     bias = _causal_bias(L, S, q.dtype) if is_causal else None  # (L, S), added to the scores
     mask = None
     if attn_mask is not None:
         mask = attn_mask.data if isinstance(attn_mask, Tensor) else xp.asarray(attn_mask)
-        if mask.ndim > 2:  # a mask per batch entry: line it up with the (batch, head) pairs
-            mask = xp.broadcast_to(mask, batch + mask.shape[-2:]).reshape(H, *mask.shape[-2:])
+        if mask.ndim > 2:  # a mask per batch entry: a view lined up with the batch, sliced per block
+            mask = xp.broadcast_to(mask, lead + mask.shape[-2:])
     drop = None
     if dropout_p > 0.0:  # drawn up front, so the mask does not depend on how blocks are scheduled
-        keep = B.rng().random((H, L, S), dtype=xp.float32) >= dropout_p
+        keep = B.rng().random(lead + (L, S), dtype=xp.float32) >= dropout_p
         drop = keep * xp.asarray(1.0 / (1.0 - dropout_p), dtype=q.dtype)
-    P = xp.empty((H, L, S), dtype=q.dtype)  # softmax probabilities, kept for the backward
-    out = xp.empty((H, L, Ev), dtype=q.dtype)
+    P = xp.empty(lead + (L, S), dtype=q.dtype)  # softmax probabilities, kept for the backward
+    out = xp.empty(lead + (L, Ev), dtype=q.dtype)
+    n, per_entry = lead[0], math.prod(lead[1:]) * L * S  # blocks of the first dim; scores per entry
 
     def heads_mask(a, b):
         return mask if mask is None or mask.ndim <= 2 else mask[a:b]
@@ -435,13 +439,13 @@ def scaled_dot_product_attention(
         xp.matmul(scores * drop[a:b] if drop is not None else scores, v3[a:b], out=out[a:b])
 
     with B.blas_single_threaded():
-        B.parallel_for(H, forward, row_size=L * S)
+        B.parallel_for(n, forward, row_size=per_entry)
 
     def backward(g):
-        g3 = xp.ascontiguousarray(g).reshape(H, L, Ev)
-        gq = xp.empty_like(q3) if q.requires_grad else None
-        gk = xp.empty_like(k3) if k.requires_grad else None
-        gv = xp.empty_like(v3) if v.requires_grad else None
+        g3 = g if batch else g[None]
+        gq = xp.empty(q3.shape, dtype=q3.dtype) if q.requires_grad else None
+        gk = xp.empty(k3.shape, dtype=k3.dtype) if k.requires_grad else None
+        gv = xp.empty(v3.shape, dtype=v3.dtype) if v.requires_grad else None
 
         def heads(a, b):
             Pb = P[a:b]
@@ -463,7 +467,7 @@ def scaled_dot_product_attention(
                 xp.matmul(xp.swapaxes(dS, -1, -2), q3[a:b], out=gk[a:b])
 
         with B.blas_single_threaded():
-            B.parallel_for(H, heads, row_size=L * S)
+            B.parallel_for(n, heads, row_size=per_entry)
         return tuple(None if t is None else t.reshape(x.shape) for t, x in ((gq, q), (gk, k), (gv, v)))
 
     return Tensor._make(out.reshape(batch + (L, Ev)), (q, k, v), backward)
