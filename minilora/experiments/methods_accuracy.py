@@ -406,11 +406,12 @@ def run(ctx, g: Grid | None = None) -> ClaimResult:
         f"budget of {budget:,} trained numbers: LoRA on Wq, Wv ({head['lora_trainable']:,}) reaches "
         f"{head['lora']:.3f} test accuracy, prompt tuning ({head['prompt_trainable']:,}, the most this task leaves room "
         f"for: {M.matched_size('prompt', budget, config, TASK_ROW)} virtual tokens before {TASK_ROW}-token rows in a {config.block_size}-token context) {head['prompt']:.3f}: LoRA ahead by "
-        f"{100 * head['lora_minus_prompt']:+.1f} points ({verdict['parts']['LoRA above prompt tuning']}; thresholds "
-        f"{100 * PROMPT_GAP_HOLDS:.0f} / {100 * PROMPT_GAP_PARTLY:.0f}"
-        + (")" if head["lora_gain_over_base"] >= MIN_LORA_GAIN else
-           f"; **not judged**: LoRA is only {100 * head['lora_gain_over_base']:+.1f} points above the base model, "
-           f"{100 * MIN_LORA_GAIN:.0f} needed -- neither has learned the task yet)")
+        f"{100 * head['lora_minus_prompt']:+.1f} points ("
+        + (f"{verdict['parts']['LoRA above prompt tuning']}; thresholds {100 * PROMPT_GAP_HOLDS:.0f} / "
+           f"{100 * PROMPT_GAP_PARTLY:.0f})" if head["lora_gain_over_base"] >= MIN_LORA_GAIN else
+           f"**not judged**, counted as \"{verdict['parts']['LoRA above prompt tuning']}\": LoRA is only "
+           f"{100 * head['lora_gain_over_base']:+.1f} points above the base model, {100 * MIN_LORA_GAIN:.0f} needed -- "
+           "neither has learned the task yet)")
         + f". Full fine-tuning ({cls['full']['trainable']:,}) reaches "
         f"{head['full']:.3f}, {100 * head['full_minus_lora']:+.1f} points above LoRA ({verdict['parts']['LoRA near full fine-tuning']}; "
         f"thresholds {100 * FULL_GAP_HOLDS:.0f} / {100 * FULL_GAP_PARTLY:.0f}).",

@@ -348,11 +348,12 @@ def run(ctx: Context) -> ClaimResult:
         "",
         f"**Accuracy.** LoRA on Wq, Wv at r = {QLORA_RANK} (claim 4's judged run: {s.cls_steps} steps, batch {s.batch_size}, "
         f"seeds {list(s.seeds)}) reaches {np.mean(acc_dense):.3f} ± {std(acc_dense):.3f} test accuracy on the float32 base and "
-        f"{np.mean(acc_nf4):.3f} ± {std(acc_nf4):.3f} on the NF4 + DQ base: a gap of {100 * gap:+.1f} points "
-        f"({verdict['parts']['accuracy']}; thresholds {100 * GAP_HOLDS:.0f} / {100 * GAP_PARTLY:.0f} points)"
-        + ("" if lora_gain >= MIN_LORA_GAIN else
-           f" -- **not judged**: LoRA on the dense base is only {100 * lora_gain:+.1f} points above the base model "
-           f"(needed: {100 * MIN_LORA_GAIN:.0f}), so both runs are near chance and their gap is noise")
+        f"{np.mean(acc_nf4):.3f} ± {std(acc_nf4):.3f} on the NF4 + DQ base: a gap of {100 * gap:+.1f} points ("
+        + (f"{verdict['parts']['accuracy']}; thresholds {100 * GAP_HOLDS:.0f} / {100 * GAP_PARTLY:.0f} points)"
+           if lora_gain >= MIN_LORA_GAIN else
+           f"**not judged**, counted as \"{verdict['parts']['accuracy']}\": LoRA on the dense base is only "
+           f"{100 * lora_gain:+.1f} points above the base model, {100 * MIN_LORA_GAIN:.0f} needed, so both runs are "
+           "near chance and their gap is noise)")
         + ". A step on the 4-bit "
         f"base took {train_ratio:.2f}x the time of one on the dense base: NumPy dequantizes every projection in every "
         "forward (a GPU kernel fuses that into the product). The adapter is trained against the quantized weights, "

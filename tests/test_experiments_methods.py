@@ -1,0 +1,345 @@
+"""The method-comparison claims (10-12: latency from added depth, expressiveness, quantization) on tiny settings.
+
+* every method's trainable count equals its closed form (``methods.trainable_count``), and
+  ``matched_size`` picks the size nearest a budget, within the context prompt tuning leaves;
+* each method trains through ``finetune_method``; prompt tuning's held-out figures are read
+  after its virtual positions;
+* the latency variants: merged LoRA computes what unmerged LoRA computes, adapters change
+  the output, and the timing returns every variant;
+* the stored bytes of a quantized model equal the closed form to the byte and the analytic
+  count (bits x parameters) within padding; tracemalloc sees what is stored;
+* LoRA on the NF4 base starts from the same adapter as on the dense base;
+* every verdict flips when its figure crosses its threshold;
+* each claim's ``run(ctx)`` completes on a tiny model and writes its plot.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+import minilora
+from minilora.experiments import finetune as ft
+from minilora.experiments import methods as M
+from minilora.experiments import methods_accuracy as acc
+from minilora.experiments import methods_latency as lat
+from minilora.experiments import quantization as qz
+from minilora.experiments.common import FAILS, HOLDS, PARTLY, Context
+from minilora.models import GPT, GPTConfig
+from minilora.peft import get_peft_model
+from minilora.quant import NF4Linear
+from minilora.tasks import docstring_package_task
+
+# block 96 with 64-token rows: room for up to 32 virtual tokens
+TINY = GPTConfig(vocab_size=256, block_size=96, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
+
+
+def tiny_base(config=TINY, seed=0) -> GPT:
+    minilora.manual_seed(seed)
+    return GPT(config).eval()
+
+
+@pytest.fixture(scope="module")
+def cls_task():
+    return docstring_package_task(max_prompt_bytes=ft.CLS_PROMPT_BYTES, per_class=20, block_size=TINY.block_size)
+
+
+# ---------------------------------------------------------------------------
+# matched budgets
+# ---------------------------------------------------------------------------
+
+SIZES = {"lora": (1, 3), "dora": (1, 2), "ia3": (None,), "prompt": (1, 7), "prefix": (1, 3), "houlsby": (1, 5),
+         "pfeiffer": (2, 6)}
+
+
+@pytest.mark.parametrize("config", [TINY, GPTConfig(vocab_size=64, block_size=32, n_layer=3, n_head=4, n_embd=48)])
+@pytest.mark.parametrize("method", M.METHODS)
+def test_trainable_count_is_the_closed_form(method, config):
+    for size in SIZES[method]:
+        model = get_peft_model(tiny_base(config), M.peft_config(method, size))
+        trainable, _ = model.get_nb_trainable_parameters()
+        assert trainable == M.trainable_count(method, size, config), (method, size)
+    assert M.trainable_count("full", None, config) == config.num_parameters()
+
+
+def test_closed_forms_by_hand():
+    C, L = TINY.n_embd, TINY.n_layer
+    assert M.trainable_count("lora", 4, TINY) == L * (4 * 2 * C + 2 * C * 4)  # A (2r, C), B (2C, r)
+    assert M.trainable_count("ia3", None, TINY) == 7 * L * C
+    assert M.trainable_count("prefix", 5, TINY) == 5 * 2 * L * C
+    assert M.trainable_count("houlsby", 3, TINY) == 2 * M.trainable_count("pfeiffer", 3, TINY)
+
+
+@pytest.mark.parametrize("method", [m for m in M.METHODS if m != "ia3"])
+@pytest.mark.parametrize("budget", [100, 1000, 4096, 9000])
+def test_matched_size_is_the_nearest(method, budget):
+    cap = M.max_size(method, TINY, 64)
+    size = M.matched_size(method, budget, TINY, seq_len=64)
+    sizes = range(1, (cap or 400) + 1)
+    best = min(abs(M.trainable_count(method, s, TINY) - budget) for s in sizes)
+    assert abs(M.trainable_count(method, size, TINY) - budget) == best
+    if cap is not None:
+        assert size <= cap
+
+
+def test_matched_size_on_the_base_model():
+    from minilora.pretrain import BASE_CONFIG
+
+    # the judged budget: LoRA r=4 and 64 virtual tokens train exactly 8,192 numbers
+    assert M.matched_size("lora", 8192, BASE_CONFIG) == 4
+    assert M.matched_size("prompt", 8192, BASE_CONFIG, seq_len=64) == 64
+    assert M.matched_size("prompt", 16384, BASE_CONFIG, seq_len=64) == 64  # capped: the context is full
+    assert M.matched_size("ia3", 8192, BASE_CONFIG) is None
+    with pytest.raises(ValueError, match="unknown method"):
+        M.matched_size("bitfit", 100, BASE_CONFIG)
+    with pytest.raises(ValueError, match="positive int"):
+        M.peft_config("lora", 0)
+
+
+# ---------------------------------------------------------------------------
+# training every method
+# ---------------------------------------------------------------------------
+
+
+def mspec(method, size, **kw) -> acc.MethodSpec:
+    return acc.MethodSpec("cls", method, size, **{**dict(steps=3, batch_size=4, warmup_steps=1), **kw})
+
+
+@pytest.mark.parametrize("method", M.METHODS)
+def test_every_method_trains(cls_task, method):
+    size = SIZES[method][0] if method != "prompt" else 4
+    data = ft.ClassificationData(cls_task, 4)
+    result = acc.finetune_method(mspec(method, size), tiny_base(), data)
+    assert len(result.losses) == 3 and all(math.isfinite(x) for x in result.losses)
+    assert result.trainable == M.trainable_count(method, size, TINY)
+    assert 0.0 <= result.final["accuracy"] <= 1.0 and result.final["loss"] > 0
+    assert result.state  # the adapter's weights
+
+
+def test_lora_and_full_are_claim_4s_runs(cls_task):
+    spec = mspec("lora", 2)
+    assert spec.run_spec() == ft.RunSpec("cls", "lora", "Wq+Wv", 2, steps=3, batch_size=4, warmup_steps=1)
+    data = ft.ClassificationData(cls_task, 4)
+    ours, theirs = acc.finetune_method(spec, tiny_base(), data), ft.finetune(spec.run_spec(), tiny_base(), data)
+    assert ours.losses == theirs.losses
+    assert mspec("ia3", None).weight_decay == 0.0 and mspec("prompt", 4).weight_decay == ft.WEIGHT_DECAY
+
+
+def test_prompt_tuning_is_scored_after_its_virtual_tokens(cls_task):
+    P = 8
+    model = acc.build_model(mspec("prompt", P), tiny_base())
+    data = ft.ClassificationData(cls_task, 4)
+    logits = ft._logits(model, data.x_eval)
+    assert logits.shape[:2] == (len(data.x_eval), P + data.x_eval.shape[1])
+    with pytest.raises((ValueError, IndexError)):
+        data.score(logits)  # the unshifted logits do not fit the targets
+    figures = acc.heldout(data, model, acc.virtual_positions(mspec("prompt", P)))
+    assert figures == data.score(logits[:, P:])
+    # the training loss is the held-out loss's formula on the real positions: the virtual ones get -100
+    x, y = data.x_eval[:4], data.y_eval[:4]
+    with minilora.no_grad():
+        _, loss = model(x, targets=y)
+    assert float(loss.data) == pytest.approx(ft._cross_entropy(logits[:4, P:], y), rel=1e-5)
+
+
+def test_specs_for_matches_budgets_and_lists_ia3_once():
+    g = acc.Grid(cls_budgets=(2048, 512), cls_methods=M.METHODS, cls_seeds=(0, 1), cls_other_seeds=(0,),
+                 code_budgets=(), code_methods=(), code_seeds=())
+    specs = acc.specs_for(g, TINY, {"cls": dict(steps=2, batch_size=4, warmup_steps=1)})
+    assert len(specs) == len(set(specs))
+    assert sum(s.method == "ia3" for s in specs) == 2  # one size, two seeds
+    assert sum(s.method == "full" for s in specs) == 2
+    judged = {s.method: s.size for s in specs if s.seed == 1 and s.method not in ("full", "ia3")}
+    assert judged == {m: M.matched_size(m, 2048, TINY, acc.TASK_ROW) for m in judged}
+    assert judged["prompt"] == TINY.block_size - acc.TASK_ROW  # capped by the context
+
+
+# ---------------------------------------------------------------------------
+# latency
+# ---------------------------------------------------------------------------
+
+
+def test_latency_variants_and_timing():
+    base = tiny_base(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32))
+    variants = lat.build_variants(base)
+    assert list(variants) == ["base", "base again", "LoRA merged", "LoRA unmerged", "Houlsby", "Pfeiffer"]
+    x = np.random.default_rng(0).integers(0, 64, (2, 16))
+    with minilora.no_grad():
+        out = {k: m(x)[0].numpy().astype(np.float64) for k, m in variants.items()}
+    scale = np.abs(out["base"]).max()
+    assert np.abs(out["LoRA merged"] - out["LoRA unmerged"]).max() < 1e-5 * scale
+    assert np.array_equal(out["base"], out["base again"])
+    for name in ("LoRA unmerged", "Houlsby", "Pfeiffer"):
+        assert np.abs(out[name] - out["base"]).max() > 1e-4 * scale, name  # the update is not zero
+    matched = lat.matched_adapter_sizes(base.config)
+    for method, m in matched["sizes"].items():  # nearest to LoRA's count
+        budget = matched["trainable"]["LoRA"]
+        assert all(abs(M.trainable_count(method, m, base.config) - budget)
+                   <= abs(M.trainable_count(method, k, base.config) - budget) for k in range(1, 40))
+    from minilora.tensor import Tensor
+
+    make = Tensor.__dict__["_make"]
+    ops = lat.op_counts(variants)
+    assert Tensor.__dict__["_make"] is make  # put back
+    assert ops["LoRA merged"] == ops["base again"] == ops["base"]  # merged: the base model's computation
+    added = {k: ops[k] - ops["base"] for k in ("Houlsby", "Pfeiffer", "LoRA unmerged")}
+    assert added["Houlsby"] == 2 * added["Pfeiffer"] > 0 and added["Pfeiffer"] % base.config.n_layer == 0
+    assert added["LoRA unmerged"] > 0
+    res = lat.measure_forward_latency(variants, ((1, 4), (2, 16)), repeats=2)
+    assert list(res) == ["B=1 T=4", "B=2 T=16"]
+    for setting in res.values():
+        assert setting["repeats"] == 2 and all(setting[k] > 0 for k in variants)
+        assert set(lat.overheads(setting)) == set(variants) - {"base"}
+    with pytest.raises(ValueError, match="block_size"):
+        lat.measure_forward_latency(variants, ((1, 33),), repeats=1)
+
+
+def test_depth_latency_verdict_flips():
+    slow = {"Houlsby": 0.30, "Pfeiffer": 0.15}
+    assert lat.judge_depth_latency(slow, 0.01, 0.01)["verdict"] == HOLDS
+    assert lat.judge_depth_latency(slow, 0.01, 0.01)["lighter_adapter"] == "Pfeiffer"
+    assert lat.judge_depth_latency({"Houlsby": 0.30, "Pfeiffer": 0.06}, 0.01, 0.0)["parts"][
+        "adapters slower than merged LoRA"] == PARTLY
+    assert lat.judge_depth_latency({"Houlsby": 0.02, "Pfeiffer": 0.02}, 0.01, 0.0)["parts"][
+        "adapters slower than merged LoRA"] == FAILS
+    # merged LoRA 8% slower where the control is 1% off: 7% beyond the noise, "partly"
+    assert lat.judge_depth_latency(slow, 0.08, 0.01)["parts"]["merged LoRA as fast as the base"] == PARTLY
+    assert lat.judge_depth_latency({"Houlsby": 0.0, "Pfeiffer": 0.0}, 0.30, 0.0)["verdict"] == FAILS
+
+
+# ---------------------------------------------------------------------------
+# quantization
+# ---------------------------------------------------------------------------
+
+
+def _closed_form_bytes(n: int, double_quant: bool) -> int:
+    blocks = -(-n // 64)
+    codes = blocks * 64 // 2
+    if not double_quant:
+        return codes + 4 * blocks
+    return codes + blocks + 4 * -(-blocks // 256) + 4  # int8 constants, float32 scales, one float32 mean
+
+
+@pytest.mark.parametrize("scheme", qz.SCHEMES)
+def test_stored_bytes_closed_form_and_analytic(scheme):
+    base = tiny_base()
+    stored = qz.stored_bytes(qz.quantized_copy(base, scheme))
+    analytic = qz.analytic_bytes(TINY, scheme)
+    C, L = TINY.n_embd, TINY.n_layer
+    shapes = [3 * C * C, C * C, 4 * C * C, 4 * C * C] * L
+    if scheme == "float32":
+        assert stored["total"] == 4 * TINY.num_parameters() == analytic["total"]
+        assert stored["codes"] == stored["constants"] == 0
+        return
+    dq = scheme == "NF4 + double quant"
+    assert stored["quantized_params"] == sum(shapes) == analytic["quantized_params"]
+    assert stored["codes"] + stored["constants"] == sum(_closed_form_bytes(n, dq) for n in shapes)
+    assert stored["dense"] == 4 * (TINY.num_parameters() - sum(shapes))
+    # bits x parameters leaves out only the per-matrix means and the padding of the last 8-bit block
+    assert stored["total"] == pytest.approx(analytic["total"], rel=0.01)
+
+
+def test_tracemalloc_sees_the_stored_arrays():
+    base = tiny_base(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=128))
+    for scheme in qz.SCHEMES:
+        stored = qz.stored_bytes(qz.quantized_copy(base, scheme))["total"]
+        traced = qz.traced_bytes(base, scheme)
+        # the arrays plus the Python objects of the modules (tens of KiB)
+        assert stored <= traced["held"] < stored + 100_000, scheme
+        assert traced["peak"] >= traced["held"]
+    table = qz.memory_table(base)
+    assert table["NF4 + double quant"]["bits_per_quantized_measured"] == pytest.approx(4.127, abs=0.01)
+    assert table["NF4"]["bits_per_quantized_measured"] == pytest.approx(4.5, abs=0.01)
+
+
+def test_quantization_errors_are_nf4_sized():
+    errors = qz.quantization_errors(tiny_base())
+    assert len(errors["matrices"]) == 4 * TINY.n_layer
+    assert 0.05 < errors["overall_rel_frobenius"] < 0.15  # NF4 on Gaussian weights: about 0.09
+    no_dq = qz.quantization_errors(tiny_base(), double_quant=False)
+    assert no_dq["overall_rel_frobenius"] <= errors["overall_rel_frobenius"] + 1e-3
+
+
+def test_qlora_starts_from_the_dense_runs_adapter(cls_task):
+    spec = ft.RunSpec("cls", "lora", "Wq+Wv", 2, steps=3, batch_size=4, warmup_steps=1)
+    dense, nf4 = ft.fresh_model(spec, tiny_base()), qz.qlora_model(spec, tiny_base())
+    d, q = dense.base_model.adapter_state_dict("default"), nf4.base_model.adapter_state_dict("default")
+    assert d.keys() == q.keys() and all(np.array_equal(d[k], q[k]) for k in d)
+    assert any(isinstance(m, NF4Linear) for _, m in nf4.named_modules())
+    result = qz.qlora_finetune(spec, tiny_base(), ft.ClassificationData(cls_task, 4))
+    assert result.trainable == M.trainable_count("lora", 2, TINY) and len(result.losses) == 3
+    with pytest.raises(ValueError, match="LoRA"):
+        qz.qlora_finetune(ft.RunSpec("cls", "full"), tiny_base(), None)
+
+
+def test_quantization_verdict_flips():
+    assert qz.judge_quantization(0.2, 0.01)["verdict"] == HOLDS
+    assert qz.judge_quantization(0.2, 0.05)["parts"]["accuracy"] == PARTLY
+    assert qz.judge_quantization(0.3, 0.01)["parts"]["memory"] == PARTLY
+    assert qz.judge_quantization(0.6, 0.2)["verdict"] == FAILS
+    assert qz.judge_quantization(0.2, 0.0, lora_gain=0.01)["parts"]["accuracy"] == FAILS  # near chance: not judged
+
+
+def test_code_shares():
+    rows = {"full": {"loss_mean": 1.0, "trainable": 100}, "lora r=4": {"loss_mean": 1.5, "trainable": 10},
+            "prompt P=64": {"loss_mean": 2.0, "trainable": 10}}
+    assert acc.code_shares(rows, 2.0) == {"lora r=4": 0.5, "prompt P=64": 0.0}
+    assert math.isnan(acc.code_shares(rows, 1.005)["lora r=4"])  # full fine-tuning barely improved
+    assert "lora r=4 (10) 1.500 = 50%, prompt P=64" in acc.code_summary(rows, 2.0)
+
+
+def test_expressiveness_verdict_flips():
+    assert acc.judge_expressiveness(0.10, 0.01)["verdict"] == HOLDS
+    # LoRA has not learned the task (2 points over the base model): its lead over prompt tuning is not judged
+    assert acc.judge_expressiveness(0.10, 0.01, lora_gain=0.02)["parts"]["LoRA above prompt tuning"] == FAILS
+    assert acc.judge_expressiveness(0.03, 0.01)["parts"]["LoRA above prompt tuning"] == PARTLY
+    assert acc.judge_expressiveness(-0.01, 0.01)["parts"]["LoRA above prompt tuning"] == FAILS
+    assert acc.judge_expressiveness(0.10, 0.05)["parts"]["LoRA near full fine-tuning"] == PARTLY
+    assert acc.judge_expressiveness(-0.01, 0.20)["verdict"] == FAILS
+
+
+# ---------------------------------------------------------------------------
+# the claims, end to end on a tiny model
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_ctx(tmp_path_factory, cls_task):
+    """A quick-mode Context whose shared Environment holds a tiny base model and a small task."""
+    from minilora.tasks import code_corpus
+
+    ctx = Context(out=str(tmp_path_factory.mktemp("report")), quick=True, progress=False)
+    ctx.shared["finetune_env"] = ft.Environment(tiny_base(), cls_task, code_corpus(max_bytes=20_000), {})
+    return ctx
+
+
+def test_depth_latency_claim_runs(tiny_ctx):
+    shapes = {"tiny": ((1, 4), (4, 32))}
+    result = lat.run(tiny_ctx, models={"tiny": tiny_base()}, shapes=shapes, repeats={"tiny": 2})
+    assert result.key == "depth_latency" and result.verdict in (HOLDS, PARTLY, FAILS)
+    assert set(result.figures["latency"]["tiny"]) == {"B=1 T=4", "B=4 T=32"}
+    assert (tiny_ctx.path("depth_latency.png"))
+
+
+def test_expressiveness_and_quantization_claims_run(tiny_ctx, monkeypatch):
+    import os
+
+    small = ft.Sizes(cls_steps=2, code_steps=2, batch_size=4, seeds=(0,), cls_ranks=(1,), cls_targets=("Wq+Wv",),
+                     code_ranks=(1,), code_targets=("Wq+Wv",), code_eval_windows=8)
+    monkeypatch.setattr(ft, "QUICK", small)
+    g = acc.Grid(cls_budgets=(2048,), cls_methods=("lora", "prompt", "ia3"), cls_seeds=(0,), cls_other_seeds=(),
+                 code_budgets=(), code_methods=(), code_seeds=())
+    result = acc.run(tiny_ctx, g)
+    assert result.key == "expressiveness" and result.verdict in (HOLDS, PARTLY, FAILS)
+    lora, prompt = (M.matched_size(m, 2048, TINY, acc.TASK_ROW) for m in ("lora", "prompt"))
+    assert {"full", f"lora r={lora}", f"prompt P={prompt}", "ia3"} <= set(result.figures["summary"]["cls"])
+    assert os.path.exists(tiny_ctx.path("methods_accuracy.png"))
+
+    result = qz.run(tiny_ctx)
+    assert result.key == "quantization" and result.verdict in (HOLDS, PARTLY, FAILS)
+    assert 0.1 < result.figures["memory_ratio"] < 0.5
+    assert os.path.exists(tiny_ctx.path("quantization.png"))
+    # the dense LoRA run is claim 4's, shared: trained once
+    assert any(isinstance(k, ft.RunSpec) for k in tiny_ctx.shared["finetune_runs"])
