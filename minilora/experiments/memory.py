@@ -28,6 +28,7 @@ import tracemalloc
 import numpy as np
 
 import minilora
+from minilora import backend
 from minilora.experiments.common import ClaimResult, Context, judge
 from minilora.experiments.params import lora_config
 from minilora.experiments.timing import blas_threads
@@ -84,6 +85,8 @@ def measure_step_memory(config: GPTConfig, batch: int, method: str, r: int = LOR
     backward), ``activations`` (held after the forward, before the backward) and ``other``
     (everything else held between steps: Python objects, caches -- small).
     """
+    with backend.blas_single_threaded():  # attention's BLAS controller is built (and threadpoolctl imported)
+        pass  # on first use: do it before tracing, so the module's objects are not counted as the step's
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
         tracemalloc.start()
