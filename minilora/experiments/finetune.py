@@ -461,7 +461,7 @@ def plot_rank_curves(summary: dict, task: str, path: str, base: dict | None = No
     rows = summary[task]
     fig, ax = plt.subplots(figsize=(8.6, 4.2))
     full = rows["full"]
-    ax.axhline(full[f"{key}_mean"], color="k", lw=1.5, label=f"full fine-tuning (±1 std)")
+    ax.axhline(full[f"{key}_mean"], color="k", lw=1.5, label="full fine-tuning (±1 std)")
     ax.axhspan(full[f"{key}_mean"] - full[f"{key}_std"], full[f"{key}_mean"] + full[f"{key}_std"], color="k", alpha=0.1)
     if base is not None:
         ax.axhline(base[task][key], color="gray", ls=":", label="base model (no fine-tuning)")

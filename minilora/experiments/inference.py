@@ -183,6 +183,22 @@ def _base_model():
         return GPT(BASE_CONFIG), "random weights (checkpoint not present)"
 
 
+def timed_models(quick: bool):
+    """The models the latency claims time, and where the base model's weights came from: the
+    base model, and in the full run also the 768-wide model of memory.py (random weights:
+    latency does not depend on them)."""
+    import minilora
+    from minilora.experiments.memory import WIDE_CONFIG
+    from minilora.models import GPT
+
+    base, weights_note = _base_model()
+    models = {"base": base}
+    if not quick:
+        minilora.manual_seed(0)
+        models["wide"] = GPT(WIDE_CONFIG)
+    return models, weights_note
+
+
 def run(ctx: Context, models=None, batches=None, repeats: int | None = None, gen_tokens: int | None = None) -> ClaimResult:
     """``models``: {name: minilora GPT} to measure (default: the base model; in the full run also
     the 768-wide model of memory.py)."""
@@ -191,21 +207,12 @@ def run(ctx: Context, models=None, batches=None, repeats: int | None = None, gen
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from minilora.experiments.memory import WIDE_CONFIG
-
     repeats = repeats or (15 if ctx.quick else 31)
     batches = batches or ((1, 4) if ctx.quick else (1, 16))
     gen_tokens = gen_tokens if gen_tokens is not None else (16 if ctx.quick else 32)
     weights_note = "given"
     if models is None:
-        base, weights_note = _base_model()
-        models = {"base": base}
-        if not ctx.quick:
-            import minilora
-            from minilora.models import GPT
-
-            minilora.manual_seed(0)
-            models["wide"] = GPT(WIDE_CONFIG)
+        models, weights_note = timed_models(ctx.quick)
     results, checks = {}, {}
     for name, model in models.items():
         variants = build_variants(model)

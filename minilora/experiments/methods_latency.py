@@ -216,19 +216,11 @@ def run(ctx: Context, models=None, shapes=None, repeats=None) -> ClaimResult:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from minilora.experiments.inference import _base_model
-    from minilora.experiments.memory import WIDE_CONFIG
+    from minilora.experiments.inference import timed_models
 
     weights_note = "given"
     if models is None:
-        base, weights_note = _base_model()
-        models = {"base": base}
-        if not ctx.quick:
-            import minilora
-            from minilora.models import GPT
-
-            minilora.manual_seed(0)
-            models["wide"] = GPT(WIDE_CONFIG)
+        models, weights_note = timed_models(ctx.quick)
     shapes = shapes or (QUICK_SHAPES if ctx.quick else FULL_SHAPES)
     repeats = repeats or ({name: QUICK_REPEATS for name in models} if ctx.quick else FULL_REPEATS)
     results, matched, ops = {}, {}, {}
