@@ -133,19 +133,21 @@ class Adam(Optimizer):
                     state = self.state[p] = {"step": 0, "exp_avg": zeros(), "exp_avg_sq": zeros()}
                 state["step"] += 1
                 t = state["step"]
+                decay = 1.0
                 if wd:
                     if self.decoupled:  # AdamW: shrink the weights directly (Loshchilov & Hutter, 2019)
-                        p.data *= 1 - lr * wd
+                        decay = 1 - lr * wd
                     else:
                         g = g + wd * p.data
                 c = math.sqrt(1 - b2**t)
                 _adam_update(p.data.reshape(-1), xp.ascontiguousarray(g).reshape(-1), state["exp_avg"].reshape(-1),
-                             state["exp_avg_sq"].reshape(-1), b1, b2, eps * c, lr * c / (1 - b1**t))
+                             state["exp_avg_sq"].reshape(-1), b1, b2, eps * c, lr * c / (1 - b1**t), decay)
 
 
-def _adam_update(p, g, m, v, b1, b2, eps_c, step_size):
+def _adam_update(p, g, m, v, b1, b2, eps_c, step_size, decay=1.0):
     """One Adam step on flat arrays, in place, on all cores (``backend.parallel_for``):
 
+        p <- decay p                      (AdamW's decoupled weight decay; 1 for Adam)
         m <- b1 m + (1 - b1) g
         v <- b2 v + (1 - b2) g^2
         p <- p - step_size * m / (sqrt(v) + eps_c)
@@ -171,6 +173,8 @@ def _adam_update(p, g, m, v, b1, b2, eps_c, step_size):
         tmp += eps_c
         xp.divide(m_, tmp, out=tmp)
         tmp *= step_size
+        if decay != 1.0:
+            p[a:b] *= decay
         p[a:b] -= tmp
 
     B.parallel_for(p.size, kernel)
