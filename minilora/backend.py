@@ -16,6 +16,7 @@ Random numbers come from one seeded generator of the active backend
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import types
@@ -115,8 +116,10 @@ _pool = None
 BLOCK = 1 << 16  # elements per kernel call: 3-4 such float32 arrays fit in a core's L2 cache
 
 
+@functools.cache
 def num_threads() -> int:
-    """Threads for elementwise work: ``MINILORA_NUM_THREADS``, else the cores this process may use."""
+    """Threads for elementwise work and split products: ``MINILORA_NUM_THREADS``, else the
+    cores this process may use. Read once, at first use (the thread pool is sized by it)."""
     env = os.environ.get("MINILORA_NUM_THREADS")
     if env:
         return max(1, int(env))
@@ -170,10 +173,11 @@ def _run_blocks(blocks, kernel) -> None:
 # GELU, layer norm or AdamW on ``parallel_for``'s threads -- and on a 2-core
 # machine a spinning BLAS thread takes a core from them (GELU ran 30% slower).
 # So a large product is split by rows here, each part on a single-threaded
-# BLAS: every thread is ours, and nothing spins. Small products are one call:
-# OpenBLAS keeps them on one thread by itself.
+# BLAS: every thread is ours, and nothing spins. Only large ones: switching
+# OpenBLAS to one thread and back costs about a millisecond, so a product of
+# the base model's size (2048 x 128 x 384: 1.4 ms) is faster as one call.
 
-SPLIT_MATMUL = 1 << 21  # multiply-adds from which a product is split (a 128 x 128 x 128 product)
+SPLIT_MATMUL = 1 << 27  # multiply-adds from which a product is split (GPT-2-small's c_attn on 1024 tokens: 1.8G)
 
 
 def matmul(a, b, out=None):
@@ -181,9 +185,9 @@ def matmul(a, b, out=None):
     product is split into row blocks of ``a``, one per thread (see above)."""
     n, k = a.shape
     m = b.shape[1]
-    threads = num_threads()
-    if name != "numpy" or threads == 1 or n < 2 * threads or n * k * m < SPLIT_MATMUL:
+    if name != "numpy" or n * k * m < SPLIT_MATMUL or n < 2 * num_threads():
         return xp.matmul(a, b, out=out)
+    threads = num_threads()
     if out is None:
         out = xp.empty((n, m), dtype=xp.result_type(a, b))
     bounds = [n * i // threads for i in range(threads + 1)]
