@@ -118,7 +118,7 @@ BLOCK = 1 << 16  # elements per kernel call: 3-4 such float32 arrays fit in a co
 
 @functools.cache
 def num_threads() -> int:
-    """Threads for elementwise work and split products: ``MINILORA_NUM_THREADS``, else the
+    """Threads for elementwise work: ``MINILORA_NUM_THREADS``, else the
     cores this process may use. Read once, at first use (the thread pool is sized by it)."""
     env = os.environ.get("MINILORA_NUM_THREADS")
     if env:
@@ -163,37 +163,6 @@ def _run_blocks(blocks, kernel) -> None:
     run(bounds[0], bounds[1])
     for f in futures:
         f.result()
-
-
-# ---------------------------------------------------------------------------
-# matrix products: rows split across the same threads
-# ---------------------------------------------------------------------------
-# OpenBLAS runs a large product on threads of its own, which then spin for a
-# while waiting for the next product. Between two products of a layer come
-# GELU, layer norm or AdamW on ``parallel_for``'s threads -- and on a 2-core
-# machine a spinning BLAS thread takes a core from them (GELU ran 30% slower).
-# So a large product is split by rows here, each part on a single-threaded
-# BLAS: every thread is ours, and nothing spins. Only large ones: switching
-# OpenBLAS to one thread and back costs about a millisecond, so a product of
-# the base model's size (2048 x 128 x 384: 1.4 ms) is faster as one call.
-
-SPLIT_MATMUL = 1 << 27  # multiply-adds from which a product is split (GPT-2-small's c_attn on 1024 tokens: 1.8G)
-
-
-def matmul(a, b, out=None):
-    """``a @ b`` for 2-D ``a`` (n, k) and ``b`` (k, m), into ``out`` if given; a large
-    product is split into row blocks of ``a``, one per thread (see above)."""
-    n, k = a.shape
-    m = b.shape[1]
-    if name != "numpy" or n * k * m < SPLIT_MATMUL or n < 2 * num_threads():
-        return xp.matmul(a, b, out=out)
-    threads = num_threads()
-    if out is None:
-        out = xp.empty((n, m), dtype=xp.result_type(a, b))
-    bounds = [n * i // threads for i in range(threads + 1)]
-    with blas_single_threaded():
-        _run_blocks(list(zip(bounds[:-1], bounds[1:])), lambda i, j: xp.matmul(a[i:j], b, out=out[i:j]))
-    return out
 
 
 _blas = None

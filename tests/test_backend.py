@@ -266,24 +266,8 @@ def test_the_environment_variable_picks_the_backend_at_import():
 
 
 # ---------------------------------------------------------------------------
-# the CPU's threads: split products, blocked loops, the allocator
+# the CPU: blocked loops on every core, the allocator
 # ---------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
-def test_a_split_product_equals_one_product(monkeypatch, dtype):
-    monkeypatch.setattr(backend, "SPLIT_MATMUL", 1)  # split everything
-    monkeypatch.setattr(backend, "num_threads", lambda: 3)  # uneven row blocks
-    rng = numpy.random.default_rng(0)
-    x, w = rng.standard_normal((37, 20)).astype(dtype), rng.standard_normal((11, 20)).astype(dtype)
-    for a, b in ((x, w.T), (x.T[:, :11], x[:11]), (w, x.T)):  # views as linear's backward passes them
-        expected = a @ b
-        got = backend.matmul(a, b)
-        assert got.dtype == dtype
-        numpy.testing.assert_allclose(got, expected, rtol=1e-5 if dtype == numpy.float32 else 1e-12)
-        out = numpy.empty_like(expected)
-        assert backend.matmul(a, b, out=out) is out
-        numpy.testing.assert_allclose(out, expected, rtol=1e-5 if dtype == numpy.float32 else 1e-12)
 
 
 def test_parallel_for_covers_every_index_once(monkeypatch):

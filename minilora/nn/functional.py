@@ -39,15 +39,15 @@ def linear(input, weight, bias=None) -> Tensor:
             f"but the weight of shape {w.shape} expects {w.shape[-1]}"
         )
     x2 = x.data.reshape(-1, x.shape[-1])  # (N, in)
-    y2 = B.matmul(x2, w.data.T)  # (N, out); B.matmul splits a large product across threads
+    y2 = x2 @ w.data.T  # (N, out)
     if bias is not None:
         y2 += bias.data
     out_shape = x.shape[:-1] + (w.shape[0],)
 
     def backward(g):
         g2 = g.reshape(-1, g.shape[-1])  # (N, out)
-        gx = B.matmul(g2, w.data).reshape(x.data.shape) if x.requires_grad else None
-        gw = B.matmul(g2.T, x2) if w.requires_grad else None
+        gx = (g2 @ w.data).reshape(x.data.shape) if x.requires_grad else None
+        gw = g2.T @ x2 if w.requires_grad else None
         gb = g2.sum(axis=0) if bias is not None and bias.requires_grad else None
         return gx, gw, gb
 
