@@ -57,6 +57,21 @@ def median_time(fn, repeat=20, warmup=3, min_time=0.2):
     return statistics.median(times)
 
 
+def interleaved_times(fns: dict, rounds=25, warmup=3) -> dict:
+    """Median seconds per call of each of ``fns``, timed in rounds that call each once in
+    turn: a slow stretch of the machine hits all of them, not one."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
 def compare(rows, name, ours, theirs, unit="us", scale=1e6, **extra):
     """Time two callables back to back and append a row with their ratio."""
     t_ours, t_theirs = median_time(ours), median_time(theirs)
@@ -282,12 +297,9 @@ def bench_infer(torch):
     peft_model = get_peft_model(GPT(cfg), LoraConfig(r=8, target_modules=r".*\.attn\.(c_attn|c_proj)", init_lora_weights=False))
     merged = get_peft_model(GPT(cfg), LoraConfig(r=8, target_modules=r".*\.attn\.(c_attn|c_proj)", init_lora_weights=False))
     merged.merge_adapter()
-    with minilora.no_grad():
-        t_base = median_time(lambda: base(x), repeat=20)
-        t_merged = median_time(lambda: merged(x), repeat=20)
-        t_unmerged = median_time(lambda: peft_model(x), repeat=20)
-        t_base2 = median_time(lambda: base(x), repeat=20)  # again, to see the noise
-    t_base = min(t_base, t_base2)
+    with minilora.no_grad():  # interleaved rounds: all three share whatever else the machine is doing
+        t = interleaved_times({"base": lambda: base(x), "merged": lambda: merged(x), "unmerged": lambda: peft_model(x)})
+    t_base, t_merged, t_unmerged = t["base"], t["merged"], t["unmerged"]
     rows.append({"name": "768 blocks forward B1xT128: merged LoRA / base", "minilora": t_merged / t_base, "torch": float("nan"),
                  "unit": "x", "ratio": t_merged / t_base})
     rows.append({"name": "768 blocks forward B1xT128: unmerged LoRA / base", "minilora": t_unmerged / t_base, "torch": float("nan"),
