@@ -432,8 +432,8 @@ def run(ctx: Context) -> ClaimResult:
         key="params",
         title="Trainable parameters",
         claim=CLAIM,
-        measured=f"exact counts, {len(ARCHS)} models x {len(RANKS)} ranks x 2 targets; checked against minilora"
-                 + (" and PEFT" if with_peft else ""),
+        measured=f"exact counts, {len(ARCHS)} models x {len(RANKS)} ranks x 2 targets; checked against the counts of injected models (minilora"
+                 + (" and PEFT)" if with_peft else ")"),
         figure=f"{100 * figures['max_fraction_r8_qv']:.2f}% max at r=8 (Wq,Wv); {lo['reduction']:,.0f}x-{hi['reduction']:,.0f}x",
         verdict=verdict,
         thresholds={"max fraction at r=8, Wq+Wv (published models), holds <=": FRACTION_HOLDS,
