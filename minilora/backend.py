@@ -134,17 +134,12 @@ def parallel_for(n: int, kernel, row_size: int = 1) -> None:
     holds about ``BLOCK`` elements), so blocks never race. Threads take
     contiguous runs of blocks.
     """
+    global _pool
     if name != "numpy":
         kernel(0, n)
         return
     step = max(1, BLOCK // max(1, row_size))
-    _run_blocks([(a, min(a + step, n)) for a in range(0, n, step)], kernel)
-
-
-def _run_blocks(blocks, kernel) -> None:
-    """Run ``kernel`` on each ``(start, stop)`` of ``blocks``: this thread takes the first
-    contiguous run of them, the pool's threads the others."""
-    global _pool
+    blocks = [(a, min(a + step, n)) for a in range(0, n, step)]
     threads = min(num_threads(), len(blocks))
 
     def run(first, last):
@@ -160,7 +155,7 @@ def _run_blocks(blocks, kernel) -> None:
         _pool = ThreadPoolExecutor(max_workers=num_threads() - 1, thread_name_prefix="minilora")
     bounds = [len(blocks) * i // threads for i in range(threads + 1)]
     futures = [_pool.submit(run, bounds[i], bounds[i + 1]) for i in range(1, threads)]
-    run(bounds[0], bounds[1])
+    run(bounds[0], bounds[1])  # this thread takes the first run of blocks
     for f in futures:
         f.result()
 
@@ -193,10 +188,10 @@ def blas_single_threaded():
 # they are freed (munmap, or trimming the heap), so the next step gets new pages:
 # a page fault and the kernel zeroing 4 KiB for every page it touches. On the
 # base model that was 17,000 faults and about 18% of a step's time. Telling malloc
-# to serve blocks up to 32 MiB from its heap and never trim it keeps the memory
-# for reuse -- what PyTorch's caching allocator does on a GPU. The cost: the
-# process keeps its peak memory until it exits. MINILORA_KEEP_FREED_MEMORY=0 turns
-# it off.
+# to serve blocks up to 32 MiB from its heap, and to shrink the heap only when a
+# GiB lies free at its top, keeps the memory for reuse -- what PyTorch's caching
+# allocator does on a GPU. The cost: the process keeps (up to a GiB more than)
+# what it needs at its peak. MINILORA_KEEP_FREED_MEMORY=0 turns it off.
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's mallopt parameters (malloc.h)
 
