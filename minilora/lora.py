@@ -42,6 +42,7 @@ from minilora.tuner import (  # BASE, ModulesToSaveWrapper and target_matches: i
     BASE,
     BaseTuner,
     ModulesToSaveWrapper,
+    TunerLayer,
     check_new_name,
     group_rows,
     in_row_order,
@@ -58,7 +59,7 @@ NF4_MERGE_ERROR = ("cannot merge into a 4-bit NF4 weight: W + ΔW would have to 
 # ---------------------------------------------------------------------------
 
 
-class LoRALinear(nn.Module):
+class LoRALinear(TunerLayer):
     """A frozen ``nn.Linear`` plus trainable low-rank updates, one per named adapter.
 
         y = x W^T + b + (α / r) · dropout(x) A^T B^T          (Hu et al., eq. 3)
@@ -78,33 +79,16 @@ class LoRALinear(nn.Module):
     (``adapter_output``; the math is in ``minilora/peft/dora.py``).
     """
 
+    adapter_dict = "lora_A"
+
     def __init__(self, base_layer: nn.Linear | NF4Linear):
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)  # base_layer, active_adapter, merged_adapters, ... (tuner.TunerLayer)
         self.lora_A = nn.ModuleDict()
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
         self.lora_magnitude_vector = nn.ModuleDict()  # DoRA's m, for the adapters made with use_dora (peft/dora.py)
         self._dora_norms = {}  # a merged DoRA adapter's ||W + ΔW||_c, which unmerging needs
         self.r, self.lora_alpha, self.scaling, self.enable_lora = {}, {}, {}, {}
-        self.active_adapter = None  # the adapter used in forward (None: the base layer alone)
-        self.merged_adapters = []  # adapters whose update is folded into base_layer.weight
-        self.disable_adapters = False  # True inside `with model.disable_adapter():`
-        self.row_adapters = None  # one adapter name per batch row, set by LoraModel for mixed batches
-
-    in_features = property(lambda self: self.base_layer.in_features)
-    out_features = property(lambda self: self.base_layer.out_features)
-    weight = property(lambda self: self.base_layer.weight)  # so code reading layer.weight keeps working
-    bias = property(lambda self: self.base_layer.bias)
-
-    @property
-    def merged(self) -> bool:
-        return bool(self.merged_adapters)
-
-    @property
-    def adapters(self) -> list:
-        """The names of the adapters this layer holds."""
-        return list(self.lora_A)
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
                      use_rslora: bool = False, init_lora_weights=True, enable_lora=None, use_dora: bool = False) -> None:

@@ -21,11 +21,13 @@ What a tuner (a subclass of ``BaseTuner``) provides:
     adapter_state_dict(name)                {file key: live parameter array}, what save_pretrained writes
     add_weighted_adapter(...)               or an error that says why the method has none
 
-What its wrapper layer provides: ``base_layer``; ``active_adapter``, ``disable_adapters`` and
-``row_adapters`` (set by the tuner, read in forward); ``adapters`` (the names it holds);
-``delete_adapter(name)``; and the merge protocol -- ``merged_adapters``, ``merged``,
-``check_merge(names)``, ``merge(names)``, ``check_unmerge()``, ``unmerge()`` -- where the
-method can merge (a layer that cannot has no merged adapters, ever).
+What its wrapper layer (a subclass of ``TunerLayer``) gets from the base class:
+``base_layer``; ``active_adapter``, ``disable_adapters`` and ``row_adapters`` (set by the
+tuner, read in forward); ``adapters`` (the names it holds, the keys of its ``adapter_dict``);
+``merged_adapters`` and ``merged``. What it provides: ``delete_adapter(name)`` and the
+merge protocol -- ``check_merge(names)``, ``merge(names)``, ``check_unmerge()``,
+``unmerge()`` -- where the method can merge (a layer that cannot has no merged adapters,
+ever).
 
 What the tuner gets for free: ``peft_config`` and ``active_adapter``; ``inject_adapter``,
 which undoes its own changes on an error; ``modules_to_save`` (``ModulesToSaveWrapper``);
@@ -118,6 +120,36 @@ def in_row_order(pieces, groups) -> Tensor:
 # ---------------------------------------------------------------------------
 # modules trained in full beside the adapter
 # ---------------------------------------------------------------------------
+
+
+class TunerLayer(nn.Module):
+    """What every wrapper layer has (PEFT's ``BaseTunerLayer``): the wrapped ``base_layer``,
+    the bookkeeping the tuner sets and forward reads, and the base layer's shape and
+    weights read through it. ``adapter_dict`` names the ModuleDict keyed by adapter name."""
+
+    adapter_dict = ""
+
+    def __init__(self, base_layer: nn.Module):
+        super().__init__()
+        self.base_layer = base_layer
+        self.active_adapter = None  # the adapter used in forward (None: the base layer alone)
+        self.merged_adapters = []  # adapters folded into base_layer's weights
+        self.disable_adapters = False  # True inside `with model.disable_adapter():`
+        self.row_adapters = None  # one adapter name per batch row, set by the tuner for mixed batches
+
+    in_features = property(lambda self: self.base_layer.in_features)
+    out_features = property(lambda self: self.base_layer.out_features)
+    weight = property(lambda self: self.base_layer.weight)  # so code reading layer.weight keeps working
+    bias = property(lambda self: self.base_layer.bias)
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    @property
+    def adapters(self) -> list:
+        """The names of the adapters this layer holds."""
+        return list(getattr(self, self.adapter_dict))
 
 
 class ModulesToSaveWrapper(nn.Module):

@@ -52,7 +52,7 @@ from minilora import backend as B
 from minilora import nn
 from minilora.nn import functional as F
 from minilora.tensor import Tensor
-from minilora.tuner import BaseTuner, group_rows, in_row_order
+from minilora.tuner import BaseTuner, TunerLayer, group_rows, in_row_order
 
 # Each satisfies |act(z)| <= |z|, which the near-identity bound in the tests relies on.
 ACTIVATIONS = {
@@ -135,7 +135,7 @@ def _trunc_normal(shape, std: float, dtype):
 # ---------------------------------------------------------------------------
 
 
-class AdapterLayer(nn.Module):
+class AdapterLayer(TunerLayer):
     """A sublayer (``attn`` or ``mlp``) followed by bottleneck adapters, one per adapter name.
 
         h = base_layer(*args);   y = h + W_up · act(W_down · dropout(h) + b_down) + b_up
@@ -144,26 +144,16 @@ class AdapterLayer(nn.Module):
     One adapter is active at a time, or each batch row picks its own (``row_adapters``).
     """
 
-    # Nothing is ever merged into the sublayer (see MERGE_ERROR); the tuner's bookkeeping reads these.
-    merged_adapters = ()
-    merged = False
+    adapter_dict = "adapter_down"
 
     def __init__(self, base_layer: nn.Module, n_embd: int):
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)  # base_layer, active_adapter, row_adapters, ... (tuner.TunerLayer)
+        self.merged_adapters = ()  # nothing is ever merged into the sublayer (see MERGE_ERROR)
         self.n_embd = n_embd
         self.adapter_down = nn.ModuleDict()
         self.adapter_up = nn.ModuleDict()
         self.adapter_dropout = nn.ModuleDict()
         self.non_linearity = {}
-        self.active_adapter = None  # None: the sublayer alone
-        self.disable_adapters = False  # True inside `with model.disable_adapter():`
-        self.row_adapters = None  # one adapter name per batch row, for mixed batches
-
-    @property
-    def adapters(self) -> list:
-        """The names of the adapters this layer holds."""
-        return list(self.adapter_down)
 
     def update_layer(self, adapter_name: str, config: BottleneckConfig) -> None:
         if adapter_name in self.adapter_down:

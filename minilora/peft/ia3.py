@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from minilora import backend as B
 from minilora import nn
 from minilora.tensor import Tensor, cat, no_grad
-from minilora.tuner import BaseTuner, set_fan_in_fan_out
+from minilora.tuner import BaseTuner, TunerLayer, set_fan_in_fan_out
 
 # PEFT's defaults when target_modules / feedforward_modules are None, by model class
 DEFAULT_TARGET_MODULES = {"GPT": ["c_attn", "mlp.c_proj"]}
@@ -118,36 +118,19 @@ class ParameterDict(nn.Module):
 # ---------------------------------------------------------------------------
 
 
-class IA3Linear(nn.Module):
+class IA3Linear(TunerLayer):
     """A frozen ``nn.Linear`` whose output (or, if ``is_feedforward``, input) is rescaled
     by a trained vector, one per named adapter:
 
         y = l ⊙ (x W^T + b)       or, feedforward,      y = (l ⊙ x) W^T + b
     """
 
+    adapter_dict = "ia3_l"
+
     def __init__(self, base_layer: nn.Linear, is_feedforward: bool):
-        super().__init__()
-        self.base_layer = base_layer
+        super().__init__(base_layer)  # base_layer, active_adapter, merged_adapters, ... (tuner.TunerLayer)
         self.is_feedforward = is_feedforward  # one choice per layer, shared by its adapters (as in PEFT)
         self.ia3_l = ParameterDict()
-        self.active_adapter = None
-        self.merged_adapters = []  # adapters whose vector is folded into base_layer.weight (and bias)
-        self.disable_adapters = False
-        self.row_adapters = None  # one adapter name per batch row, set by IA3Model for mixed batches
-
-    in_features = property(lambda self: self.base_layer.in_features)
-    out_features = property(lambda self: self.base_layer.out_features)
-    weight = property(lambda self: self.base_layer.weight)
-    bias = property(lambda self: self.base_layer.bias)
-
-    @property
-    def merged(self) -> bool:
-        return bool(self.merged_adapters)
-
-    @property
-    def adapters(self) -> list:
-        """The names of the adapters this layer holds."""
-        return list(self.ia3_l)
 
     def update_layer(self, adapter_name: str, init_ia3_weights: bool = True) -> None:
         if adapter_name in self.ia3_l:
