@@ -8,10 +8,29 @@ written as constants next to the claim -- never a verdict typed in by hand.
 
 from __future__ import annotations
 
+import gc
 import os
+import tracemalloc
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 HOLDS, PARTLY, FAILS = "holds", "partly", "does not hold"
+
+
+@contextmanager
+def traced():
+    """Trace NumPy's (and Python's) allocations inside the block, starting ``tracemalloc`` if it
+    is not running (and stopping it after); yields the bytes traced at the start, after a
+    garbage collection, to subtract from ``tracemalloc.get_traced_memory()`` readings."""
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    try:
+        gc.collect()
+        yield tracemalloc.get_traced_memory()[0]
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
 
 
 def judge(value: float, holds: float, partly: float, higher_is_better: bool = True) -> str:

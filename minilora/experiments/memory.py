@@ -29,7 +29,7 @@ import numpy as np
 
 import minilora
 from minilora import backend
-from minilora.experiments.common import ClaimResult, Context, judge
+from minilora.experiments.common import ClaimResult, Context, judge, traced
 from minilora.experiments.params import lora_config
 from minilora.experiments.timing import blas_threads
 from minilora.lora import get_peft_model
@@ -87,12 +87,7 @@ def measure_step_memory(config: GPTConfig, batch: int, method: str, r: int = LOR
     """
     with backend.blas_single_threaded():  # attention's BLAS controller is built (and threadpoolctl imported)
         pass  # on first use: do it before tracing, so the module's objects are not counted as the step's
-    was_tracing = tracemalloc.is_tracing()
-    if not was_tracing:
-        tracemalloc.start()
-    try:
-        gc.collect()
-        start = tracemalloc.get_traced_memory()[0]
+    with traced() as start:
         model, params = build(config, method, r, seed)
         optimizer = AdamW(params, lr=1e-4)
         x, y = random_batch(config, batch, seed)
@@ -108,9 +103,6 @@ def measure_step_memory(config: GPTConfig, batch: int, method: str, r: int = LOR
             optimizer.step()
             peak = tracemalloc.get_traced_memory()[1]
             del loss
-    finally:
-        if not was_tracing:
-            tracemalloc.stop()
     weights = sum(p.data.nbytes for p in model.parameters())
     state = optimizer.state_bytes()
     return {"config": config_name(config), "batch": batch, "method": method, "peak": peak - start, "weights": weights,

@@ -28,7 +28,7 @@ import numpy as np
 
 import minilora
 from minilora.experiments import finetune as ft
-from minilora.experiments.common import ClaimResult, Context, combine, judge
+from minilora.experiments.common import ClaimResult, Context, combine, judge, traced
 from minilora.models import GPT, GPTConfig
 from minilora.quant import NF4Linear, nominal_bits_per_parameter, quantization_error, quantize_model
 from minilora.train import train
@@ -105,19 +105,11 @@ def traced_bytes(base: GPT, scheme: str) -> dict:
     """What ``tracemalloc`` sees: ``held``, the memory the built model holds (every NumPy array and
     Python object allocated while building it and still alive), and ``peak``, the most held
     while building (the float32 copy is made first, then quantized)."""
-    was_tracing = tracemalloc.is_tracing()
-    if not was_tracing:
-        tracemalloc.start()
-    try:
-        gc.collect()
-        start = tracemalloc.get_traced_memory()[0]
+    with traced() as start:
         tracemalloc.reset_peak()
         model = quantized_copy(base, scheme)
         gc.collect()
         held, peak = tracemalloc.get_traced_memory()
-    finally:
-        if not was_tracing:
-            tracemalloc.stop()
     del model
     return {"held": held - start, "peak": peak - start}
 
