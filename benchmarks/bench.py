@@ -266,6 +266,45 @@ def bench_sgemm(torch):
     return rows
 
 
+def step_products(config_kwargs, batch):
+    """Every matrix product of one full training step, on random float32 arrays of the
+    step's shapes, as a list of callables: per layer the four linears' forward, input
+    gradient and weight gradient, attention's q k^T and P v with their four backward
+    products, and the tied head's three. All in BLAS's fastest layout (no transposed views)."""
+    L, C, H, V = config_kwargs["n_layer"], config_kwargs["n_embd"], config_kwargs["n_head"], config_kwargs["vocab_size"]
+    (Bsz, T), hs = batch, C // H
+    N = Bsz * T
+    rng = np.random.default_rng(0)
+
+    def rand(*shape):
+        return rng.standard_normal(shape).astype(np.float32)
+
+    products = []
+    for n_in, n_out in [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * L + [(C, V)]:
+        x, w, g = rand(N, n_in), rand(n_out, n_in), rand(N, n_out)
+        products += [lambda x=x, w=w: x @ w.T, lambda g=g, w=w: g @ w, lambda g=g, x=x: g.T @ x]
+    for _ in range(L):
+        q, kt, p, v = rand(Bsz * H, T, hs), rand(Bsz * H, hs, T), rand(Bsz * H, T, T), rand(Bsz * H, T, hs)
+        products += [lambda q=q, kt=kt: q @ kt, lambda p=p, v=v: p @ v] * 3  # forward 2, backward 4: same shapes
+    return products
+
+
+@section("floor")
+def bench_floor(torch):
+    """The least a NumPy step can take: its matrix products alone, against torch's whole step."""
+    from minilora.pretrain import BASE_CONFIG
+
+    rows = []
+    base = dict(vocab_size=BASE_CONFIG.vocab_size, block_size=BASE_CONFIG.block_size, n_layer=BASE_CONFIG.n_layer,
+                n_head=BASE_CONFIG.n_head, n_embd=BASE_CONFIG.n_embd)
+    for label, cfg, batch in (("base GPT", base, (16, 128)), ("768 blocks", BLOCK_768, BATCH_768)):
+        products = step_products(cfg, batch)
+        _, step_theirs = _train_steps(*_models(cfg), torch, batch)
+        compare(rows, f"{label} B{batch[0]}xT{batch[1]}: the step's products alone (NumPy) vs torch's step",
+                lambda: [f() for f in products], step_theirs, unit="ms", scale=1e3)
+    return rows
+
+
 @section("infer")
 def bench_infer(torch):
     """Inference: tokens/s at batch 1 with the KV cache, and a forward pass base vs merged vs unmerged LoRA."""
