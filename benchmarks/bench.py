@@ -1,8 +1,9 @@
 """minilora against PyTorch eager, side by side in one process: ``make bench``.
 
 Not a test -- timings on shared machines are noisy, so nothing here asserts.
-Each figure is the median of repeated runs after a warm-up, both libraries on
-the same thread count, float32. The table prints ratios ``minilora / torch``
+Both libraries run on the same thread count, in float32, in alternating bursts
+after a warm-up (``compare``): each figure is a median over the calls, each ratio
+the median of the rounds' ratios. The table prints ratios ``minilora / torch``
 (below 1.0: minilora is faster) and is also written as JSON so runs can be
 compared (``benchmarks/results/<date>.json`` unless ``--json`` says otherwise).
 
@@ -40,23 +41,6 @@ def section(name):
     return register
 
 
-def median_time(fn, repeat=20, warmup=3, min_time=0.2):
-    """Median seconds per call of ``fn`` after ``warmup`` calls; repeats until ``min_time`` is spent."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    spent = 0.0
-    while len(times) < repeat or spent < min_time:
-        t0 = time.perf_counter()
-        fn()
-        dt = time.perf_counter() - t0
-        times.append(dt)
-        spent += dt
-        if len(times) >= 10 * repeat:
-            break
-    return statistics.median(times)
-
-
 def interleaved_times(fns: dict, rounds=25, warmup=3) -> dict:
     """Median seconds per call of each of ``fns``, timed in rounds that call each once in
     turn: a slow stretch of the machine hits all of them, not one."""
@@ -72,10 +56,39 @@ def interleaved_times(fns: dict, rounds=25, warmup=3) -> dict:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def compare(rows, name, ours, theirs, unit="us", scale=1e6, **extra):
-    """Time two callables back to back and append a row with their ratio."""
-    t_ours, t_theirs = median_time(ours), median_time(theirs)
-    row = {"name": name, "minilora": t_ours * scale, "torch": t_theirs * scale, "unit": unit, "ratio": t_ours / t_theirs, **extra}
+SETTLE = 0.25  # seconds: OpenBLAS's idle threads spin at 100% of a core for ~0.15 s after a product
+
+
+def burst(fn, min_calls=3, min_time=0.1) -> list:
+    """Seconds of each call of ``fn``, called until both ``min_calls`` and ``min_time`` are reached."""
+    times = []
+    while len(times) < min_calls or sum(times) < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def compare(rows, name, ours, theirs, unit="us", scale=1e6, rounds=7, **extra):
+    """Time two callables side by side and append a row with their ratio.
+
+    Each round runs a burst of minilora, then a burst of torch, each after a pause in
+    which the other library's idle threads stop spinning (they would steal a core from
+    whoever runs next). The times are medians over all calls; the ratio is the median of
+    the rounds' ratios, so a slow stretch of the shared machine falls on both libraries."""
+    ours(), theirs()  # warm-up: caches, allocator, thread pools
+    calls = {"ours": [], "theirs": []}
+    ratios = []
+    for _ in range(rounds):
+        medians = {}
+        for label, fn in (("ours", ours), ("theirs", theirs)):
+            time.sleep(SETTLE)
+            times = burst(fn)
+            calls[label] += times
+            medians[label] = statistics.median(times)
+        ratios.append(medians["ours"] / medians["theirs"])
+    row = {"name": name, "minilora": statistics.median(calls["ours"]) * scale, "torch": statistics.median(calls["theirs"]) * scale,
+           "unit": unit, "ratio": statistics.median(ratios), "rounds": rounds, **extra}
     rows.append(row)
     return row
 
@@ -260,17 +273,18 @@ def bench_sgemm(torch):
     ours, theirs = _models(BLOCK_768)
     step_ours, step_theirs = _train_steps(ours, theirs, torch, BATCH_768)
     flops = step_flops(BLOCK_768, BATCH_768)
-    t_ours, t_theirs = median_time(step_ours, repeat=5), median_time(step_theirs, repeat=5)
-    rows.append({"name": "768 full step: share of NumPy's sgemm rate", "minilora": flops / t_ours / rate,
-                 "torch": flops / t_theirs / rate, "unit": "frac", "ratio": t_theirs / t_ours})
+    steps = compare([], "768 full step", step_ours, step_theirs, unit="s", scale=1)
+    rows.append({"name": "768 full step: share of NumPy's sgemm rate", "minilora": flops / steps["minilora"] / rate,
+                 "torch": flops / steps["torch"] / rate, "unit": "frac", "ratio": 1 / steps["ratio"]})
     return rows
 
 
-def step_products(config_kwargs, batch):
-    """Every matrix product of one full training step, on random float32 arrays of the
-    step's shapes, as a list of callables: per layer the four linears' forward, input
-    gradient and weight gradient, attention's q k^T and P v with their four backward
-    products, and the tied head's three. All in BLAS's fastest layout (no transposed views)."""
+def step_products(config_kwargs, batch) -> list:
+    """Every matrix product of one full training step, as ``(a, b)`` operand pairs of random
+    float32 arrays with the step's shapes, in the layouts minilora multiplies them: per layer
+    the four linears' forward ``x W^T``, input gradient ``g W`` and weight gradient ``g^T x``,
+    attention's ``q k^T`` and ``P v`` with their four backward products (of the same two
+    shapes), and the tied head's three. Their FLOPs are ``step_flops``'s count."""
     L, C, H, V = config_kwargs["n_layer"], config_kwargs["n_embd"], config_kwargs["n_head"], config_kwargs["vocab_size"]
     (Bsz, T), hs = batch, C // H
     N = Bsz * T
@@ -279,14 +293,19 @@ def step_products(config_kwargs, batch):
     def rand(*shape):
         return rng.standard_normal(shape).astype(np.float32)
 
-    products = []
+    pairs = []
     for n_in, n_out in [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)] * L + [(C, V)]:
         x, w, g = rand(N, n_in), rand(n_out, n_in), rand(N, n_out)
-        products += [lambda x=x, w=w: x @ w.T, lambda g=g, w=w: g @ w, lambda g=g, x=x: g.T @ x]
+        pairs += [(x, w.T), (g, w), (g.T, x)]
     for _ in range(L):
         q, kt, p, v = rand(Bsz * H, T, hs), rand(Bsz * H, hs, T), rand(Bsz * H, T, T), rand(Bsz * H, T, hs)
-        products += [lambda q=q, kt=kt: q @ kt, lambda p=p, v=v: p @ v] * 3  # forward 2, backward 4: same shapes
-    return products
+        pairs += [(q, kt), (p, v)] * 3  # forward: q k^T, P v; backward: P^T g, g v^T, dS k, dS^T q
+    return pairs
+
+
+def product_flops(a, b) -> int:
+    """2 per multiply-add of ``a @ b`` (a stack of matrices counts each)."""
+    return 2 * a.size * b.shape[-1]
 
 
 @section("floor")
@@ -298,10 +317,10 @@ def bench_floor(torch):
     base = dict(vocab_size=BASE_CONFIG.vocab_size, block_size=BASE_CONFIG.block_size, n_layer=BASE_CONFIG.n_layer,
                 n_head=BASE_CONFIG.n_head, n_embd=BASE_CONFIG.n_embd)
     for label, cfg, batch in (("base GPT", base, (16, 128)), ("768 blocks", BLOCK_768, BATCH_768)):
-        products = step_products(cfg, batch)
+        pairs = step_products(cfg, batch)
         _, step_theirs = _train_steps(*_models(cfg), torch, batch)
         compare(rows, f"{label} B{batch[0]}xT{batch[1]}: the step's products alone (NumPy) vs torch's step",
-                lambda: [f() for f in products], step_theirs, unit="ms", scale=1e3)
+                lambda: [a @ b for a, b in pairs], step_theirs, unit="ms", scale=1e3)
     return rows
 
 

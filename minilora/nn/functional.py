@@ -96,8 +96,8 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Ten
     ``dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))``.
 
     Computed on a (rows, n) view, rows being independent: in cache-sized blocks on
-    all cores (``backend.parallel_for``), and the per-row dot products with
-    ``einsum``, which needs no temporary the size of x.
+    all cores (``backend.parallel_for``), with the per-row dot products by
+    ``einsum`` (no temporary the size of x) and the row means by ``_row_sums``.
     """
     x = _t(input)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
