@@ -165,6 +165,18 @@ BLOCK_768 = dict(vocab_size=256, block_size=128, n_layer=2, n_head=12, n_embd=76
 BATCH_768 = (8, 128)
 
 
+def base_config():
+    """The shipped base GPT's config (minilora.pretrain.BASE_CONFIG) as keyword arguments."""
+    from minilora.pretrain import BASE_CONFIG
+
+    return {k: getattr(BASE_CONFIG, k) for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_embd")}
+
+
+def training_steps():
+    """The training steps the bench times: (label, config, (batch, seq))."""
+    return (("base GPT", base_config(), (16, 128)), ("768 blocks", BLOCK_768, BATCH_768))
+
+
 def _models(config_kwargs, lora=False):
     """A minilora GPT and the identical transformers GPT-2 (same weights), optionally with LoRA r=8
     on the attention matrices (c_attn and attn.c_proj) through minilora.lora and through PEFT."""
@@ -236,12 +248,8 @@ def step_flops(config_kwargs, batch, lora_r=None) -> float:
 @section("gpt")
 def bench_gpt(torch):
     """Training step (forward, backward, AdamW) of the base GPT and of two n_embd-768 blocks, full and LoRA."""
-    from minilora.pretrain import BASE_CONFIG
-
     rows = []
-    base = dict(vocab_size=BASE_CONFIG.vocab_size, block_size=BASE_CONFIG.block_size, n_layer=BASE_CONFIG.n_layer,
-                n_head=BASE_CONFIG.n_head, n_embd=BASE_CONFIG.n_embd)
-    for label, cfg, batch in (("base GPT", base, (16, 128)), ("768 blocks", BLOCK_768, BATCH_768)):
+    for label, cfg, batch in training_steps():
         for lora in (False, True):
             ours, theirs = _models(cfg, lora=lora)
             step_ours, step_theirs = _train_steps(ours, theirs, torch, batch)
@@ -311,12 +319,8 @@ def product_flops(a, b) -> int:
 @section("floor")
 def bench_floor(torch):
     """The least a NumPy step can take: its matrix products alone, against torch's whole step."""
-    from minilora.pretrain import BASE_CONFIG
-
     rows = []
-    base = dict(vocab_size=BASE_CONFIG.vocab_size, block_size=BASE_CONFIG.block_size, n_layer=BASE_CONFIG.n_layer,
-                n_head=BASE_CONFIG.n_head, n_embd=BASE_CONFIG.n_embd)
-    for label, cfg, batch in (("base GPT", base, (16, 128)), ("768 blocks", BLOCK_768, BATCH_768)):
+    for label, cfg, batch in training_steps():
         pairs = step_products(cfg, batch)
         _, step_theirs = _train_steps(*_models(cfg), torch, batch)
         compare(rows, f"{label} B{batch[0]}xT{batch[1]}: the step's products alone (NumPy) vs torch's step",
@@ -329,12 +333,10 @@ def bench_infer(torch):
     """Inference: tokens/s at batch 1 with the KV cache, and a forward pass base vs merged vs unmerged LoRA."""
     from minilora.lora import LoraConfig, get_peft_model
     from minilora.models import GPT, GPTConfig
-    from minilora.pretrain import BASE_CONFIG
 
     rows = []
     minilora.manual_seed(0)
-    ours, theirs = _models(dict(vocab_size=256, block_size=128, n_layer=BASE_CONFIG.n_layer, n_head=BASE_CONFIG.n_head,
-                                n_embd=BASE_CONFIG.n_embd))
+    ours, theirs = _models(base_config())
     prompt = np.random.default_rng(0).integers(0, 256, size=(1, 16))
     new = 64
     ours.eval()
