@@ -410,11 +410,8 @@ def scaled_dot_product_attention(
     scores stay in cache through scaling, masking, softmax and the product with v,
     blocks run on all cores, and the backward never holds more than a block's dP.
     q, k and v are used as they come -- GPT's are strided views into c_attn's output,
-    which BLAS reads directly -- so nothing but P is kept for the backward. The one
-    exception: ``q k^T`` and ``g v^T`` multiply by a transposed view, for which
-    OpenBLAS takes a path 2-3x slower at these shapes (E = 64 or 32) than for a plain
-    product, so each block copies its ``k^T`` (scaled) and ``v^T`` -- (E, S), a few KB.
-    The softmax's row sums are products with a vector of ones (``_row_sums``).
+    which BLAS reads directly -- so nothing but P is kept for the backward. The
+    softmax's row sums are products with a vector of ones (``_row_sums``).
     """
     q, k, v = _t(query), _t(key), _t(value)
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
@@ -445,8 +442,7 @@ def scaled_dot_product_attention(
 
     def forward(a, b):  # heads a..b
         scores = P[a:b]
-        kt = xp.swapaxes(k3[a:b], -1, -2) * c  # scale k^T (E, S), not the scores (L, S); a contiguous copy
-        xp.matmul(q3[a:b], kt, out=scores)
+        xp.matmul(q3[a:b] * c, xp.swapaxes(k3[a:b], -1, -2), out=scores)  # scale q (L, E), not the scores (L, S)
         if bias is not None:
             scores += bias
         m = heads_mask(a, b)
@@ -475,7 +471,7 @@ def scaled_dot_product_attention(
                 xp.matmul(xp.swapaxes(Pd, -1, -2), g3[a:b], out=gv[a:b])
             if gq is None and gk is None:
                 return
-            dS = g3[a:b] @ xp.ascontiguousarray(xp.swapaxes(v3[a:b], -1, -2))  # dP, (block, L, S)
+            dS = g3[a:b] @ xp.swapaxes(v3[a:b], -1, -2)  # dP, (block, L, S)
             if drop is not None:
                 dS *= drop[a:b]
             # dS = P * (dP - sum_j dP_j P_j), in place; the row sums without an (L, S) temporary
