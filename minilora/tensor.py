@@ -23,6 +23,7 @@ array object for two different inputs, except the incoming gradient ``g`` itself
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import namedtuple
 
@@ -113,11 +114,70 @@ def _is_float(dtype) -> bool:
     return numpy.dtype(dtype).kind == "f"
 
 
+# ---------------------------------------------------------------------------
+# dtypes: PyTorch's promotion rules (docs/autograd.md, "dtypes and promotion")
+# ---------------------------------------------------------------------------
+# An elementwise op on two tensors of different dtypes computes in the dtype
+# ``result_type`` gives, which is PyTorch's, not NumPy's: the two differ when an
+# integer meets a float (torch: int64 + float32 -> float32; NumPy: float64) and when
+# one operand is 0-d (torch: float32 (3,) + float64 () -> float32; NumPy: float64).
+# Products (matmul, linear, attention) do not promote at all: mixing dtypes there
+# is an error, as in torch.
+
+_CATEGORY = {"b": 0, "u": 1, "i": 1, "f": 2, "c": 3}  # bool < integer < floating < complex
+
+
+def _category(dtype) -> int:
+    return _CATEGORY[numpy.dtype(dtype).kind]
+
+
+def promote_types(type1, type2) -> numpy.dtype:
+    """``torch.promote_types``: the dtype two dtypes meet in. Across categories the higher
+    category's dtype wins whatever its size (int64 and float16 give float16); within one,
+    the smallest dtype that holds both (int8 and uint8 give int16, float32 and float64 float64)."""
+    t1, t2 = numpy.dtype(type1), numpy.dtype(type2)
+    c1, c2 = _category(t1), _category(t2)
+    if c1 != c2:
+        return t1 if c1 > c2 else t2
+    return numpy.promote_types(t1, t2)
+
+
+def result_type(a: "Tensor", b: "Tensor") -> numpy.dtype:
+    """``torch.result_type`` of two tensors. A tensor with dimensions outranks a 0-d one: the
+    0-d tensor decides only if its category is higher (float32 (3,) + float64 () is float32,
+    int64 (3,) + float64 () is float64). Python numbers are weaker still (``_lift``)."""
+    if a.data.dtype == b.data.dtype:
+        return a.data.dtype
+    if (a.ndim == 0) == (b.ndim == 0):
+        return promote_types(a.data.dtype, b.data.dtype)
+    dimensioned, zero_dim = (a, b) if a.ndim else (b, a)
+    if _category(zero_dim.dtype) > _category(dimensioned.dtype):
+        return zero_dim.data.dtype
+    return dimensioned.data.dtype
+
+
+def _promoted(a: "Tensor", b: "Tensor", dtype=None) -> tuple:
+    """The arrays of ``a`` and ``b`` cast to ``dtype`` (default: their ``result_type``)."""
+    dtype = result_type(a, b) if dtype is None else dtype
+    x = a.data if a.data.dtype == dtype else a.data.astype(dtype)
+    y = b.data if b.data.dtype == dtype else b.data.astype(dtype)
+    return x, y
+
+
+def check_same_dtype(op: str, **tensors) -> None:
+    """Products do not promote (as in torch): refuse operands of different dtypes, naming them."""
+    dtypes = {name: t.dtype for name, t in tensors.items() if t is not None}
+    if len(set(dtypes.values())) > 1:
+        listed = ", ".join(f"{name} is {dtype}" for name, dtype in dtypes.items())
+        raise RuntimeError(f"{op}: expected operands of the same dtype, but {listed}; "
+                           f"convert one with .to(dtype) (products never promote, as in PyTorch)")
+
+
 def _as_array(value, dtype=None):
     """Anything array-like as a backend array; Python floats become float32 by default."""
     if isinstance(value, Tensor):
         value = value.data
-    if isinstance(value, (bool, int, float, list, tuple)) and dtype is None:
+    if isinstance(value, (bool, int, float, list, tuple)) and not isinstance(value, numpy.generic) and dtype is None:
         arr = B.xp.asarray(value)
         if arr.dtype == numpy.float64:  # a Python float means the default float, as in torch
             arr = arr.astype(B.default_float)
@@ -316,35 +376,42 @@ class Tensor:
 
     def __add__(self, other):
         a, b = _operands(self, other)
-        return Tensor._make(a.data + b.data, (a, b), lambda g: (g, g))
+        x, y = _promoted(a, b)
+        return Tensor._make(x + y, (a, b), lambda g: (g, g))
 
     __radd__ = __add__
 
     def __sub__(self, other):
         a, b = _operands(self, other)
-        return Tensor._make(a.data - b.data, (a, b), lambda g: (g, -g))
+        _check_no_bool("subtraction, the `-` operator,", a, other)
+        x, y = _promoted(a, b)
+        return Tensor._make(x - y, (a, b), lambda g: (g, -g))
 
     def __rsub__(self, other):
         a, b = _operands(self, other)
+        _check_no_bool("subtraction, the `-` operator,", a, other)
         return b - a
 
     def __mul__(self, other):
         a, b = _operands(self, other)
+        x, y = _promoted(a, b)
         return Tensor._make(
-            a.data * b.data,
+            x * y,
             (a, b),
-            lambda g: (g * b.data if a.requires_grad else None, g * a.data if b.requires_grad else None),
+            lambda g: (g * y if a.requires_grad else None, g * x if b.requires_grad else None),
         )
 
     __rmul__ = __mul__
 
     def __truediv__(self, other):
         a, b = _operands(self, other)
-        out = a.data / b.data
+        dtype = result_type(a, b)
+        x, y = _promoted(a, b, dtype if _is_float(dtype) else B.default_float)  # ids / 2 is float, as in torch
+        out = x / y
 
         def backward(g):
-            ga = g / b.data if a.requires_grad else None
-            gb = -g * out / b.data if b.requires_grad else None
+            ga = g / y if a.requires_grad else None
+            gb = -g * out / y if b.requires_grad else None
             return ga, gb
 
         return Tensor._make(out, (a, b), backward)
@@ -354,17 +421,21 @@ class Tensor:
         return b / a
 
     def __pow__(self, exponent):
-        a, _ = _operands(self, exponent)
+        a, e = _operands(self, exponent)
+        x, y = _promoted(a, e)
+        if x.dtype == bool_:  # as torch: mask ** True is mask, mask ** False all True; bool ** bool tensor refused
+            if isinstance(exponent, Tensor):
+                raise RuntimeError("pow is not implemented for two bool tensors, as in PyTorch")
+            return Tensor._make(x if exponent else B.xp.ones_like(x), (), None)
         if isinstance(exponent, (int, float)):
             # x ** c, the common case: d/dx = c x^(c-1)
-            out = a.data**exponent
-            return Tensor._make(out, (a,), lambda g: (g * exponent * a.data ** (exponent - 1),))
-        e = _lift(exponent, a)
-        out = a.data**e.data
+            out = x**exponent
+            return Tensor._make(out, (a,), lambda g: (g * exponent * x ** (exponent - 1),))
+        out = x**y
 
         def backward(g):
-            ga = g * e.data * a.data ** (e.data - 1) if a.requires_grad else None
-            gb = g * out * B.xp.log(a.data) if e.requires_grad else None
+            ga = g * y * x ** (y - 1) if a.requires_grad else None
+            gb = g * out * B.xp.log(x) if e.requires_grad else None
             return ga, gb
 
         return Tensor._make(out, (a, e), backward)
@@ -374,10 +445,17 @@ class Tensor:
         return b**a
 
     def __neg__(self):
+        _check_no_bool("negation, the `-` operator,", self)
         return Tensor._make(-self.data, (self,), lambda g: (-g,))
 
     def neg(self):
         return -self
+
+    def __invert__(self):
+        """``~mask``: logical not of a bool tensor, bitwise not of an integer one (no gradient)."""
+        if _is_float(self.dtype):
+            raise TypeError(f"~ (bitwise not) needs a bool or integer tensor, got {self.dtype}")
+        return Tensor._make(~self.data, (), None)
 
     def __matmul__(self, other):
         return matmul(self, other)
@@ -387,22 +465,28 @@ class Tensor:
 
     # comparisons give boolean tensors without gradient, as in PyTorch
     def __eq__(self, other):
-        return Tensor._make(self.data == _lift(other, self).data, (), None)
+        x, y = _promoted(self, _lift(other, self))
+        return Tensor._make(x == y, (), None)
 
     def __ne__(self, other):
-        return Tensor._make(self.data != _lift(other, self).data, (), None)
+        x, y = _promoted(self, _lift(other, self))
+        return Tensor._make(x != y, (), None)
 
     def __lt__(self, other):
-        return Tensor._make(self.data < _lift(other, self).data, (), None)
+        x, y = _promoted(self, _lift(other, self))
+        return Tensor._make(x < y, (), None)
 
     def __le__(self, other):
-        return Tensor._make(self.data <= _lift(other, self).data, (), None)
+        x, y = _promoted(self, _lift(other, self))
+        return Tensor._make(x <= y, (), None)
 
     def __gt__(self, other):
-        return Tensor._make(self.data > _lift(other, self).data, (), None)
+        x, y = _promoted(self, _lift(other, self))
+        return Tensor._make(x > y, (), None)
 
     def __ge__(self, other):
-        return Tensor._make(self.data >= _lift(other, self).data, (), None)
+        x, y = _promoted(self, _lift(other, self))
+        return Tensor._make(x >= y, (), None)
 
     # --- elementwise functions -------------------------------------------------
 
@@ -643,30 +727,29 @@ class Tensor:
 
 
 def _lift(value, like: Tensor) -> Tensor:
-    """An operand as a Tensor. A Python scalar takes the tensor's dtype, as in PyTorch:
-    ``x * 0.5`` stays float32, ``ids + 1`` stays integer, ``ids * 0.5`` becomes float32."""
+    """An operand as a Tensor. A Python number is the weakest operand (PyTorch's rule): it takes
+    the tensor's dtype unless it is of a higher category (bool < int < float), and then that
+    category's default dtype: ``x * 0.5`` stays float32, ``ids + 1`` stays int32 for int32 ids,
+    ``ids * 0.5`` is float32 and ``mask + 1`` int64."""
     if isinstance(value, Tensor):
         return value
-    if isinstance(value, (int, float, bool)):
-        if _is_float(like.dtype) or not isinstance(value, float):
-            dtype = like.dtype
-        else:
-            dtype = B.default_float
+    if isinstance(value, (bool, int, float)):
+        category = 0 if isinstance(value, bool) else 1 if isinstance(value, int) else 2
+        dtype = like.dtype if category <= _category(like.dtype) else (bool_, int64, B.default_float)[category]
         return Tensor._make(B.xp.asarray(value, dtype=dtype), (), None)
     return Tensor._make(B.xp.asarray(value), (), None)
 
 
 def _operands(a: Tensor, other) -> tuple:
-    """The two operands of an arithmetic op as Tensors, ``a`` first.
-
-    A Python float meeting an integer tensor makes that tensor float first, as
-    in PyTorch: ``ids * 0.5`` is float32, where NumPy (int64 array times a
-    float32 scalar) would give float64. Integer tensors carry no gradient, so
-    the cast adds nothing to the graph.
-    """
-    if isinstance(other, float) and not _is_float(a.dtype):
-        a = a.to(B.default_float)
+    """The two operands of an arithmetic op as Tensors, ``a`` first (``other`` lifted by ``_lift``)."""
     return a, _lift(other, a)
+
+
+def _check_no_bool(op: str, *operands) -> None:
+    """torch refuses ``-`` on booleans: ``~mask`` is what is usually meant."""
+    if any(isinstance(v, bool) or (isinstance(v, Tensor) and v.dtype == bool_) for v in operands):
+        raise RuntimeError(f"{op} with a bool tensor or a Python bool is not supported, as in PyTorch; "
+                           "to invert a mask, use ~mask")
 
 
 def _unwrap_index(index):
@@ -743,9 +826,11 @@ def _topological_order(root: Tensor) -> list:
 
 
 def matmul(a, b) -> Tensor:
-    """``a @ b`` with PyTorch's rules: 1-D operands are vectors, leading dimensions broadcast."""
+    """``a @ b`` with PyTorch's rules: 1-D operands are vectors, leading dimensions broadcast,
+    and both operands must have one dtype (a product never promotes)."""
     a = a if isinstance(a, Tensor) else Tensor(a)
     b = _lift(b, a)
+    check_same_dtype("matmul", input=a, other=b)
     if a.ndim == 0 or b.ndim == 0:
         raise RuntimeError(f"matmul needs tensors of at least one dimension, got shapes {a.shape} and {b.shape}")
     if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
@@ -789,8 +874,9 @@ def cat(tensors, dim=0) -> Tensor:
     if not tensors:
         raise ValueError("cat needs at least one tensor")
     (axis,) = _dims(dim, tensors[0].ndim)
+    dtype = functools.reduce(promote_types, [t.dtype for t in tensors])  # torch.cat promotes
     try:
-        out = B.xp.concatenate([t.data for t in tensors], axis=axis)
+        out = B.xp.concatenate([t.data if t.dtype == dtype else t.data.astype(dtype) for t in tensors], axis=axis)
     except ValueError:
         raise RuntimeError(f"cat along dim {dim}: shapes {[t.shape for t in tensors]} do not fit") from None
     bounds = numpy.cumsum([t.shape[axis] for t in tensors])[:-1].tolist()
@@ -832,7 +918,8 @@ def where(condition, input, other) -> Tensor:
         like = Tensor(input)
     cond = condition.data if isinstance(condition, Tensor) else B.xp.asarray(condition)
     a, b = _lift(input, like), _lift(other, like)
-    out = B.xp.where(cond, a.data, b.data)
+    x, y = _promoted(a, b)
+    out = B.xp.where(cond, x, y)
 
     def backward(g):
         zero = B.xp.zeros((), dtype=g.dtype)

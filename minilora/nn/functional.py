@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 
 from minilora import backend as B
-from minilora.tensor import Tensor, _dims
+from minilora.tensor import Tensor, _dims, check_same_dtype
 
 
 def _t(x) -> Tensor:
@@ -49,6 +49,7 @@ def linear(input, weight, bias=None) -> Tensor:
     (``requires_grad=False``) gets no ``dW = g^T x`` -- the saving LoRA rests on.
     """
     x, w = _t(input), weight
+    check_same_dtype("linear", input=x, weight=w, bias=bias)
     if x.shape[-1] != w.shape[-1]:
         raise RuntimeError(
             f"linear: input of shape {x.shape} has {x.shape[-1]} features, "
@@ -103,6 +104,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Ten
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if x.shape[-len(shape) :] != shape:
         raise RuntimeError(f"layer_norm: normalized_shape {shape} does not match the input's last dims {x.shape}")
+    check_same_dtype("layer_norm", input=x, weight=weight, bias=bias)
     xp = B.xp
     n = math.prod(shape)
     x2 = x.data.reshape(-1, n)  # (rows, n)
@@ -416,6 +418,7 @@ def scaled_dot_product_attention(
     q, k, v = _t(query), _t(key), _t(value)
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
         raise RuntimeError(f"attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit")
+    check_same_dtype("scaled_dot_product_attention", query=q, key=k, value=v)
     xp = B.xp
     batch, (L, E), (S, Ev) = q.shape[:-2], q.shape[-2:], v.shape[-2:]
     scale = 1.0 / math.sqrt(E) if scale is None else scale
@@ -427,6 +430,11 @@ def scaled_dot_product_attention(
     mask = None
     if attn_mask is not None:
         mask = attn_mask.data if isinstance(attn_mask, Tensor) else xp.asarray(attn_mask)
+        if mask.dtype != bool and mask.dtype != q.dtype:
+            if mask.dtype != xp.float32:  # torch takes a bool mask, a float32 one, or one of q's dtype
+                raise RuntimeError(f"scaled_dot_product_attention: attn_mask must be bool, float32 or the "
+                                   f"query's dtype ({q.dtype}), got {mask.dtype}")
+            mask = mask.astype(q.dtype)
         if mask.ndim > 2:  # a mask per batch entry: a view lined up with the batch, sliced per block
             mask = xp.broadcast_to(mask, lead + mask.shape[-2:])
     drop = None
