@@ -41,6 +41,7 @@ from minilora.tensor import Tensor, cat, no_grad
 from minilora.tuner import (  # BASE, ModulesToSaveWrapper and target_matches: importable from here too
     BASE,
     BaseTuner,
+    MergeStep,
     ModulesToSaveWrapper,
     TunerLayer,
     check_new_name,
@@ -253,30 +254,39 @@ class LoRALinear(TunerLayer):
 
     # --- merging ------------------------------------------------------------------
 
+    # ``merge(safe_merge=False, adapter_names=None)`` is TunerLayer's: it checks, then stores
+    # what merge_steps computes -- W <- W + (α / r) B A for each adapter, after which inference
+    # costs exactly what the base layer costs (docs/lora.md, "merging").
+
     @no_grad()
-    def merge(self, adapter_names=None) -> None:
-        """W <- W + (α / r) B A for the active adapter (or the named ones): inference then costs
-        exactly what the base layer costs (docs/lora.md, "merging")."""
-        names = [name for name in adapter_names or [self.active_adapter] if name in self.lora_A]
-        self.check_merge(names)  # before W changes: a refused merge leaves W as it was
-        for name in names:
-            W = self.base_layer.weight
+    def merge_steps(self, adapter_names) -> list:
+        """W after each adapter in turn, as new arrays: W + ΔW, or DoRA's m ⊙ (W + ΔW) / ||W + ΔW||_c."""
+        W = self.base_layer.weight.data
+        W_base = None  # for DoRA: W without any merged update, whose norm the forward pass takes
+        steps = []
+        for name in adapter_names:
             delta = self._delta_weight_data(name).astype(W.dtype)
-            if name in self.lora_magnitude_vector:  # DoRA: W <- m ⊙ (W + ΔW) / ||W + ΔW||_c
+            if name in self.lora_magnitude_vector:
+                W_base = self._unmerged_weight_data() if W_base is None else W_base
                 m = self.lora_magnitude_vector[name].weight.data
-                W.data, self._dora_norms[name] = dora.merged_weight(W.data, self._unmerged_weight_data(), delta, m)
+                W, norm = dora.merged_weight(W, W_base, delta, m)
+                steps.append(MergeStep(name, {"weight": W}, memo=norm))
             else:
-                W.data = W.data + delta
-            self.merged_adapters.append(name)
+                W = W + delta
+                steps.append(MergeStep(name, {"weight": W}))
+        return steps
+
+    def remember_merge(self, step: MergeStep) -> None:
+        if step.memo is not None:
+            self._dora_norms[step.adapter_name] = step.memo
 
     def check_merge(self, adapter_names) -> None:
-        """Refuse, before anything changes, a merge that cannot be done: into a 4-bit weight, or twice."""
+        """Refuse, before anything changes, a merge that cannot be done: into a 4-bit weight, into
+        a tied one, or twice."""
         names = [name for name in adapter_names if name in self.lora_A]
         if names and isinstance(self.base_layer, NF4Linear):
             raise RuntimeError(NF4_MERGE_ERROR)
-        for name in names:
-            if name in self.merged_adapters:
-                raise RuntimeError(f"adapter {name!r} is already merged into {type(self.base_layer).__name__}.weight")
+        super().check_merge(names)
 
     @no_grad()
     def unmerge(self) -> None:
@@ -289,7 +299,10 @@ class LoRALinear(TunerLayer):
             self._dora_norms.pop(name, None)
 
     def check_unmerge(self) -> None:
-        """Refuse, before anything changes, an unmerge that cannot be done: a DoRA magnitude with zeros."""
+        """Refuse, before anything changes, an unmerge that cannot be done: a DoRA magnitude with
+        zeros, or a weight tied to another module since the merge."""
+        if self.merged_adapters:
+            self.check_untied("unmerge from")
         for name in self.merged_adapters:
             if name in self.lora_magnitude_vector:
                 dora.check_unmerge(self.lora_magnitude_vector[name].weight.data, name)
@@ -510,13 +523,11 @@ class LoraModel(BaseTuner):
 
     # --- merging into a 4-bit base --------------------------------------------------------
 
-    def merge_and_unload(self) -> nn.Module:
-        """Fold the active adapter into W and return the plain model (LoRA layers replaced by
-        their base Linears; modules_to_save by the active copy). A 4-bit base (QLoRA) is
-        dequantized first, every NF4Linear becoming an nn.Linear: the result is a dense model."""
+    def _before_merge_and_unload(self, undo: list) -> None:
+        """``merge_and_unload`` on a 4-bit base (QLoRA) dequantizes it first, every NF4Linear
+        becoming an nn.Linear: the result is a dense model (undone if the merge fails)."""
         for name, q in [(n, m) for n, m in self.model.named_modules() if isinstance(m, NF4Linear)]:
-            set_submodule(self.model, name, q.to_dense())
-        return super().merge_and_unload()
+            self._replace(name, q.to_dense(), undo)
 
     # --- combining adapters ---------------------------------------------------------------
 

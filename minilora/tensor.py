@@ -57,11 +57,11 @@ class no_grad:
         _grad_enabled = self._prev
 
     def __call__(self, fn):
+        @functools.wraps(fn)  # keeps the name, docstring and signature (inspect.signature reads it)
         def wrapper(*args, **kwargs):
             with no_grad():
                 return fn(*args, **kwargs)
 
-        wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
         return wrapper
 
 
@@ -158,10 +158,12 @@ def result_type(a: "Tensor", b: "Tensor") -> numpy.dtype:
 
 def _promoted(a: "Tensor", b: "Tensor", dtype=None) -> tuple:
     """The arrays of ``a`` and ``b`` cast to ``dtype`` (default: their ``result_type``)."""
-    dtype = result_type(a, b) if dtype is None else dtype
-    x = a.data if a.data.dtype == dtype else a.data.astype(dtype)
-    y = b.data if b.data.dtype == dtype else b.data.astype(dtype)
-    return x, y
+    x, y = a.data, b.data
+    if dtype is None:
+        if x.dtype == y.dtype:  # the common case, first: nothing to decide
+            return x, y
+        dtype = result_type(a, b)
+    return (x if x.dtype == dtype else x.astype(dtype)), (y if y.dtype == dtype else y.astype(dtype))
 
 
 def check_same_dtype(op: str, **tensors) -> None:

@@ -24,16 +24,27 @@ What a tuner (a subclass of ``BaseTuner``) provides:
 What its wrapper layer (a subclass of ``TunerLayer``) gets from the base class:
 ``base_layer``; ``active_adapter``, ``disable_adapters`` and ``row_adapters`` (set by the
 tuner, read in forward); ``adapters`` (the names it holds, the keys of its ``adapter_dict``);
-``merged_adapters`` and ``merged``. What it provides: ``delete_adapter(name)`` and the
-merge protocol -- ``check_merge(names)``, ``merge(names)``, ``check_unmerge()``,
-``unmerge()`` -- where the method can merge (a layer that cannot has no merged adapters,
-ever).
+``merged_adapters`` and ``merged``; ``layer_name`` and ``tied_to`` (its name in the model and
+the other modules that hold its base layer's parameters, set by the tuner); and PEFT's
+``merge(safe_merge=False, adapter_names=None)``. What it provides: ``delete_adapter(name)``
+and, where the method can merge, ``merge_steps(names)`` (the merged parameters as new
+arrays, one ``MergeStep`` per adapter, computed before anything changes), ``check_merge``,
+``unmerge()`` and ``check_unmerge()`` (a layer that cannot merge has no merged adapters, ever).
 
 What the tuner gets for free: ``peft_config`` and ``active_adapter``; ``inject_adapter``,
 which undoes its own changes on an error; ``modules_to_save`` (``ModulesToSaveWrapper``);
 ``set_adapter``, ``disable_adapter``, ``mixed_batch``, ``delete_adapter``; ``merge_adapter``,
-``unmerge_adapter``, ``merge_and_unload``, ``unload``; ``load_adapter_state_dict``. A
-method that cannot merge overrides the merging ones with errors that say why.
+``unmerge_adapter``, ``merge_and_unload``, ``unload``, with PEFT's ``safe_merge`` and
+``adapter_names``; ``load_adapter_state_dict``. A method that cannot merge overrides the
+merging ones with errors that say why.
+
+Merging is all or nothing. Every layer is checked before any weight changes: a merge
+into a weight another module shares (GPT-2's ``lm_head`` is tied to the token embedding)
+is refused, since it would change that module too (docs/lora.md, "Tied weights"). With
+``safe_merge=True`` every merged weight is also computed into a new array and checked
+for NaN and inf before the first one is stored, so a broken adapter raises and leaves the
+model bit for bit as it was (PEFT checks layer by layer, and leaves the layers before the
+broken one merged).
 
 The checks on adapter names (``check_new_name`` ...) are plain functions, so that the
 prompt-learning tuner (``peft/prompt_learning.py``), which wraps no layer, gives the
@@ -46,6 +57,7 @@ from __future__ import annotations
 import copy
 import re
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy
 
@@ -122,6 +134,22 @@ def in_row_order(pieces, groups) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
+@dataclass
+class MergeStep:
+    """One adapter folded into one layer, computed before anything changes."""
+
+    adapter_name: str
+    params: dict  # {"weight": array, "bias": array}: the base layer's parameters after this adapter (new arrays)
+    memo: object = None  # what unmerging will need and cannot recompute (DoRA's norm)
+
+
+TIED_ERROR = ("cannot {action} {layer}: its {what} is the same Parameter as that of {shared} (tied weights), "
+              "so the change would reach {shared} too, and the merged model would no longer compute what the "
+              "unmerged one does. Nothing was changed. Keep the adapter unmerged (same outputs), or give the "
+              "layer its own copy first: layer.base_layer.weight = nn.Parameter(layer.base_layer.weight.data.copy(), "
+              "requires_grad=False) (docs/lora.md, 'Tied weights')")
+
+
 class TunerLayer(nn.Module):
     """What every wrapper layer has (PEFT's ``BaseTunerLayer``): the wrapped ``base_layer``,
     the bookkeeping the tuner sets and forward reads, and the base layer's shape and
@@ -136,6 +164,8 @@ class TunerLayer(nn.Module):
         self.merged_adapters = []  # adapters folded into base_layer's weights
         self.disable_adapters = False  # True inside `with model.disable_adapter():`
         self.row_adapters = None  # one adapter name per batch row, set by the tuner for mixed batches
+        self.layer_name = type(base_layer).__name__  # its name in the model, for messages (set by the tuner)
+        self.tied_to = ()  # (name, module) of every other module holding a parameter of base_layer (set by the tuner)
 
     in_features = property(lambda self: self.base_layer.in_features)
     out_features = property(lambda self: self.base_layer.out_features)
@@ -150,6 +180,71 @@ class TunerLayer(nn.Module):
     def adapters(self) -> list:
         """The names of the adapters this layer holds."""
         return list(getattr(self, self.adapter_dict))
+
+    # --- merging (for a method whose layers can merge: LoRA, DoRA, IA3) ------------------------
+
+    def adapters_to_merge(self, adapter_names=None) -> list:
+        """The adapters a merge folds in here: the named ones (default: the active one) this layer holds."""
+        names = [self.active_adapter] if adapter_names is None else list(adapter_names)
+        return [name for name in names if name in self.adapters]
+
+    @no_grad()
+    def merge(self, safe_merge: bool = False, adapter_names=None) -> None:
+        """Fold the active adapter (or the named ones) into the base layer's weights (PEFT's
+        signature). With ``safe_merge`` the merged weights are computed into new arrays and
+        checked first: a NaN or inf raises and leaves the layer as it was."""
+        names = self.adapters_to_merge(adapter_names)
+        self.check_merge(names)  # before W changes: a refused merge leaves W as it was
+        steps = self.merge_steps(names)
+        if safe_merge:
+            self.check_finite(steps)
+        self.apply_merge(steps)
+
+    def check_merge(self, adapter_names) -> None:
+        """Refuse, before anything changes, a merge that cannot be done: into a tied weight, or twice."""
+        if adapter_names:
+            self.check_untied("merge into")
+        for name in adapter_names:
+            if name in self.merged_adapters:
+                raise RuntimeError(f"adapter {name!r} is already merged into {self.layer_name}")
+
+    def check_untied(self, action: str) -> None:
+        """Refuse to change a parameter another module holds too (a tied weight)."""
+        for what, p in self.base_layer._parameters.items():
+            shared = [name for name, module in self.tied_to if p is not None
+                      and any(q is p for q in module._parameters.values())]
+            if shared:
+                raise RuntimeError(TIED_ERROR.format(action=action, layer=self.layer_name, what=what,
+                                                     shared=", ".join(shared)))
+
+    def check_finite(self, steps) -> None:
+        """``safe_merge``: every merged parameter finite, or a ValueError naming the adapter and the layer."""
+        for step in steps:
+            for what, array in step.params.items():
+                finite = B.xp.isfinite(array)
+                if bool(finite.all()):
+                    continue
+                bad = int(array.size - int(finite.sum()))
+                before = getattr(self.base_layer, what).data
+                cause = ("the adapter seems to be broken" if bool(B.xp.isfinite(before).all())
+                         else f"the base layer's {what} was not finite before the merge")
+                raise ValueError(f"safe_merge: merging adapter {step.adapter_name!r} into {self.layer_name} gives "
+                                 f"{bad} of {array.size} entries of its {what} that are NaN or inf; {cause}. "
+                                 f"Nothing was merged: the model is as it was")
+
+    def apply_merge(self, steps) -> None:
+        """Store what ``merge_steps`` computed: each parameter's new array, then the books."""
+        for step in steps:
+            for what, array in step.params.items():
+                getattr(self.base_layer, what).data = array
+            self.merged_adapters.append(step.adapter_name)
+            self.remember_merge(step)
+
+    def remember_merge(self, step: MergeStep) -> None:
+        """Keep what unmerging ``step`` will need (nothing, unless the method says otherwise)."""
+
+    def merge_steps(self, adapter_names) -> list:
+        raise NotImplementedError(f"{type(self).__name__} cannot merge")
 
 
 class ModulesToSaveWrapper(nn.Module):
@@ -229,6 +324,23 @@ class BaseTuner(nn.Module):
         """Every ``(name, wrapper layer)`` of the model."""
         return [(n, m) for n, m in self.model.named_modules() if isinstance(m, self.layer_type)]
 
+    def named_layers(self) -> list:
+        """``adapter_layers()``, each layer told its name and the other modules that hold its base
+        layer's parameters (``tied_to``): a merge must not change a weight another module shares."""
+        holders = {}  # id(parameter) -> [(name, module) of every module holding it, under every name]
+        for name, module in self.model.named_modules(remove_duplicate=False):
+            for p in module._parameters.values():
+                if p is not None:
+                    holders.setdefault(id(p), []).append((name, module))
+        layers = self.adapter_layers()
+        for name, layer in layers:
+            own = f"{name}.base_layer"
+            layer.layer_name = name
+            others = {n: m for p in layer.base_layer._parameters.values() if p is not None
+                      for n, m in holders[id(p)] if n != own}
+            layer.tied_to = tuple(others.items())
+        return layers
+
     def _wrappers(self) -> list:
         """The modules that read ``active_adapter``, ``disable_adapters`` and ``row_adapters``."""
         return [m for m in self.model.modules() if isinstance(m, (self.layer_type, ModulesToSaveWrapper))]
@@ -262,6 +374,7 @@ class BaseTuner(nn.Module):
             raise
         self.peft_config[adapter_name] = config
         self.set_adapter(self.active_adapter if self.active_adapter in self.peft_config else adapter_name)
+        self.named_layers()  # each layer learns its name and what it is tied to, for a merge called on it directly
 
     def _replace(self, name: str, module: nn.Module, undo: list) -> nn.Module:
         """Put ``module`` at ``name``, and on ``undo`` how to put back the module there now."""
@@ -393,35 +506,78 @@ class BaseTuner(nn.Module):
 
     # --- merging ------------------------------------------------------------------------------
 
-    def merge_adapter(self, adapter_names=None) -> None:
-        """Fold the active adapter (or the named ones) into the weights of every layer."""
-        names = list(adapter_names or [self.active_adapter])
+    def merge_adapter(self, adapter_names=None, safe_merge: bool = False) -> None:
+        """Fold the active adapter (or the named ones) into the weights of every layer (PEFT's
+        signature). Nothing changes unless every layer can merge; with ``safe_merge``, unless
+        every merged weight is finite as well (module docstring)."""
+        names = [self.active_adapter] if adapter_names is None else list(adapter_names)
+        self._check_known(names, "merge_adapter")
+        self._merge({m: m.adapters_to_merge(names) for _, m in self.named_layers()}, safe_merge)
+
+    def _check_known(self, names, caller: str) -> None:
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
-            raise ValueError(f"merge_adapter: unknown adapters {unknown}; adapters: {sorted(self.peft_config)}")
-        layers = self.adapter_layers()
-        for _, m in layers:  # every layer checked before any W changes
+            raise ValueError(f"{caller}: unknown adapters {unknown}; adapters: {sorted(self.peft_config)}")
+
+    def _merge(self, plan: dict, safe_merge: bool) -> None:
+        """Merge ``plan`` ({layer: adapter names}): every layer checked before any W changes, and
+        with ``safe_merge`` every result computed and checked finite before the first is stored."""
+        for m, names in plan.items():
             m.check_merge(names)
-        for _, m in layers:
-            m.merge(names)
+        if not safe_merge:
+            for m, names in plan.items():
+                m.apply_merge(m.merge_steps(names))
+            return
+        steps = {m: m.merge_steps(names) for m, names in plan.items()}  # new arrays: the model is untouched
+        for m, layer_steps in steps.items():
+            m.check_finite(layer_steps)
+        for m, layer_steps in steps.items():
+            m.apply_merge(layer_steps)
 
     def unmerge_adapter(self) -> None:
         """Take every merged adapter out of the weights again."""
-        layers = self.adapter_layers()
+        layers = self.named_layers()
         for _, m in layers:  # every layer checked before any W changes
             m.check_unmerge()
         for _, m in layers:
             m.unmerge()
 
-    def merge_and_unload(self) -> nn.Module:
-        """Fold the active adapter into the weights and return the plain model: each wrapper
-        layer replaced by its base layer, each modules_to_save wrapper by the active copy."""
-        for name, m in self.adapter_layers():
-            if not m.merged and m.active_adapter in m.adapters:
-                m.merge()
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False, adapter_names=None) -> nn.Module:
+        """Fold the active adapter (or the named ones) into the weights and return the plain
+        model: each wrapper layer replaced by its base layer, each modules_to_save wrapper by
+        the active copy (PEFT's signature). A layer that has an adapter merged already keeps
+        just that (it is what its forward computes), unless ``adapter_names`` names more.
+        If any layer cannot merge -- or, with ``safe_merge``, gives a NaN or inf -- the error
+        leaves the model as it was."""
+        if adapter_names is not None:
+            self._check_known(adapter_names, "merge_and_unload")
+        undo = []
+        try:
+            self._before_merge_and_unload(undo)
+            layers = self.named_layers()
+            plan = {}
+            for _, m in layers:
+                if adapter_names is None and m.merged:
+                    plan[m] = []
+                else:
+                    plan[m] = [n for n in m.adapters_to_merge(adapter_names) if n not in m.merged_adapters]
+            self._merge(plan, safe_merge)
+        except BaseException:
+            for step in reversed(undo):
+                step()
+            raise
+        if progressbar:  # PEFT's argument: a progress bar over the layers
+            from tqdm.auto import tqdm
+
+            layers = tqdm(layers, desc="Unloading and merging model")
+        for name, m in layers:
             set_submodule(self.model, name, m.base_layer)
         self._unwrap_modules_to_save(use_copy=True)
         return self.model
+
+    def _before_merge_and_unload(self, undo: list) -> None:
+        """What a method changes before merging everything (LoRA: a 4-bit base made dense),
+        with how to undo it appended to ``undo``."""
 
     def unload(self) -> nn.Module:
         """Take every wrapper layer out without merging: the base model as it was."""

@@ -89,20 +89,23 @@ def loss_and_grads_against_peft(ours, theirs, x):
 
 def snapshot(model) -> dict:
     """Everything a failed call must leave as it was: the module tree, every parameter's
-    values, dtype and trainable flag, and the adapters' bookkeeping."""
+    values, dtype, shape and trainable flag, and the adapters' bookkeeping."""
     return {
         "tree": [(name, type(m).__name__, id(m)) for name, m in model.named_modules()],
-        "params": [(name, id(p), p.requires_grad, p.data.dtype, p.data.copy()) for name, p in model.named_parameters()],
+        "params": [(name, id(p), p.requires_grad, p.data.dtype, p.data.shape, p.data.copy())
+                   for name, p in model.named_parameters()],
         "state": [(name, list(getattr(m, "merged_adapters", [])), getattr(m, "active_adapter", None),
-                   sorted(getattr(m, "peft_config", {})), dict(getattr(m, "scaling", {})))
+                   sorted(getattr(m, "peft_config", {})), dict(getattr(m, "scaling", {})),
+                   sorted(getattr(m, "_dora_norms", {})))
                   for name, m in model.named_modules()],
     }
 
 
 def assert_unchanged(model, before: dict) -> None:
+    """Bit for bit (a NaN stays the same NaN, -0.0 stays -0.0)."""
     after = snapshot(model)
     assert after["tree"] == before["tree"]
     assert after["state"] == before["state"]
-    assert [p[:4] for p in after["params"]] == [p[:4] for p in before["params"]]
+    assert [p[:5] for p in after["params"]] == [p[:5] for p in before["params"]]
     for (name, *_, new), (_, *_, old) in zip(after["params"], before["params"]):
-        assert np.array_equal(new, old), f"{name} changed"
+        assert new.tobytes() == old.tobytes(), f"{name} changed"

@@ -25,6 +25,13 @@ Through a whole GPT, rounding is amplified by LayerNorm and softmax by a
 weight-dependent factor that has no closed form, so end-to-end comparisons are made in
 float64 (to 1e-10); in float32 every adapted layer *inside* the GPT is checked against
 the bound above on the very inputs it receives in the forward pass.
+
+Target sets are drawn from every kind of module a config can target in GPT-2, the head
+``lm_head`` among them, which is tied to the token embedding (one Parameter), and
+``modules_to_save`` may take the head too. Merging a LoRA update into the tied head is
+refused (docs/lora.md, "Tied weights"): for those draws the tests check the refusal and
+that nothing changed, and, where the example unties the head first, that merged ==
+unmerged holds with the embedding untouched.
 """
 
 import tempfile
@@ -39,6 +46,7 @@ from hypothesis import strategies as st
 from minilora import Tensor, manual_seed, nn
 from minilora.lora import BASE, LoraConfig, LoRALinear, PeftModel, get_peft_model
 from minilora.models import GPT, GPTConfig
+from peft_helpers import assert_unchanged, snapshot
 
 pytestmark = pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning")
 
@@ -144,7 +152,7 @@ def test_layer_merged_equals_unmerged_and_unmerge_restores_W(case):
     # every adapter merged at once: the base layer alone then computes y + sum of the updates
     names = list(layer.lora_A._modules)
     expected = layer.base_layer(x) + sum((layer.lora_output(x, n) for n in names[1:]), layer.lora_output(x, names[0]))
-    layer.merge(names)
+    layer.merge(adapter_names=names)
     assert_within(layer(x), expected, rounding_bound(layer, x, names), "all merged")
 
 
@@ -194,7 +202,7 @@ def test_layer_mixed_batch_equals_each_row_alone(case, data):
 # small GPTs
 # ---------------------------------------------------------------------------
 
-TARGETS = ["c_attn", "c_proj", "c_fc"]
+TARGETS = ["c_attn", "c_proj", "c_fc", "lm_head"]  # lm_head: tied to transformer.wte
 
 
 @dataclass
@@ -245,14 +253,16 @@ def gpt_cases(draw, dtypes=DTYPES, same_rank=False, modules_to_save=False, min_a
     shared_r = draw(st.integers(1, 4))
 
     def adapter():
-        fields = dict(r=shared_r if same_rank else draw(st.integers(1, 4)), lora_alpha=draw(st.floats(0.5, 16.0)),
-                      use_rslora=draw(st.booleans()),
-                      target_modules=draw(st.lists(st.sampled_from(TARGETS), min_size=1, max_size=3, unique=True)))
-        if modules_to_save and draw(st.booleans()):
-            fields["modules_to_save"] = ["ln_f"]
-        return fields
+        return dict(r=shared_r if same_rank else draw(st.integers(1, 4)), lora_alpha=draw(st.floats(0.5, 16.0)),
+                    use_rslora=draw(st.booleans()),
+                    target_modules=draw(st.lists(st.sampled_from(TARGETS), min_size=1, max_size=3, unique=True)))
 
     adapters = [adapter() for _ in range(draw(st.integers(min_adapters, 3)))]
+    # the tied head trained in full as a modules_to_save copy -- unless LoRA wraps it already
+    savable = ["ln_f"] + ([] if any("lm_head" in a["target_modules"] for a in adapters) else ["lm_head"])
+    for fields in adapters:
+        if modules_to_save and draw(st.booleans()):
+            fields["modules_to_save"] = [draw(st.sampled_from(savable))]
     return GPTCase(n_embd, draw(st.integers(1, 2)), draw(dtypes), adapters, draw(st.integers(1, 4)),
                    draw(st.integers(1, 8)), draw(st.integers(0, 2**16)))
 
@@ -273,16 +283,45 @@ def layer_inputs(model: PeftModel, idx) -> list:
     return seen
 
 
+def merges_into_tied_head(model: PeftModel, name: str) -> bool:
+    """Whether adapter ``name`` adapts the head while it is still the token embedding's matrix."""
+    gpt = model.get_base_model()
+    return isinstance(gpt.lm_head, LoRALinear) and name in gpt.lm_head.lora_A and \
+        gpt.lm_head.base_layer.weight is gpt.transformer.wte.weight
+
+
+def untie_head(model: PeftModel) -> None:
+    """docs/lora.md's line: the wrapped head gets its own (frozen) copy of the matrix."""
+    head = model.get_base_model().lm_head
+    if isinstance(head, LoRALinear):
+        head.base_layer.weight = nn.Parameter(head.base_layer.weight.data.copy(), requires_grad=False)
+
+
+def assert_refused_as_tied(merge, model: PeftModel) -> None:
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match=r"cannot merge into lm_head: .*transformer\.wte \(tied weights\)"):
+        merge()
+    assert_unchanged(model, before)
+
+
 @GPT_SETTINGS
-@given(case=gpt_cases(modules_to_save=True))
-def test_gpt_merged_equals_unmerged(case):
+@given(case=gpt_cases(modules_to_save=True), untie=st.booleans())
+def test_gpt_merged_equals_unmerged(case, untie):
     model, idx = case.peft_model(), case.idx()
+    if untie:
+        untie_head(model)
+    wte = model.get_base_model().transformer.wte.weight.numpy().copy()
     for name in case.names():
         model.set_adapter(name)
+        if merges_into_tied_head(model, name):
+            assert_refused_as_tied(model.merge_adapter, model)
+            assert_refused_as_tied(model.get_base_model().lm_head.merge, model)
+            continue
         if case.dtype == np.float64:
             unmerged = model(idx)[0].numpy()
             model.merge_adapter()
             assert np.max(np.abs(model(idx)[0].numpy() - unmerged)) < 1e-10
+            assert np.array_equal(model.get_base_model().transformer.wte.weight.numpy(), wte)  # the embedding untouched
             model.unmerge_adapter()
         else:  # float32: each adapted layer on the inputs it sees in the GPT
             for layer, x in layer_inputs(model, idx):
@@ -291,15 +330,22 @@ def test_gpt_merged_equals_unmerged(case):
                 unmerged = layer(x)
                 layer.merge()
                 assert_within(layer(x), unmerged, rounding_bound(layer, x, [name]), name)
+                assert np.array_equal(model.get_base_model().transformer.wte.weight.numpy(), wte)
                 layer.unmerge()
 
 
 @GPT_SETTINGS
-@given(case=gpt_cases(modules_to_save=True))
-def test_gpt_merge_and_unload_equals_the_adapted_model(case):
+@given(case=gpt_cases(modules_to_save=True), untie=st.booleans())
+def test_gpt_merge_and_unload_equals_the_adapted_model(case, untie):
     model, idx = case.peft_model(), case.idx()
     name = case.names()[-1]
     model.set_adapter(name)
+    if untie:
+        untie_head(model)
+    if merges_into_tied_head(model, name):
+        assert_refused_as_tied(model.merge_and_unload, model)
+        untie_head(model)  # the way out the error names
+    wte = model.get_base_model().transformer.wte.weight.numpy().copy()
     adapted = model(idx)[0].numpy()
     before = {n: (f64(m.base_layer.weight), m.scaling[name], f64(m.lora_B[name].weight), f64(m.lora_A[name].weight))
               for n, m in model.base_model.lora_layers() if name in m.lora_A}
@@ -310,6 +356,7 @@ def test_gpt_merge_and_unload_equals_the_adapted_model(case):
         merged = plain.get_submodule(n).weight.numpy()
         absolute = np.abs(W) + abs(s) * np.abs(Bm) @ np.abs(A)
         assert_within(merged, W + s * Bm @ A, with_reference(A.shape[0] + 2, case.dtype, absolute), n)
+    assert np.array_equal(plain.transformer.wte.weight.numpy(), wte)  # the embedding untouched
     if case.dtype == np.float64:
         assert np.max(np.abs(plain(idx)[0].numpy() - adapted)) < 1e-10
 

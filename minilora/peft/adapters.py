@@ -251,10 +251,10 @@ class BottleneckModel(BaseTuner):
 
     # --- merging: impossible -------------------------------------------------------------
 
-    def merge_adapter(self, adapter_names=None) -> None:
+    def merge_adapter(self, adapter_names=None, safe_merge: bool = False) -> None:
         raise RuntimeError(MERGE_ERROR)
 
-    def merge_and_unload(self) -> nn.Module:
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False, adapter_names=None) -> nn.Module:
         raise RuntimeError(MERGE_ERROR)
 
     def unmerge_adapter(self) -> None:

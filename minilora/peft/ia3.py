@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from minilora import backend as B
 from minilora import nn
 from minilora.tensor import Tensor, cat, no_grad
-from minilora.tuner import BaseTuner, TunerLayer, set_fan_in_fan_out
+from minilora.tuner import BaseTuner, MergeStep, TunerLayer, set_fan_in_fan_out
 
 # PEFT's defaults when target_modules / feedforward_modules are None, by model class
 DEFAULT_TARGET_MODULES = {"GPT": ["c_attn", "mlp.c_proj"]}
@@ -173,28 +173,25 @@ class IA3Linear(TunerLayer):
 
     # --- merging ------------------------------------------------------------------
 
+    # ``merge(safe_merge=False, adapter_names=None)`` and ``check_merge`` are TunerLayer's.
+
     @no_grad()
-    def merge(self, adapter_names=None) -> None:
-        """Fold l into the layer: W <- diag(l) W and b <- l ⊙ b for an output scaling,
-        W <- W diag(l) for a feedforward one (the bias is applied after W: unchanged)."""
-        names = [name for name in adapter_names or [self.active_adapter] if name in self.ia3_l]
-        self.check_merge(names)  # before W changes: a refused merge leaves W as it was
-        W, b = self.base_layer.weight, self.base_layer.bias
-        for name in names:
+    def merge_steps(self, adapter_names) -> list:
+        """l folded into the layer, as new arrays: W <- diag(l) W and b <- l ⊙ b for an output
+        scaling, W <- W diag(l) for a feedforward one (the bias is applied after W: unchanged)."""
+        W = self.base_layer.weight.data
+        b = self.base_layer.bias.data if self.base_layer.bias is not None else None
+        steps = []
+        for name in adapter_names:
             l = self.ia3_l[name].data.reshape(-1)
             if self.is_feedforward:
-                W.data = W.data * l[None, :]  # scale column j of W (input feature j)
+                W = W * l[None, :]  # scale column j of W (input feature j)
+                steps.append(MergeStep(name, {"weight": W}))
             else:
-                W.data = W.data * l[:, None]  # scale row i of W (output feature i)
-                if b is not None:
-                    b.data = b.data * l
-            self.merged_adapters.append(name)
-
-    def check_merge(self, adapter_names) -> None:
-        """Refuse, before anything changes, to merge an adapter a second time."""
-        for name in adapter_names:
-            if name in self.merged_adapters:
-                raise RuntimeError(f"adapter {name!r} is already merged into {type(self.base_layer).__name__}.weight")
+                W = W * l[:, None]  # scale row i of W (output feature i)
+                b = b * l if b is not None else None
+                steps.append(MergeStep(name, {"weight": W} if b is None else {"weight": W, "bias": b}))
+        return steps
 
     @no_grad()
     def unmerge(self) -> None:
@@ -214,6 +211,8 @@ class IA3Linear(TunerLayer):
                     b.data = b.data / l
 
     def check_unmerge(self) -> None:
+        if self.merged_adapters:
+            self.check_untied("unmerge from")
         for name in self.merged_adapters:
             if bool((self.ia3_l[name].data == 0).any()):
                 raise ValueError(f"cannot unmerge IA3 adapter {name!r}: its vector ia3_l has zeros, so the merge "

@@ -167,14 +167,17 @@ class PeftModel(nn.Module):
         with self.base_model.disable_adapter():
             yield
 
-    def merge_adapter(self, adapter_names=None) -> None:
-        self.base_model.merge_adapter(adapter_names)
+    def merge_adapter(self, adapter_names=None, safe_merge: bool = False) -> None:
+        """Fold adapters into the weights (PEFT's signature; ``safe_merge``: docs/lora.md, "Merging safely")."""
+        self.base_model.merge_adapter(adapter_names, safe_merge=safe_merge)
 
     def unmerge_adapter(self) -> None:
         self.base_model.unmerge_adapter()
 
-    def merge_and_unload(self) -> nn.Module:
-        return self.base_model.merge_and_unload()
+    def merge_and_unload(self, progressbar: bool = False, safe_merge: bool = False, adapter_names=None) -> nn.Module:
+        """Merge and return the plain model (PEFT's signature; ``safe_merge``: docs/lora.md, "Merging safely")."""
+        return self.base_model.merge_and_unload(progressbar=progressbar, safe_merge=safe_merge,
+                                                adapter_names=adapter_names)
 
     def unload(self) -> nn.Module:
         return self.base_model.unload()
