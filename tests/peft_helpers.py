@@ -11,10 +11,12 @@ identity update. Each test file imports torch with ``pytest.importorskip`` befor
 from dataclasses import replace
 
 import numpy as np
+import pytest
 import torch
 
 import minilora
 from minilora.models import GPT, GPTConfig
+from minilora.tuner import TunerLayer
 
 V, N_POS, C, N_LAYER, N_HEAD = 61, 16, 16, 2, 2
 TINY = GPTConfig(vocab_size=V, block_size=N_POS, n_layer=N_LAYER, n_head=N_HEAD, n_embd=C)
@@ -99,6 +101,28 @@ def snapshot(model) -> dict:
                    sorted(getattr(m, "_dora_norms", {})))
                   for name, m in model.named_modules()],
     }
+
+
+def merges_into_tied_head(model, name: str) -> bool:
+    """Whether adapter ``name`` adapts GPT-2's head while the head is still the token embedding's matrix."""
+    gpt = model.get_base_model()
+    return isinstance(gpt.lm_head, TunerLayer) and name in gpt.lm_head.adapters and \
+        gpt.lm_head.base_layer.weight is gpt.transformer.wte.weight
+
+
+def untie_head(model) -> None:
+    """docs/lora.md's line: a wrapped head gets its own (frozen) copy of the matrix."""
+    head = model.get_base_model().lm_head
+    if isinstance(head, TunerLayer):
+        head.base_layer.weight = minilora.nn.Parameter(head.base_layer.weight.data.copy(), requires_grad=False)
+
+
+def assert_refused_as_tied(merge, model) -> None:
+    """``merge()`` refuses to write into the tied head, and leaves ``model`` as it was."""
+    before = snapshot(model)
+    with pytest.raises(RuntimeError, match=r"cannot merge into lm_head: .*transformer\.wte \(tied weights\)"):
+        merge()
+    assert_unchanged(model, before)
 
 
 def assert_unchanged(model, before: dict) -> None:

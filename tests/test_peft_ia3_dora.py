@@ -42,16 +42,19 @@ from minilora.peft.ia3 import IA3Linear  # noqa: E402
 from peft_helpers import (  # noqa: E402
     C,
     N_LAYER,
+    assert_refused_as_tied,
     assert_unchanged,
     ids,
     loss_and_grads_against_peft,
     max_err,
+    merges_into_tied_head,
     peft_logits,
     perturb_trainable,
     perturb_trainable_torch,
     rel_err,
     snapshot,
     tiny_gpt,
+    untie_head,
 )
 
 # PEFT warns that GPT-2's Conv1D layers need fan_in_fan_out=True (and sets it), and that
@@ -311,24 +314,27 @@ def test_layer_at_default_init_is_exactly_the_base_layer(case, init):
 # properties: small GPTs
 # ---------------------------------------------------------------------------
 
-TARGETS = ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"]
+TARGETS = ["c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj", "lm_head"]  # lm_head: tied to transformer.wte
 
 
 @st.composite
 def gpt_configs(draw, method):
-    """A small random GPT (float64) with one to three adapters of the method."""
+    """A small random GPT (float64) with one to three adapters of the method. The tied head is
+    among the targets, or, if no adapter targets it, may be a modules_to_save copy."""
     n_embd, n_layer, seed = draw(st.sampled_from([8, 12])), draw(st.integers(1, 2)), draw(st.integers(0, 2**16))
+    target_lists = [draw(st.lists(st.sampled_from(TARGETS), min_size=1, max_size=4, unique=True))
+                    for _ in range(draw(st.integers(1, 3)))]
+    savable = [None, ["ln_f"]] + ([] if any("lm_head" in t for t in target_lists) else [["lm_head"]])
 
-    def config():
-        targets = draw(st.lists(st.sampled_from(TARGETS), min_size=1, max_size=4, unique=True))
-        mts = ["ln_f"] if draw(st.booleans()) else None
+    def config(targets):
+        mts = draw(st.sampled_from(savable))
         if method == "ia3":  # each layer's choice of input or output is fixed by the first adapter: keep one
             return IA3Config(target_modules=targets, feedforward_modules=[t for t in targets if t in ("mlp.c_proj", "mlp.c_fc")],
                              modules_to_save=mts)
         return LoraConfig(r=draw(st.integers(1, 4)), lora_alpha=draw(st.floats(0.5, 16.0)), use_rslora=draw(st.booleans()),
                           target_modules=targets, use_dora=True, init_lora_weights=False, modules_to_save=mts)
 
-    configs = [config() for _ in range(draw(st.integers(1, 3)))]
+    configs = [config(targets) for targets in target_lists]
     return n_embd, n_layer, seed, configs, draw(st.integers(1, 3)), draw(st.integers(1, 8))
 
 
@@ -365,28 +371,44 @@ METHODS = st.sampled_from(["ia3", "dora"])
 
 
 @GPT_SETTINGS
-@given(case=METHODS.flatmap(gpt_cases))
-def test_gpt_merged_equals_unmerged(case):
+@given(case=METHODS.flatmap(gpt_cases), untie=st.booleans())
+def test_gpt_merged_equals_unmerged(case, untie):
+    """A merge into the tied head is refused, nothing changed (docs/lora.md, "Tied weights");
+    untied, or elsewhere, merged == unmerged, and the token embedding stays as it was."""
     model = case.model()
+    if untie:
+        untie_head(model)
+    wte = model.get_base_model().transformer.wte.weight.numpy().tobytes()
     for name in case.names:
         model.set_adapter(name)
+        if merges_into_tied_head(model, name):
+            assert_refused_as_tied(model.merge_adapter, model)
+            continue
         unmerged = model(case.idx)[0].numpy()
         model.merge_adapter()
         assert max_err(model(case.idx)[0].numpy(), unmerged) < 1e-10, name
+        assert model.get_base_model().transformer.wte.weight.numpy().tobytes() == wte
         model.unmerge_adapter()
         assert max_err(model(case.idx)[0].numpy(), unmerged) < 1e-10, name
 
 
 @GPT_SETTINGS
-@given(case=METHODS.flatmap(gpt_cases))
-def test_gpt_merge_and_unload_equals_the_adapted_model(case):
+@given(case=METHODS.flatmap(gpt_cases), untie=st.booleans())
+def test_gpt_merge_and_unload_equals_the_adapted_model(case, untie):
     model = case.model()
     model.set_adapter(case.names[-1])
+    if untie:
+        untie_head(model)
+    if merges_into_tied_head(model, case.names[-1]):
+        assert_refused_as_tied(model.merge_and_unload, model)
+        untie_head(model)  # the way out the error names
+    wte = model.get_base_model().transformer.wte.weight.numpy().tobytes()
     adapted = model(case.idx)[0].numpy()
     plain = model.merge_and_unload()
     assert not any(isinstance(m, (IA3Linear, LoRALinear)) for m in plain.modules())
     assert "modules_to_save" not in " ".join(n for n, _ in plain.named_modules())
     assert max_err(plain(case.idx)[0].numpy(), adapted) < 1e-10
+    assert plain.transformer.wte.weight.numpy().tobytes() == wte
 
 
 @GPT_SETTINGS
