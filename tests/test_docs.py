@@ -201,3 +201,29 @@ def test_claims_md_lists_every_claim_with_its_number_key_module_and_thresholds()
             assert hasattr(module, name), f"docs/claims.md claim {number}: {module_name} has no {name}"
             assert float(getattr(module, name)) == float(value), (
                 f"docs/claims.md claim {number}: {name} = {value}, but {module_name}.{name} = {getattr(module, name)}")
+
+
+def _words(text: str) -> list:
+    return re.findall(r"[a-z0-9]+", text.lower().replace("\u2019", "'"))
+
+
+def test_no_sentence_of_the_source_article_is_copied():
+    """No run of 8 consecutive words of the source article appears in a tracked file: claims are
+    restated in our own words. The article is not in the repository; tests/data holds only a hash
+    of each of its 8-word runs."""
+    import hashlib
+    import json
+
+    lines = (ROOT / "tests" / "data" / "article_8word_hashes.txt").read_text().splitlines()
+    hashes = {h for h in lines if h and not h.startswith("#")}
+    copied = []
+    for path in tracked_text_files():
+        text = path.read_text(encoding="utf-8", errors="replace")
+        if path.suffix == ".ipynb":  # the cells' text, not the JSON around it
+            text = "\n".join("".join(c["source"]) for c in json.loads(text)["cells"])
+        w = _words(text)
+        for i in range(len(w) - 7):
+            if hashlib.sha256(" ".join(w[i : i + 8]).encode()).hexdigest()[:16] in hashes:
+                copied.append(f"{path.relative_to(ROOT)}: \"{' '.join(w[i:i + 8])} ...\"")
+                break
+    assert not copied, "sentences of the source article copied (restate them; docs/claims.md): " + "; ".join(copied)
