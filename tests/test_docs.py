@@ -88,9 +88,15 @@ def test_a_fragment_marker_precedes_a_python_block():
 
 
 def tracked_text_files() -> list:
-    out = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    """The repository's text files: what git tracks, or (no git) every file outside hidden and build folders."""
     suffixes = {".md", ".py", ".ipynb", ".toml", ".cfg", ".yml", ".yaml", ".txt", ".cff"}
-    return [ROOT / f for f in out if Path(f).suffix in suffixes and (ROOT / f).is_file()]
+    try:
+        names = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        skip = {"site", "build", "dist", "__pycache__"}
+        names = [p.relative_to(ROOT).as_posix() for p in ROOT.rglob("*")
+                 if not any(part.startswith(".") or part in skip for part in p.relative_to(ROOT).parts)]
+    return [ROOT / f for f in names if Path(f).suffix in suffixes and (ROOT / f).is_file()]
 
 
 LINK = re.compile(r"\]\(([^)\s]+)\)")
