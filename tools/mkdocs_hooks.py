@@ -57,18 +57,6 @@ def site_path(repo_path: str) -> str:
     return "index.md" if repo_path == "README.md" else repo_path
 
 
-def _title(repo_path: str) -> str:
-    """A page's first level-1 heading (MkDocs' own rule), for the nav."""
-    path = ROOT / repo_path
-    if path.suffix == ".ipynb":
-        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
-        text = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
-    else:
-        text = path.read_text(encoding="utf-8")
-    match = re.search(r"^# +(.+?)\s*#*\s*$", text, flags=re.M)
-    return match.group(1).strip() if match else PurePosixPath(repo_path).stem
-
-
 def _is_text(path: Path) -> bool:
     """A file to show as code: UTF-8 without NUL bytes, under 1 MB."""
     if path.stat().st_size > 1_000_000:
@@ -198,7 +186,7 @@ def nav() -> list:
     sections: dict = {}
     for repo_path in pages()[1:]:
         folder = PurePosixPath(repo_path).parent.as_posix()
-        sections.setdefault(folder, []).append({_title(repo_path): site_path(repo_path)})
+        sections.setdefault(folder, []).append(site_path(repo_path))  # titled by MkDocs: the page's first heading
     names = {"docs": "Docs", "notebooks": "Notebooks"}
     return [{"Home": "index.md"}] + [{names.get(f, f): entries} for f, entries in sections.items()]
 
