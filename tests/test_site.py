@@ -68,3 +68,12 @@ def test_a_broken_link_in_a_notebook_is_reported(tmp_path, caplog):
         out = stager.rewrite("notebooks/x.ipynb", "[a](../docs/no-such-page.md) [b](../docs/autograd.md)", in_notebook=True)
     assert "no-such-page.md" in caplog.text and "autograd.md" not in caplog.text
     assert out == "[a](../docs/no-such-page.md) [b](../docs/autograd.html)"
+
+
+def test_links_are_rewritten_to_what_the_site_holds(tmp_path):
+    stager = mkdocs_hooks.Stager(tmp_path, ".html")
+    text = "[t](../minilora/tensor.py#L12) [f](../minilora/peft) [r](..) [u](https://example.org/x.py) [a](#top)"
+    assert stager.rewrite("docs/x.md", text) == (
+        "[t](../minilora/tensor.py.html#L-12) [f](../minilora/peft/index.html) [r](../index.md) "
+        "[u](https://example.org/x.py) [a](#top)")
+    assert (tmp_path / "minilora" / "tensor.py.html").exists() and (tmp_path / "minilora" / "peft" / "index.html").exists()

@@ -8,8 +8,8 @@
    rendered, with their committed outputs, by mkdocs-jupyter);
 2. turns every relative link to a file of the repository that is not a page -- source code
    (``../minilora/tensor.py``), tests, pyproject.toml, a folder (``minilora/peft``) -- into a
-   link to a generated HTML page that shows that file, highlighted by Pygments with an anchor
-   per line (a folder: the list of its files). The site so holds the code it links to and
+   link to a generated HTML page (``minilora/tensor.py.html``) that shows that file,
+   highlighted by Pygments with an anchor per line (a folder: the list of its files). The site so holds the code it links to and
    works offline; MkDocs checks these links like any other (the pages are files of the site);
 3. builds the nav from the pages it found: Home, then docs/ and notebooks/ in name order.
    A new page needs no edit anywhere.
@@ -92,7 +92,9 @@ class Stager:
             if in_notebook:
                 log.warning("Doc file '%s' contains a link '%s', but the target is not found.", page, link)
             return None
-        if repo_path in self.page_paths:
+        if repo_path == ".":  # the repository itself: the home page
+            dest = "index.md" if not in_notebook else "index" + self.notebook_suffix
+        elif repo_path in self.page_paths:
             dest = site_path(repo_path)
             if in_notebook:  # MkDocs does not rewrite links inside a notebook's HTML: give the page's URL
                 dest = str(PurePosixPath(dest).with_suffix(self.notebook_suffix))
@@ -102,6 +104,7 @@ class Stager:
             dest = self.copy(repo_path)
         else:
             dest = self.code_page(repo_path)
+            anchor = re.sub(r"^L(\d+)$", r"L-\1", anchor)  # GitHub's line anchor #L12 is Pygments' #L-12
         return os.path.relpath(dest, site_path(page).rpartition("/")[0] or ".") + (hash_ + anchor)
 
     def rewrite(self, page: str, text: str, in_notebook: bool = False) -> str:
@@ -119,7 +122,7 @@ class Stager:
 
     def code_page(self, repo_path: str) -> str:
         """A standalone HTML page showing the file ``repo_path``, highlighted by Pygments, each
-        line with an anchor (``#L12``); returns its path. Plain HTML, not a MkDocs page: the
+        line with an anchor (``#L-12``; a link's ``#L12``, GitHub's form, is rewritten to it); returns its path. Plain HTML, not a MkDocs page: the
         pages stay out of the search index and the build stays fast."""
         page = repo_path + ".html"
         if page not in self.generated:
