@@ -11,10 +11,12 @@ A folder save (a config and its weights: ``save_folder``) is two renames, and Li
 cannot swap a non-empty folder atomically, so a kill between them would leave a new
 file beside an old one. Both files therefore carry one random *save id* -- in the
 JSON under ``minilora_save_id``, in the safetensors metadata under the same key --
-and the loaders compare them (``minilora.loading.check_same_save``): the same id is
-one save; different ids are an interrupted save, reported as ``InterruptedSaveError``
-naming the folder; no id in either file is a folder written by another tool (PEFT,
-transformers), accepted. Files the save does not write are never touched.
+and the weights are renamed into place first, the config second. The loaders compare
+the ids (``minilora.loading.check_same_save``): the same id is one save; weights whose
+id the config does not carry are an interrupted save, reported as
+``InterruptedSaveError`` naming the folder; weights without an id were written by
+another tool (PEFT, transformers, safetensors by hand), accepted. Files the save does
+not write are never touched.
 See docs/files.md.
 """
 

@@ -389,16 +389,19 @@ def load_checked(path, expected: dict, *, dtype=None, buffers=(), optional=(), a
 def check_same_save(config: dict, config_path, header: Header) -> None:
     """Refuse a config and a weights file written by two different saves (see ``minilora.io``).
 
-    A save writes one id into both files. No id in either: files from another tool
-    (PEFT, transformers), accepted. The same id: one save. Anything else: a save into
-    this folder stopped between its two renames."""
+    A save writes one id into both files and renames the weights into place first,
+    the config second. So a kill between the two renames leaves weights whose id the
+    config does not carry: refused. Weights without an id were not written by a
+    minilora save (PEFT, transformers, or rewritten by hand with safetensors): accepted,
+    whatever the config says."""
     ours, theirs = config.get(SAVE_ID_KEY), header.metadata.get(SAVE_ID_KEY)
     if ours is not None and not isinstance(ours, str):
         raise ConfigError(f"{config_path}: {SAVE_ID_KEY} must be a string, got a JSON {json_type_name(ours)}")
-    if ours == theirs:
+    if theirs is None or ours == theirs:
         return
     folder = os.path.dirname(os.path.abspath(header.path))
     raise InterruptedSaveError(
-        f"{folder} holds files from two different saves: {os.path.basename(str(config_path))} has save id {ours!r} and "
-        f"{os.path.basename(header.path)} has {theirs!r}. A save into this folder was interrupted between writing "
-        "its two files; save again (or restore the folder from a copy)")
+        f"{folder} holds files from two different saves: {os.path.basename(header.path)} has save id {theirs!r}, "
+        f"{os.path.basename(str(config_path))} has {ours!r}. A save into this folder was interrupted between writing "
+        f"its two files; save again (or restore the folder from a copy). If you replaced "
+        f"{os.path.basename(str(config_path))} on purpose, set its {SAVE_ID_KEY} to {theirs!r}")
