@@ -103,6 +103,29 @@ def _open_regular(path, what: str) -> tuple:
     return fd, st
 
 
+def check_regular_file(path, what: str) -> None:
+    """A FileAccessError unless ``path`` is a regular file (for readers that must open it themselves)."""
+    fd, _ = _open_regular(path, what)
+    os.close(fd)
+
+
+def read_header_of_npz_member(member, stored_bytes: int, path, name: str) -> None:
+    """Check the ``.npy`` header of one member of an ``.npz``: a plain dtype, and no more data declared
+    than the member holds -- so that NumPy never allocates an array the file cannot fill."""
+    from numpy.lib import format as npy
+
+    try:
+        major, _ = npy.read_magic(member)
+        shape, _, dtype = (npy.read_array_header_1_0 if major == 1 else npy.read_array_header_2_0)(member)
+    except (ValueError, OSError, EOFError) as err:
+        raise WeightsError(f"{path}: member {name!r} has no valid .npy header ({err})") from None
+    if dtype.hasobject:
+        raise WeightsError(f"{path}: member {name!r} holds Python objects, which minilora never unpickles")
+    if math.prod(shape) * dtype.itemsize > stored_bytes:
+        raise WeightsError(f"{path}: member {name!r} declares shape {shape} of {dtype} "
+                           f"({math.prod(shape) * dtype.itemsize} bytes) in {stored_bytes} bytes")
+
+
 def _kind(mode: int) -> str:
     for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):

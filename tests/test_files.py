@@ -344,3 +344,42 @@ def test_save_folder_refuses_nan_in_the_config_before_writing(tmp_path):
     with pytest.raises(ValueError, match="Out of range float values are not JSON compliant"):
         save_folder(tmp_path / "f", "c.json", {"x": float("nan")}, "w.safetensors", {"w": np.ones(2, np.float32)})
     assert not (tmp_path / "f").exists()
+
+
+# ---------------------------------------------------------------------------
+# corpus caches
+# ---------------------------------------------------------------------------
+
+
+def test_a_damaged_corpus_cache_is_refused_before_numpy_allocates(tmp_path):
+    import zipfile
+
+    from minilora import data
+
+    train, val = np.frombuffer(b"hello world", np.uint8).copy(), np.frombuffer(b"bye", np.uint8).copy()
+    corpus = data.Corpus("code", train, val, data.corpus_sha256(train, val), {"n": 1})
+    data.save_corpus(corpus, tmp_path / "c.npz")
+    assert data.load_corpus(tmp_path / "c.npz").sha256 == corpus.sha256
+    raw = (tmp_path / "c.npz").read_bytes()
+    (tmp_path / "cut.npz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(errors.WeightsError, match=r"cut\.npz is corrupt"):
+        data.load_corpus(tmp_path / "cut.npz")
+    os.mkfifo(tmp_path / "pipe.npz")
+    with pytest.raises(errors.NotRegularFileError, match=r"pipe\.npz is not a regular file"):
+        data.load_corpus(tmp_path / "pipe.npz")
+    with zipfile.ZipFile(tmp_path / "c.npz") as z, zipfile.ZipFile(tmp_path / "huge.npz", "w") as out:
+        for name in z.namelist():
+            out.writestr(name, z.read(name) if name != "train.npy" else _npy_with_shape((2**40,)))
+    with pytest.raises(errors.WeightsError, match=r"member 'train.npy' declares shape \(1099511627776,\)"):
+        data.load_corpus(tmp_path / "huge.npz")
+
+
+def _npy_with_shape(shape) -> bytes:
+    """A .npy file whose header declares ``shape`` of uint8 but holds 4 bytes of data."""
+    import io
+
+    from numpy.lib import format as npy
+
+    buffer = io.BytesIO()
+    npy.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})  # magic included
+    return buffer.getvalue() + b"abcd"
