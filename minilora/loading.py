@@ -136,13 +136,13 @@ def _kind(mode: int) -> str:
 
 def _read_exactly(fd: int, offset: int, n: int, path, what: str) -> bytearray:
     """``n`` bytes at ``offset``; a WeightsError if the file ends first (it shrank while being read)."""
-    buf = bytearray(n)
-    view, done = memoryview(buf), 0
+    buf, done = bytearray(n), 0
     while done < n:
-        got = os.preadv(fd, [view[done:]], offset + done)
-        if got == 0:
+        chunk = os.pread(fd, min(n - done, 1 << 24), offset + done)  # at most 16 MiB in flight beside buf
+        if not chunk:
             raise WeightsError(f"{path} is truncated: {what} needs {n} bytes at offset {offset}, the file ended after {done}")
-        done += got
+        buf[done:done + len(chunk)] = chunk
+        done += len(chunk)
     return buf
 
 
