@@ -36,6 +36,11 @@ and any new model's loader calls the same ones:
     non-parameter tensors such as BERT's integer ``position_ids`` or GPT-2's old
     causal masks -- are returned as stored, if present.
 
+``read_folder(folder, config_name, weights_name)``
+    Both files of a folder save: there, the config read, the header read, and the two
+    from one save (the save id of ``minilora.io``) -- what a model's ``from_pretrained``
+    calls before it computes its expected shapes.
+
 The data is read with plain ``os`` reads, never ``safetensors``' own loader: under a
 memory limit that loader can fail with a Rust panic that escapes ``except Exception``.
 Every failure is one of the types in ``minilora.errors``, and names the file and the
@@ -51,11 +56,12 @@ import re
 import stat
 import struct
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy
 
-from minilora.errors import (ConfigError, FileAccessError, InterruptedSaveError, MismatchError, MissingFileError,
-                             NotRegularFileError, WeightsError)
+from minilora.errors import (ConfigError, FileAccessError, InterruptedSaveError, LoadError, MismatchError,
+                             MissingFileError, NotRegularFileError, WeightsError)
 from minilora.io import SAVE_ID_KEY  # in config JSON and in safetensors metadata: see minilora/io.py
 
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; 1 MiB leaves room and stops /dev/zero-like files
@@ -405,8 +411,45 @@ def load_checked(path, expected: dict, *, dtype=None, buffers=(), optional=(), a
 
 
 # ---------------------------------------------------------------------------
-# a config and its weights from the same save
+# a folder: a config and its weights, from the same save
 # ---------------------------------------------------------------------------
+
+
+def read_folder(folder, config_name: str, weights_name: str, what: str = "a checkpoint folder") -> tuple:
+    """``(config dict, Header)`` of a folder holding a JSON config and safetensors weights.
+
+    Both files must be there; the config is read with ``read_config``, the weights'
+    header with ``read_header`` (no data yet), and the two must come from one save
+    (``check_same_save``). The caller then compares its expected shapes and reads the
+    data with ``load_checked(folder / weights_name, expected, header=header)``::
+
+        config, header = read_folder(path, "config.json", "model.safetensors")
+        expected = shapes_from(config)                  # the model's own rule
+        state = load_checked(Path(path) / "model.safetensors", expected, header=header)
+    """
+    folder = Path(folder)
+    config_path, weights_path = folder / config_name, folder / weights_name
+    holds = f"{what} holds {config_name} and {weights_name}"
+    if not folder.is_dir():
+        raise MissingFileError(f"{folder} is not a folder ({holds})")
+    if not os.path.lexists(config_path):
+        hint = ""
+        try:
+            if SAVE_ID_KEY in read_header(weights_path).metadata:
+                hint = f"; {weights_name} is there, from a minilora save that was interrupted before writing {config_name}"
+        except (LoadError, OSError):
+            pass
+        raise MissingFileError(f"{config_path} not found ({holds}){hint}")
+    if not os.path.lexists(weights_path):
+        pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
+        note = (f" (found {', '.join(pickled)}: minilora reads only safetensors -- pickle files can run code)"
+                if pickled else "")
+        raise MissingFileError(f"{weights_path} not found{note}")
+    config = read_config(config_path, f"the {config_name} of {what}")
+    header = read_header(weights_path)
+    check_same_save(config, config_path, header)
+    return config, header
+
 
 
 def check_same_save(config: dict, config_path, header: Header) -> None:

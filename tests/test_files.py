@@ -383,3 +383,18 @@ def _npy_with_shape(shape) -> bytes:
     buffer = io.BytesIO()
     npy.write_array_header_1_0(buffer, {"descr": "|u1", "fortran_order": False, "shape": shape})  # magic included
     return buffer.getvalue() + b"abcd"
+
+
+def test_read_folder_says_which_file_is_missing_and_why(saved_gpt, tmp_path):
+    from minilora.loading import read_folder
+
+    _, path = saved_gpt
+    (path / "config.json").unlink()  # as a first save killed between its renames leaves it
+    with pytest.raises(errors.MissingFileError, match=r"config\.json not found .* from a minilora save that was interrupted"):
+        read_folder(path, "config.json", "model.safetensors")
+    (path / "model.safetensors").rename(path / "pytorch_model.bin")
+    (path / "config.json").write_text("{}")
+    with pytest.raises(errors.MissingFileError, match=r"model\.safetensors not found \(found pytorch_model\.bin: .*pickle"):
+        read_folder(path, "config.json", "model.safetensors")
+    with pytest.raises(errors.MissingFileError, match="is not a folder"):
+        read_folder(tmp_path / "nowhere", "config.json", "model.safetensors")

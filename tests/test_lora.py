@@ -511,10 +511,10 @@ def test_a_missing_or_truncated_weights_file_is_refused(tmp_path):
         PeftModel.from_pretrained(model, path)
     assert_unchanged(model, before)
     weights.unlink()
-    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors is missing"):
+    with pytest.raises(FileNotFoundError, match="adapter_model.safetensors not found"):
         PeftModel.from_pretrained(model, path)
     assert_unchanged(model, before)
-    with pytest.raises(FileNotFoundError, match="no adapter folder at"):
+    with pytest.raises(FileNotFoundError, match="is not a folder"):
         PeftModel.from_pretrained(model, tmp_path / "nowhere")
 
 
@@ -551,7 +551,7 @@ def test_a_pickle_file_is_refused_and_pickle_is_never_used(tmp_path, monkeypatch
     (path / "adapter_model.safetensors").unlink()
     (path / "adapter_model.bin").write_bytes(b"\x80\x04 pickled tensors would be here")
     before = snapshot(model)
-    with pytest.raises(FileNotFoundError, match=r"reads only safetensors: pickle files can run code"):
+    with pytest.raises(FileNotFoundError, match=r"reads only safetensors -- pickle files can run code"):
         PeftModel.from_pretrained(model, path)
     assert_unchanged(model, before)
     # and the loading code has no other way to read a file

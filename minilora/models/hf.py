@@ -35,9 +35,9 @@ from pathlib import Path
 import numpy
 
 from minilora import backend as B
-from minilora.errors import CheckpointError, ConfigError, MismatchError, MissingFileError
+from minilora.errors import CheckpointError, ConfigError, MismatchError  # noqa: F401  (CheckpointError: its old home)
 from minilora.io import save_folder
-from minilora.loading import SAVE_ID_KEY, check_same_save, json_matches, load_checked, read_config, read_header
+from minilora.loading import json_matches, load_checked, read_folder
 from minilora.models.gpt import GPT, GPTConfig
 from minilora.tensor import float32
 
@@ -174,7 +174,7 @@ def hf_shapes(config: GPTConfig) -> dict:
 def state_from_hf(tensors: dict, config: GPTConfig, source: str = WEIGHTS_NAME, config_source: str = CONFIG_NAME) -> dict:
     """HF tensors (name -> NumPy array) as minilora's state dict: prefixes added, Conv1D weights transposed.
 
-    Checks every key and shape against ``config`` first and raises one CheckpointError listing the problems.
+    Checks every key and shape against ``config`` first and raises one MismatchError listing the problems.
     """
     expected = hf_shapes(config)
     implied = (f"{config_source} (vocab_size={config.vocab_size}, n_positions={config.block_size}, "
@@ -209,7 +209,7 @@ def state_from_hf(tensors: dict, config: GPTConfig, source: str = WEIGHTS_NAME, 
         elif not numpy.array_equal(lm_head, wte):
             problems.append("key 'lm_head.weight' differs from 'transformer.wte.weight'; minilora's GPT ties them")
     if problems:
-        raise CheckpointError(f"{source} does not fit minilora's GPT:\n  " + "\n  ".join(problems))
+        raise MismatchError(f"{source} does not fit minilora's GPT:\n  " + "\n  ".join(problems))
     # (in, out) -> (out, in), made contiguous: a transposed view would be copied in Fortran order
     state = {name: (numpy.ascontiguousarray(array.T) if name.endswith(CONV1D_WEIGHTS) else array) for name, array in found.items()}
     state["lm_head.weight"] = state["transformer.wte.weight"]  # tied: the same Parameter on our side
@@ -249,33 +249,12 @@ def from_pretrained(path, dtype=float32, dropout: float | None = None, allow_non
     weight is refused unless ``allow_nonfinite=True``. Errors: ``minilora.errors``."""
     folder = Path(path)
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not folder.is_dir():
-        raise MissingFileError(f"from_pretrained: {folder} is not a folder (expected one holding {CONFIG_NAME} and {WEIGHTS_NAME})")
-    if not config_file.exists():
-        raise MissingFileError(f"from_pretrained: {config_file} not found; a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}"
-                               f"{_interrupted_hint(weights_file)}")
-    if not weights_file.exists():
-        others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".json") and p.name != CONFIG_NAME)
-        note = f" (found {', '.join(others)}: only a single safetensors file is read, never pickle)" if others else ""
-        raise MissingFileError(f"from_pretrained: {weights_file} not found{note}")
-    hf_config = read_config(config_file, "a GPT-2 config.json")
+    hf_config, header = read_folder(folder, CONFIG_NAME, WEIGHTS_NAME, "a GPT-2 checkpoint folder")
     config = config_from_hf(hf_config, str(config_file), dropout)
-    header = read_header(weights_file)
-    check_same_save(hf_config, config_file, header)
     tensors = load_checked(weights_file, **_expected_in_file(config, header, str(config_file)),
                            header=header, allow_nonfinite=allow_nonfinite)
     state = state_from_hf(tensors, config, str(weights_file), str(config_file))
     return _build(config, state, dtype)
-
-
-def _interrupted_hint(other) -> str:
-    """For a folder that holds one file of a pair: say so if the other came from a minilora save."""
-    try:
-        if SAVE_ID_KEY in read_header(other).metadata:
-            return f" ({other.name} is there, written by a minilora save that was interrupted before its second file)"
-    except (CheckpointError, OSError):
-        pass
-    return ""
 
 
 def _expected_in_file(config: GPTConfig, header, config_source: str) -> dict:

@@ -20,9 +20,9 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from minilora.errors import ConfigError, MissingFileError
+from minilora.errors import ConfigError
 from minilora.io import SAVE_ID_KEY, save_folder
-from minilora.loading import check_same_save, compile_regex, json_matches, json_type_name, read_config, read_header
+from minilora.loading import compile_regex, json_matches, json_type_name, read_folder
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -155,21 +155,11 @@ def read_adapter(folder) -> tuple:
     save. The weights themselves are read later, against the adapter the config implies."""
     from minilora.peft.model import METHODS
 
-    folder = Path(folder)
-    config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not folder.is_dir():
-        raise MissingFileError(f"no adapter folder at {folder}")
-    if not config_path.exists():
-        raise MissingFileError(f"{config_path} is missing (an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
-    if not weights_path.exists():
-        hint = " (minilora reads only safetensors: pickle files can run code)" if (folder / "adapter_model.bin").exists() else ""
-        raise MissingFileError(f"{weights_path} is missing{hint}")
-    config = read_config(config_path, "an adapter_config.json")
+    config_path = Path(folder) / CONFIG_NAME
+    config, header = read_folder(folder, CONFIG_NAME, WEIGHTS_NAME, "an adapter folder")
     peft_type = config.get("peft_type")
     if peft_type is None:
         raise ConfigError(f"{config_path} has no 'peft_type': it is not a PEFT adapter config")
     if not isinstance(peft_type, str) or peft_type not in METHODS:
         raise ConfigError(f"{config_path}: unknown PEFT method {peft_type!r} (peft_type); minilora knows: {', '.join(METHODS)}")
-    header = read_header(weights_path)
-    check_same_save(config, config_path, header)
     return config, header
