@@ -1,9 +1,9 @@
 """Reading files that anyone may have written: check everything before reading anything.
 
 Checkpoints and adapters come from elsewhere (Hugging Face, PEFT, a colleague, a
-download), so a loader treats them as untrusted input. Three readers serve every
-loader in minilora (GPT's ``from_pretrained``, PEFT adapters, training checkpoints),
-and any new model's loader calls the same ones:
+download), so a loader treats them as untrusted input. These readers serve every
+loader in minilora (GPT's ``from_pretrained``, PEFT adapters, training checkpoints,
+corpus caches), and a new model's loader calls the same ones:
 
 ``read_config(path)``
     A JSON config: a regular file (not a pipe or a device: ``os.stat`` first, then
@@ -394,17 +394,20 @@ def load_checked(path, expected: dict, *, dtype=None, buffers=(), optional=(), a
         for name, info in found.tensors.items():
             raw = _read_exactly(fd, found.data_start + info.begin, info.end - info.begin, path, f"tensor {name!r}")
             array = numpy.frombuffer(raw, dtype=DTYPES[info.dtype][0]).reshape(info.shape)
+            if info.dtype == "BF16":  # the top 16 bits of a float32: widening is exact
+                array = (array.astype(numpy.uint32) << 16).view(numpy.float32)
             if name not in expected:  # a buffer: as stored
                 out[name] = array
                 continue
-            if info.dtype == "BF16":  # the top 16 bits of a float32: widening is exact
-                array = (array.astype(numpy.uint32) << 16).view(numpy.float32)
+            with numpy.errstate(over="ignore"):  # a value too large for `dtype` becomes inf, refused below
+                array = array.astype(dtype if dtype is not None else array.dtype.newbyteorder("="), copy=False)
             if not allow_nonfinite:
                 bad = int(array.size - numpy.count_nonzero(numpy.isfinite(array)))
                 if bad:
-                    raise WeightsError(f"{path}: tensor {name!r} holds {bad} non-finite values (NaN or inf); "
+                    cast = f" (after the cast to {numpy.dtype(dtype)})" if dtype is not None else ""
+                    raise WeightsError(f"{path}: tensor {name!r} holds {bad} non-finite values (NaN or inf){cast}; "
                                        "pass allow_nonfinite=True to load it anyway")
-            out[name] = array.astype(dtype if dtype is not None else array.dtype.newbyteorder("="), copy=False)
+            out[name] = array
         return out
     finally:
         os.close(fd)

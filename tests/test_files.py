@@ -398,3 +398,10 @@ def test_read_folder_says_which_file_is_missing_and_why(saved_gpt, tmp_path):
         read_folder(path, "config.json", "model.safetensors")
     with pytest.raises(errors.MissingFileError, match="is not a folder"):
         read_folder(tmp_path / "nowhere", "config.json", "model.safetensors")
+
+
+def test_a_cast_that_overflows_is_refused_as_non_finite(tmp_path):
+    path = tensors_file(tmp_path / "w.safetensors", {"w": np.array([1.0, 1e6], np.float32)})
+    assert load_checked(path, {"w": (2,)}, dtype=np.float64)["w"].tolist() == [1.0, 1e6]
+    with pytest.raises(errors.WeightsError, match=r"'w' holds 1 non-finite values .*after the cast to float16"):
+        load_checked(path, {"w": (2,)}, dtype=np.float16)
