@@ -414,8 +414,8 @@ def load_corpus(path: str | os.PathLike) -> Corpus:
     or an OSError naming the file; the caller rebuilds the corpus."""
     import zipfile
 
-    from minilora.errors import WeightsError
-    from minilora.loading import check_regular_file, read_header_of_npz_member
+    from minilora.errors import LoadError, WeightsError
+    from minilora.loading import check_regular_file, parse_json, read_header_of_npz_member
 
     check_regular_file(path, "a corpus cache")
     try:
@@ -428,8 +428,8 @@ def load_corpus(path: str | os.PathLike) -> Corpus:
                     read_header_of_npz_member(member, info.file_size, path, name)
         with np.load(path, allow_pickle=False) as f:
             train, val = f["train"], f["val"]
-            kind, recorded, meta = str(f["kind"]), str(f["sha256"]), json.loads(str(f["meta"]))
-    except WeightsError:
+            kind, recorded, meta = str(f["kind"]), str(f["sha256"]), parse_json(str(f["meta"]).encode(), path)
+    except LoadError:
         raise
     except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, RuntimeError) as err:
         raise WeightsError(f"corpus file {path} is corrupt: {type(err).__name__}: {err}") from None

@@ -188,6 +188,8 @@ def parse_json(raw: bytes, path) -> object:
         raise ConfigError(f"{path} is not valid JSON: {err}") from None
     except RecursionError:
         raise ConfigError(f"{path} is nested too deeply to be a config") from None
+    except MemoryError:
+        raise ConfigError(f"{path}: its JSON ({len(raw)} bytes) does not fit in the memory available") from None
 
 
 def read_config(path, what: str = "a JSON config", max_bytes: int = MAX_CONFIG_BYTES) -> dict:

@@ -152,20 +152,13 @@ def load_checkpoint(model: Module, path: str, allow_nonfinite: bool = False) -> 
     Its header is checked against the model's own parameter names and shapes before
     anything is read (``minilora.loading.load_checked``); NaN or inf is refused unless
     ``allow_nonfinite=True``. Errors: ``minilora.errors``, naming the file and the key."""
-    from minilora.errors import WeightsError
-    from minilora.loading import load_checked, read_header
+    from minilora.loading import load_checked, parse_json, read_header
 
     header = read_header(path)
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
     state = load_checked(path, expected, header=header, allow_nonfinite=allow_nonfinite,
                          implied=f"the {type(model).__name__} being loaded", what=f"this {type(model).__name__}")
-    metadata = {}
-    for key, text in header.metadata.items():
-        if key in ("format",):
-            continue
-        try:
-            metadata[key] = json.loads(text)
-        except ValueError:
-            raise WeightsError(f"{path}: metadata {key!r} is not JSON: {text[:80]!r}") from None
+    metadata = {key: parse_json(text.encode(), f"{path} (metadata {key!r})")
+                for key, text in header.metadata.items() if key != "format"}
     model.load_state_dict(state, strict=False)  # tied weights appear once in the file; every parameter was checked
     return metadata
