@@ -37,7 +37,7 @@ from minilora.models import to_transformers  # noqa: E402
 from minilora.models.hf import HF_FIELD_TYPES  # noqa: E402
 from minilora.peft import IA3Config, PrefixTuningConfig, PromptTuningConfig  # noqa: E402
 from minilora.peft.adapters import BottleneckConfig  # noqa: E402
-from minilora.peft.model import METHODS, SIZE_FIELDS, _method  # noqa: E402
+from minilora.peft.model import SIZE_FIELDS, _method  # noqa: E402
 from minilora.train import save_checkpoint  # noqa: E402
 
 from peft_helpers import perturb_trainable, perturb_trainable_torch, tiny_gpt  # noqa: E402
