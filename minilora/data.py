@@ -401,14 +401,41 @@ def save_corpus(corpus: Corpus, path: str | os.PathLike) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
 
 
+CORPUS_MEMBERS = ("train.npy", "val.npy", "kind.npy", "sha256.npy", "meta.npy")
+
+
 def load_corpus(path: str | os.PathLike) -> Corpus:
-    """Read a corpus written by :func:`save_corpus`; ValueError if its bytes fail the hash check."""
-    with np.load(path, allow_pickle=False) as f:
-        train, val = f["train"], f["val"]
-        kind, recorded, meta = str(f["kind"]), str(f["sha256"]), json.loads(str(f["meta"]))
+    """Read a corpus written by :func:`save_corpus`, checked before it is read.
+
+    The cache is a regular file (``minilora.loading``), a zip of exactly the five arrays
+    ``save_corpus`` writes, each declaring no more bytes than its member holds (so a
+    damaged header cannot make NumPy allocate a huge array), and its bytes must hash to
+    the recorded sha256. Any failure is a ``minilora.errors.WeightsError`` (a ValueError)
+    or an OSError naming the file; the caller rebuilds the corpus."""
+    import zipfile
+
+    from minilora.errors import LoadError, WeightsError
+    from minilora.loading import check_regular_file, parse_json, read_header_of_npz_member
+
+    check_regular_file(path, "a corpus cache")
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = {info.filename: info for info in z.infolist()}
+            if sorted(members) != sorted(CORPUS_MEMBERS):
+                raise WeightsError(f"corpus file {path} is corrupt: it holds {sorted(members)}, not {list(CORPUS_MEMBERS)}")
+            for name, info in members.items():
+                with z.open(info) as member:
+                    read_header_of_npz_member(member, info.file_size, path, name)
+        with np.load(path, allow_pickle=False) as f:
+            train, val = f["train"], f["val"]
+            kind, recorded, meta = str(f["kind"]), str(f["sha256"]), parse_json(str(f["meta"]).encode(), path)
+    except LoadError:
+        raise
+    except (zipfile.BadZipFile, ValueError, KeyError, EOFError, OSError, RuntimeError) as err:
+        raise WeightsError(f"corpus file {path} is corrupt: {type(err).__name__}: {err}") from None
     actual = corpus_sha256(train, val)
     if actual != recorded:
-        raise ValueError(f"corpus file {path} is corrupt: its bytes hash to {actual}, but it records {recorded}")
+        raise WeightsError(f"corpus file {path} is corrupt: its bytes hash to {actual}, but it records {recorded}")
     return Corpus(kind, _readonly(train), _readonly(val), recorded, meta)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 
 import minilora
 from minilora.data import build_corpus, eval_batches, get_batch
+from minilora.io import atomic_write
 from minilora.models import GPT, GPTConfig
 from minilora.tensor import float32
 from minilora.train import TrainConfig, evaluate_loss, train
@@ -87,8 +88,8 @@ def pretrain(out: str | os.PathLike = BASE_DIR, max_steps: int = BASE_TRAIN.max_
         "curve": {"step": [r["step"] for r in history.steps[::25]], "loss": [r["loss"] for r in history.steps[::25]],
                   "evals": history.evals},
     }
-    with open(out / "pretrain_log.json", "w") as f:
-        json.dump(log, f, indent=1)
+    text = json.dumps(log, indent=1, allow_nan=False)
+    atomic_write(out / "pretrain_log.json", lambda tmp: Path(tmp).write_text(text))
     return log
 
 
@@ -104,6 +105,7 @@ def load_base(dtype=float32, path: str | os.PathLike = BASE_DIR) -> GPT:
 
 
 def base_log(path: str | os.PathLike = BASE_DIR) -> dict:
-    """What ``pretrain`` recorded about the shipped model."""
-    with open(Path(path) / "pretrain_log.json") as f:
-        return json.load(f)
+    """What ``pretrain`` recorded about the shipped model (read as a checked config: ``minilora.loading``)."""
+    from minilora.loading import read_config
+
+    return read_config(Path(path) / "pretrain_log.json", "a pretrain log")
