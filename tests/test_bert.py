@@ -191,7 +191,8 @@ def test_checkpoint_that_does_not_fit_names_key_and_shapes(tiny_folder, tmp_path
 def test_unsupported_config_is_refused(tiny_folder, tmp_path):
     hf = json.loads((tiny_folder / "config.json").read_text())
     (tmp_path / "model.safetensors").write_bytes((tiny_folder / "model.safetensors").read_bytes())
-    for field, value in (("position_embedding_type", "relative_key"), ("hidden_act", "relu"), ("is_decoder", True)):
+    for field, value in (("position_embedding_type", "relative_key"), ("hidden_act", "relu"), ("is_decoder", True),
+                         ("hidden_size", "16"), ("hidden_dropout_prob", [0.1]), ("num_hidden_layers", 2.0)):
         (tmp_path / "config.json").write_text(json.dumps({**hf, field: value}))
         with pytest.raises(CheckpointError, match=field):
             BertModel.from_pretrained(tmp_path)
