@@ -57,7 +57,7 @@ def test_minilora_adapter_loads_in_peft(name, tmp_path):
     model.save_pretrained(tmp_path)
     theirs = peft.PeftModel.from_pretrained(hf, tmp_path).eval()
     batch = padded_batch(LENGTHS)
-    assert rel_err(ours_logits(model, *batch), theirs_logits(theirs, *batch)) < 1e-12  # measured ~1e-16
+    assert rel_err(ours_logits(model, *batch), theirs_logits(theirs, *batch)) < 1e-12  # measured ~4e-16
     with model.disable_adapter(), theirs.disable_adapter():  # and the bases agree: the adapter made the difference
         base = ours_logits(model, *batch)
         assert rel_err(base, theirs_logits(theirs, *batch)) < 1e-12
@@ -112,7 +112,7 @@ def test_gradients_equal_peft(name, tmp_path):
     assert set(ours_params) == set(peft_params)
     assert any(".lora_A." in n for n in ours_params) and any(".lora_B." in n for n in ours_params)
     for n, p in ours_params.items():
-        assert rel_err(p.grad, peft_params[n].grad.numpy()) < 1e-10, n  # measured ~1e-15
+        assert rel_err(p.grad, peft_params[n].grad.numpy()) < 1e-10, n  # measured <= 3e-15
 
 
 def test_ia3_defaults_for_bert_equal_peft(tmp_path):
