@@ -80,11 +80,16 @@ def config_from_hf(hf: dict, source: str = CONFIG_NAME) -> BertConfig:
         raise ConfigError(f"{source}: {err}") from None
 
 
-def num_labels_from_hf(hf: dict):
+def num_labels_from_hf(hf: dict, source: str = CONFIG_NAME):
     """The number of classes a saved classifier has (transformers reads it from ``id2label``), or None."""
     if "id2label" in hf:
+        if not isinstance(hf["id2label"], dict) or not hf["id2label"]:
+            raise ConfigError(f"{source}: id2label must be a non-empty JSON object {{index: label}}, got {hf['id2label']!r}")
         return len(hf["id2label"])
-    return hf.get("num_labels")
+    n = hf.get("num_labels")
+    if n is not None and not (json_matches(n, "int") and n >= 1):
+        raise ConfigError(f"{source}: num_labels must be a positive int, got {n!r}")
+    return n
 
 
 def config_to_hf(config: BertConfig, dtype="float32", num_labels: int | None = None) -> dict:
@@ -164,9 +169,8 @@ def _expected_in_file(config: BertConfig, num_labels, header, config_source: str
     buffers = [re.compile(rf"({re.escape(PREFIX)})?({skipped})")]
     if not head:  # an encoder loading a classifier's file: its head is left out
         buffers.append(re.compile(r"classifier\..*"))
-    c = config
-    implied = (f"{config_source} (vocab_size={c.vocab_size}, hidden_size={c.hidden_size}, num_hidden_layers="
-               f"{c.num_hidden_layers}, intermediate_size={c.intermediate_size})")
+    implied = (f"{config_source} (vocab_size={config.vocab_size}, hidden_size={config.hidden_size}, "
+               f"num_hidden_layers={config.num_hidden_layers}, intermediate_size={config.intermediate_size})")
     return dict(expected=expected, optional=optional | set(head), buffers=buffers, implied=implied, what=what)
 
 
@@ -185,7 +189,8 @@ def from_pretrained(path, cls=BertModel, dtype=float32, num_labels: int | None =
     hf_config = read_config(config_file, "a BERT config.json")
     config = config_from_hf(hf_config, str(config_file))
     if cls is BertForSequenceClassification:
-        saved = num_labels_from_hf(hf_config) if "BertForSequenceClassification" in hf_config.get("architectures", []) else None
+        architectures = hf_config.get("architectures") or []
+        saved = num_labels_from_hf(hf_config, str(config_file)) if "BertForSequenceClassification" in architectures else None
         if num_labels is not None and saved is not None and num_labels != saved:
             raise ConfigError(f"{config_file}: the saved classifier has {saved} labels, but num_labels={num_labels} was asked for")
         num_labels = num_labels or saved or 2
