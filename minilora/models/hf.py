@@ -230,8 +230,8 @@ def read_safetensors(file) -> dict:
         raise CheckpointError(f"{file} is corrupt or truncated: not a readable safetensors file ({err})") from None
 
 
-def from_pretrained(path, dtype=float32, dropout: float | None = None) -> GPT:
-    """A ``GPT`` (in eval mode, as transformers returns it) from a Hugging Face GPT-2 checkpoint folder."""
+def checkpoint_files(path) -> tuple:
+    """``config.json`` and ``model.safetensors`` in the folder ``path``, or a FileNotFoundError saying what is missing."""
     folder = Path(path)
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not folder.is_dir():
@@ -242,11 +242,21 @@ def from_pretrained(path, dtype=float32, dropout: float | None = None) -> GPT:
         others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".json") and p.name != CONFIG_NAME)
         note = f" (found {', '.join(others)}: only a single safetensors file is read, never pickle)" if others else ""
         raise FileNotFoundError(f"from_pretrained: {weights_file} not found{note}")
+    return config_file, weights_file
+
+
+def read_json(file) -> dict:
+    """A config file's fields, or a CheckpointError if it is not valid JSON."""
     try:
-        hf_config = json.loads(config_file.read_text())
+        return json.loads(Path(file).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
-    config = config_from_hf(hf_config, str(config_file), dropout)
+        raise CheckpointError(f"{file} is not valid JSON: {err}") from None
+
+
+def from_pretrained(path, dtype=float32, dropout: float | None = None) -> GPT:
+    """A ``GPT`` (in eval mode, as transformers returns it) from a Hugging Face GPT-2 checkpoint folder."""
+    config_file, weights_file = checkpoint_files(path)
+    config = config_from_hf(read_json(config_file), str(config_file), dropout)
     state = state_from_hf(read_safetensors(weights_file), config, str(weights_file), str(config_file))
     return _build(config, state, dtype)
 
