@@ -21,12 +21,12 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file, save_file  # noqa: E402
-from transformers.models.llama import modeling_llama  # noqa: E402
 
 import minilora  # noqa: E402
 from minilora.models import CheckpointError, KVCache, LlamaConfig, LlamaForCausalLM  # noqa: E402
 from minilora.models.llama import kv_cache_bytes  # noqa: E402
 from minilora.models.llama_hf import config_from_hf, from_transformers, to_transformers  # noqa: E402
+from peft_helpers import llama_in_float64  # noqa: E402
 
 V, N_POS, C, INTER, N_LAYER, N_HEAD = 61, 32, 32, 40, 2, 4
 VARIANTS = {  # name: (num_key_value_heads, tie_word_embeddings)
@@ -63,19 +63,7 @@ def ckpt(hf32, tmp_path_factory):
 @pytest.fixture
 def hf64(hf32):
     """The float64 reference: RMSNorm and the rotary tables computed in float64 (HF's formulas)."""
-    def rms_norm(self, h):
-        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
-
-    def rotary(self, x, position_ids):
-        d = self.config.head_dim
-        inv_freq = 1.0 / (self.config.rope_parameters["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
-        freqs = position_ids[..., None].double() * inv_freq
-        emb = torch.cat((freqs, freqs), dim=-1)
-        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(modeling_llama.LlamaRMSNorm, "forward", rms_norm)
-        mp.setattr(modeling_llama.LlamaRotaryEmbedding, "forward", rotary)
+    with llama_in_float64():
         yield copy.deepcopy(hf32).double().eval()
 
 

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 
 from minilora import Tensor, manual_seed, nn
 from minilora.lora import BASE, LoraConfig, LoRALinear, PeftModel, get_peft_model
-from minilora.models import GPT, GPTConfig
+from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
 
 pytestmark = pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning")
 
@@ -194,7 +194,9 @@ def test_layer_mixed_batch_equals_each_row_alone(case, data):
 # small GPTs
 # ---------------------------------------------------------------------------
 
-TARGETS = ["c_attn", "c_proj", "c_fc"]
+TARGETS = {"gpt": ["c_attn", "c_proj", "c_fc"],
+           "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+FINAL_NORM = {"gpt": "ln_f", "llama": "norm"}  # a module_to_save
 
 
 @dataclass
@@ -206,11 +208,18 @@ class GPTCase:
     batch: int
     length: int
     seed: int
+    arch: str = "gpt"  # or "llama": a LlamaForCausalLM of the same size, 2 query heads sharing 1 key/value head
 
-    def base(self) -> GPT:
+    def base(self):
         manual_seed(self.seed)
-        config = GPTConfig(vocab_size=23, block_size=8, n_layer=self.n_layer, n_head=2, n_embd=self.n_embd)
-        model = GPT(config, dtype=self.dtype)
+        if self.arch == "llama":
+            config = LlamaConfig(vocab_size=23, hidden_size=self.n_embd, intermediate_size=2 * self.n_embd,
+                                 num_hidden_layers=self.n_layer, num_attention_heads=2, num_key_value_heads=1,
+                                 max_position_embeddings=8)
+            model = LlamaForCausalLM(config, dtype=self.dtype)
+        else:
+            config = GPTConfig(vocab_size=23, block_size=8, n_layer=self.n_layer, n_head=2, n_embd=self.n_embd)
+            model = GPT(config, dtype=self.dtype)
         rng = np.random.default_rng(self.seed)
         for p in model.parameters():  # biases and LayerNorms perturbed too
             p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(self.dtype)
@@ -240,21 +249,21 @@ class GPTCase:
 
 
 @st.composite
-def gpt_cases(draw, dtypes=DTYPES, same_rank=False, modules_to_save=False, min_adapters=1):
+def gpt_cases(draw, dtypes=DTYPES, same_rank=False, modules_to_save=False, min_adapters=1, arch="gpt"):
     n_embd = draw(st.sampled_from([8, 12]))
     shared_r = draw(st.integers(1, 4))
 
     def adapter():
         fields = dict(r=shared_r if same_rank else draw(st.integers(1, 4)), lora_alpha=draw(st.floats(0.5, 16.0)),
                       use_rslora=draw(st.booleans()),
-                      target_modules=draw(st.lists(st.sampled_from(TARGETS), min_size=1, max_size=3, unique=True)))
+                      target_modules=draw(st.lists(st.sampled_from(TARGETS[arch]), min_size=1, max_size=3, unique=True)))
         if modules_to_save and draw(st.booleans()):
-            fields["modules_to_save"] = ["ln_f"]
+            fields["modules_to_save"] = [FINAL_NORM[arch]]
         return fields
 
     adapters = [adapter() for _ in range(draw(st.integers(min_adapters, 3)))]
     return GPTCase(n_embd, draw(st.integers(1, 2)), draw(dtypes), adapters, draw(st.integers(1, 4)),
-                   draw(st.integers(1, 8)), draw(st.integers(0, 2**16)))
+                   draw(st.integers(1, 8)), draw(st.integers(0, 2**16)), arch)
 
 
 def layer_inputs(model: PeftModel, idx) -> list:
@@ -274,16 +283,20 @@ def layer_inputs(model: PeftModel, idx) -> list:
 
 
 @GPT_SETTINGS
-@given(case=gpt_cases(modules_to_save=True))
+@given(case=gpt_cases(modules_to_save=True) | gpt_cases(modules_to_save=True, arch="llama"))
 def test_gpt_merged_equals_unmerged(case):
+    """GPT and LLaMA alike (their adapted layers are plain Linears in both)."""
     model, idx = case.peft_model(), case.idx()
     for name in case.names():
         model.set_adapter(name)
         if case.dtype == np.float64:
             unmerged = model(idx)[0].numpy()
+            weights = {n: m.base_layer.weight.numpy().copy() for n, m in model.base_model.lora_layers()}
             model.merge_adapter()
             assert np.max(np.abs(model(idx)[0].numpy() - unmerged)) < 1e-10
-            model.unmerge_adapter()
+            model.unmerge_adapter()  # merge then unmerge gives W back, to W's own rounding
+            for n, m in model.base_model.lora_layers():
+                assert np.max(np.abs(m.base_layer.weight.numpy() - weights[n])) < 1e-12, n
         else:  # float32: each adapted layer on the inputs it sees in the GPT
             for layer, x in layer_inputs(model, idx):
                 if name not in layer.lora_A:
@@ -295,8 +308,9 @@ def test_gpt_merged_equals_unmerged(case):
 
 
 @GPT_SETTINGS
-@given(case=gpt_cases(modules_to_save=True))
+@given(case=gpt_cases(modules_to_save=True) | gpt_cases(modules_to_save=True, arch="llama"))
 def test_gpt_merge_and_unload_equals_the_adapted_model(case):
+    """GPT and LLaMA alike."""
     model, idx = case.peft_model(), case.idx()
     name = case.names()[-1]
     model.set_adapter(name)

@@ -253,14 +253,17 @@ def save_pretrained(model: LlamaForCausalLM, path) -> None:
 # ---------------------------------------------------------------------------
 
 
-def to_transformers(model: LlamaForCausalLM):
-    """A ``transformers.LlamaForCausalLM`` with the same weights, in the model's dtype, eval mode, eager attention."""
+def to_transformers(model: LlamaForCausalLM, attn_implementation: str = "sdpa"):
+    """A ``transformers.LlamaForCausalLM`` with the same weights, in the model's dtype, eval mode.
+
+    Attention through torch's ``scaled_dot_product_attention`` by default: transformers'
+    "eager" LLaMA attention takes its softmax in float32 even in a float64 model."""
     import torch
     import transformers
 
     dtype = numpy.dtype(model.model.embed_tokens.weight.dtype)
     fields = {k: v for k, v in config_to_hf(model.config, dtype).items() if k not in ("architectures", "model_type", "dtype")}
-    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields, attn_implementation="eager"))
+    hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**fields, attn_implementation=attn_implementation))
     hf_model = hf_model.to(getattr(torch, dtype.name))
     tensors = {k: torch.from_numpy(v) for k, v in state_to_hf(model).items()}
     if model.config.tie_word_embeddings:
