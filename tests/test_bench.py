@@ -26,3 +26,12 @@ def test_step_flops_of_a_frozen_model_with_lora_is_below_full_fine_tuning():
     config = dict(vocab_size=256, block_size=128, n_layer=2, n_head=12, n_embd=768)
     ratio = bench.step_flops(config, (8, 128), lora_r=8) / bench.step_flops(config, (8, 128))
     assert 0.66 < ratio < 0.70  # 4 of 6 FLOPs per frozen weight, plus the thin adapters
+
+
+def test_the_llama_steps_are_the_gpt_steps_batches_and_the_shipped_llama_base():
+    from minilora.pretrain import LLAMA_BASE_CONFIG
+
+    (_, base, base_batch), (_, wide, wide_batch) = bench.llama_training_steps()
+    (_, _, gpt_batch), (_, _, gpt_wide_batch) = bench.training_steps()
+    assert base == LLAMA_BASE_CONFIG and (base_batch, wide_batch) == (gpt_batch, gpt_wide_batch)
+    assert (wide.hidden_size, wide.num_attention_heads, wide.num_key_value_heads) == (768, 12, 4)

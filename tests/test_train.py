@@ -151,6 +151,20 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
         tiny_run(seed=0, steps=9, checkpoint_path=str(path), resume=True)
 
 
+def test_the_llama_base_has_the_gpt_base_s_budget_and_its_own_command(tmp_path):
+    from minilora.cli import build_parser
+    from minilora.pretrain import LLAMA_BASE_CONFIG, pretrain
+
+    assert abs(LLAMA_BASE_CONFIG.num_parameters() / BASE_CONFIG.num_parameters() - 1) < 0.01
+    assert LLAMA_BASE_CONFIG.block_size == BASE_CONFIG.block_size and LLAMA_BASE_CONFIG.vocab_size == BASE_CONFIG.vocab_size
+    args = build_parser().parse_args(["pretrain", "--arch", "llama"])
+    assert (args.arch, args.out, args.restart) == ("llama", None, False)
+    with pytest.raises(FileNotFoundError, match="minilora pretrain --arch llama"):
+        load_base(path=tmp_path, arch="llama")
+    with pytest.raises(ValueError, match="arch must be one of gpt, llama, got 'bert'"):
+        pretrain(out=tmp_path, arch="bert")
+
+
 # ---------------------------------------------------------------------------
 # the shipped base model
 # ---------------------------------------------------------------------------
