@@ -11,7 +11,6 @@ same modules. The float64 PEFT model computes RMSNorm and RoPE in float64
 
 import copy
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")

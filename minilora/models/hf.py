@@ -278,8 +278,15 @@ def save_pretrained(model: GPT, path) -> None:
     dtype = model.transformer.wte.weight.dtype
     hf_config = config_to_hf(model.config, dtype)  # validates before anything touches the disk
     tensors = state_to_hf(model)
-    folder.mkdir(parents=True, exist_ok=True)
+    write_checkpoint(folder, hf_config, tensors)
+
+
+def write_checkpoint(folder, hf_config: dict, tensors: dict) -> None:
+    """``config.json`` and ``model.safetensors`` into ``folder``, both or neither (``write_atomically``)."""
     from safetensors.numpy import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
 
     def write_json(tmp):
         with open(tmp, "w") as f:

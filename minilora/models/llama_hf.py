@@ -22,15 +22,20 @@ Every key and shape is checked before anything is loaded; the problems come as o
 
 from __future__ import annotations
 
-import json
 import re
-from pathlib import Path
 
 import numpy
 
 from minilora import backend as B
-from minilora.io import write_atomically
-from minilora.models.hf import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, checkpoint_files, read_json, read_safetensors
+from minilora.models.hf import (
+    CONFIG_NAME,
+    WEIGHTS_NAME,
+    CheckpointError,
+    checkpoint_files,
+    read_json,
+    read_safetensors,
+    write_checkpoint,
+)
 from minilora.models.llama import LlamaConfig, LlamaForCausalLM
 from minilora.tensor import float32
 
@@ -230,22 +235,8 @@ def _build(config: LlamaConfig, state: dict, dtype) -> LlamaForCausalLM:
 
 def save_pretrained(model: LlamaForCausalLM, path) -> None:
     """Write ``config.json`` and ``model.safetensors`` into the folder ``path``, atomically (see ``hf.save_pretrained``)."""
-    from safetensors.numpy import save_file
-
-    folder = Path(path)
     hf_config = config_to_hf(model.config, model.model.embed_tokens.weight.dtype)
-    tensors = state_to_hf(model)
-    folder.mkdir(parents=True, exist_ok=True)
-
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            json.dump(hf_config, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    write_atomically({
-        folder / WEIGHTS_NAME: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-        folder / CONFIG_NAME: write_json,
-    })
+    write_checkpoint(path, hf_config, state_to_hf(model))
 
 
 # ---------------------------------------------------------------------------

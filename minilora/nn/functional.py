@@ -130,23 +130,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Ten
         g2 = xp.ascontiguousarray(g).reshape(-1, n)
         gw = xp.einsum("ij,ij->j", g2, xhat).reshape(shape) if weight is not None and weight.requires_grad else None
         gb = _column_sums(g2).reshape(shape) if bias is not None and bias.requires_grad else None
-        gx = None
-        if x.requires_grad:
-            gx = xp.empty_like(g2)
-
-            def rows(a, c):
-                gh = gx[a:c]
-                if w is not None:
-                    xp.multiply(g2[a:c], w, out=gh)
-                else:
-                    gh[...] = g2[a:c]
-                mean_gh_xhat = (xp.einsum("ij,ij->i", gh, xhat[a:c]) / n)[:, None]  # (block, 1)
-                gh -= _row_sums(gh) * (1 / n)
-                gh -= xhat[a:c] * mean_gh_xhat
-                gh *= rstd[a:c]
-
-            B.parallel_for(g2.shape[0], rows, row_size=n)
-            gx = gx.reshape(x.data.shape)
+        gx = _normalized_input_grad(g2, xhat, rstd, w, centred=True).reshape(x.data.shape) if x.requires_grad else None
         return gx, gw, gb
 
     parents = (x, weight if weight is not None else _none(), bias if bias is not None else _none())
@@ -192,26 +176,34 @@ def rms_norm(input, normalized_shape, weight=None, eps=None) -> Tensor:
     def backward(g):
         g2 = xp.ascontiguousarray(g).reshape(-1, n)
         gw = xp.einsum("ij,ij->j", g2, xhat).reshape(shape) if weight is not None and weight.requires_grad else None
-        gx = None
-        if x.requires_grad:
-            gx = xp.empty_like(g2)
-
-            def rows(a, c):
-                gh = gx[a:c]
-                if w is not None:
-                    xp.multiply(g2[a:c], w, out=gh)
-                else:
-                    gh[...] = g2[a:c]
-                mean_gh_xhat = (xp.einsum("ij,ij->i", gh, xhat[a:c]) / n)[:, None]  # (block, 1)
-                gh -= xhat[a:c] * mean_gh_xhat
-                gh *= rstd[a:c]
-
-            B.parallel_for(g2.shape[0], rows, row_size=n)
-            gx = gx.reshape(x.data.shape)
+        gx = _normalized_input_grad(g2, xhat, rstd, w, centred=False).reshape(x.data.shape) if x.requires_grad else None
         return gx, gw
 
     parents = (x, weight if weight is not None else _none())
     return Tensor._make(y.reshape(x.data.shape), parents, backward)
+
+
+def _normalized_input_grad(g2, xhat, rstd, w, centred: bool):
+    """dx of ``y = xhat * w`` (rows of n), ``xhat = (x - mean) * rstd`` (layer norm, ``centred``) or ``x * rstd``
+    (RMS norm): ``dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))`` with ``gh = g * w``, the ``mean(gh)``
+    term only when centred. Row blocks on all cores, in place in the result."""
+    xp, n = B.xp, g2.shape[1]
+    gx = xp.empty_like(g2)
+
+    def rows(a, c):
+        gh = gx[a:c]
+        if w is not None:
+            xp.multiply(g2[a:c], w, out=gh)
+        else:
+            gh[...] = g2[a:c]
+        mean_gh_xhat = (xp.einsum("ij,ij->i", gh, xhat[a:c]) / n)[:, None]  # (block, 1)
+        if centred:
+            gh -= _row_sums(gh) * (1 / n)
+        gh -= xhat[a:c] * mean_gh_xhat
+        gh *= rstd[a:c]
+
+    B.parallel_for(g2.shape[0], rows, row_size=n)
+    return gx
 
 
 def _none() -> Tensor:
