@@ -161,6 +161,32 @@ def save_checkpoint(model: Module, path: str, metadata: dict | None = None) -> N
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
+def load_checkpoint(model: Module, path: str, allow_nonfinite: bool = False) -> dict:
+    """Read a checkpoint written by ``save_checkpoint`` into ``model``; return its metadata.
+
+    One file, replaced by one rename, so a killed save leaves the old checkpoint whole.
+    Its header is checked against the model's own parameter names and shapes before
+    anything is read (``minilora.loading.load_checked``); NaN or inf is refused unless
+    ``allow_nonfinite=True``. Errors: ``minilora.errors``, naming the file and the key."""
+    from minilora.errors import WeightsError
+    from minilora.loading import load_checked, read_header
+
+    header = read_header(path)
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    state = load_checked(path, expected, header=header, allow_nonfinite=allow_nonfinite,
+                         implied=f"the {type(model).__name__} being loaded", what=f"this {type(model).__name__}")
+    metadata = {}
+    for key, text in header.metadata.items():
+        if key in ("format",):
+            continue
+        try:
+            metadata[key] = json.loads(text)
+        except ValueError:
+            raise WeightsError(f"{path}: metadata {key!r} is not JSON: {text[:80]!r}") from None
+    model.load_state_dict(state, strict=False)  # tied weights appear once in the file; every parameter was checked
+    return metadata
+
+
 # ---------------------------------------------------------------------------
 # the training state: resuming a run
 # ---------------------------------------------------------------------------
@@ -204,14 +230,13 @@ def load_training_state(path: str, model: Module, optimizer, schedule, batch_rng
     """Put the state ``save_training_state`` wrote back into the model, optimizer, schedule, generators
     and history; returns (the next step, the seconds already spent). The training config must be
     the one the checkpoint was written with (progress and desc aside), or a ValueError names the fields."""
-    from safetensors import safe_open
+    from minilora.loading import load_checked, read_header
 
-    with safe_open(str(path), "np") as f:
-        meta = {k: json.loads(v) for k, v in (f.metadata() or {}).items()}
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if "step" not in meta:
-        raise ValueError(f"{path} holds weights but no training state (written by an older minilora); "
-                         f"delete it to start over")
+    header = read_header(path)
+    if "step" not in header.metadata:
+        raise ValueError(f"{path} holds weights but no training state (written by save_checkpoint or an older "
+                         f"minilora); delete it to start over")
+    meta = {k: json.loads(v) for k, v in header.metadata.items() if k != "format"}
     saved, current = meta["config"], history.config
     differ = [k for k in current if k not in _NOT_COMPARED and json.loads(json.dumps(current[k])) != saved.get(k)]
     if differ:
@@ -219,11 +244,11 @@ def load_training_state(path: str, model: Module, optimizer, schedule, batch_rng
                          + ", ".join(f"{k}={saved.get(k)!r} there, {current[k]!r} now" for k in differ)
                          + "; resume with the same settings or delete the checkpoint to start over")
     named = dict(model.named_parameters())
-    weights = {k: v for k, v in tensors.items() if not k.startswith(_OPTIMIZER)}
-    if set(weights) != set(named):
-        raise ValueError(f"{path} holds the weights of another model: missing {sorted(set(named) - set(weights))[:6]}, "
-                         f"unexpected {sorted(set(weights) - set(named))[:6]}")
-    model.load_state_dict(weights, strict=False)  # (not strict: a tied weight is saved once, under one name)
+    moments = {f"{_OPTIMIZER}{name}.{key}": tuple(named[name].shape) if name in named else None
+               for name in meta["adam_steps"] for key in ("exp_avg", "exp_avg_sq")}
+    tensors = load_checked(path, {name: tuple(p.shape) for name, p in named.items()}, header=header, buffers=moments,
+                           implied=f"the {type(model).__name__} being trained", what=f"this {type(model).__name__}")
+    model.load_state_dict({k: v for k, v in tensors.items() if k in named}, strict=False)  # a tied weight is saved once
     for name, count in meta["adam_steps"].items():
         p = named[name]
         optimizer.state[p] = {"step": count, **{key: B.xp.asarray(tensors[f"{_OPTIMIZER}{name}.{key}"])

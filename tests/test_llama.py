@@ -245,6 +245,8 @@ def edit_config(ckpt, tmp_path, **fields):
     (dict(attention_bias=True), "attention_bias=True"),
     (dict(head_dim=16), "head_dim=16"),
     (dict(model_type="gpt2"), "model_type='gpt2'"),
+    (dict(num_key_value_heads="2"), "num_key_value_heads='2' .* is not an integer or null"),  # JSON types checked
+    (dict(tie_word_embeddings=1), "tie_word_embeddings=1 .* is not true or false"),
 ])
 def test_configs_that_do_not_fit_are_refused(ckpt, tmp_path, fields, message):
     with pytest.raises(CheckpointError, match=message):

@@ -16,8 +16,11 @@ What needs care is the config:
 3. ``lm_head.weight`` is absent from the file when ``tie_word_embeddings`` is true
    (and must then equal the embedding if present), and required when false.
 
-Every key and shape is checked before anything is loaded; the problems come as one
-``CheckpointError`` naming the file, the key and both shapes. Saving is atomic, as GPT's.
+Files are read through ``minilora/loading.py``, as GPT's are: the config as strict JSON
+with every field's type checked, then the weights' header against the names and shapes
+the config implies, and only then the data. Every problem is one of the errors of
+``minilora/errors.py`` (a ``CheckpointError`` or an ``OSError``) naming the file, the field
+or key, and both shapes. Saving is atomic, both files bound by one save id (``minilora.io.save_folder``).
 """
 
 from __future__ import annotations
@@ -27,20 +30,26 @@ import re
 import numpy
 
 from minilora import backend as B
-from minilora.models.hf import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    CheckpointError,
-    checkpoint_files,
-    read_json,
-    read_safetensors,
-    write_checkpoint,
-)
+from minilora.errors import CheckpointError, ConfigError, MismatchError
+from minilora.io import save_folder
+from minilora.loading import check_same_save, json_matches, load_checked, read_config, read_header
+from minilora.models.hf import CONFIG_NAME, WEIGHTS_NAME, checkpoint_files
 from minilora.models.llama import LlamaConfig, LlamaForCausalLM
 from minilora.tensor import float32
 
 _LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _BUFFER = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$")  # old checkpoints' RoPE buffer
+
+# The JSON type of each field config_from_hf reads (a bool is not an int; NaN is refused when parsing)
+_INT, _NUM, _BOOL, _DICT = ("int", "an integer"), ("float", "a number"), ("bool", "true or false"), ("dict | None", "an object or null")
+HF_FIELD_TYPES = {
+    "vocab_size": _INT, "hidden_size": _INT, "intermediate_size": _INT, "num_hidden_layers": _INT,
+    "num_attention_heads": _INT, "num_key_value_heads": ("int | None", "an integer or null"),
+    "max_position_embeddings": _INT, "head_dim": ("int | None", "an integer or null"), "rms_norm_eps": _NUM,
+    "rope_theta": ("float | None", "a number or null"), "rope_parameters": _DICT, "rope_scaling": _DICT,
+    "tie_word_embeddings": _BOOL, "initializer_range": _NUM, "attention_bias": _BOOL, "mlp_bias": _BOOL,
+    "attention_dropout": _NUM, "hidden_act": ("str", "a string"), "model_type": ("str", "a string"),
+}
 
 
 # ---------------------------------------------------------------------------
@@ -51,25 +60,29 @@ _BUFFER = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$"
 def rope_theta_from_hf(hf: dict, source: str = CONFIG_NAME) -> float:
     """The RoPE base from ``rope_parameters`` (transformers 5) or ``rope_theta`` (before), refusing scaled RoPE."""
     params = hf.get("rope_parameters") or {}
-    if not isinstance(params, dict):
-        raise CheckpointError(f"{source}: rope_parameters={params!r} must be a dict such as "
-                              f"{{'rope_type': 'default', 'rope_theta': 10000.0}}")
     for field, value in (("rope_parameters", params), ("rope_scaling", hf.get("rope_scaling") or {})):
         kind = value.get("rope_type", value.get("type", "default")) if isinstance(value, dict) else value
         if kind != "default":
-            raise CheckpointError(f"{source}: {field} has rope_type={kind!r}, which minilora's LLaMA does not implement "
+            raise ConfigError(f"{source}: {field} has rope_type={kind!r}, which minilora's LLaMA does not implement "
                                   f"(accepted: 'default', plain RoPE); scaled RoPE would compute other angles")
     new, old = params.get("rope_theta"), hf.get("rope_theta")
     if new is not None and old is not None and float(new) != float(old):
-        raise CheckpointError(f"{source}: rope_parameters['rope_theta']={new!r} and rope_theta={old!r} disagree")
-    return float(new if new is not None else old if old is not None else 10000.0)
+        raise ConfigError(f"{source}: rope_parameters['rope_theta']={new!r} and rope_theta={old!r} disagree")
+    theta = new if new is not None else old if old is not None else 10000.0
+    if not json_matches(theta, "float"):
+        raise ConfigError(f"{source}: rope_theta={theta!r} is not a number")
+    return float(theta)
 
 
 def config_from_hf(hf: dict, source: str = CONFIG_NAME) -> LlamaConfig:
     """A ``LlamaConfig`` from the fields of a ``transformers.LlamaConfig`` (a dict); missing fields
     take its defaults. What minilora's LLaMA does not implement raises a CheckpointError naming the field."""
     def bad(field, value, accepted):
-        return CheckpointError(f"{source}: {field}={value!r} is not supported by minilora's LLaMA (accepted: {accepted})")
+        return ConfigError(f"{source}: {field}={value!r} is not supported by minilora's LLaMA (accepted: {accepted})")
+
+    for field, (annotation, accepted) in HF_FIELD_TYPES.items():
+        if field in hf and not json_matches(hf[field], annotation):
+            raise ConfigError(f"{source}: {field}={hf[field]!r} (a JSON {type(hf[field]).__name__}) is not {accepted}")
 
     if hf.get("model_type", "llama") != "llama":
         raise bad("model_type", hf["model_type"], "'llama'")
@@ -100,7 +113,7 @@ def config_from_hf(hf: dict, source: str = CONFIG_NAME) -> LlamaConfig:
     except ValueError as err:  # LlamaConfig's checks name the field
         if isinstance(err, CheckpointError):
             raise
-        raise CheckpointError(f"{source}: {err}") from None
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def config_to_hf(config: LlamaConfig, dtype="float32") -> dict:
@@ -160,10 +173,7 @@ def state_from_hf(tensors: dict, config: LlamaConfig, source: str = WEIGHTS_NAME
     """HF tensors (name -> NumPy array) as minilora's state dict, after checking every key and shape
     against ``config``; one CheckpointError lists all the problems."""
     expected = hf_shapes(config)
-    implied = (f"{config_source} (vocab_size={config.vocab_size}, hidden_size={config.hidden_size}, "
-               f"intermediate_size={config.intermediate_size}, num_hidden_layers={config.num_hidden_layers}, "
-               f"num_attention_heads={config.num_attention_heads}, num_key_value_heads={config.num_key_value_heads}, "
-               f"tie_word_embeddings={str(config.tie_word_embeddings).lower()})")
+    implied = _implied(config, config_source)
     found, present, problems, tied_head = {}, set(), [], None
     for key, array in tensors.items():
         name = key if key.startswith("model.") or key == "lm_head.weight" else "model." + key  # a bare LlamaModel
@@ -192,7 +202,7 @@ def state_from_hf(tensors: dict, config: LlamaConfig, source: str = WEIGHTS_NAME
         problems.append("key 'lm_head.weight' differs from 'model.embed_tokens.weight', but "
                         f"{config_source} says tie_word_embeddings=true")
     if problems:
-        raise CheckpointError(f"{source} does not fit minilora's LLaMA:\n  " + "\n  ".join(problems))
+        raise MismatchError(f"{source} does not fit minilora's LLaMA:\n  " + "\n  ".join(problems))
     if config.tie_word_embeddings:
         found["lm_head.weight"] = found["model.embed_tokens.weight"]  # the same Parameter on our side
     return found
@@ -219,12 +229,48 @@ def state_to_hf(model: LlamaForCausalLM) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def from_pretrained(path, dtype=float32) -> LlamaForCausalLM:
-    """A ``LlamaForCausalLM`` (in eval mode) from a Hugging Face LLaMA checkpoint folder."""
+def from_pretrained(path, dtype=float32, allow_nonfinite: bool = False) -> LlamaForCausalLM:
+    """A ``LlamaForCausalLM`` (in eval mode) from a Hugging Face LLaMA checkpoint folder: the config
+    checked field by field, the weights' header against the shapes it implies, then the data
+    (NaN or inf refused unless ``allow_nonfinite``). Errors: ``minilora.errors``."""
     config_file, weights_file = checkpoint_files(path)
-    config = config_from_hf(read_json(config_file), str(config_file))
-    state = state_from_hf(read_safetensors(weights_file), config, str(weights_file), str(config_file))
-    return _build(config, state, dtype)
+    hf_config = read_config(config_file, "a LLaMA config.json")
+    config = config_from_hf(hf_config, str(config_file))
+    header = read_header(weights_file)
+    check_same_save(hf_config, config_file, header)
+    tensors = load_checked(weights_file, **_expected_in_file(config, header, str(config_file)),
+                           header=header, allow_nonfinite=allow_nonfinite)
+    return _build(config, state_from_hf(tensors, config, str(weights_file), str(config_file)), dtype)
+
+
+def _expected_in_file(config: LlamaConfig, header, config_source: str) -> dict:
+    """``load_checked``'s arguments for this config: every key in the file's own naming (with the
+    ``model.`` prefix or, for a bare LlamaModel, without) and its shape, an optional
+    ``lm_head.weight`` when tied, and old checkpoints' rotary buffers. A config with more layers
+    than the file has tensors is refused before its key list is built."""
+    L = config.num_hidden_layers
+    if L > len(header.tensors):
+        raise MismatchError(f"{header.path} does not fit minilora's LLaMA: {config_source} says num_hidden_layers={L}, "
+                            f"but the file holds {len(header.tensors)} tensors (9 a layer)")
+    bare = not any(name.startswith("model.") for name in header.tensors)
+    rename = (lambda name: name if name == "lm_head.weight" else name.removeprefix("model.")) if bare else (lambda name: name)
+    expected = {rename(name): shape for name, shape in hf_shapes(config).items()}
+    expected["lm_head.weight"] = (config.vocab_size, config.hidden_size)
+
+    def hint(key):
+        layer = _LAYER.match(key if key.startswith("model.") else "model." + key)
+        return f": {config_source} says num_hidden_layers={L}" if layer and int(layer[1]) >= L else ""
+
+    buffer = re.compile(_BUFFER.pattern.replace("^model\\.", "^" if bare else "^model\\."))
+    return dict(expected=expected, optional={"lm_head.weight"} if config.tie_word_embeddings else set(),
+                buffers=[buffer], implied=_implied(config, config_source), what="minilora's LLaMA", hint=hint)
+
+
+def _implied(config: LlamaConfig, config_source: str) -> str:
+    return (f"{config_source} (vocab_size={config.vocab_size}, hidden_size={config.hidden_size}, "
+            f"intermediate_size={config.intermediate_size}, num_hidden_layers={config.num_hidden_layers}, "
+            f"num_attention_heads={config.num_attention_heads}, num_key_value_heads={config.num_key_value_heads}, "
+            f"tie_word_embeddings={str(config.tie_word_embeddings).lower()})")
 
 
 def _build(config: LlamaConfig, state: dict, dtype) -> LlamaForCausalLM:
@@ -236,7 +282,7 @@ def _build(config: LlamaConfig, state: dict, dtype) -> LlamaForCausalLM:
 def save_pretrained(model: LlamaForCausalLM, path) -> None:
     """Write ``config.json`` and ``model.safetensors`` into the folder ``path``, atomically (see ``hf.save_pretrained``)."""
     hf_config = config_to_hf(model.config, model.model.embed_tokens.weight.dtype)
-    write_checkpoint(path, hf_config, state_to_hf(model))
+    save_folder(path, CONFIG_NAME, hf_config, WEIGHTS_NAME, state_to_hf(model))
 
 
 # ---------------------------------------------------------------------------
