@@ -85,7 +85,8 @@ class KVCache:
     """Keys and values of the P positions already seen, one ``(k, v)`` pair per layer.
 
     This is Hugging Face's ``past_key_values``: k and v are Tensors of shape
-    (B, n_head, P, head_size). Attention layer i calls ``update(i, k_new, v_new)``,
+    (B, n_head, P, head_size) -- for LLaMA (B, num_key_value_heads, P, head_dim):
+    grouped-query attention's shared heads, stored once. Attention layer i calls ``update(i, k_new, v_new)``,
     which appends the new positions *in place* and returns the whole (k, v);
     the new tokens take positions P, P+1, ... Gradients flow through the
     concatenation into the stored tensors, so prefix tuning passes a KVCache built
