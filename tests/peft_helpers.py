@@ -8,6 +8,7 @@ its initial value, so that a wrong key, shape, scaling or bias rule cannot hide 
 identity update. Each test file imports torch with ``pytest.importorskip`` before this module.
 """
 
+import copy
 from contextlib import contextmanager
 from dataclasses import replace
 
@@ -89,6 +90,32 @@ def perturb_trainable_torch(model, seed=1) -> None:
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def random_init(config_cls) -> dict:
+    """A LoRA or DoRA adapter with random A and B (for DoRA, m is then ||W + ΔW||, moved by
+    perturb_trainable); IA3 starts at ones, moved by perturb_trainable to 1 + 0.1 N(0, 1)."""
+    from minilora.lora import LoraConfig
+
+    return dict(init_lora_weights=False) if config_cls is LoraConfig else {}
+
+
+def minilora_adapter(base, config_cls, fields: dict, seed=1):
+    """``base`` with an adapter of ``config_cls(**fields)``, every trained array moved off its init."""
+    from minilora.peft import get_peft_model
+
+    model = get_peft_model(base, config_cls(**random_init(config_cls), **copy.deepcopy(fields)))
+    perturb_trainable(model, seed)
+    return model
+
+
+def peft_adapter(hf_model, config_cls, peft_cls: str, fields: dict, seed=1):
+    """The same for a transformers model through PEFT (``peft_cls``: PEFT's config class name), in eval mode."""
+    import peft
+
+    model = peft.get_peft_model(hf_model, getattr(peft, peft_cls)(**random_init(config_cls), **copy.deepcopy(fields)))
+    perturb_trainable_torch(model, seed)
+    return model.eval()
 
 
 def peft_logits(model, x):

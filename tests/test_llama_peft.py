@@ -9,8 +9,6 @@ same modules. The float64 PEFT model computes RMSNorm and RoPE in float64
 (``peft_helpers.llama_in_float64``) so that it is a float64 reference.
 """
 
-import copy
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -18,15 +16,14 @@ peft = pytest.importorskip("peft")
 
 from minilora.lora import LoraConfig  # noqa: E402
 from minilora.models.llama_hf import to_transformers  # noqa: E402
-from minilora.peft import IA3Config, PeftModel, get_peft_model  # noqa: E402
+from minilora.peft import IA3Config, PeftModel  # noqa: E402
+import peft_helpers as helpers  # noqa: E402
 from peft_helpers import (  # noqa: E402
     ids,
     llama_in_float64,
     loss_and_grads_against_peft,
     max_err,
     peft_logits,
-    perturb_trainable,
-    perturb_trainable_torch,
     rel_err,
     tiny_llama,
 )
@@ -45,22 +42,13 @@ CONFIGS = {
 }
 
 
-def random_init(config_cls) -> dict:
-    return dict(init_lora_weights=False) if config_cls is LoraConfig else {}
-
-
 def minilora_adapter(base, name: str, seed=1) -> PeftModel:
     config_cls, _, fields = CONFIGS[name]
-    model = get_peft_model(base, config_cls(**random_init(config_cls), **copy.deepcopy(fields)))
-    perturb_trainable(model, seed)
-    return model
+    return helpers.minilora_adapter(base, config_cls, fields, seed)
 
 
 def peft_adapter(hf_model, name: str, seed=1):
-    config_cls, peft_cls, fields = CONFIGS[name]
-    model = peft.get_peft_model(hf_model, getattr(peft, peft_cls)(**random_init(config_cls), **copy.deepcopy(fields)))
-    perturb_trainable_torch(model, seed)
-    return model.eval()
+    return helpers.peft_adapter(hf_model, *CONFIGS[name], seed=seed)
 
 
 @pytest.fixture(autouse=True)
