@@ -249,30 +249,3 @@ def test_dropout_gradient_by_finite_differences_with_a_fixed_seed(name, fn):
     fd = finite_difference_gradients(op, example, gs)[0]
     assert relative_error(xs[0].grad, fd) <= FD_TOL
 
-
-# ---------------------------------------------------------------------------
-# fast kernels against their plain versions (minilora/nn/reference.py)
-# ---------------------------------------------------------------------------
-
-from minilora.nn import reference  # noqa: E402
-from op_table import rms_norm_example, rotary_example  # noqa: E402
-
-PLAIN = [
-    ("rms_norm", lambda x, w, normalized_shape, eps: F.rms_norm(x, normalized_shape, w, eps),
-     lambda x, w, normalized_shape, eps: reference.rms_norm(x, normalized_shape, w, eps), rms_norm_example(affine=True)),
-    ("rotary_embedding", lambda x, cos, sin: F.rotary_embedding(x, cos, sin),
-     lambda x, cos, sin: reference.rotary_embedding(x, cos, sin), rotary_example()),
-]
-
-
-@pytest.mark.parametrize("name, fast, plain, strategy", PLAIN, ids=[row[0] for row in PLAIN])
-@given(data=st.data())
-def test_fast_kernel_matches_its_plain_version(name, fast, plain, strategy, data):
-    """The blocked / fused kernel and its few-Tensor-ops twin: same outputs and gradients in float64."""
-    from op_table import Op
-
-    example = data.draw(strategy, label="example")
-    xs, outs, gs = minilora_run(Op(name, fast, None, None), example)
-    ys, plain_outs, _ = minilora_run(Op(name, plain, None, None), example)
-    assert relative_error(_numpy(outs[0]), _numpy(plain_outs[0])) <= TORCH_TOL
-    assert relative_error([_numpy(x.grad) for x in xs], [_numpy(y.grad) for y in ys]) <= TORCH_TOL
