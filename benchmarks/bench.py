@@ -364,6 +364,42 @@ def bench_bert(torch):
     rows.append({"name": "MiniLM-L6: LoRA step / full step", "minilora": lora["minilora"] / full["minilora"],
                  "torch": lora["torch"] / full["torch"], "unit": "x",
                  "ratio": (lora["minilora"] / full["minilora"]) / (lora["torch"] / full["torch"])})
+
+
+# LLaMA: the shipped LLaMA base's config, and two LLaMA blocks of GPT-2-small's width with GQA
+LLAMA_768 = dict(vocab_size=256, hidden_size=768, intermediate_size=2048, num_hidden_layers=2, num_attention_heads=12,
+                 num_key_value_heads=4, max_position_embeddings=128, tie_word_embeddings=True)
+
+
+def llama_training_steps():
+    """The LLaMA training steps the bench times: (label, LlamaConfig, (batch, seq)), the same batches as GPT's."""
+    from minilora.models import LlamaConfig
+    from minilora.pretrain import LLAMA_BASE_CONFIG
+
+    (_, _, base_batch), (_, _, batch_768) = training_steps()
+    return (("base LLaMA", LLAMA_BASE_CONFIG, base_batch), ("768 LLaMA blocks (4 kv heads)", LlamaConfig(**LLAMA_768), batch_768))
+
+
+@section("llama")
+def bench_llama(torch):
+    """Training step of the LLaMA base and of two 768-wide GQA blocks against transformers' LlamaForCausalLM,
+    with the GPT steps of the same run beside them (the aim: LLaMA's ratio <= GPT's + 0.1)."""
+    from minilora.models import LlamaForCausalLM
+    from minilora.models.llama_hf import to_transformers
+
+    rows = []
+    for (label, config, batch), (gpt_label, gpt_config, gpt_batch) in zip(llama_training_steps(), training_steps()):
+        minilora.manual_seed(0)
+        ours = LlamaForCausalLM(config)
+        theirs = to_transformers(ours)  # sdpa attention, float32, eager PyTorch (no compilation)
+        theirs.train()
+        step_ours, step_theirs = _train_steps(ours, theirs, torch, batch)
+        llama = compare(rows, f"{label} train step B{batch[0]}xT{batch[1]}", step_ours, step_theirs, unit="ms", scale=1e3)
+        step_ours, step_theirs = _train_steps(*_models(gpt_config), torch, gpt_batch)
+        gpt = compare(rows, f"{gpt_label} train step B{gpt_batch[0]}xT{gpt_batch[1]} (same run)", step_ours, step_theirs,
+                      unit="ms", scale=1e3)
+        rows.append({"name": f"{label}: ratio - GPT's ratio (aim <= 0.1)", "minilora": llama["ratio"], "torch": gpt["ratio"],
+                     "unit": "x", "ratio": llama["ratio"] - gpt["ratio"]})
     return rows
 
 

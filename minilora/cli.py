@@ -9,14 +9,15 @@ import sys
 def _pretrain(args) -> int:
     from minilora.pretrain import pretrain
 
-    log = pretrain(out=args.out, max_steps=args.steps, seed=args.seed, progress=not args.no_progress)
-    print(f"saved to {args.out}: validation loss {log['val_loss']:.4f} nats/byte after {log['train']['max_steps']} steps "
+    log = pretrain(out=args.out, max_steps=args.steps, seed=args.seed, progress=not args.no_progress, arch=args.arch,
+                   resume=not args.restart)
+    print(f"saved to {args.out or 'the shipped folder'}: validation loss {log['val_loss']:.4f} nats/byte after {log['train']['max_steps']} steps "
           f"in {log['wall_seconds'] / 60:.1f} min")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minilora.pretrain import BASE_DIR, BASE_TRAIN
+    from minilora.pretrain import ARCHS, BASE_TRAIN
 
     parser = argparse.ArgumentParser(prog="minilora", description="LoRA from first principles, measured.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -30,10 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(run=lambda args: __import__("minilora.verify", fromlist=["main_verify"]).main_verify(args))
 
     p = sub.add_parser("pretrain", help="train the base model from scratch on the prose corpus")
-    p.add_argument("--out", default=str(BASE_DIR), help="the folder to write (default: the shipped checkpoint)")
+    p.add_argument("--arch", choices=list(ARCHS), default="gpt", help="GPT-2 or the LLaMA-style twin (default %(default)s)")
+    p.add_argument("--out", default=None, help="the folder to write (default: the shipped checkpoint of --arch)")
     p.add_argument("--steps", type=int, default=BASE_TRAIN.max_steps, help="optimizer steps (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--restart", action="store_true",
+                   help="start over even if --out holds a training checkpoint (by default the run continues from it)")
     p.set_defaults(run=_pretrain)
     return parser
 

@@ -352,7 +352,7 @@ class LoraConfig:
     lora_alpha: float = 8  # the update is scaled by lora_alpha / r (or / sqrt(r) with use_rslora)
     lora_dropout: float = 0.0  # dropout on the adapter's input x (not on the frozen path)
     target_modules: list | str | None = None  # names, name suffixes (list) or one regex (str); None: PEFT's default
-                                              # for the model (GPT-2: c_attn; BERT: query, value)
+                                              # for the model (GPT-2: c_attn; BERT: query, value; LLaMA: q_proj, v_proj)
     bias: str = "none"  # "none" | "all" (train every bias) | "lora_only" (train the biases of adapted layers)
     use_rslora: bool = False  # rank-stabilised LoRA (Kalajdzievas, 2023): scale by alpha / sqrt(r)
     init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B = 0; "gaussian": A ~ N(0, 1/r); "pissa"; False: both random
@@ -464,12 +464,14 @@ def _pattern_value(patterns: dict, name: str, default):
 # injection into a model
 # ---------------------------------------------------------------------------
 
-# PEFT's defaults when target_modules is None, by model class (PEFT's table is keyed by
-# model_type: "gpt2" -> c_attn, "bert" -> query and value, the LoRA paper's Wq and Wv)
+# PEFT's defaults when target_modules is None, by model class (PEFT keys them by model_type in
+# peft/utils/constants.py, TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING: "gpt2" -> c_attn,
+# "bert" -> query and value (the LoRA paper's Wq and Wv), "llama" -> q_proj and v_proj)
 DEFAULT_TARGET_MODULES = {
     "GPT": ["c_attn"],
     "BertModel": ["query", "value"],
     "BertForSequenceClassification": ["query", "value"],
+    "LlamaForCausalLM": ["q_proj", "v_proj"],
 }
 
 

@@ -10,6 +10,14 @@ It trains a byte-level GPT-2 (4 layers, 4 heads, width 128, 128 positions, 0.84M
 parameters) on the docstrings of Python's standard library (``minilora.data``),
 and writes ``pretrain_log.json`` beside the weights: the command, seed, corpus
 hash, wall time and the validation loss reached (also recorded in docs/base_model.md).
+
+``minilora pretrain --arch llama`` trains a LLaMA-style twin (``LLAMA_BASE_CONFIG``:
+RMSNorm, RoPE, SwiGLU, 2 key/value heads for 4 query heads, 0.84M parameters) with
+the same corpus, steps, schedule, batch and seed, into ``minilora/checkpoints/llama_base``,
+so that the two bases differ in architecture alone. A run is resumable: every
+evaluation writes the training state (``minilora.train.save_training_state``) to
+``training-checkpoint.safetensors`` in the output folder, and running the same command
+again continues from it with the losses the uninterrupted run would have had.
 """
 
 from __future__ import annotations
@@ -26,15 +34,26 @@ import numpy as np
 import minilora
 from minilora.data import build_corpus, eval_batches, get_batch
 from minilora.io import atomic_write
-from minilora.models import GPT, GPTConfig
+from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
 from minilora.tensor import float32
 from minilora.train import TrainConfig, evaluate_loss, train
 
 BASE_DIR = Path(__file__).parent / "checkpoints" / "base"
+LLAMA_BASE_DIR = Path(__file__).parent / "checkpoints" / "llama_base"
 
 # The shipped model's shape: small enough to fine-tune in minutes on two CPU cores,
 # large enough to have learned English spelling and some syntax.
 BASE_CONFIG = GPTConfig(vocab_size=256, block_size=128, n_layer=4, n_head=4, n_embd=128, dropout=0.0)
+
+# The LLaMA-style twin, with about the same parameter count (844,928 against 842,496): the same
+# width, depth, heads and context; 2 key/value heads (GQA) and a tied head; the SwiGLU MLP 400
+# wide (3 matrices of 128 x 400 against GPT's 2 of 128 x 512) takes up what GQA and the absent
+# position table and biases save.
+LLAMA_BASE_CONFIG = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_size=400, num_hidden_layers=4,
+                                num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)
+ARCHS = {"gpt": (GPT, BASE_CONFIG, BASE_DIR), "llama": (LlamaForCausalLM, LLAMA_BASE_CONFIG, LLAMA_BASE_DIR)}
+CHECKPOINT_NAME = "training-checkpoint.safetensors"
 
 # How it was trained (see pretrain_log.json for the figures it reached).
 BASE_TRAIN = TrainConfig(
@@ -44,25 +63,31 @@ BASE_TRAIN = TrainConfig(
 BATCH_SIZE = 32
 
 
-def prose_val_loss(model: GPT, corpus=None, batch_size: int = 32) -> float:
+def prose_val_loss(model, corpus=None, batch_size: int = 32) -> float:
     """Mean next-byte cross-entropy (nats) over the whole prose validation split, in order."""
     corpus = corpus or build_corpus("prose")
     T = model.config.block_size
     return evaluate_loss(model, eval_batches(corpus.val, batch_size, T))
 
 
-def pretrain(out: str | os.PathLike = BASE_DIR, max_steps: int = BASE_TRAIN.max_steps, seed: int = 0,
-             batch_size: int = BATCH_SIZE, progress: bool = True) -> dict:
-    """Train the base model from scratch and save it to ``out``; returns the log it writes."""
-    out = Path(out)
+def pretrain(out: str | os.PathLike | None = None, max_steps: int = BASE_TRAIN.max_steps, seed: int = 0,
+             batch_size: int = BATCH_SIZE, progress: bool = True, arch: str = "gpt", resume: bool = True) -> dict:
+    """Train the base model of ``arch`` ("gpt" or "llama") from scratch and save it to ``out``
+    (default: the shipped folder); returns the log it writes. With ``resume``, a training
+    checkpoint left in ``out`` by an interrupted run is continued rather than started over."""
+    if arch not in ARCHS:
+        raise ValueError(f"pretrain: arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    model_cls, model_config, default_out = ARCHS[arch]
+    out = Path(out if out is not None else default_out)
+    out.mkdir(parents=True, exist_ok=True)
     corpus = build_corpus("prose")
-    T = BASE_CONFIG.block_size
+    T = model_config.block_size
     minilora.manual_seed(seed)
-    model = GPT(BASE_CONFIG)
+    model = model_cls(model_config)
     config = replace(BASE_TRAIN, max_steps=max_steps, seed=seed, progress=progress,
                      eval_interval=min(BASE_TRAIN.eval_interval, max_steps),
                      warmup_steps=min(BASE_TRAIN.warmup_steps, max_steps),
-                     checkpoint_path=str(out / "training-checkpoint.safetensors"))
+                     checkpoint_path=str(out / CHECKPOINT_NAME), resume=resume)
     val_windows = list(eval_batches(corpus.val, batch_size, T, max_batches=4))  # a quick estimate while training
 
     history = train(
@@ -73,12 +98,13 @@ def pretrain(out: str | os.PathLike = BASE_DIR, max_steps: int = BASE_TRAIN.max_
     )
     val_loss = prose_val_loss(model, corpus, batch_size)
     model.save_pretrained(out)
-    os.remove(out / "training-checkpoint.safetensors")
+    os.remove(out / CHECKPOINT_NAME)
     log = {
         "command": "minilora pretrain " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["pretrain"] else "pretrain()",
         "seed": seed,
-        "model": asdict(BASE_CONFIG),
-        "train": {**asdict(config), "batch_size": batch_size, "checkpoint_path": None},
+        "arch": arch,
+        "model": asdict(model_config),
+        "train": {**asdict(config), "batch_size": batch_size, "checkpoint_path": None, "resume": None},
         "corpus": {"kind": corpus.kind, "sha256": corpus.sha256, "train_bytes": int(corpus.train.size), "val_bytes": int(corpus.val.size)},
         "val_loss": val_loss,
         "final_train_loss": float(np.mean(history.losses[-50:])),
@@ -93,15 +119,18 @@ def pretrain(out: str | os.PathLike = BASE_DIR, max_steps: int = BASE_TRAIN.max_
     return log
 
 
-def load_base(dtype=float32, path: str | os.PathLike = BASE_DIR) -> GPT:
-    """The shipped pre-trained base model (offline; Hugging Face GPT-2 format)."""
-    path = Path(path)
+def load_base(dtype=float32, path: str | os.PathLike | None = None, arch: str = "gpt"):
+    """The shipped pre-trained base model of ``arch`` ("gpt": a GPT, "llama": a LlamaForCausalLM),
+    offline, from Hugging Face's format."""
+    if arch not in ARCHS:
+        raise ValueError(f"load_base: arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    model_cls, _, default_path = ARCHS[arch]
+    path = Path(path if path is not None else default_path)
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(
-            f"no base model at {path}: the package ships one in minilora/checkpoints/base; "
-            f"re-create it with `minilora pretrain --out {path}`"
+            f"no base model at {path}: re-create it with `minilora pretrain --arch {arch} --out {path}`"
         )
-    return GPT.from_pretrained(path, dtype=dtype)
+    return model_cls.from_pretrained(path, dtype=dtype)
 
 
 def base_log(path: str | os.PathLike = BASE_DIR) -> dict:

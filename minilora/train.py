@@ -9,6 +9,13 @@ holds state for the trainable ones alone.
 ``batches(rng)`` returns one ``(x, targets)`` pair of integer arrays; ``evaluate(model)``
 returns a dict of figures (e.g. ``{"val_loss": 1.9}``). Runs are deterministic:
 one ``seed`` fixes the initial weights drawn after it, dropout and the batch order.
+
+Runs are resumable. With ``checkpoint_path``, every evaluation writes the whole
+training state -- the weights, AdamW's moments and step counts, the step reached,
+both random generators' states (batches and dropout) and the history so far -- in one
+safetensors file (``save_training_state``); with ``resume=True`` a run finding that
+file continues from it and reaches the very losses, bit for bit, of a run that was
+never interrupted (``tests/test_train.py`` checks it).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -40,7 +48,8 @@ class TrainConfig:
     eval_interval: int = 100  # evaluate every this many steps (and at the end); 0: only at the end
     seed: int = 0
     progress: bool = True  # a tqdm progress bar
-    checkpoint_path: str | None = None  # if set, the weights are saved here (safetensors, atomically) at each evaluation
+    checkpoint_path: str | None = None  # if set, the training state is saved here (safetensors, atomically) at each evaluation
+    resume: bool = False  # if the checkpoint exists, continue from it (same losses as a run never interrupted)
     desc: str = "train"
 
 
@@ -86,9 +95,13 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
         optimizer = AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
     schedule = WarmupCosine(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
     history = TrainHistory(config=asdict(config))
+    first_step, seconds_before = 0, 0.0
+    if config.resume and config.checkpoint_path and Path(config.checkpoint_path).exists():
+        first_step, seconds_before = load_training_state(config.checkpoint_path, model, optimizer, schedule, rng, history)
     start = time.perf_counter()
     model.train()
-    bar = tqdm(range(config.max_steps), desc=config.desc, disable=not config.progress, leave=False)
+    bar = tqdm(range(first_step, config.max_steps), desc=config.desc, disable=not config.progress, leave=False,
+               initial=first_step, total=config.max_steps)
     for step in bar:
         x, y = batches(rng)
         _, loss = model(x, targets=y)
@@ -107,18 +120,21 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
         history.steps.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})
         bar.set_postfix(loss=f"{loss_value:.3f}")
         last = step == config.max_steps - 1
-        if evaluate is not None and (last or (config.eval_interval and (step + 1) % config.eval_interval == 0)):
+        if not (last or (config.eval_interval and (step + 1) % config.eval_interval == 0)):
+            continue
+        if evaluate is not None:
             model.eval()
             row = {"step": step + 1, **evaluate(model)}
             model.train()
             history.evals.append(row)
-            if config.checkpoint_path:
-                save_checkpoint(model, config.checkpoint_path, metadata=row)
             # a dict, not keywords: evaluate() may report a "loss" of its own
             bar.set_postfix({"loss": f"{loss_value:.3f}", **{f"eval {k}": f"{v:.3f}" for k, v in row.items() if k != "step"}})
+        if config.checkpoint_path:
+            history.seconds = seconds_before + time.perf_counter() - start
+            save_training_state(config.checkpoint_path, model, optimizer, step + 1, rng, history)
     bar.close()
     model.eval()
-    history.seconds = time.perf_counter() - start
+    history.seconds = seconds_before + time.perf_counter() - start
     return history
 
 
@@ -162,3 +178,77 @@ def load_checkpoint(model: Module, path: str, allow_nonfinite: bool = False) -> 
                 for key, text in header.metadata.items() if key != "format"}
     model.load_state_dict(state, strict=False)  # tied weights appear once in the file; every parameter was checked
     return metadata
+
+
+# ---------------------------------------------------------------------------
+# the training state: resuming a run
+# ---------------------------------------------------------------------------
+
+_OPTIMIZER = "optimizer."  # key prefix of AdamW's moments in the checkpoint: optimizer.<param name>.exp_avg
+_NOT_COMPARED = ("progress", "desc", "resume")  # settings a resumed run may change
+
+
+def save_training_state(path: str, model: Module, optimizer, next_step: int, batch_rng, history: TrainHistory) -> None:
+    """Everything a run needs to continue where it is, in one safetensors file, atomically.
+
+    Tensors: the weights under their names (tied ones once), and each trained
+    parameter's AdamW moments as ``optimizer.<name>.exp_avg`` / ``.exp_avg_sq``.
+    Metadata (JSON): ``step`` (the next step to run), each parameter's AdamW step
+    count, the states of the batch generator and of minilora's generator (dropout),
+    the training config, and the history so far (losses, evaluations, seconds).
+    """
+    from safetensors.numpy import save_file
+
+    named = dict(model.named_parameters())
+    tensors = {name: np.ascontiguousarray(B.to_numpy(p.data)) for name, p in named.items()}
+    adam_steps = {}
+    for name, p in named.items():
+        state = optimizer.state.get(p)
+        if state:
+            adam_steps[name] = state["step"]
+            for key in ("exp_avg", "exp_avg_sq"):
+                tensors[f"{_OPTIMIZER}{name}.{key}"] = np.ascontiguousarray(B.to_numpy(state[key]))
+    meta = {
+        "step": next_step,
+        "adam_steps": adam_steps,
+        "batch_rng": batch_rng.bit_generator.state,
+        "minilora_rng": B.rng().bit_generator.state,
+        "config": history.config,
+        "history": {"steps": history.steps, "evals": history.evals, "seconds": history.seconds},
+    }
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()}))
+
+
+def load_training_state(path: str, model: Module, optimizer, schedule, batch_rng, history: TrainHistory) -> tuple:
+    """Put the state ``save_training_state`` wrote back into the model, optimizer, schedule, generators
+    and history; returns (the next step, the seconds already spent). The training config must be
+    the one the checkpoint was written with (progress and desc aside), or a ValueError names the fields."""
+    from minilora.loading import load_checked, read_header
+
+    header = read_header(path)
+    if "step" not in header.metadata:
+        raise ValueError(f"{path} holds weights but no training state (written by save_checkpoint or an older "
+                         f"minilora); delete it to start over")
+    meta = {k: json.loads(v) for k, v in header.metadata.items() if k != "format"}
+    saved, current = meta["config"], history.config
+    differ = [k for k in current if k not in _NOT_COMPARED and json.loads(json.dumps(current[k])) != saved.get(k)]
+    if differ:
+        raise ValueError(f"{path} was written by a run with other settings: "
+                         + ", ".join(f"{k}={saved.get(k)!r} there, {current[k]!r} now" for k in differ)
+                         + "; resume with the same settings or delete the checkpoint to start over")
+    named = dict(model.named_parameters())
+    moments = {f"{_OPTIMIZER}{name}.{key}": tuple(named[name].shape) if name in named else None
+               for name in meta["adam_steps"] for key in ("exp_avg", "exp_avg_sq")}
+    tensors = load_checked(path, {name: tuple(p.shape) for name, p in named.items()}, header=header, buffers=moments,
+                           implied=f"the {type(model).__name__} being trained", what=f"this {type(model).__name__}")
+    model.load_state_dict({k: v for k, v in tensors.items() if k in named}, strict=False)  # a tied weight is saved once
+    for name, count in meta["adam_steps"].items():
+        p = named[name]
+        optimizer.state[p] = {"step": count, **{key: B.xp.asarray(tensors[f"{_OPTIMIZER}{name}.{key}"])
+                                                for key in ("exp_avg", "exp_avg_sq")}}
+    batch_rng.bit_generator.state = meta["batch_rng"]
+    B.rng().bit_generator.state = meta["minilora_rng"]
+    schedule.last_step = meta["step"]
+    schedule._apply()
+    history.steps[:], history.evals[:] = meta["history"]["steps"], meta["history"]["evals"]
+    return meta["step"], meta["history"]["seconds"]

@@ -334,6 +334,55 @@ def attention_example(draw):
     return Example((q, k, v), p, draw(seeds))
 
 
+@st.composite
+def rms_norm_example(draw, affine):
+    """An input normalised over its last one or two dims (values distinct, so no group is all
+    zeros), with ``weight`` if ``affine``, and ``eps`` None (the dtype's epsilon) or LLaMA's 1e-5."""
+    normalized = draw(shapes(1, 2, min_side=1, max_side=4).filter(lambda s: math.prod(s) >= 2))
+    shape = draw(shapes(0, 2, max_side=3)) + normalized
+    inputs = [draw(array(shape, unique=True))]
+    if affine:
+        inputs.append(draw(array(normalized)))
+    return Example(tuple(inputs), dict(normalized_shape=normalized, eps=draw(st.sampled_from([None, 1e-5]))), draw(seeds))
+
+
+@st.composite
+def rotary_example(draw):
+    """x (..., D), D even, and ``cos``, ``sin`` of a shape that broadcasts to x's (their last dim D):
+    any values, since the op is linear in x for whatever cos and sin."""
+    shape = draw(shapes(0, 3, max_side=3)) + (2 * draw(st.integers(1, 3)),)
+    k = draw(st.integers(1, len(shape)))
+    table = tuple(draw(st.sampled_from([1, n])) for n in shape[len(shape) - k : -1]) + shape[-1:]
+    p = dict(cos=draw(array(table, values(-1, 1))), sin=draw(array(table, values(-1, 1))))
+    return Example((draw(array(shape)),), p, draw(seeds))
+
+
+def torch_rotary(x, cos, sin):
+    """Hugging Face's formula, ``x * cos + rotate_half(x) * sin``, in torch."""
+    h = x.shape[-1] // 2
+    return x * cos + torch.cat((-x[..., h:], x[..., :h]), dim=-1) * sin
+
+
+@st.composite
+def gqa_example(draw):
+    """Grouped-query attention: q (*, Hq, L, E), k and v (*, Hkv, S, E) with Hq a multiple of Hkv,
+    causal or with a boolean (L, S) mask or none, and ``enable_gqa=True``."""
+    batch = draw(shapes(0, 1, max_side=2))
+    Hkv, n_rep = draw(st.integers(1, 2)), draw(st.integers(2, 3))
+    L, S, E = (draw(st.integers(1, 3)) for _ in range(3))
+    q = draw(array(batch + (Hkv * n_rep, L, E)))
+    k, v = draw(array(batch + (Hkv, S, E))), draw(array(batch + (Hkv, S, E)))
+    p = dict(is_causal=False, attn_mask=None, enable_gqa=True)
+    kind = draw(st.sampled_from(["none", "causal", "bool mask"]))
+    if kind == "causal":
+        p["is_causal"] = True
+    elif kind == "bool mask":
+        mask = draw(hnp.arrays(numpy.bool_, (L, S)))
+        mask[~mask.any(axis=-1), 0] = True
+        p["attn_mask"] = mask
+    return Example((q, k, v), p, draw(seeds))
+
+
 # ---------------------------------------------------------------------------
 # the table
 # ---------------------------------------------------------------------------
@@ -467,6 +516,15 @@ OPS = [
        unary(params=lambda s: dict(mode=st.sampled_from([(0.0, True), (0.5, False)])))),  # (p, training)
     Op("scaled_dot_product_attention", lambda q, k, v, **kw: F.scaled_dot_product_attention(q, k, v, **kw),
        lambda q, k, v, **kw: TF.scaled_dot_product_attention(q, k, v, **kw), attention_example()),
+    # --- the LLaMA block's ops (docs/llama.md) ---------------------------------------------------
+    Op("silu", lambda x: F.silu(x), lambda x: TF.silu(x), unary(values(-8, 8))),
+    Op("rms_norm", lambda x, w, normalized_shape, eps: F.rms_norm(x, normalized_shape, w, eps),
+       lambda x, w, normalized_shape, eps: TF.rms_norm(x, normalized_shape, w, eps), rms_norm_example(affine=True)),
+    Op("rms_norm_no_affine", lambda x, normalized_shape, eps: F.rms_norm(x, normalized_shape, eps=eps),
+       lambda x, normalized_shape, eps: TF.rms_norm(x, normalized_shape, eps=eps), rms_norm_example(affine=False)),
+    Op("rotary_embedding", lambda x, cos, sin: F.rotary_embedding(x, cos, sin), torch_rotary, rotary_example()),
+    Op("scaled_dot_product_attention_gqa", lambda q, k, v, **kw: F.scaled_dot_product_attention(q, k, v, **kw),
+       lambda q, k, v, **kw: TF.scaled_dot_product_attention(q, k, v, **kw), gqa_example()),
 ]
 
 

@@ -8,6 +8,8 @@ its initial value, so that a wrong key, shape, scaling or bias rule cannot hide 
 identity update. Each test file imports torch with ``pytest.importorskip`` before this module.
 """
 
+import copy
+from contextlib import contextmanager
 from dataclasses import replace
 
 import numpy as np
@@ -15,7 +17,7 @@ import pytest
 import torch
 
 import minilora
-from minilora.models import GPT, GPTConfig
+from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
 from minilora.tuner import TunerLayer
 
 V, N_POS, C, N_LAYER, N_HEAD = 61, 16, 16, 2, 2
@@ -30,6 +32,46 @@ def tiny_gpt(dtype=np.float64, seed=0, **overrides) -> GPT:
     for p in model.parameters():
         p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(dtype)
     return model.eval()
+
+
+# the LLaMA twin: same vocabulary, width and depth; 4 query heads sharing 2 key/value heads; an untied head
+TINY_LLAMA = LlamaConfig(vocab_size=V, hidden_size=C, intermediate_size=24, num_hidden_layers=N_LAYER,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=N_POS, rms_norm_eps=1e-5)
+
+
+def tiny_llama(dtype=np.float64, seed=0) -> LlamaForCausalLM:
+    """A tiny LLaMA with every parameter perturbed (RMSNorm gains start at 1 otherwise)."""
+    minilora.manual_seed(seed)
+    model = LlamaForCausalLM(TINY_LLAMA, dtype=dtype)
+    rng = np.random.default_rng(seed)
+    for p in model.parameters():
+        p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(dtype)
+    return model.eval()
+
+
+@contextmanager
+def llama_in_float64():
+    """transformers' LLaMA computes RMSNorm and the rotary tables in float32 even in a float64
+    model (about 1e-7 off); inside this context it evaluates the same formulas in the model's
+    dtype, so that a float64 transformers model is a float64 reference."""
+    from transformers.models.llama import modeling_llama
+
+    def rms_norm(self, h):
+        return self.weight * (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.variance_epsilon))
+
+    def rotary(self, x, position_ids):
+        d = self.config.head_dim
+        inv_freq = 1.0 / (self.config.rope_parameters["rope_theta"] ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+        freqs = position_ids[..., None].double() * inv_freq
+        emb = torch.cat((freqs, freqs), dim=-1)
+        return emb.cos().to(x.dtype), emb.sin().to(x.dtype)
+
+    import pytest
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(modeling_llama.LlamaRMSNorm, "forward", rms_norm)
+        mp.setattr(modeling_llama.LlamaRotaryEmbedding, "forward", rotary)
+        yield
 
 
 def ids(batch=2, length=12, vocab=V, seed=0):
@@ -50,6 +92,32 @@ def perturb_trainable_torch(model, seed=1) -> None:
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.1 * torch.randn(p.shape, generator=gen, dtype=p.dtype))
+
+
+def random_init(config_cls) -> dict:
+    """A LoRA or DoRA adapter with random A and B (for DoRA, m is then ||W + ΔW||, moved by
+    perturb_trainable); IA3 starts at ones, moved by perturb_trainable to 1 + 0.1 N(0, 1)."""
+    from minilora.lora import LoraConfig
+
+    return dict(init_lora_weights=False) if config_cls is LoraConfig else {}
+
+
+def minilora_adapter(base, config_cls, fields: dict, seed=1):
+    """``base`` with an adapter of ``config_cls(**fields)``, every trained array moved off its init."""
+    from minilora.peft import get_peft_model
+
+    model = get_peft_model(base, config_cls(**random_init(config_cls), **copy.deepcopy(fields)))
+    perturb_trainable(model, seed)
+    return model
+
+
+def peft_adapter(hf_model, config_cls, peft_cls: str, fields: dict, seed=1):
+    """The same for a transformers model through PEFT (``peft_cls``: PEFT's config class name), in eval mode."""
+    import peft
+
+    model = peft.get_peft_model(hf_model, getattr(peft, peft_cls)(**random_init(config_cls), **copy.deepcopy(fields)))
+    perturb_trainable_torch(model, seed)
+    return model.eval()
 
 
 def peft_logits(model, x):

@@ -33,3 +33,12 @@ def test_bert_step_flops_match_the_issues_count_and_lora_skips_the_weight_gradie
     full = bench.bert_step_flops(config, bench.BERT_BATCH)
     assert 66e9 < full < 68e9  # the issue's "66 GFLOP" for a MiniLM-size step at 16 x 64
     assert 0.66 < bench.bert_step_flops(config, bench.BERT_BATCH, lora_r=8) / full < 0.70
+
+
+def test_the_llama_steps_are_the_gpt_steps_batches_and_the_shipped_llama_base():
+    from minilora.pretrain import LLAMA_BASE_CONFIG
+
+    (_, base, base_batch), (_, wide, wide_batch) = bench.llama_training_steps()
+    (_, _, gpt_batch), (_, _, gpt_wide_batch) = bench.training_steps()
+    assert base == LLAMA_BASE_CONFIG and (base_batch, wide_batch) == (gpt_batch, gpt_wide_batch)
+    assert (wide.hidden_size, wide.num_attention_heads, wide.num_key_value_heads) == (768, 12, 4)

@@ -45,7 +45,7 @@ from hypothesis import strategies as st
 
 from minilora import Tensor, manual_seed, nn
 from minilora.lora import BASE, LoraConfig, LoRALinear, PeftModel, get_peft_model
-from minilora.models import GPT, GPTConfig
+from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
 from peft_helpers import assert_refused_as_tied, merges_into_tied_head, untie_head
 
 pytestmark = pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning")
@@ -202,7 +202,15 @@ def test_layer_mixed_batch_equals_each_row_alone(case, data):
 # small GPTs
 # ---------------------------------------------------------------------------
 
-TARGETS = ["c_attn", "c_proj", "c_fc", "lm_head"]  # lm_head: tied to transformer.wte
+TARGETS = {"gpt": ["c_attn", "c_proj", "c_fc", "lm_head"],  # lm_head: tied to transformer.wte
+           "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
+FINAL_NORM = {"gpt": "ln_f", "llama": "norm"}  # a module_to_save
+
+
+def token_embedding(model) -> np.ndarray:
+    """The token embedding's matrix of a GPT or a LLaMA (plain or inside a PeftModel), copied."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return (base.transformer.wte if hasattr(base, "transformer") else base.model.embed_tokens).weight.numpy().copy()
 
 
 @dataclass
@@ -214,11 +222,18 @@ class GPTCase:
     batch: int
     length: int
     seed: int
+    arch: str = "gpt"  # or "llama": a LlamaForCausalLM of the same size, 2 query heads sharing 1 key/value head
 
-    def base(self) -> GPT:
+    def base(self):
         manual_seed(self.seed)
-        config = GPTConfig(vocab_size=23, block_size=8, n_layer=self.n_layer, n_head=2, n_embd=self.n_embd)
-        model = GPT(config, dtype=self.dtype)
+        if self.arch == "llama":
+            config = LlamaConfig(vocab_size=23, hidden_size=self.n_embd, intermediate_size=2 * self.n_embd,
+                                 num_hidden_layers=self.n_layer, num_attention_heads=2, num_key_value_heads=1,
+                                 max_position_embeddings=8)
+            model = LlamaForCausalLM(config, dtype=self.dtype)
+        else:
+            config = GPTConfig(vocab_size=23, block_size=8, n_layer=self.n_layer, n_head=2, n_embd=self.n_embd)
+            model = GPT(config, dtype=self.dtype)
         rng = np.random.default_rng(self.seed)
         for p in model.parameters():  # biases and LayerNorms perturbed too
             p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(self.dtype)
@@ -248,23 +263,23 @@ class GPTCase:
 
 
 @st.composite
-def gpt_cases(draw, dtypes=DTYPES, same_rank=False, modules_to_save=False, min_adapters=1):
+def gpt_cases(draw, dtypes=DTYPES, same_rank=False, modules_to_save=False, min_adapters=1, arch="gpt"):
     n_embd = draw(st.sampled_from([8, 12]))
     shared_r = draw(st.integers(1, 4))
 
     def adapter():
         return dict(r=shared_r if same_rank else draw(st.integers(1, 4)), lora_alpha=draw(st.floats(0.5, 16.0)),
                     use_rslora=draw(st.booleans()),
-                    target_modules=draw(st.lists(st.sampled_from(TARGETS), min_size=1, max_size=3, unique=True)))
+                    target_modules=draw(st.lists(st.sampled_from(TARGETS[arch]), min_size=1, max_size=3, unique=True)))
 
     adapters = [adapter() for _ in range(draw(st.integers(min_adapters, 3)))]
     # the tied head trained in full as a modules_to_save copy -- unless LoRA wraps it already
-    savable = ["ln_f"] + ([] if any("lm_head" in a["target_modules"] for a in adapters) else ["lm_head"])
+    savable = [FINAL_NORM[arch]] + ([] if any("lm_head" in a["target_modules"] for a in adapters) else ["lm_head"])
     for fields in adapters:
         if modules_to_save and draw(st.booleans()):
             fields["modules_to_save"] = [draw(st.sampled_from(savable))]
     return GPTCase(n_embd, draw(st.integers(1, 2)), draw(dtypes), adapters, draw(st.integers(1, 4)),
-                   draw(st.integers(1, 8)), draw(st.integers(0, 2**16)))
+                   draw(st.integers(1, 8)), draw(st.integers(0, 2**16)), arch)
 
 
 def layer_inputs(model: PeftModel, idx) -> list:
@@ -284,12 +299,13 @@ def layer_inputs(model: PeftModel, idx) -> list:
 
 
 @GPT_SETTINGS
-@given(case=gpt_cases(modules_to_save=True), untie=st.booleans())
+@given(case=gpt_cases(modules_to_save=True) | gpt_cases(modules_to_save=True, arch="llama"), untie=st.booleans())
 def test_gpt_merged_equals_unmerged(case, untie):
+    """GPT and LLaMA alike (their adapted layers are plain Linears in both)."""
     model, idx = case.peft_model(), case.idx()
     if untie:
         untie_head(model)
-    wte = model.get_base_model().transformer.wte.weight.numpy().copy()
+    wte = token_embedding(model)
     for name in case.names():
         model.set_adapter(name)
         if merges_into_tied_head(model, name):
@@ -298,10 +314,13 @@ def test_gpt_merged_equals_unmerged(case, untie):
             continue
         if case.dtype == np.float64:
             unmerged = model(idx)[0].numpy()
+            weights = {n: m.base_layer.weight.numpy().copy() for n, m in model.base_model.lora_layers()}
             model.merge_adapter()
             assert np.max(np.abs(model(idx)[0].numpy() - unmerged)) < 1e-10
-            assert np.array_equal(model.get_base_model().transformer.wte.weight.numpy(), wte)  # the embedding untouched
-            model.unmerge_adapter()
+            assert np.array_equal(token_embedding(model), wte)  # the embedding untouched
+            model.unmerge_adapter()  # merge then unmerge gives W back, to W's own rounding
+            for n, m in model.base_model.lora_layers():
+                assert np.max(np.abs(m.base_layer.weight.numpy() - weights[n])) < 1e-12, n
         else:  # float32: each adapted layer on the inputs it sees in the GPT
             for layer, x in layer_inputs(model, idx):
                 if name not in layer.lora_A:
@@ -309,13 +328,14 @@ def test_gpt_merged_equals_unmerged(case, untie):
                 unmerged = layer(x)
                 layer.merge()
                 assert_within(layer(x), unmerged, rounding_bound(layer, x, [name]), name)
-                assert np.array_equal(model.get_base_model().transformer.wte.weight.numpy(), wte)
+                assert np.array_equal(token_embedding(model), wte)
                 layer.unmerge()
 
 
 @GPT_SETTINGS
-@given(case=gpt_cases(modules_to_save=True), untie=st.booleans())
+@given(case=gpt_cases(modules_to_save=True) | gpt_cases(modules_to_save=True, arch="llama"), untie=st.booleans())
 def test_gpt_merge_and_unload_equals_the_adapted_model(case, untie):
+    """GPT and LLaMA alike."""
     model, idx = case.peft_model(), case.idx()
     name = case.names()[-1]
     model.set_adapter(name)
@@ -324,7 +344,7 @@ def test_gpt_merge_and_unload_equals_the_adapted_model(case, untie):
     if merges_into_tied_head(model, name):
         assert_refused_as_tied(model.merge_and_unload, model)
         untie_head(model)  # the way out the error names
-    wte = model.get_base_model().transformer.wte.weight.numpy().copy()
+    wte = token_embedding(model)
     adapted = model(idx)[0].numpy()
     before = {n: (f64(m.base_layer.weight), m.scaling[name], f64(m.lora_B[name].weight), f64(m.lora_A[name].weight))
               for n, m in model.base_model.lora_layers() if name in m.lora_A}
@@ -337,7 +357,7 @@ def test_gpt_merge_and_unload_equals_the_adapted_model(case, untie):
         merged = plain.get_submodule(n).weight.numpy()
         absolute = np.abs(W) + abs(s) * np.abs(Bm) @ np.abs(A)
         assert_within(merged, W + s * Bm @ A, with_reference(A.shape[0] + 3, case.dtype, absolute), n)
-    assert np.array_equal(plain.transformer.wte.weight.numpy(), wte)  # the embedding untouched
+    assert np.array_equal(token_embedding(plain), wte)  # the embedding untouched
     if case.dtype == np.float64:
         assert np.max(np.abs(plain(idx)[0].numpy() - adapted)) < 1e-10
 

@@ -248,3 +248,4 @@ def test_dropout_gradient_by_finite_differences_with_a_fixed_seed(name, fn):
     assert 0 < (outs[0].numpy() == 0).sum() or name != "dropout"
     fd = finite_difference_gradients(op, example, gs)[0]
     assert relative_error(xs[0].grad, fd) <= FD_TOL
+

@@ -39,6 +39,7 @@ from minilora.lora import BASE, LoraConfig, LoRALinear  # noqa: E402
 from minilora.models import GPT, to_transformers  # noqa: E402
 from minilora.peft import IA3Config, PeftModel, get_peft_model  # noqa: E402
 from minilora.peft.ia3 import IA3Linear  # noqa: E402
+import peft_helpers as helpers  # noqa: E402
 from peft_helpers import (  # noqa: E402
     C,
     N_LAYER,
@@ -50,7 +51,6 @@ from peft_helpers import (  # noqa: E402
     merges_into_tied_head,
     peft_logits,
     perturb_trainable,
-    perturb_trainable_torch,
     rel_err,
     snapshot,
     tiny_gpt,
@@ -85,24 +85,13 @@ CONFIGS = {
 }
 
 
-def random_init(config_cls) -> dict:
-    # DoRA: random A and B as well (m is then ||W + ΔW||, moved by perturb_trainable);
-    # IA3: ones, moved by perturb_trainable to 1 + 0.1 N(0, 1) -- vectors as training leaves them
-    return dict(init_lora_weights=False) if config_cls is LoraConfig else {}
-
-
 def minilora_adapter(base, name: str, seed=1) -> PeftModel:
     config_cls, _, fields = CONFIGS[name]
-    model = get_peft_model(base, config_cls(**random_init(config_cls), **copy.deepcopy(fields)))
-    perturb_trainable(model, seed)
-    return model
+    return helpers.minilora_adapter(base, config_cls, fields, seed)
 
 
 def peft_adapter(hf_model, name: str, seed=1):
-    config_cls, peft_cls, fields = CONFIGS[name]
-    model = peft.get_peft_model(hf_model, getattr(peft, peft_cls)(**random_init(config_cls), **copy.deepcopy(fields)))
-    perturb_trainable_torch(model, seed)
-    return model.eval()
+    return helpers.peft_adapter(hf_model, *CONFIGS[name], seed=seed)
 
 
 # ---------------------------------------------------------------------------

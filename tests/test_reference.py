@@ -19,7 +19,7 @@ import minilora as ml
 import minilora.nn.functional as F
 from minilora import nn, optim
 from minilora.nn import reference as R
-from op_table import array, attention_example, layer_norm_example, relative_error, shapes, values
+from op_table import array, attention_example, layer_norm_example, relative_error, rms_norm_example, rotary_example, shapes, values
 
 TOL = 1e-10  # float64 on both sides: only the order of the additions differs
 
@@ -90,6 +90,33 @@ def test_gelu(approximate, name, x, seed):
     out, g, (dx,) = run_fast(F.gelu, [x], seed, approximate=approximate)
     assert_close(name, out, getattr(R, name)(x))
     assert_close(f"{name} backward", dx, getattr(R, f"{name}_backward")(x, g))
+
+
+@given(example=rms_norm_example(affine=True))
+def test_rms_norm(example):
+    (x, w), p = example.inputs, example.params
+    normalized, eps = p["normalized_shape"], p["eps"] if p["eps"] is not None else float(np.finfo(np.float64).eps)
+    out, g, (dx, dw) = run_fast(lambda x, w: F.rms_norm(x, normalized, w, p["eps"]), [x, w], example.seed)
+    k = len(normalized)
+    flat = lambda a: a.reshape(a.shape[: a.ndim - k] + (-1,))  # noqa: E731
+    assert_close("rms_norm", flat(out), R.rms_norm(flat(x), w.reshape(-1), eps))
+    rdx, rdw = R.rms_norm_backward(flat(x), w.reshape(-1), flat(g), eps)
+    assert_close("rms_norm backward", [flat(dx), dw.reshape(-1)], [rdx, rdw])
+
+
+@given(example=rotary_example())
+def test_rotary_embedding(example):
+    cos, sin = example.params["cos"], example.params["sin"]
+    out, g, (dx,) = run_fast(lambda x: F.rotary_embedding(x, cos, sin), list(example.inputs), example.seed)
+    assert_close("rotary_embedding", out, R.rotary_embedding(example.inputs[0], cos, sin))
+    assert_close("rotary_embedding backward", dx, R.rotary_embedding_backward(cos, sin, g))
+
+
+@given(x=shapes(0, 3).flatmap(lambda s: array(s, values(-8, 8))), seed=seeds)
+def test_silu(x, seed):
+    out, g, (dx,) = run_fast(F.silu, [x], seed)
+    assert_close("silu", out, R.silu(x))
+    assert_close("silu backward", dx, R.silu_backward(x, g))
 
 
 @given(example=attention_example())

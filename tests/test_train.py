@@ -102,6 +102,69 @@ def test_checkpoint_metadata(tmp_path):
         assert json.loads(f.metadata()["step"]) == 7
 
 
+class Interrupted(Exception):
+    """Stands in for a killed process: raised by the batch source part-way through a run."""
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_a_resumed_run_reaches_the_losses_of_an_uninterrupted_one(arch, tmp_path):
+    """Interrupt a run after its second checkpoint, resume it: the losses, learning rates, evaluations
+    and final weights equal, bit for bit, those of the same run never interrupted (AdamW's moments
+    and step counts, the schedule's step and the batch generator all come back)."""
+    from minilora.models import LlamaConfig, LlamaForCausalLM
+
+    data = np.random.default_rng(0).integers(0, 256, size=4096).astype(np.uint8)
+
+    def run(path, stop_at=None):
+        minilora.manual_seed(5)
+        model = GPT(TINY) if arch == "gpt" else LlamaForCausalLM(LlamaConfig(
+            vocab_size=256, hidden_size=16, intermediate_size=24, num_hidden_layers=1, num_attention_heads=2,
+            num_key_value_heads=1, max_position_embeddings=16, tie_word_embeddings=True))
+        calls = []
+
+        def batches(rng):
+            if len(calls) == stop_at:
+                raise Interrupted
+            calls.append(1)
+            return get_batch(data, 4, 16, rng)
+
+        config = TrainConfig(max_steps=9, warmup_steps=3, eval_interval=3, seed=5, progress=False,
+                             checkpoint_path=str(path), resume=True)
+        history = train(model, batches, config, evaluate=lambda m: {"val_loss": float(m(data[None, :16], data[None, 1:17])[1].data)})
+        return model, history
+
+    whole, expected = run(tmp_path / "a.safetensors")
+    with pytest.raises(Interrupted):
+        run(tmp_path / "b.safetensors", stop_at=7)  # checkpoints after steps 3 and 6; step 7 is lost
+    resumed, history = run(tmp_path / "b.safetensors")  # a fresh process: new model, new optimizer
+    assert history.losses == expected.losses and len(history.losses) == 9
+    assert [r["lr"] for r in history.steps] == [r["lr"] for r in expected.steps]
+    assert history.evals == expected.evals
+    for (name, p), q in zip(resumed.named_parameters(), whole.parameters()):
+        assert np.array_equal(p.data, q.data), name
+
+
+def test_resuming_with_other_settings_is_refused(tmp_path):
+    path = tmp_path / "ckpt.safetensors"
+    tiny_run(seed=0, steps=6, checkpoint_path=str(path))
+    with pytest.raises(ValueError, match=r"max_steps=6 there, 9 now"):
+        tiny_run(seed=0, steps=9, checkpoint_path=str(path), resume=True)
+
+
+def test_the_llama_base_has_the_gpt_base_s_budget_and_its_own_command(tmp_path):
+    from minilora.cli import build_parser
+    from minilora.pretrain import LLAMA_BASE_CONFIG, pretrain
+
+    assert abs(LLAMA_BASE_CONFIG.num_parameters() / BASE_CONFIG.num_parameters() - 1) < 0.01
+    assert LLAMA_BASE_CONFIG.block_size == BASE_CONFIG.block_size and LLAMA_BASE_CONFIG.vocab_size == BASE_CONFIG.vocab_size
+    args = build_parser().parse_args(["pretrain", "--arch", "llama"])
+    assert (args.arch, args.out, args.restart) == ("llama", None, False)
+    with pytest.raises(FileNotFoundError, match="minilora pretrain --arch llama"):
+        load_base(path=tmp_path, arch="llama")
+    with pytest.raises(ValueError, match="arch must be one of gpt, llama, got 'bert'"):
+        pretrain(out=tmp_path, arch="bert")
+
+
 # ---------------------------------------------------------------------------
 # the shipped base model
 # ---------------------------------------------------------------------------

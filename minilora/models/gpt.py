@@ -85,7 +85,8 @@ class KVCache:
     """Keys and values of the P positions already seen, one ``(k, v)`` pair per layer.
 
     This is Hugging Face's ``past_key_values``: k and v are Tensors of shape
-    (B, n_head, P, head_size). Attention layer i calls ``update(i, k_new, v_new)``,
+    (B, n_head, P, head_size) -- for LLaMA (B, num_key_value_heads, P, head_dim):
+    grouped-query attention's shared heads, stored once. Attention layer i calls ``update(i, k_new, v_new)``,
     which appends the new positions *in place* and returns the whole (k, v);
     the new tokens take positions P, P+1, ... Gradients flow through the
     concatenation into the stored tensors, so prefix tuning passes a KVCache built
@@ -210,7 +211,63 @@ class Block(nn.Module):
         return x
 
 
-class GPT(nn.Module):
+class GenerationMixin:
+    """``generate`` for a causal language model (Hugging Face's name for the same mixin).
+
+    The model needs ``config.block_size`` (its context length) and a forward
+    ``model(idx, kv_cache=...) -> (logits, loss)`` that extends a ``KVCache``; GPT and
+    LlamaForCausalLM both have them.
+    """
+
+    @no_grad()
+    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 seed: int | None = None, use_cache: bool = True) -> Tensor:
+        """Append ``max_new_tokens`` tokens to each row of ``idx`` (B, T); returns ids (B, T + max_new_tokens).
+
+        ``temperature == 0`` is greedy decoding (argmax, Hugging Face's ``do_sample=False``);
+        otherwise sample from ``softmax(logits / temperature)``, restricted to the
+        ``top_k`` most likely tokens if given. ``seed`` makes sampling reproducible
+        (without it, minilora's global generator is used). With ``use_cache`` the
+        prompt is run once (prefill) and then one token per step through a KVCache;
+        without, the whole sequence is recomputed each step -- the same tokens.
+        The whole sequence must fit in ``block_size``: never cropped, an error instead.
+        Runs in eval mode (no dropout) and restores the mode afterwards.
+        """
+        idx = _as_ids(idx, "idx").data
+        T = idx.shape[1]
+        if max_new_tokens < 0:
+            raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
+        if T + max_new_tokens > self.config.block_size:
+            raise ValueError(
+                f"generate: prompt length {T} + max_new_tokens={max_new_tokens} = {T + max_new_tokens} exceeds "
+                f"block_size={self.config.block_size}; crop the prompt or generate fewer tokens"
+            )
+        if temperature < 0:
+            raise ValueError(f"generate: temperature must be >= 0 (0 = greedy), got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"generate: top_k must be a positive int or None, got {top_k}")
+        rng = backend.xp.random.default_rng(seed) if seed is not None else backend.rng()
+        was_training = self.training
+        self.eval()
+        try:
+            cache = KVCache() if use_cache else None
+            tokens = [idx]
+            logits, _ = self(idx, kv_cache=cache)  # prefill: (B, T, V)
+            for step in range(max_new_tokens):
+                next_id = sample_next(logits.data[:, -1, :], temperature, top_k, rng)  # (B, 1)
+                tokens.append(next_id)
+                if step + 1 == max_new_tokens:
+                    break
+                if use_cache:
+                    logits, _ = self(next_id, kv_cache=cache)  # (B, 1, V)
+                else:
+                    logits, _ = self(backend.xp.concatenate(tokens, axis=1))  # (B, T', V)
+        finally:
+            self.train(was_training)
+        return Tensor(backend.xp.concatenate(tokens, axis=1))
+
+
+class GPT(GenerationMixin, nn.Module):
     """GPT-2: token + position embeddings, ``n_layer`` blocks, a final LayerNorm, and a head tied to ``wte``."""
 
     def __init__(self, config: GPTConfig, dtype=None):
@@ -275,13 +332,7 @@ class GPT(nn.Module):
             x = block(x, kv_cache)  # (B, T, C)
         x = self.transformer.ln_f(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
-        loss = None
-        if targets is not None:
-            targets = _as_ids(targets, "targets")
-            if targets.shape != (B, T):
-                raise ValueError(f"GPT.forward: targets must have shape (B, T) = {(B, T)}, got {targets.shape}")
-            loss = F.cross_entropy(logits.view(B * T, -1), targets.view(B * T), ignore_index=-100)
-        return logits, loss
+        return logits, lm_loss(logits, targets, "GPT.forward")
 
     def _check_cache(self, kv_cache: KVCache, batch: int) -> int:
         """P, after checking that the cache is empty or holds one (B, nh, P, hs) pair per layer."""
@@ -318,55 +369,6 @@ class GPT(nn.Module):
 
         hf.save_pretrained(self, path)
 
-    # --- generation -----------------------------------------------------------------
-
-    @no_grad()
-    def generate(self, idx, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
-                 seed: int | None = None, use_cache: bool = True) -> Tensor:
-        """Append ``max_new_tokens`` tokens to each row of ``idx`` (B, T); returns ids (B, T + max_new_tokens).
-
-        ``temperature == 0`` is greedy decoding (argmax, Hugging Face's ``do_sample=False``);
-        otherwise sample from ``softmax(logits / temperature)``, restricted to the
-        ``top_k`` most likely tokens if given. ``seed`` makes sampling reproducible
-        (without it, minilora's global generator is used). With ``use_cache`` the
-        prompt is run once (prefill) and then one token per step through a KVCache;
-        without, the whole sequence is recomputed each step -- the same tokens.
-        The whole sequence must fit in ``block_size``: never cropped, an error instead.
-        Runs in eval mode (no dropout) and restores the mode afterwards.
-        """
-        idx = _as_ids(idx, "idx").data
-        T = idx.shape[1]
-        if max_new_tokens < 0:
-            raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
-        if T + max_new_tokens > self.config.block_size:
-            raise ValueError(
-                f"generate: prompt length {T} + max_new_tokens={max_new_tokens} = {T + max_new_tokens} exceeds "
-                f"block_size={self.config.block_size}; crop the prompt or generate fewer tokens"
-            )
-        if temperature < 0:
-            raise ValueError(f"generate: temperature must be >= 0 (0 = greedy), got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"generate: top_k must be a positive int or None, got {top_k}")
-        rng = backend.xp.random.default_rng(seed) if seed is not None else backend.rng()
-        was_training = self.training
-        self.eval()
-        try:
-            cache = KVCache() if use_cache else None
-            tokens = [idx]
-            logits, _ = self(idx, kv_cache=cache)  # prefill: (B, T, V)
-            for step in range(max_new_tokens):
-                next_id = sample_next(logits.data[:, -1, :], temperature, top_k, rng)  # (B, 1)
-                tokens.append(next_id)
-                if step + 1 == max_new_tokens:
-                    break
-                if use_cache:
-                    logits, _ = self(next_id, kv_cache=cache)  # (B, 1, V)
-                else:
-                    logits, _ = self(backend.xp.concatenate(tokens, axis=1))  # (B, T', V)
-        finally:
-            self.train(was_training)
-        return Tensor(backend.xp.concatenate(tokens, axis=1))
-
 
 def sample_next(logits, temperature: float, top_k: int | None, rng):
     """One token id per row of ``logits`` (B, V), a backend array: argmax when temperature is 0,
@@ -385,9 +387,20 @@ def sample_next(logits, temperature: float, top_k: int | None, rng):
     return xp.minimum(next_id, logits.shape[-1] - 1).astype(xp.int64)
 
 
+def lm_loss(logits: Tensor, targets, caller: str) -> Tensor | None:
+    """The mean next-token cross-entropy of logits (B, T, V) against targets (B, T), -100 ignored; None without targets."""
+    if targets is None:
+        return None
+    B, T, V = logits.shape
+    targets = _as_ids(targets, "targets")
+    if targets.shape != (B, T):
+        raise ValueError(f"{caller}: targets must have shape (B, T) = {(B, T)}, got {targets.shape}")
+    return F.cross_entropy(logits.view(B * T, V), targets.view(B * T), ignore_index=-100)
+
+
 def _as_ids(ids, name: str) -> Tensor:
     """Token ids as an integer Tensor of shape (B, T)."""
     ids = ids if isinstance(ids, Tensor) else Tensor(backend.xp.asarray(ids))
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
-        raise ValueError(f"GPT: {name} must be integer token ids of shape (B, T), got dtype {ids.dtype} and shape {ids.shape}")
+        raise ValueError(f"{name} must be integer token ids of shape (B, T), got dtype {ids.dtype} and shape {ids.shape}")
     return ids

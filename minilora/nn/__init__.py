@@ -11,12 +11,14 @@ from minilora.nn.layers import (
     ModuleDict,
     ModuleList,
     ReLU,
+    RMSNorm,
     Sequential,
+    SiLU,
     Tanh,
 )
 from minilora.nn.module import Module, Parameter
 
 __all__ = [
-    "functional", "init", "Module", "Parameter", "Linear", "Embedding", "LayerNorm", "Dropout",
-    "GELU", "ReLU", "Tanh", "Identity", "Sequential", "ModuleList", "ModuleDict",
+    "functional", "init", "Module", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout",
+    "GELU", "SiLU", "ReLU", "Tanh", "Identity", "Sequential", "ModuleList", "ModuleDict",
 ]

@@ -140,27 +140,80 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Ten
         g2 = xp.ascontiguousarray(g).reshape(-1, n)
         gw = xp.einsum("ij,ij->j", g2, xhat).reshape(shape) if weight is not None and weight.requires_grad else None
         gb = _column_sums(g2).reshape(shape) if bias is not None and bias.requires_grad else None
-        gx = None
-        if x.requires_grad:
-            gx = xp.empty_like(g2)
-
-            def rows(a, c):
-                gh = gx[a:c]
-                if w is not None:
-                    xp.multiply(g2[a:c], w, out=gh)
-                else:
-                    gh[...] = g2[a:c]
-                mean_gh_xhat = (xp.einsum("ij,ij->i", gh, xhat[a:c]) / n)[:, None]  # (block, 1)
-                gh -= _row_sums(gh) * (1 / n)
-                gh -= xhat[a:c] * mean_gh_xhat
-                gh *= rstd[a:c]
-
-            B.parallel_for(g2.shape[0], rows, row_size=n)
-            gx = gx.reshape(x.data.shape)
+        gx = _normalized_input_grad(g2, xhat, rstd, w, centred=True).reshape(x.data.shape) if x.requires_grad else None
         return gx, gw, gb
 
     parents = (x, weight if weight is not None else _none(), bias if bias is not None else _none())
     return Tensor._make(y.reshape(x.data.shape), parents, backward)
+
+
+def rms_norm(input, normalized_shape, weight=None, eps=None) -> Tensor:
+    """``y = x / sqrt(mean(x^2) + eps) * weight`` over the last dimensions, as ``torch.nn.functional.rms_norm``
+    (Zhang & Sennrich, 2019, eq. 4): LayerNorm without the centring and without a bias.
+
+    ``eps=None`` is PyTorch's default, the dtype's machine epsilon (LLaMA passes its ``rms_norm_eps``).
+    Backward, with ``r = 1 / sqrt(mean(x^2) + eps)``, ``xhat = x r`` and ``gh = g * weight``:
+    ``dx = r * (gh - xhat * mean(gh * xhat))``, ``dweight = sum over rows of g * xhat``
+    (the derivation is ``layer_norm``'s with the mean term gone; docs/llama.md).
+
+    Computed like ``layer_norm``: a (rows, n) view in cache-sized blocks on all cores,
+    the per-row dot products by ``einsum``. The plain version, a few Tensor ops whose
+    backward autograd derives, is ``minilora.nn.reference.rms_norm``.
+    """
+    x = _t(input)
+    shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if x.shape[-len(shape) :] != shape:
+        raise RuntimeError(f"rms_norm: normalized_shape {shape} does not match the input's last dims {x.shape}")
+    xp = B.xp
+    eps = float(xp.finfo(x.dtype).eps) if eps is None else eps
+    n = math.prod(shape)
+    x2 = x.data.reshape(-1, n)  # (rows, n)
+    w = weight.data.reshape(n) if weight is not None else None
+    xhat, y = xp.empty_like(x2), xp.empty_like(x2)
+    rstd = xp.empty((x2.shape[0], 1), dtype=x2.dtype)
+
+    def forward(a, c):
+        ms = xp.einsum("ij,ij->i", x2[a:c], x2[a:c]) / n  # mean of squares, (block,)
+        rstd[a:c, 0] = 1.0 / xp.sqrt(ms + eps)
+        xp.multiply(x2[a:c], rstd[a:c], out=xhat[a:c])
+        if w is not None:
+            xp.multiply(xhat[a:c], w, out=y[a:c])
+        else:
+            y[a:c] = xhat[a:c]
+
+    B.parallel_for(x2.shape[0], forward, row_size=n)
+
+    def backward(g):
+        g2 = xp.ascontiguousarray(g).reshape(-1, n)
+        gw = xp.einsum("ij,ij->j", g2, xhat).reshape(shape) if weight is not None and weight.requires_grad else None
+        gx = _normalized_input_grad(g2, xhat, rstd, w, centred=False).reshape(x.data.shape) if x.requires_grad else None
+        return gx, gw
+
+    parents = (x, weight if weight is not None else _none())
+    return Tensor._make(y.reshape(x.data.shape), parents, backward)
+
+
+def _normalized_input_grad(g2, xhat, rstd, w, centred: bool):
+    """dx of ``y = xhat * w`` (rows of n), ``xhat = (x - mean) * rstd`` (layer norm, ``centred``) or ``x * rstd``
+    (RMS norm): ``dx = rstd * (gh - mean(gh) - xhat * mean(gh * xhat))`` with ``gh = g * w``, the ``mean(gh)``
+    term only when centred. Row blocks on all cores, in place in the result."""
+    xp, n = B.xp, g2.shape[1]
+    gx = xp.empty_like(g2)
+
+    def rows(a, c):
+        gh = gx[a:c]
+        if w is not None:
+            xp.multiply(g2[a:c], w, out=gh)
+        else:
+            gh[...] = g2[a:c]
+        mean_gh_xhat = (xp.einsum("ij,ij->i", gh, xhat[a:c]) / n)[:, None]  # (block, 1)
+        if centred:
+            gh -= _row_sums(gh) * (1 / n)
+        gh -= xhat[a:c] * mean_gh_xhat
+        gh *= rstd[a:c]
+
+    B.parallel_for(g2.shape[0], rows, row_size=n)
+    return gx
 
 
 def _none() -> Tensor:
@@ -198,6 +251,16 @@ def tanh(input) -> Tensor:
 
 def sigmoid(input) -> Tensor:
     return _t(input).sigmoid()
+
+
+def silu(input) -> Tensor:
+    """``silu(x) = x sigmoid(x)`` (Elfwing et al., 2018; "swish"), LLaMA's activation, fused:
+    with ``s = sigmoid(x)``, ``d silu / dx = s + x s (1 - s) = s (1 + x (1 - s))``."""
+    x = _t(input)
+    d = x.data
+    e = B.xp.exp(-B.xp.abs(d))  # sigmoid without overflow, as Tensor.sigmoid
+    s = B.xp.where(d >= 0, 1 / (1 + e), e / (1 + e))
+    return Tensor._make(d * s, (x,), lambda g: (g * s * (1 + d * (1 - s)),))
 
 
 def erf(x):
@@ -412,7 +475,7 @@ def _causal_bias(L, S, dtype):
 
 
 def scaled_dot_product_attention(
-    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None
+    query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False
 ) -> Tensor:
     """``softmax(q k^T * scale + mask) v`` (Vaswani et al., eq. 1), fused.
 
@@ -432,8 +495,14 @@ def scaled_dot_product_attention(
     which BLAS reads directly -- so nothing but P is kept for the backward. The
     softmax's row sums are products with a vector of ones (``_row_sums``).
     Plain version: ``minilora.nn.reference.attention`` and ``attention_backward``.
+
+    ``enable_gqa`` (grouped-query attention, PyTorch's argument): q has Hq heads and k, v
+    fewer, Hkv, in dim -3; query head h reads key/value head ``h // (Hq / Hkv)``. See
+    ``_grouped_query_attention``: k and v are never repeated.
     """
     q, k, v = _t(query), _t(key), _t(value)
+    if enable_gqa and q.ndim >= 3 and k.ndim >= 3 and q.shape[-3] != k.shape[-3]:
+        return _grouped_query_attention(q, k, v, attn_mask, dropout_p, is_causal, scale)
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:
         raise RuntimeError(f"attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not fit")
     check_same_dtype("scaled_dot_product_attention", query=q, key=k, value=v)
@@ -514,3 +583,94 @@ def scaled_dot_product_attention(
         return tuple(None if t is None else t.reshape(x.shape) for t, x in ((gq, q), (gk, k), (gv, v)))
 
     return Tensor._make(out.reshape(batch + (L, Ev)), (q, k, v), backward)
+
+
+def _grouped_query_attention(q, k, v, attn_mask, dropout_p, is_causal, scale) -> Tensor:
+    """Attention where n_rep = Hq / Hkv query heads share each key/value head (Ainslie et al., 2023).
+
+    Hugging Face repeats k and v n_rep times (``repeat_kv``); instead, the n_rep query heads
+    of a group are stacked along the query axis, q (..., Hq, L, E) -> (..., Hkv, n_rep L, E),
+    which is a plain reshape because heads h = j n_rep + r of group j are neighbours. Each
+    group then is one ordinary attention of n_rep L queries over its own S keys -- larger
+    products, k and v read once -- and the mask, which depends on a query's position only,
+    is tiled n_rep times along the query axis. The output goes back to (..., Hq, L, Ev).
+    """
+    Hq, L, E = q.shape[-3:]
+    Hkv, S = k.shape[-3], k.shape[-2]
+    if Hq % Hkv or v.shape[-3] != Hkv:
+        raise RuntimeError(f"attention with enable_gqa: the query's {Hq} heads must be a multiple of the "
+                           f"key's {Hkv} and the value's {v.shape[-3]} heads (dim -3), and those two equal")
+    if is_causal and attn_mask is not None:
+        raise RuntimeError("attention: pass either is_causal or attn_mask, not both")
+    n_rep, batch = Hq // Hkv, q.shape[:-3]
+    xp = B.xp
+    if is_causal:
+        attn_mask = _causal_bias(L, S, q.dtype)  # (L, S), 0 or -inf
+    if attn_mask is not None:
+        m = attn_mask.data if isinstance(attn_mask, Tensor) else xp.asarray(attn_mask)
+        if m.ndim <= 2:  # one (L, S) mask for every head
+            m = xp.tile(xp.broadcast_to(m, (L, S)), (n_rep, 1))  # (n_rep L, S)
+        else:  # a mask per head: each group's n_rep masks stacked like the queries
+            m = xp.broadcast_to(m, batch + (Hq, L, S)).reshape(batch + (Hkv, n_rep * L, S))
+        attn_mask = m
+    q_grouped = q.reshape(batch + (Hkv, n_rep * L, E))  # (..., Hkv, n_rep L, E)
+    y = scaled_dot_product_attention(q_grouped, k, v, attn_mask=attn_mask, dropout_p=dropout_p, scale=scale)
+    return y.reshape(batch + (Hq, L, v.shape[-1]))  # (..., Hq, L, Ev)
+
+
+# ---------------------------------------------------------------------------
+# rotary position embedding
+# ---------------------------------------------------------------------------
+
+
+def rotary_embedding(input, cos, sin) -> Tensor:
+    """Rotary position embedding (Su et al., 2021, "RoFormer", eq. 34) in Hugging Face's
+    ``rotate_half`` layout: ``y = x * cos + rotate_half(x) * sin``.
+
+    ``x`` is (..., D) with D even, split in halves ``x1 = x[..., :D/2]``, ``x2 = x[..., D/2:]``;
+    ``rotate_half(x) = cat(-x2, x1)``. ``cos`` and ``sin`` (constants, no gradient) broadcast
+    to x's shape; LLaMA's are ``cos(p theta_i)`` and ``sin(p theta_i)`` for position p, each
+    frequency theta_i written in both halves, so pair (x1_i, x2_i) is turned by the angle
+    p theta_i -- a 2-D rotation (derivation in docs/llama.md).
+
+    Fused, on the halves, without the concatenation that ``rotate_half`` builds:
+
+        y1 = x1 c1 - x2 s1,         y2 = x2 c2 + x1 s2
+        dx1 = g1 c1 + g2 s2,        dx2 = g2 c2 - g1 s1
+
+    i.e. ``dx = g * cos - rotate_half(g * sin)``: the backward of a rotation by +angle is
+    the rotation by -angle. The plain version is ``minilora.nn.reference.rotary_embedding``.
+    """
+    x = _t(input)
+    xp = B.xp
+    c = cos.data if isinstance(cos, Tensor) else xp.asarray(cos)
+    s = sin.data if isinstance(sin, Tensor) else xp.asarray(sin)
+    D = x.shape[-1] if x.ndim else 0
+    if x.ndim == 0 or D % 2:
+        raise RuntimeError(f"rotary_embedding: the last dim of the input must be even (pairs of features), got shape {x.shape}")
+    for name, t in (("cos", c), ("sin", s)):
+        try:
+            fits = xp.broadcast_shapes(x.shape, t.shape) == x.shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise RuntimeError(f"rotary_embedding: {name} of shape {tuple(t.shape)} does not broadcast to the input's {x.shape}")
+    h = D // 2
+    x1, x2 = x.data[..., :h], x.data[..., h:]
+    c1, c2, s1, s2 = c[..., :h], c[..., h:], s[..., :h], s[..., h:]
+    y = xp.empty(x.shape, dtype=x.dtype)
+    xp.multiply(x1, c1, out=y[..., :h])
+    y[..., :h] -= x2 * s1
+    xp.multiply(x2, c2, out=y[..., h:])
+    y[..., h:] += x1 * s2
+
+    def backward(g):
+        g1, g2 = g[..., :h], g[..., h:]
+        gx = xp.empty(x.shape, dtype=g.dtype)
+        xp.multiply(g1, c1, out=gx[..., :h])
+        gx[..., :h] += g2 * s2
+        xp.multiply(g2, c2, out=gx[..., h:])
+        gx[..., h:] -= g1 * s1
+        return (gx,)
+
+    return Tensor._make(y, (x,), backward)

@@ -86,6 +86,26 @@ class LayerNorm(Module):
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
+class RMSNorm(Module):
+    """Root-mean-square normalisation (Zhang & Sennrich, 2019) over the last dimensions; weight 1,
+    no bias, as ``torch.nn.RMSNorm`` (``eps=None``: the dtype's machine epsilon)."""
+
+    def __init__(self, normalized_shape, eps: float | None = None, elementwise_affine: bool = True, dtype=None):
+        super().__init__()
+        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.eps = eps
+        if elementwise_affine:
+            self.weight = Parameter(B.xp.ones(self.normalized_shape, dtype=dtype or B.default_float))
+        else:
+            self.register_parameter("weight", None)
+
+    def forward(self, x):
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self):
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
 class Dropout(Module):
     def __init__(self, p: float = 0.5):
         super().__init__()
@@ -110,6 +130,11 @@ class GELU(Module):
 
     def extra_repr(self):
         return f"approximate={self.approximate!r}"
+
+
+class SiLU(Module):
+    def forward(self, x):
+        return F.silu(x)
 
 
 class ReLU(Module):

@@ -1,7 +1,8 @@
 """Plain NumPy versions of the fast kernels: read these first.
 
 The kernels that training runs -- ``minilora.nn.functional`` (softmax, log_softmax,
-cross_entropy, layer_norm, gelu, scaled_dot_product_attention) and the AdamW step in
+cross_entropy, layer_norm, gelu, scaled_dot_product_attention, and LLaMA's rms_norm,
+rotary_embedding and silu) and the AdamW step in
 ``minilora.optim`` -- are blocked, threaded and in place, because a training step spends
 its time there. Each is the same few lines of maths as the function of the same name
 here, written as it is written in docs/autograd.md: whole arrays, no scratch buffers,
@@ -101,6 +102,24 @@ def layer_norm_backward(x, weight, g, eps=1e-5):
     return dx, (g * xhat).sum(axis=rows), g.sum(axis=rows)
 
 
+def rms_norm(x, weight, eps=1e-6):
+    """``y = x / sqrt(mean(x^2) + eps) * weight`` over the last axis (Zhang & Sennrich, 2019):
+    layer norm without the centring and the bias."""
+    return x / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps) * weight
+
+
+def rms_norm_backward(x, weight, g, eps=1e-6):
+    """With ``r = 1 / sqrt(mean(x^2) + eps)``, ``xhat = x r`` and ``gh = g * weight``:
+
+        dx      = r (gh - xhat * mean(gh * xhat))
+        dweight = sum over rows of g * xhat
+    """
+    r = 1 / np.sqrt((x * x).mean(axis=-1, keepdims=True) + eps)
+    xhat, gh = x * r, g * weight
+    dx = r * (gh - xhat * (gh * xhat).mean(axis=-1, keepdims=True))
+    return dx, (g * xhat).sum(axis=tuple(range(x.ndim - 1)))
+
+
 # ---------------------------------------------------------------------------
 # GELU
 # ---------------------------------------------------------------------------
@@ -198,3 +217,36 @@ def adamw_step(param, grad, exp_avg, exp_avg_sq, step, lr=1e-3, betas=(0.9, 0.99
     m_hat = exp_avg / (1 - b1**step)
     v_hat = exp_avg_sq / (1 - b2**step)
     return param - lr * m_hat / (np.sqrt(v_hat) + eps), exp_avg, exp_avg_sq
+
+
+# ---------------------------------------------------------------------------
+# LLaMA's activation and rotary position embedding (docs/llama.md)
+# ---------------------------------------------------------------------------
+
+
+def silu(x):
+    """``silu(x) = x sigmoid(x)``."""
+    return x / (1 + np.exp(-x))
+
+
+def silu_backward(x, g):
+    """``d silu / dx = s (1 + x (1 - s))`` with ``s = sigmoid(x)``."""
+    s = 1 / (1 + np.exp(-x))
+    return g * s * (1 + x * (1 - s))
+
+
+def rotate_half(x):
+    """``cat(-x2, x1)`` for the halves x1, x2 of the last axis: each pair (x1_i, x2_i) turned by 90 degrees."""
+    h = x.shape[-1] // 2
+    return np.concatenate([-x[..., h:], x[..., :h]], axis=-1)
+
+
+def rotary_embedding(x, cos, sin):
+    """Hugging Face's ``x * cos + rotate_half(x) * sin`` (Su et al., 2021): pair i turned by its angle."""
+    return x * cos + rotate_half(x) * sin
+
+
+def rotary_embedding_backward(cos, sin, g):
+    """The transpose of the rotation is the rotation back: ``dx = g * cos - rotate_half(g * sin)``
+    (``rotate_half`` is antisymmetric: its transpose is ``-rotate_half``)."""
+    return g * cos - rotate_half(g * sin)

@@ -40,20 +40,23 @@ from minilora import nn
 from minilora.tensor import Tensor, cat, no_grad
 from minilora.tuner import BaseTuner, MergeStep, TunerLayer, set_fan_in_fan_out
 
-# PEFT's defaults when target_modules / feedforward_modules are None, by model class. For BERT,
+# PEFT's defaults when target_modules / feedforward_modules are None, by model class (PEFT's
+# TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING / ..._FEEDFORWARD_MODULES_MAPPING). For BERT,
 # "output.dense" ends both the attention's output projection and the FFN's second one, so
 # PEFT scales the input of both.
 _BERT_IA3, _BERT_IA3_FF = ["key", "value", "output.dense"], ["output.dense"]
-DEFAULT_TARGET_MODULES = {"GPT": ["c_attn", "mlp.c_proj"], "BertModel": _BERT_IA3, "BertForSequenceClassification": _BERT_IA3}
-DEFAULT_FEEDFORWARD_MODULES = {"GPT": ["mlp.c_proj"], "BertModel": _BERT_IA3_FF, "BertForSequenceClassification": _BERT_IA3_FF}
+DEFAULT_TARGET_MODULES = {"GPT": ["c_attn", "mlp.c_proj"], "BertModel": _BERT_IA3, "BertForSequenceClassification": _BERT_IA3,
+                          "LlamaForCausalLM": ["k_proj", "v_proj", "down_proj"]}
+DEFAULT_FEEDFORWARD_MODULES = {"GPT": ["mlp.c_proj"], "BertModel": _BERT_IA3_FF, "BertForSequenceClassification": _BERT_IA3_FF,
+                               "LlamaForCausalLM": ["down_proj"]}
 
 
 @dataclass
 class IA3Config:
     """What to rescale, with PEFT's field names and defaults."""
 
-    target_modules: list | str | None = None  # names or suffixes (list), or one regex (str); None: c_attn, mlp.c_proj
-    feedforward_modules: list | str | None = None  # targets whose *input* is scaled (a subset); None: mlp.c_proj
+    target_modules: list | str | None = None  # names or suffixes (list), or one regex (str); None: PEFT's (GPT-2: c_attn, mlp.c_proj; LLaMA: k_proj, v_proj, down_proj)
+    feedforward_modules: list | str | None = None  # targets whose *input* is scaled (a subset); None: mlp.c_proj (GPT-2), down_proj (LLaMA)
     fan_in_fan_out: bool = False  # True for GPT-2, whose HF layers (Conv1D) store W as (in, out); set automatically
     modules_to_save: list | None = None  # modules trained in full beside the vectors (e.g. a classifier head)
     init_ia3_weights: bool = True  # True: l = 1 (the base model); False: l ~ N(0, 1) (for tests only)
