@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # torch is pinned in pyproject.toml (torch==2.13.0, a CPU build on these machines' disk)
 
-.PHONY: demo test bench notebooks clean
+.PHONY: demo test bench gpu-check notebooks clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -31,9 +31,16 @@ test: $(VENV)/.installed-test
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench.py
 
+# On a machine with a CUDA GPU: the suite, `verify --quick` and the bench's GPU section on the
+# GPU (about 8 minutes; logs in gpu-check/; docs/performance.md). It installs nothing: GPU_PY is
+# a Python that has CuPy 14+, a CUDA build of torch, transformers, peft, pytest and hypothesis.
+GPU_PY ?= python3
+gpu-check:
+	PY=$(GPU_PY) bash benchmarks/gpu_check.sh
+
 # Re-run the notebooks in full and save their outputs (slow; for maintainers).
 notebooks: $(VENV)/.installed-test
 	MINILORA_QUICK=0 $(PY) -m minilora.notebooks --execute-in-place
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report gpu-check

@@ -26,3 +26,36 @@ def test_step_flops_of_a_frozen_model_with_lora_is_below_full_fine_tuning():
     config = dict(vocab_size=256, block_size=128, n_layer=2, n_head=12, n_embd=768)
     ratio = bench.step_flops(config, (8, 128), lora_r=8) / bench.step_flops(config, (8, 128))
     assert 0.66 < ratio < 0.70  # 4 of 6 FLOPs per frozen weight, plus the thin adapters
+
+
+# ---------------------------------------------------------------------------
+# the GPU section: it says why it is skipped, and its code runs on the CuPy stand-in at tiny sizes
+# ---------------------------------------------------------------------------
+
+
+def test_the_gpu_section_says_why_it_is_skipped(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as where CuPy is not installed
+    assert bench.bench_gpu(torch) == []
+    assert "skipped: the 'cupy' backend needs CuPy and a CUDA GPU" in capsys.readouterr().out
+
+
+def test_the_gpu_section_runs_on_cupy(cupy_module, monkeypatch):
+    import torch
+
+    import minilora
+
+    tiny = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    monkeypatch.setattr(bench, "GPT2_SMALL", tiny)
+    monkeypatch.setattr(bench, "GPT2_MEDIUM", tiny)
+    monkeypatch.setattr(bench, "GPU_BATCH", (2, 16))
+    rows = bench.bench_gpu(torch)
+    assert minilora.get_backend() == "numpy"  # the section leaves the backend as it found it
+    names = [r["name"] for r in rows]
+    assert len(rows) == 6 and all("GPU" in r["device"] for r in rows)
+    steps = {name: r for name, r in zip(names, rows) if "train step" in name}
+    assert len(steps) == 2 and all(r["minilora"] > 0 and r["flops"] > 0 for r in steps.values())
+    memory = [r for r in rows if "peak memory" in r["name"]]
+    assert [r["minilora"] > 0 for r in memory] == [True, True] and memory[1]["minilora"] < memory[0]["minilora"]
+    assert all("memory hook" in r["device"] for r in memory)
