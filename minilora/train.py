@@ -123,6 +123,7 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
             bar.set_postfix({"loss": f"{loss_value:.3f}", **{f"eval {k}": f"{v:.3f}" for k, v in row.items() if k != "step"}})
     bar.close()
     model.eval()
+    B.synchronize()  # on a GPU the last update may still be queued: the run's time includes it
     history.seconds = time.perf_counter() - start
     return history
 
