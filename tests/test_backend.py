@@ -30,32 +30,35 @@ from op_table import OPS, minilora_run, relative_error, torch_run
 
 
 def test_an_unknown_backend_name_lists_the_known_ones():
+    previous = backend.get_backend()
     with pytest.raises(ValueError, match="'jax'.*numpy.*cupy"):
         backend.set_backend("jax")
-    assert backend.get_backend() == "numpy"
+    assert backend.get_backend() == previous
 
 
 def test_cupy_without_cupy_raises_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)  # what `import cupy` meets where CuPy is not installed
-    previous = backend.xp
+    previous = backend.xp, backend.get_backend()
     with pytest.raises(RuntimeError, match="CuPy and a CUDA GPU"):
         backend.set_backend("cupy")
-    assert backend.xp is previous and backend.get_backend() == "numpy"  # nothing half-switched
+    assert (backend.xp, backend.get_backend()) == previous  # nothing half-switched
 
 
 @pytest.mark.parametrize("version", ["13.6.0", "12.3.0", "14.0.0rc1", "14.2.0", "15.0.0"])
 def test_cupy_older_than_14_is_refused_by_name(cupy_module, monkeypatch, version):
     monkeypatch.setattr(cupy_module, "__version__", version)
-    if version.startswith(("12", "13")):
-        with pytest.raises(RuntimeError, match=rf"needs CuPy >= 14\.0 .*put_along_axis.*found CuPy {version}.*gpu-cuda12"):
-            backend.set_backend("cupy")
-        assert backend.get_backend() == "numpy"  # nothing half-switched
-    else:
-        try:
+    previous = backend.xp
+    try:
+        if version.startswith(("12", "13")):
+            with pytest.raises(RuntimeError, match=rf"needs CuPy >= 14\.0 .*put_along_axis.*found CuPy {version}.*gpu-cuda12"):
+                backend.set_backend("numpy")
+                backend.set_backend("cupy")
+            assert backend.get_backend() == "numpy"  # nothing half-switched
+        else:
             backend.set_backend("cupy")
             assert backend.get_backend() == "cupy"
-        finally:
-            backend.set_backend("numpy")
+    finally:
+        backend.set_backend(previous)
 
 
 def test_manual_seed_makes_randn_reproducible():

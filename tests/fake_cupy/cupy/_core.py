@@ -217,7 +217,7 @@ class ndarray:
 
     def __init__(self, shape, dtype=float, memptr=None, strides=None, order="C"):
         self._a = numpy.empty(shape, dtype=dtype, order=order)  # uninitialised, as CuPy's constructor
-        wrap(self._a)
+        POOL._allocate(self._a)
 
     # --- no implicit way to the host -------------------------------------------------------
 
