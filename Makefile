@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # torch is pinned in pyproject.toml (torch==2.13.0, a CPU build on these machines' disk)
 
-.PHONY: demo test bench gpu-check notebooks clean
+.PHONY: demo test bench gpu-check notebooks docs clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -15,8 +15,12 @@ $(VENV)/.installed-core: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,plots]'
-	touch $@ $(VENV)/.installed-core
+	$(PY) -m pip install -q -e '.[test,plots,docs]'
+	touch $@ $(VENV)/.installed-core $(VENV)/.installed-docs
+
+$(VENV)/.installed-docs: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
 
 # The main command in its quick mode: every claim of the article, measured (< 5 min on 2 cores).
 demo: $(VENV)/.installed-core
@@ -42,5 +46,10 @@ gpu-check:
 notebooks: $(VENV)/.installed-test
 	MINILORA_QUICK=0 $(PY) -m minilora.notebooks --execute-in-place
 
+# The documentation site in site/: README, docs/ and the notebooks (with their outputs), built
+# offline; --strict fails on a broken link (tools/mkdocs_hooks.py says how pages and source links work).
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report gpu-check
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report gpu-check site .cache/mkdocs-jupyter
