@@ -44,12 +44,12 @@ print("minilora on the", backend.device_name(), "| numpy", numpy.__version__, "|
       "CUDA" if torch.cuda.is_available() else "without CUDA")'
 
 # 1. the CuPy path's own tests, on the GPU
-step cupy-path 90 env MINILORA_BACKEND=cupy "$PY" -m pytest -q -p no:cacheprovider \
+step cupy-path 150 env MINILORA_BACKEND=cupy "$PY" -m pytest -q -p no:cacheprovider \
     tests/test_backend.py tests/test_cupy_path.py tests/test_bench.py -k "cupy or gpu or seam or standin or backend"
 
 # 2. the rest of the suite on CuPy (torch's references run on the CPU, as everywhere)
 required=$status  # for the record: its failures are triaged by reading suite.log, they do not fail the check
-step suite 150 env MINILORA_BACKEND=cupy "$PY" -m pytest -q -p no:cacheprovider --ignore=tests/test_notebooks.py \
+step suite 90 env MINILORA_BACKEND=cupy "$PY" -m pytest -q -p no:cacheprovider --ignore=tests/test_notebooks.py \
     --ignore=tests/test_backend.py --ignore=tests/test_cupy_path.py --ignore=tests/test_bench.py --junitxml="$OUT/suite.xml"
 status=$required
 
@@ -57,11 +57,11 @@ status=$required
 CLAIMS=${CLAIMS:-params,memory,time,inference,depth_latency}
 only=()
 [ "$CLAIMS" = all ] || only=(--only "$CLAIMS")
-step verify 120 env MINILORA_BACKEND=cupy "$PY" -m minilora verify --quick --no-progress ${only[@]+"${only[@]}"} \
+step verify 100 env MINILORA_BACKEND=cupy "$PY" -m minilora verify --quick --no-progress ${only[@]+"${only[@]}"} \
     --out "$OUT/verify-report"
 
 # 4. the bench's GPU section
-step bench 150 "$PY" benchmarks/bench.py --only gpu --json "$OUT/bench-gpu.json"
+step bench 130 "$PY" benchmarks/bench.py --only gpu --json "$OUT/bench-gpu.json"
 
 echo "logs, report and bench results in $OUT/; exit $status"
 exit $status
