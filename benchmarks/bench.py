@@ -434,12 +434,13 @@ LORA_TARGET = r".*\.attn\.(c_attn|c_proj)"  # r=8, as the CPU sections
 
 def gpu_unavailable(torch) -> str | None:
     """Why the gpu section cannot run here (None: it can). It needs CuPy 14+ and a CUDA device."""
+    previous = minilora.backend.xp
     try:
         minilora.set_backend("cupy")
     except RuntimeError as err:
         return str(err)
     finally:
-        minilora.set_backend("numpy")
+        minilora.set_backend(previous)
     return None
 
 
@@ -524,6 +525,7 @@ def bench_gpu(torch):
 
     rows = []
     torch_note = None if torch.cuda.is_available() else f"torch {torch.__version__} has no CUDA here: minilora's side only"
+    previous = minilora.backend.xp
     minilora.set_backend("cupy")
     try:
         device = minilora.backend.device_name()
@@ -570,7 +572,7 @@ def bench_gpu(torch):
                      "torch": peaks["lora"][1] / peaks["full"][1], "unit": "x",
                      "ratio": (peaks["lora"][0] / peaks["full"][0]) / (peaks["lora"][1] / peaks["full"][1]), "device": device})
     finally:
-        minilora.set_backend("numpy")
+        minilora.set_backend(previous)
     return rows
 
 
