@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # torch is pinned in pyproject.toml (torch==2.13.0, a CPU build on these machines' disk)
 
-.PHONY: demo test bench notebooks docs clean
+.PHONY: demo test bench gpu-check notebooks docs clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -44,6 +44,13 @@ test: $(VENV)/.installed-test $(MINILM)
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench.py
 
+# On a machine with a CUDA GPU: the suite, `verify --quick` and the bench's GPU section on the
+# GPU (about 8 minutes; logs in gpu-check/; docs/performance.md). It installs nothing: GPU_PY is
+# a Python that has CuPy 14+, a CUDA build of torch, transformers, peft, pytest and hypothesis.
+GPU_PY ?= python3
+gpu-check:
+	PY=$(GPU_PY) bash benchmarks/gpu_check.sh
+
 # Re-run the notebooks in full and save their outputs (slow; for maintainers).
 notebooks: $(VENV)/.installed-test $(MINILM)
 	MINILORA_QUICK=0 $(PY) -m minilora.notebooks --execute-in-place
@@ -54,4 +61,4 @@ docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report site .cache/mkdocs-jupyter
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report gpu-check site .cache/mkdocs-jupyter

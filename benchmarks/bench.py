@@ -9,6 +9,10 @@ compared (``benchmarks/results/<date>.json`` unless ``--json`` says otherwise).
 
     python benchmarks/bench.py                 # everything
     python benchmarks/bench.py --only ops,mlp  # some sections
+    python benchmarks/bench.py --only gpu      # CuPy against torch CUDA (skipped, saying why, without them)
+
+Every clock is read through ``minilora.experiments.timing.now``, which waits for the GPU
+first when minilora runs on CuPy (the ``gpu`` section).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import minilora  # noqa: E402
 import minilora.nn.functional as F  # noqa: E402
 from minilora import nn  # noqa: E402
+from minilora.experiments.timing import now  # noqa: E402
 
 SECTIONS = {}
 
@@ -50,9 +55,9 @@ def interleaved_times(fns: dict, rounds=25, warmup=3) -> dict:
     times = {name: [] for name in fns}
     for _ in range(rounds):
         for name, fn in fns.items():
-            t0 = time.perf_counter()
+            t0 = now()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(now() - t0)
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
@@ -63,9 +68,9 @@ def burst(fn, min_calls=3, min_time=0.1) -> list:
     """Seconds of each call of ``fn``, called until both ``min_calls`` and ``min_time`` are reached."""
     times = []
     while len(times) < min_calls or sum(times) < min_time:
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
-        times.append(time.perf_counter() - t0)
+        times.append(now() - t0)
     return times
 
 
@@ -549,6 +554,161 @@ def bench_memory(torch):
     full, lora = rows
     rows.append({"name": "768 blocks B1xT128: LoRA peak / full peak", "minilora": lora["minilora"] / full["minilora"],
                  "torch": lora["torch"] / full["torch"], "unit": "x", "ratio": (lora["minilora"] / full["minilora"]) / (lora["torch"] / full["torch"])})
+    return rows
+
+
+# ---------------------------------------------------------------------------
+# the GPU: CuPy against torch CUDA eager, at GPT-2's sizes
+# ---------------------------------------------------------------------------
+
+GPT2_SMALL = dict(vocab_size=50257, block_size=1024, n_layer=12, n_head=12, n_embd=768)  # 124M parameters
+GPT2_MEDIUM = dict(vocab_size=50257, block_size=1024, n_layer=24, n_head=16, n_embd=1024)  # 355M
+GPU_BATCH = (4, 1024)  # (batch, sequence) of the timed steps
+MEMORY_BATCH = 1  # sequences of 1024 tokens in the memory step: the weights dominate, as in the article's setting
+LORA_TARGET = r".*\.attn\.(c_attn|c_proj)"  # r=8, as the CPU sections
+
+
+def gpu_unavailable(torch) -> str | None:
+    """Why the gpu section cannot run here (None: it can). It needs CuPy 14+ and a CUDA device."""
+    previous = minilora.backend.xp
+    try:
+        minilora.set_backend("cupy")
+    except RuntimeError as err:
+        return str(err)
+    finally:
+        minilora.set_backend(previous)
+    return None
+
+
+def _gpu_minilora(cfg, lora):
+    """A minilora GPT of ``cfg`` on the GPU (random initialisation from the config: a step costs the
+    same whatever the values), with LoRA r=8 on the attention matrices if asked."""
+    from minilora.lora import LoraConfig, get_peft_model
+    from minilora.models import GPT, GPTConfig
+
+    minilora.manual_seed(0)
+    model = GPT(GPTConfig(**cfg))
+    return get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGET)) if lora else model
+
+
+def _gpu_torch(torch, cfg, lora):
+    """transformers' GPT-2 of the same config on CUDA (PEFT's LoRA if asked), no dropout, sdpa attention."""
+    import transformers
+
+    hf = transformers.GPT2Config(vocab_size=cfg["vocab_size"], n_positions=cfg["block_size"], n_embd=cfg["n_embd"],
+                                 n_layer=cfg["n_layer"], n_head=cfg["n_head"], resid_pdrop=0.0, embd_pdrop=0.0,
+                                 attn_pdrop=0.0, attn_implementation="sdpa")
+    model = transformers.GPT2LMHeadModel(hf).to("cuda")
+    if lora:
+        import peft
+
+        model = peft.get_peft_model(model, peft.LoraConfig(r=8, lora_alpha=16, target_modules=LORA_TARGET, fan_in_fan_out=True))
+    return model
+
+
+def _gpu_batch(batch, vocab):
+    rng = np.random.default_rng(0)
+    return rng.integers(0, vocab, size=batch), rng.integers(0, vocab, size=batch)
+
+
+def _gpu_step_minilora(model, x, y):
+    """One AdamW step of a minilora model, the batch already on the GPU (as torch's is)."""
+    from minilora.optim import AdamW
+
+    x, y = minilora.backend.xp.asarray(x), minilora.backend.xp.asarray(y)
+    optimizer = AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+
+    def step():
+        optimizer.zero_grad()
+        _, loss = model(x, targets=y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def _gpu_step_torch(torch, model, x, y):
+    """One AdamW step of a torch model on CUDA."""
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    x, y = torch.tensor(x, device="cuda"), torch.tensor(y, device="cuda")
+
+    def step():
+        optimizer.zero_grad()
+        logits = model(input_ids=x).logits
+        torch.nn.functional.cross_entropy(logits.view(-1, logits.shape[-1]), y.view(-1)).backward()
+        optimizer.step()
+
+    return step
+
+
+def _torch_cuda_peak(torch, step) -> int:
+    """Bytes torch's CUDA allocator held at most during one step (weights and AdamW's moments included)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated()
+
+
+@section("gpu")
+def bench_gpu(torch):
+    """GPU: a GPT-2-small-sized training step, full and LoRA, CuPy vs torch CUDA eager; peak memory at GPT-2 medium."""
+    reason = gpu_unavailable(torch)
+    if reason:
+        print(f"  skipped: {reason}", flush=True)
+        return []
+    from minilora.experiments import memory
+
+    rows = []
+    torch_note = None if torch.cuda.is_available() else f"torch {torch.__version__} has no CUDA here: minilora's side only"
+    previous = minilora.backend.xp
+    minilora.set_backend("cupy")
+    try:
+        device = minilora.backend.device_name()
+        print(f"  on the {device}" + (f"; {torch_note}" if torch_note else ""), flush=True)
+        x, y = _gpu_batch(GPU_BATCH, GPT2_SMALL["vocab_size"])
+        for lora in (False, True):
+            name = f"GPT-2 small (124M) train step{' LoRA r=8 (attn)' if lora else ''} B{GPU_BATCH[0]}xT{GPU_BATCH[1]}, GPU"
+            step_ours = _gpu_step_minilora(_gpu_minilora(GPT2_SMALL, lora), x, y)
+            if torch_note:
+                step_ours()  # warm-up
+                t = statistics.median(burst(step_ours, min_calls=5, min_time=1.0))
+                row = {"name": name, "minilora": 1e3 * t, "torch": float("nan"), "unit": "ms", "ratio": float("nan")}
+                rows.append(row)
+            else:
+                step_theirs = _gpu_step_torch(torch, _gpu_torch(torch, GPT2_SMALL, lora), x, y)
+                row = compare(rows, name, step_ours, step_theirs, unit="ms", scale=1e3, rounds=5)
+                del step_theirs
+            flops = step_flops(GPT2_SMALL, GPU_BATCH, 8 if lora else None)
+            row.update(flops=flops, device=device, minilora_tflops=flops / (row["minilora"] / 1e3) / 1e12)
+            del step_ours
+        full, lora = rows[-2], rows[-1]
+        rows.append({"name": "GPT-2 small, GPU: LoRA step / full step", "minilora": lora["minilora"] / full["minilora"],
+                     "torch": lora["torch"] / full["torch"], "unit": "x",
+                     "ratio": (lora["minilora"] / full["minilora"]) / (lora["torch"] / full["torch"]), "device": device})
+        # peak device memory of one AdamW step at GPT-2 medium: measured (CuPy's pool, through a hook) beside the count
+        config = memory.GPTConfig(**GPT2_MEDIUM)
+        x, y = _gpu_batch((MEMORY_BATCH, GPT2_MEDIUM["block_size"]), GPT2_MEDIUM["vocab_size"])
+        peaks = {}
+        for method in ("full", "lora"):
+            measured = memory.measure_step_memory(config, MEMORY_BATCH, method)
+            analytic = memory.analytic_step_memory(config, MEMORY_BATCH, method)
+            theirs_peak = float("nan")
+            if not torch_note:
+                step_theirs = _gpu_step_torch(torch, _gpu_torch(torch, GPT2_MEDIUM, method == "lora"), x, y)
+                step_theirs()  # AdamW's moments exist from the first step on, as in training
+                theirs_peak = _torch_cuda_peak(torch, step_theirs)
+                del step_theirs
+            peaks[method] = (measured["peak"], theirs_peak)
+            rows.append({"name": f"GPT-2 medium (355M) peak memory, {method}, B{MEMORY_BATCH}xT{config.block_size} (MB)",
+                         "minilora": measured["peak"] / 1e6, "torch": theirs_peak / 1e6, "unit": "MB",
+                         "ratio": measured["peak"] / theirs_peak, "analytic_mb": analytic["peak"] / 1e6,
+                         "measured_vs_analytic": measured["peak"] / analytic["peak"] - 1, "device": measured["device"]})
+        rows.append({"name": "GPT-2 medium, GPU: LoRA peak / full peak", "minilora": peaks["lora"][0] / peaks["full"][0],
+                     "torch": peaks["lora"][1] / peaks["full"][1], "unit": "x",
+                     "ratio": (peaks["lora"][0] / peaks["full"][0]) / (peaks["lora"][1] / peaks["full"][1]), "device": device})
+    finally:
+        minilora.set_backend(previous)
     return rows
 
 

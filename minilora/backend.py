@@ -7,11 +7,15 @@ is therefore one assignment here, as in DeZero and needle.
 
     >>> import minilora
     >>> minilora.set_backend("numpy")      # the default
-    >>> minilora.set_backend("cupy")       # needs a CUDA GPU and `pip install minilora[gpu]`
+    >>> minilora.set_backend("cupy")       # needs a CUDA GPU and `pip install minilora[gpu-cuda12]` (or -cuda13)
 
 The environment variable ``MINILORA_BACKEND`` picks the backend at import time.
 Random numbers come from one seeded generator of the active backend
 (``minilora.manual_seed``), so a run is reproducible on either backend.
+
+On a GPU, work is queued and the host runs ahead; it waits (a *sync*) only when it reads
+a value: ``float(x)``, ``bool(x)``, ``x.item()``, ``to_numpy(x)``. So results cross to the
+host in one place each -- ``to_numpy`` -- and clocks read the time after ``synchronize()``.
 """
 
 from __future__ import annotations
@@ -19,12 +23,15 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import re
 import types
 from contextlib import contextmanager
 
 import numpy
 
 KNOWN_BACKENDS = ("numpy", "cupy")
+# CuPy 14 is the first with put_along_axis, which the backward of max/min uses (tensor.py)
+MIN_CUPY = (14, 0)
 
 # The active array namespace. Read it as ``backend.xp`` at call time (never
 # ``from minilora.backend import xp``), so that set_backend() reaches every caller.
@@ -57,10 +64,23 @@ def set_backend(backend: str | types.ModuleType) -> None:
             raise RuntimeError(
                 f"the 'cupy' backend needs CuPy and a CUDA GPU, and could not start: {err}"
             ) from err
+        _check_cupy_version(module.__version__)
         xp, name = module, "cupy"
     else:
         raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(KNOWN_BACKENDS)}")
     manual_seed(_seed)
+
+
+def _check_cupy_version(version: str) -> None:
+    """Refuse a CuPy older than ``MIN_CUPY``, naming the version found and the wheels to install."""
+    found = tuple(int(re.match(r"\d*", piece).group() or 0) for piece in version.split(".")[:2])  # "14.0.0rc1" -> (14, 0)
+    if found < MIN_CUPY:
+        need = ".".join(map(str, MIN_CUPY))
+        raise RuntimeError(
+            f"the 'cupy' backend needs CuPy >= {need} (minilora uses cupy.put_along_axis, new in CuPy 14), "
+            f"found CuPy {version}; install the wheel for your CUDA: pip install 'minilora[gpu-cuda12]' "
+            "or 'minilora[gpu-cuda13]'"
+        )
 
 
 def get_backend() -> str:
@@ -81,12 +101,41 @@ def rng():
 
 
 def to_numpy(array) -> numpy.ndarray:
-    """Bring an array to the host as a NumPy array (a no-op on the NumPy backend)."""
+    """Bring an array to the host as a NumPy array (a no-op on the NumPy backend; on a GPU a
+    device-to-host copy, and the host waits for the device to get there)."""
     if isinstance(array, numpy.ndarray):
         return array
     if hasattr(array, "get"):  # CuPy
         return array.get()
     return numpy.asarray(array)
+
+
+def read_scalars(*arrays) -> list:
+    """0-d arrays as Python floats, brought to the host together: one sync on a GPU, not one each."""
+    return [float(v) for v in to_numpy(xp.stack([xp.asarray(a, dtype=numpy.float64) for a in arrays]))]
+
+
+def is_device_array(value) -> bool:
+    """True for an array that lives on a GPU (CuPy's), which the host cannot read without ``to_numpy``."""
+    return name == "cupy" and isinstance(value, xp.ndarray)
+
+
+def synchronize() -> None:
+    """Wait until the device has finished the work queued so far (nothing to wait for on NumPy).
+    A clock read after this counts the work; read without it, only the time to queue it."""
+    if name == "cupy":
+        xp.cuda.Device().synchronize()
+
+
+def device_name() -> str:
+    """What arrays live on: "CPU (NumPy)", or the GPU's name and CuPy's version."""
+    if name == "numpy":
+        return "CPU (NumPy)"
+    if name == "cupy":
+        gpu = xp.cuda.runtime.getDeviceProperties(xp.cuda.Device().id)["name"]
+        gpu = gpu.decode() if isinstance(gpu, bytes) else str(gpu)
+        return f"GPU {gpu} (CuPy {xp.__version__})"
+    return f"{name} (a custom array module)"
 
 
 def scatter_add(target, index, values) -> None:

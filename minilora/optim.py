@@ -192,9 +192,15 @@ class AdamW(Adam):
 
 
 def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> Tensor:
-    """Scale all gradients together so that their joint norm is at most ``max_norm``.
+    """Scale all gradients together so that their joint norm is at most ``max_norm``:
 
-    Returns the total norm before clipping, as ``torch.nn.utils.clip_grad_norm_``.
+        total = ||(||g_1||_p, ..., ||g_n||_p)||_p,    g <- g * min(1, max_norm / (total + 1e-6))
+
+    Returns the total norm before clipping, as ``torch.nn.utils.clip_grad_norm_``. Nothing is
+    read on the host: the norm is one reduction over the per-gradient norms, and the clamped
+    scale multiplies every gradient whatever its value (1 when the norm is small), as torch
+    does -- deciding on the host whether to scale would make a GPU wait once per step.
+    ``error_if_nonfinite`` has to read the norm, and so costs that wait.
     """
     xp = B.xp
     if isinstance(parameters, Tensor):
@@ -203,15 +209,16 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
     if not grads:
         return Tensor(0.0)
     if norm_type == math.inf:
-        total = max(float(xp.abs(g).max()) for g in grads)
+        total = xp.stack([xp.abs(g).max() for g in grads]).max()
+    elif norm_type == 2.0:  # sum of squares as a dot product: no temporary the size of g
+        total = xp.sqrt(xp.stack([xp.vdot(g.ravel(), g.ravel()) for g in grads]).sum())
     else:
-        total = sum(float((xp.abs(g) ** norm_type).sum()) for g in grads) ** (1.0 / norm_type)
-    if error_if_nonfinite and not math.isfinite(total):
-        raise RuntimeError(f"the total norm of gradients is {total}; clipping cannot make it finite")
-    coef = max_norm / (total + 1e-6)
-    if coef < 1.0:
-        for g in grads:
-            g *= coef
+        total = xp.stack([(xp.abs(g) ** norm_type).sum() for g in grads]).sum() ** (1.0 / norm_type)
+    if error_if_nonfinite and not math.isfinite(float(total)):
+        raise RuntimeError(f"the total norm of gradients is {float(total)}; clipping cannot make it finite")
+    scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
+    for g in grads:
+        g *= scale
     return Tensor(xp.asarray(total, dtype=grads[0].dtype))
 
 

@@ -27,7 +27,8 @@ def render_readme(results, meta: dict) -> str:
         "",
         f"Each claim of {ARTICLE}, measured in miniature. Mode: **{meta.get('mode')}** "
         f"(`{meta.get('command')}`), seed {meta.get('seed')}, {meta.get('seconds', 0) / 60:.1f} min on "
-        f"{meta.get('machine', {}).get('cpus')} CPUs; {versions}. Every figure, setting and seed is in "
+        f"{meta.get('machine', {}).get('cpus')} CPUs, arrays on the {meta.get('machine', {}).get('device', 'CPU (NumPy)')}; "
+        f"{versions}. Every figure, setting and seed is in "
         "`results.json`; each verdict is computed from the figures against the thresholds stated in its section.",
         "",
         render_table(results),

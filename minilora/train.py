@@ -105,15 +105,20 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
     for step in bar:
         x, y = batches(rng)
         _, loss = model(x, targets=y)
-        loss_value = float(loss.data)
+        optimizer.zero_grad()
+        loss.backward()
+        if config.grad_clip:
+            loss_value, grad_norm = B.read_scalars(loss.data, clip_grad_norm_(model.parameters(), config.grad_clip).data)
+        else:
+            (loss_value,), grad_norm = B.read_scalars(loss.data), float("nan")
+        # The step's one sync (on a GPU): loss and gradient norm come to the host together, here,
+        # before the update -- so divergence is caught at the step it happens, and a NaN never
+        # reaches the weights or AdamW's moments.
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
                 f"the loss became {loss_value} at step {step} (lr {optimizer.param_groups[0]['lr']:.3g}); "
                 f"training stopped. Try a lower learning rate or stronger gradient clipping."
             )
-        optimizer.zero_grad()
-        loss.backward()
-        grad_norm = float(clip_grad_norm_(model.parameters(), config.grad_clip)) if config.grad_clip else float("nan")
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
         schedule.step()
@@ -134,6 +139,7 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
             save_training_state(config.checkpoint_path, model, optimizer, step + 1, rng, history)
     bar.close()
     model.eval()
+    B.synchronize()  # on a GPU the last update may still be queued: the run's time includes it
     history.seconds = seconds_before + time.perf_counter() - start
     return history
 
@@ -141,15 +147,15 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
 @minilora.no_grad()
 def evaluate_loss(model: Module, batches) -> float:
     """Mean loss over an iterable of ``(x, targets)`` batches, weighted by the number of targets."""
-    total, count = 0.0, 0
+    total, count = 0.0, 0  # total: on the device, read once at the end
     for x, y in batches:
         _, loss = model(x, targets=y)
-        n = int((np.asarray(y) != -100).sum())
-        total += float(loss.data) * n
+        n = int((B.to_numpy(y) != -100).sum())
+        total = total + loss.data * n
         count += n
     if count == 0:
         raise ValueError("evaluate_loss got no targets to score")
-    return total / count
+    return B.read_scalars(total)[0] / count
 
 
 def save_checkpoint(model: Module, path: str, metadata: dict | None = None) -> None:

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 import minilora
+from minilora import backend
 from minilora.experiments.common import Context
 from minilora.report import render_readme, render_table
 
@@ -53,7 +54,7 @@ def environment() -> dict:
         except ImportError:
             versions[name] = None
     return {"versions": versions, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                              "backend": minilora.get_backend()}}
+                                              "backend": minilora.get_backend(), "device": backend.device_name()}}
 
 
 def run_claims(ctx: Context, keys=None, log=print) -> list:
@@ -115,6 +116,9 @@ def _claim_json(r) -> dict:
 
 
 def _jsonable(value):
+    if backend.is_device_array(value):  # a claim must bring its figures to the host where it measures them
+        raise TypeError(f"a device array {value.shape} reached the report: move it to the host (backend.to_numpy) "
+                        "in the claim that measured it")
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):

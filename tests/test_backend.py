@@ -1,20 +1,16 @@
-"""The backend seam holds: all engine code reaches arrays through ``backend.xp``.
+"""The backend seam holds: minilora runs on CuPy through ``backend.xp``, and nothing bypasses it.
 
-The proof is a stand-in array module. Its arrays (``StandInArray``) are NumPy
-arrays that refuse to meet a plain ``numpy.ndarray``: any ufunc, NumPy function,
-index or assignment that mixes the two raises. With the stand-in as the
-backend, every op of the op table runs forward and backward; had some engine
-code made an array with ``numpy.`` instead of ``backend.xp.``, it would either
-mix it in (and raise) or hand it out (and fail the type checks below). That is
-what would break on CuPy, without needing a GPU to find out.
-
-At the end, the real thing: the op table on CuPy, when CuPy and a GPU are there.
+Without a GPU the proof is the CuPy stand-in (``tests/fake_cupy``, put in CuPy's place by
+``tests/cupy_standin.py``): its arrays are not NumPy arrays, NumPy cannot read them, and a
+NumPy array that meets one raises -- so engine code that made an array with ``numpy.``
+instead of ``backend.xp.``, or read a device value without saying so, fails here as it
+would on a GPU. With CuPy and a GPU installed, the same tests run on the real thing.
+Every op of the op table runs forward and backward on the 'cupy' backend and is compared
+with PyTorch.
 """
 
-import contextlib
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy
@@ -25,197 +21,8 @@ from hypothesis import strategies as st
 import minilora as ml
 import minilora.nn.functional as F
 from minilora import backend
+import cupy_standin
 from op_table import OPS, minilora_run, relative_error, torch_run
-
-# ---------------------------------------------------------------------------
-# the stand-in array module
-# ---------------------------------------------------------------------------
-
-
-class StandInArray(numpy.ndarray):
-    """A NumPy array that raises when it meets a plain ``numpy.ndarray`` (scalars are fine)."""
-
-    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        _refuse_plain_arrays((inputs, kwargs), f"numpy.{ufunc.__name__}.{method}")
-        out = kwargs.get("out")
-        if out:
-            kwargs["out"] = _unwrap(out)
-        result = getattr(ufunc, method)(*_unwrap(inputs), **_unwrap(kwargs))
-        if out:  # an in-place op: hand back the caller's own arrays
-            return out[0] if len(out) == 1 else out
-        return _wrap(result)
-
-    def __array_function__(self, func, types, args, kwargs):
-        _refuse_plain_arrays((args, kwargs), f"numpy.{func.__name__}")
-        return _wrap(func(*_unwrap(args), **_unwrap(kwargs)))
-
-    def __getitem__(self, index):
-        _refuse_plain_arrays(index, "indexing")
-        return _wrap(super().__getitem__(index))  # x[0] of a 1-D array: a 0-d array, as on CuPy
-
-    # NumPy's own methods that answer with a scalar where CuPy gives a 0-d array
-    def argmax(self, *args, **kwargs):
-        return _wrap(super().argmax(*args, **kwargs))
-
-    def argmin(self, *args, **kwargs):
-        return _wrap(super().argmin(*args, **kwargs))
-
-    def __setitem__(self, index, value):
-        _refuse_plain_arrays((index, value), "item assignment")
-        super().__setitem__(index, value)
-
-
-def _refuse_plain_arrays(obj, where):
-    if isinstance(obj, numpy.ndarray) and not isinstance(obj, StandInArray):
-        raise TypeError(
-            f"a plain numpy.ndarray {obj.shape} met the stand-in backend in {where}: "
-            "engine code must make its arrays with backend.xp, not numpy"
-        )
-    if isinstance(obj, (tuple, list)):
-        for item in obj:
-            _refuse_plain_arrays(item, where)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            _refuse_plain_arrays(item, where)
-
-
-def _unwrap(obj):
-    if isinstance(obj, StandInArray):
-        return obj.view(numpy.ndarray)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_unwrap(item) for item in obj)
-    if isinstance(obj, dict):
-        return {k: _unwrap(v) for k, v in obj.items()}
-    return obj
-
-
-def _wrap(obj):
-    """Results as StandInArrays -- 0-d ones too, as on CuPy, where NumPy would give a scalar."""
-    if type(obj) is numpy.ndarray or isinstance(obj, numpy.generic):
-        return numpy.asarray(obj).view(StandInArray)
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_wrap(item) for item in obj)
-    return obj
-
-
-class _StandInGenerator:
-    """``numpy.random.Generator`` whose draws are StandInArrays."""
-
-    def __init__(self, seed):
-        self._rng = numpy.random.default_rng(seed)
-
-    def __getattr__(self, name):
-        method = getattr(self._rng, name)
-        return lambda *args, **kwargs: _wrap(method(*args, **kwargs))
-
-
-def _make_standin_module() -> types.ModuleType:
-    """NumPy's namespace, with the functions that make arrays from scratch returning StandInArrays.
-
-    Everything else is NumPy's own: functions of arrays dispatch on their
-    StandInArray arguments (``__array_function__``, ``__array_ufunc__``), so a
-    plain array that sneaks in is caught there.
-    """
-    module = types.ModuleType("standin_numpy")  # not "numpy": caches keyed on the backend name stay apart
-
-    def creating(fn):
-        return lambda *args, **kwargs: _wrap(fn(*_unwrap(args), **kwargs))
-
-    makers = ["array", "asarray", "ascontiguousarray", "zeros", "ones", "empty", "full", "arange", "eye", "linspace"]
-    for name in makers:
-        setattr(module, name, creating(getattr(numpy, name)))
-    module.random = types.SimpleNamespace(default_rng=_StandInGenerator)
-    module.ndarray = StandInArray
-    module.__getattr__ = lambda name: getattr(numpy, name)  # the rest of NumPy's namespace (PEP 562)
-    return module
-
-
-standin = _make_standin_module()
-
-
-@contextlib.contextmanager
-def using_backend(module):
-    """Run the block with ``module`` as the backend, and restore the previous one (and the seed)."""
-    previous, seed = backend.xp, backend._seed
-    backend.set_backend(module)
-    try:
-        yield
-    finally:
-        backend.set_backend(previous)
-        backend.manual_seed(seed)
-
-
-# ---------------------------------------------------------------------------
-# the stand-in is strict (a test of the test double)
-# ---------------------------------------------------------------------------
-
-
-def test_the_standin_refuses_plain_numpy_arrays():
-    a = standin.ones(3)
-    assert type(a) is StandInArray
-    for mix in [lambda: a + numpy.ones(3), lambda: numpy.concatenate([a, numpy.ones(3)]),
-                lambda: a[numpy.array([0, 1])], lambda: a.__setitem__(0, numpy.ones(()))]:
-        with pytest.raises(TypeError, match="plain numpy.ndarray"):
-            mix()
-    # scalars, NumPy's included, and its own arrays are fine; results stay stand-ins
-    results = [
-        a * 2.0, a * numpy.float32(2), numpy.exp(a), a.sum(), a.sum(axis=0, keepdims=True), a.argmax(), a[0],
-        standin.where(a > 0, a, 0.0), a.reshape(3, 1) @ a.reshape(1, 3), standin.random.default_rng(0).standard_normal(3),
-    ]
-    for result in results:
-        assert type(result) is StandInArray
-    b = standin.zeros(3)
-    numpy.exp(a, out=b)
-    assert type(b) is StandInArray and b[0] == numpy.e
-
-
-# ---------------------------------------------------------------------------
-# every op of the table through the stand-in
-# ---------------------------------------------------------------------------
-
-
-def _assert_standin(tensor, what):
-    assert isinstance(tensor.data, StandInArray), f"{what} is a {type(tensor.data).__name__}, not from backend.xp"
-
-
-@pytest.mark.parametrize("op", OPS, ids=str)
-@given(data=st.data())
-def test_every_op_goes_through_the_backend_seam(op, data):
-    example = data.draw(op.inputs, label="example")
-    with using_backend(standin):
-        xs, outs, _ = minilora_run(op, example)
-        for k, out in enumerate(outs):
-            _assert_standin(out, f"{op}: output {k}")
-        for i, x in enumerate(xs):
-            assert isinstance(x.grad, StandInArray), f"{op}: grad of input {i} is a {type(x.grad).__name__}"
-
-
-@pytest.mark.parametrize(
-    "name, make",
-    [
-        ("randn", lambda: ml.randn(2, 3)),
-        ("rand", lambda: ml.rand(2, 3)),
-        ("zeros", lambda: ml.zeros(2, 3)),
-        ("ones", lambda: ml.ones(2)),
-        ("full", lambda: ml.full((2,), 1.5)),
-        ("arange", lambda: ml.arange(4)),
-        ("tensor", lambda: ml.tensor([1.0, 2.0])),
-        ("zeros_like", lambda: ml.zeros_like(ml.ones(2))),
-        ("randn_like", lambda: ml.randn_like(ml.ones(2))),
-        ("comparison", lambda: ml.ones(2) > 0),
-        ("argmax", lambda: ml.randn(3).argmax()),
-        ("dropout", lambda: F.dropout(ml.randn(4, 5, requires_grad=True), 0.5)),
-        ("attention dropout", lambda: F.scaled_dot_product_attention(
-            *(ml.randn(2, 3, 4, requires_grad=True) for _ in range(3)), dropout_p=0.5, is_causal=True)),
-    ],
-)
-def test_creation_and_random_ops_go_through_the_backend_seam(name, make):
-    with using_backend(standin):
-        t = make()
-        _assert_standin(t, name)
-        if t.requires_grad:
-            t.sum().backward()
-
 
 # ---------------------------------------------------------------------------
 # choosing a backend
@@ -223,23 +30,35 @@ def test_creation_and_random_ops_go_through_the_backend_seam(name, make):
 
 
 def test_an_unknown_backend_name_lists_the_known_ones():
+    previous = backend.get_backend()
     with pytest.raises(ValueError, match="'jax'.*numpy.*cupy"):
         backend.set_backend("jax")
-    assert backend.get_backend() == "numpy"
+    assert backend.get_backend() == previous
 
 
-def test_cupy_without_cupy_or_a_gpu_raises_a_clear_error():
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() > 0:
-            pytest.skip("CuPy and a GPU are present: the error cannot happen here")
-    except Exception:
-        pass
-    previous = backend.xp
+def test_cupy_without_cupy_raises_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "cupy", None)  # what `import cupy` meets where CuPy is not installed
+    previous = backend.xp, backend.get_backend()
     with pytest.raises(RuntimeError, match="CuPy and a CUDA GPU"):
         backend.set_backend("cupy")
-    assert backend.xp is previous and backend.get_backend() == "numpy"  # nothing half-switched
+    assert (backend.xp, backend.get_backend()) == previous  # nothing half-switched
+
+
+@pytest.mark.parametrize("version", ["13.6.0", "12.3.0", "14.0.0rc1", "14.2.0", "15.0.0"])
+def test_cupy_older_than_14_is_refused_by_name(cupy_module, monkeypatch, version):
+    monkeypatch.setattr(cupy_module, "__version__", version)
+    previous = backend.xp
+    try:
+        if version.startswith(("12", "13")):
+            with pytest.raises(RuntimeError, match=rf"needs CuPy >= 14\.0 .*put_along_axis.*found CuPy {version}.*gpu-cuda12"):
+                backend.set_backend("numpy")
+                backend.set_backend("cupy")
+            assert backend.get_backend() == "numpy"  # nothing half-switched
+        else:
+            backend.set_backend("cupy")
+            assert backend.get_backend() == "cupy"
+    finally:
+        backend.set_backend(previous)
 
 
 def test_manual_seed_makes_randn_reproducible():
@@ -261,6 +80,9 @@ def test_the_environment_variable_picks_the_backend_at_import():
         return subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
 
     assert import_with("numpy").stdout.strip() == "numpy"
+    on_cupy = subprocess.run([sys.executable, "-c", code], cwd=root, env=cupy_standin.subprocess_env(),
+                             capture_output=True, text=True)
+    assert on_cupy.stdout.strip() == "cupy" or "CUDA" in on_cupy.stderr, on_cupy.stderr  # (a real CuPy without a GPU)
     bogus = import_with("bogus")
     assert bogus.returncode != 0 and "unknown backend 'bogus'" in bogus.stderr
 
@@ -293,40 +115,115 @@ def test_keep_freed_memory_is_asked_of_glibc():
 
 
 # ---------------------------------------------------------------------------
-# the real thing: CuPy on a GPU
+# the CuPy branch: the stand-in on a CPU, or the real CuPy on a GPU
 # ---------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="class")
-def cupy_backend():
-    cupy = pytest.importorskip("cupy", reason="needs CuPy and a CUDA GPU: CuPy is not installed")
-    try:
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:  # CuPy without a driver or a device
-        pytest.skip(f"needs CuPy and a CUDA GPU: {err}")
-    if count == 0:
-        pytest.skip("needs CuPy and a CUDA GPU: no CUDA device found")
-    with using_backend("cupy"):
-        yield cupy
+def test_the_standin_is_as_strict_as_cupy(cupy_module, counters):
+    """A test of the test double: what CuPy refuses, the stand-in refuses; what makes a GPU wait, it counts."""
+    cupy = cupy_module
+    a = cupy.ones(3, dtype=numpy.float32)
+    assert not isinstance(a, numpy.ndarray)
+    with pytest.raises(TypeError, match="Implicit conversion to a NumPy array is not allowed"):
+        numpy.asarray(a)
+    for mix in [lambda: a + numpy.ones(3), lambda: numpy.ones(3) * a, lambda: cupy.concatenate([a, numpy.ones(3)]),
+                lambda: a.__setitem__(slice(None), numpy.zeros(3)), lambda: a[numpy.array([0, 1])]]:
+        with pytest.raises(TypeError, match="host \\(NumPy\\) array met a device array"):
+            mix()
+    # NumPy's functions on device arrays run on the device (NEP 13, 18); results stay there, 0-d ones too
+    for result in [numpy.exp(a), numpy.concatenate([a, a]), a.sum(), a[0], a.argmax(), cupy.linalg.norm(a)]:
+        assert isinstance(result, cupy.ndarray)
+    assert counters.total_syncs == 0
+    assert float(a.sum()) == 3.0 and bool(a.any()) and a.max().item() == 1.0 and cupy.asnumpy(a).shape == (3,)
+    assert counters.syncs == {"float": 1, "bool": 1, "item": 1, "get": 1} and counters.to_host["get"] == 1
+    cupy.asarray(numpy.zeros(4))
+    assert counters.to_device["numpy array"] == 1
+    # CuPy's Generator has no normal(), choice() or permutation(): NumPy's does
+    rng = cupy.random.default_rng(0)
+    assert not any(hasattr(rng, name) for name in ("normal", "choice", "permutation", "shuffle"))
+    assert isinstance(rng.standard_normal((2, 3), dtype=numpy.float32), cupy.ndarray)
+    # only CuPy's names: NumPy's lib, ma, char, and functions CuPy lacks are absent
+    assert not any(hasattr(cupy, name) for name in ("lib", "ma", "char", "nditer", "recarray", "asmatrix"))
 
 
-@pytest.mark.gpu
+def test_the_standin_memory_hook_sees_allocations_and_frees(cupy_module):
+    cupy = cupy_module
+
+    class Peak(cupy.cuda.MemoryHook):
+        name = "test-peak"
+
+        def __init__(self):
+            self.live = self.peak = 0
+
+        def malloc_postprocess(self, **kw):
+            self.live += kw["mem_size"]
+            self.peak = max(self.peak, self.live)
+
+        def free_postprocess(self, **kw):
+            self.live -= kw["mem_size"]
+
+    with Peak() as hook:
+        a = cupy.zeros((1000,), dtype=numpy.float32)  # 4000 bytes -> 4096 in the pool's 512-byte units
+        b = a[::2]  # a view: no allocation
+        del a, b
+        c = cupy.ones((10,))
+    assert hook.peak >= 4096 and hook.live == c.nbytes + (-c.nbytes % 512)
+
+
+def _assert_device(tensor, what):
+    assert backend.is_device_array(tensor.data), f"{what} is a {type(tensor.data).__name__}, not a device array"
+
+
 @pytest.mark.usefixtures("cupy_backend")
 class TestCuPy:
     @pytest.mark.parametrize("op", OPS, ids=str)
     @given(data=st.data())
-    def test_op_matches_torch_on_the_gpu(self, op, data):
-        import cupy
-
+    def test_op_matches_torch_on_cupy(self, op, data):
         example = data.draw(op.inputs, label="example")
         xs, outs, gs = minilora_run(op, example)
         txs, touts = torch_run(op, example, gs)
         for k, out in enumerate(outs):
-            assert isinstance(out.data, cupy.ndarray), f"{op}: output {k} is a {type(out.data).__name__}"
+            _assert_device(out, f"{op}: output {k}")
         floats = [k for k, t in enumerate(touts) if t.dtype.is_floating_point]
         err = relative_error([outs[k].numpy() for k in floats], [touts[k].detach().numpy() for k in floats])
-        assert err <= 1e-10, f"{op}: output differs from torch on the GPU, relative error {err:.3g}"
+        assert err <= 1e-10, f"{op}: output differs from torch on CuPy, relative error {err:.3g}"
         for i, x in enumerate(xs):
-            assert isinstance(x.grad, cupy.ndarray), f"{op}: grad of input {i} is a {type(x.grad).__name__}"
+            assert backend.is_device_array(x.grad), f"{op}: grad of input {i} is a {type(x.grad).__name__}"
         err = relative_error([backend.to_numpy(x.grad) for x in xs], [tx.grad.numpy() for tx in txs])
-        assert err <= 1e-10, f"{op}: gradient differs from torch on the GPU, relative error {err:.3g}"
+        assert err <= 1e-10, f"{op}: gradient differs from torch on CuPy, relative error {err:.3g}"
+
+    @pytest.mark.parametrize(
+        "name, make",
+        [
+            ("randn", lambda: ml.randn(2, 3)),
+            ("rand", lambda: ml.rand(2, 3)),
+            ("zeros", lambda: ml.zeros(2, 3)),
+            ("ones", lambda: ml.ones(2)),
+            ("full", lambda: ml.full((2,), 1.5)),
+            ("arange", lambda: ml.arange(4)),
+            ("tensor", lambda: ml.tensor([1.0, 2.0])),
+            ("zeros_like", lambda: ml.zeros_like(ml.ones(2))),
+            ("randn_like", lambda: ml.randn_like(ml.ones(2))),
+            ("comparison", lambda: ml.ones(2) > 0),
+            ("argmax", lambda: ml.randn(3).argmax()),
+            ("dropout", lambda: F.dropout(ml.randn(4, 5, requires_grad=True), 0.5)),
+            ("attention dropout", lambda: F.scaled_dot_product_attention(
+                *(ml.randn(2, 3, 4, requires_grad=True) for _ in range(3)), dropout_p=0.5, is_causal=True)),
+        ],
+    )
+    def test_creation_and_random_ops_make_device_arrays(self, name, make):
+        t = make()
+        _assert_device(t, name)
+        if t.requires_grad:
+            t.sum().backward()
+
+    @pytest.mark.parametrize("where", ["host", "device"])
+    def test_ids_out_of_range_are_refused_where_they_are(self, where, request):
+        ids = numpy.array([[0, 5, 9]])
+        weight = ml.randn(5, 3, requires_grad=True)
+        if where == "device":
+            ids = backend.xp.asarray(ids)
+        with pytest.raises(IndexError, match=r"embedding: ids must lie in \[0, 5\), got 5 \.\. 9"):
+            F.embedding(ids, weight)
+        with pytest.raises(IndexError, match=r"targets must lie in \[0, 3\) or equal -100, got 5 \.\. 9"):
+            F.cross_entropy(ml.randn(3, 3), ids[0])

@@ -42,3 +42,37 @@ def test_the_llama_steps_are_the_gpt_steps_batches_and_the_shipped_llama_base():
     (_, _, gpt_batch), (_, _, gpt_wide_batch) = bench.training_steps()
     assert base == LLAMA_BASE_CONFIG and (base_batch, wide_batch) == (gpt_batch, gpt_wide_batch)
     assert (wide.hidden_size, wide.num_attention_heads, wide.num_key_value_heads) == (768, 12, 4)
+
+
+# ---------------------------------------------------------------------------
+# the GPU section: it says why it is skipped, and its code runs on the CuPy stand-in at tiny sizes
+# ---------------------------------------------------------------------------
+
+
+def test_the_gpu_section_says_why_it_is_skipped(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setitem(sys.modules, "cupy", None)  # as where CuPy is not installed
+    assert bench.bench_gpu(torch) == []
+    assert "skipped: the 'cupy' backend needs CuPy and a CUDA GPU" in capsys.readouterr().out
+
+
+def test_the_gpu_section_runs_on_cupy(cupy_module, monkeypatch):
+    import torch
+
+    import minilora
+
+    tiny = dict(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
+    monkeypatch.setattr(bench, "GPT2_SMALL", tiny)
+    monkeypatch.setattr(bench, "GPT2_MEDIUM", tiny)
+    monkeypatch.setattr(bench, "GPU_BATCH", (2, 16))
+    previous = minilora.get_backend()
+    rows = bench.bench_gpu(torch)
+    assert minilora.get_backend() == previous  # the section leaves the backend as it found it
+    names = [r["name"] for r in rows]
+    assert len(rows) == 6 and all("GPU" in r["device"] for r in rows)
+    steps = {name: r for name, r in zip(names, rows) if "train step" in name}
+    assert len(steps) == 2 and all(r["minilora"] > 0 and r["flops"] > 0 for r in steps.values())
+    memory = [r for r in rows if "peak memory" in r["name"]]
+    assert [r["minilora"] > 0 for r in memory] == [True, True] and memory[1]["minilora"] < memory[0]["minilora"]
+    assert all("memory hook" in r["device"] for r in memory)

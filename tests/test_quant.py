@@ -363,18 +363,17 @@ def test_merge_and_unload_gives_a_dense_model_equal_to_the_adapted_one(r, alpha,
     assert np.allclose(dense(x)[0].numpy(), adapted, rtol=0, atol=1e-10)
 
 
-def test_quantization_goes_through_the_backend_seam():
-    """On the strict stand-in backend (tests/test_backend.py) a plain NumPy array meeting the data
-    raises: quantize, dequantize and NF4Linear use ``backend.xp`` only (the table is moved there)."""
-    from test_backend import StandInArray, standin, using_backend
+def test_quantization_goes_through_the_backend_seam(cupy_backend):
+    """On the 'cupy' backend (on a CPU the CuPy stand-in, tests/fake_cupy) a host array meeting the
+    data raises: quantize, dequantize and NF4Linear use ``backend.xp`` only (the table is moved there)."""
+    from minilora.backend import is_device_array
 
-    with using_backend(standin):
-        W = minilora.randn(24, 40).numpy()
-        for dq in (True, False):
-            q = quantize_nf4(W, double_quant=dq)
-            assert all(isinstance(a, StandInArray) for a in q.arrays().values())
-            assert isinstance(dequantize_nf4(q), StandInArray)
-        layer = NF4Linear(q, nn.Parameter(minilora.zeros(24).data))
-        y = layer(minilora.randn(3, 40, requires_grad=True))
-        y.sum().backward()
-        assert isinstance(y.data, StandInArray)
+    W = minilora.randn(24, 40).numpy()
+    for dq in (True, False):
+        q = quantize_nf4(W, double_quant=dq)
+        assert all(is_device_array(a) for a in q.arrays().values())
+        assert is_device_array(dequantize_nf4(q))
+    layer = NF4Linear(q, nn.Parameter(minilora.zeros(24).data))
+    y = layer(minilora.randn(3, 40, requires_grad=True))
+    y.sum().backward()
+    assert is_device_array(y.data)

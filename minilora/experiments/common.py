@@ -14,20 +14,83 @@ import tracemalloc
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+from minilora import backend
+
 HOLDS, PARTLY, FAILS = "holds", "partly", "does not hold"
+
+
+class _HostTrace:
+    """What ``tracemalloc`` sees: every NumPy (and Python) allocation on the host."""
+
+    device = "the CPU (tracemalloc: every NumPy allocation)"
+
+    def current(self) -> int:
+        return tracemalloc.get_traced_memory()[0]
+
+    def peak(self) -> int:
+        return tracemalloc.get_traced_memory()[1]
+
+    def reset_peak(self) -> None:
+        tracemalloc.reset_peak()
+
+
+def _device_trace():
+    """A CuPy memory hook that keeps what the pool does not: the bytes of the arrays allocated
+    while it is registered (as CuPy's pool rounds them, to 512) and their peak. Like
+    tracemalloc, it counts only what was allocated inside, and frees of those alone."""
+    import cupy
+
+    class DeviceTrace(cupy.cuda.MemoryHook):
+        name = "minilora.traced"
+        device = f"the {backend.device_name()} (CuPy's memory pool, through a memory hook)"
+
+        def __init__(self):
+            self._live, self._bytes, self._peak = {}, 0, 0  # pointer -> bytes; their sum; its peak
+
+        def malloc_postprocess(self, **kw):
+            if kw.get("mem_ptr"):
+                self._live[kw["mem_ptr"]] = kw["mem_size"]
+                self._bytes += kw["mem_size"]
+                self._peak = max(self._peak, self._bytes)
+
+        def free_postprocess(self, **kw):
+            self._bytes -= self._live.pop(kw.get("mem_ptr"), 0)
+
+        def current(self) -> int:
+            return self._bytes
+
+        def peak(self) -> int:
+            return self._peak
+
+        def reset_peak(self) -> None:
+            self._peak = self._bytes
+
+    return DeviceTrace()
 
 
 @contextmanager
 def traced():
-    """Trace NumPy's (and Python's) allocations inside the block, starting ``tracemalloc`` if it
-    is not running (and stopping it after); yields the bytes traced at the start, after a
-    garbage collection, to subtract from ``tracemalloc.get_traced_memory()`` readings."""
+    """Trace the memory allocated inside the block where the arrays live -- the host's with
+    ``tracemalloc`` (started if it is not running, stopped after), a GPU's with a CuPy memory
+    hook -- and yield the trace: ``current()`` and ``peak()`` bytes, ``reset_peak()``, ``start``
+    (the bytes traced at the start, after a garbage collection, to subtract from readings)
+    and ``device`` (what was measured, for the report). Allocations are counted when they
+    are made, so no reading waits for a GPU."""
+    if backend.get_backend() == "cupy":
+        trace = _device_trace()
+        gc.collect()
+        with trace:
+            trace.start = 0
+            yield trace
+        return
     was_tracing = tracemalloc.is_tracing()
     if not was_tracing:
         tracemalloc.start()
     try:
         gc.collect()
-        yield tracemalloc.get_traced_memory()[0]
+        trace = _HostTrace()
+        trace.start = trace.current()
+        yield trace
     finally:
         if not was_tracing:
             tracemalloc.stop()

@@ -56,6 +56,7 @@ def build_variants(model=None, config: GPTConfig | None = None, r: int = LORA_RA
     work ran 2-4% slower than its own copy here, which is not what we want to measure either.
     """
     import minilora
+    from minilora import backend
     from minilora.experiments.params import lora_config
     from minilora.lora import get_peft_model
     from minilora.models import GPT
@@ -66,7 +67,7 @@ def build_variants(model=None, config: GPTConfig | None = None, r: int = LORA_RA
     rng = np.random.default_rng(seed)
     for _, layer in unmerged.base_model.lora_layers():
         B = layer.lora_B[unmerged.active_adapter].weight
-        B.data = (rng.standard_normal(B.shape) * b_std).astype(B.dtype)
+        B.data = backend.xp.asarray((rng.standard_normal(B.shape) * b_std).astype(B.dtype))  # drawn on the host, copied once
     merged = copy.deepcopy(unmerged).merge_and_unload()
     models = {"base": base, "base again": copy.deepcopy(base), "unmerged": unmerged, "merged": merged}
     return {name: m.eval() for name, m in models.items()}

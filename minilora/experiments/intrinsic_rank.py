@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from minilora import backend as B
 from minilora.experiments import finetune as ft
 from minilora.experiments.common import ClaimResult, combine, judge
 
@@ -237,7 +238,7 @@ def run(ctx) -> ClaimResult:
     specs = rank_specs(ctx.quick)
     runs = dict(zip(specs, ft.runs_for(ctx, list(specs.values()))))
     n_layer, d = env.base.config.n_layer, env.base.config.n_embd
-    base_state = {k: np.asarray(v) for k, v in env.base.state_dict().items()}
+    base_state = {k: B.to_numpy(v) for k, v in env.base.state_dict().items()}  # on the host: the SVDs run in NumPy
 
     spectra = {task: spectrum_figures(update_spectra(base_state, runs[f"full {task}"].state, n_layer))
                for task in ("cls", "code")}

@@ -16,7 +16,8 @@ memory; where activations dominate, it saves little, since LoRA still runs (and
 back-propagates through) the whole frozen model.
 
 ``measure_step_memory`` measures a step with ``tracemalloc``, which sees every
-NumPy allocation; ``analytic_step_memory`` predicts the same peak from the shapes,
+NumPy allocation (on a GPU: a memory hook on CuPy's pool, which sees every device
+array); ``analytic_step_memory`` predicts the same peak from the shapes,
 following what minilora's engine keeps alive (``saved_activations`` lists it op
 by op). The two must agree within 10%.
 """
@@ -24,7 +25,6 @@ by op). The two must agree within 10%.
 from __future__ import annotations
 
 import gc
-import tracemalloc
 
 import numpy as np
 
@@ -76,7 +76,8 @@ def random_batch(config: GPTConfig, batch: int, seed: int = 0):
 
 
 def measure_step_memory(config: GPTConfig, batch: int, method: str, r: int = LORA_RANK, seed: int = 0) -> dict:
-    """Bytes of one AdamW training step, measured with tracemalloc.
+    """Bytes of one AdamW training step, measured where the arrays live (``traced``: tracemalloc
+    on the CPU, a memory hook on CuPy's pool on a GPU).
 
     The model, optimizer and a first (warm-up) step run under tracing (every module they
     need is imported beforehand, so that no import is counted), so the weights and the
@@ -88,27 +89,27 @@ def measure_step_memory(config: GPTConfig, batch: int, method: str, r: int = LOR
     """
     with backend.blas_single_threaded():  # attention's BLAS controller is built (and threadpoolctl imported)
         pass  # on first use: do it before tracing, so the module's objects are not counted as the step's
-    with traced() as start:
+    with traced() as trace:
         model, params = build(config, method, r, seed)
         optimizer = AdamW(params, lr=1e-4)
         x, y = random_batch(config, batch, seed)
         for _ in range(2):  # the first step creates AdamW's moments; the second is measured
             optimizer.zero_grad()
             gc.collect()
-            before = tracemalloc.get_traced_memory()[0]
-            tracemalloc.reset_peak()
+            before = trace.current()
+            trace.reset_peak()
             loss = model(x, y)[1]
-            after_forward = tracemalloc.get_traced_memory()[0]
+            after_forward = trace.current()
             loss.backward()
             gradients = sum(p.grad.nbytes for p in params if p.grad is not None)
             optimizer.step()
-            peak = tracemalloc.get_traced_memory()[1]
+            peak = trace.peak()
             del loss
     weights = sum(p.data.nbytes for p in model.parameters())
     state = optimizer.state_bytes()
-    return {"config": config_name(config), "batch": batch, "method": method, "peak": peak - start, "weights": weights,
+    return {"config": config_name(config), "batch": batch, "method": method, "peak": peak - trace.start, "weights": weights,
             "optimizer": state, "gradients": gradients, "activations": after_forward - before,
-            "other": before - start - weights - state}
+            "other": before - trace.start - weights - state, "device": trace.device}
 
 
 # ---------------------------------------------------------------------------
@@ -397,8 +398,8 @@ def run(ctx: Context, wide: GPTConfig = WIDE_CONFIG, base: GPTConfig | None = No
                      f"{m['optimizer'] / mib:.1f} | {m['activations'] / mib:.1f} / {a['activations'] / mib:.1f} | "
                      f"{m['peak'] / mib:.1f} | {a['peak'] / mib:.1f} | {100 * row['error']:+.1f}% | {a['peak_phase']} |")
     body = "\n".join([
-        f"Peak memory of one AdamW step measured with `tracemalloc` (every NumPy allocation), MiB -- the parts a GPU "
-        f"holds too: weights, gradients, optimizer state, activations, temporaries. Where the weights dominate "
+        f"Peak memory of one AdamW step measured on {rows[0]['measured']['device']}, MiB -- the parts a GPU "
+        f"holds: weights, gradients, optimizer state, activations, temporaries. Where the weights dominate "
         f"({wide_name}: {wide.n_layer} layers, width {wide.n_embd}, {wide.num_parameters() / 1e6:.1f}M parameters, batch 1 x "
         f"{wide.block_size} tokens) full fine-tuning holds {w['full']['measured']['peak'] / mib:.0f} MiB -- weights, gradients "
         f"and AdamW's two moments, 16 bytes a parameter, plus AdamW's scratch array -- and LoRA (r = {LORA_RANK} on Wq, Wv) "
@@ -425,7 +426,7 @@ def run(ctx: Context, wide: GPTConfig = WIDE_CONFIG, base: GPTConfig | None = No
         key="memory",
         title="Memory",
         claim=CLAIM,
-        measured="peak memory of one AdamW step (tracemalloc), full vs LoRA, beside the analytic count",
+        measured=f"peak memory of one AdamW step on {rows[0]['measured']['device']}, full vs LoRA, beside the analytic count",
         figure=f"LoRA/full peak {wide_ratio:.2f}x (768-wide, batch 1); {by[(base_name, batches[-1])]:.2f}x (base, batch {batches[-1]})",
         verdict=result["verdict"],
         thresholds={"LoRA/full peak (weights dominate), holds <=": RATIO_HOLDS, "... partly <=": RATIO_PARTLY,

@@ -79,6 +79,7 @@ def build_variants(model, r: int = LORA_RANK, b_std: float = B_STD, seed: int = 
     matched size. As for LoRA's B, the adapters' W_up is drawn from N(0, ``b_std``): a small
     update, as after fine-tuning (W_up starts near 0)."""
     import minilora
+    from minilora import backend
     from minilora.experiments.inference import build_variants as lora_variants
     from minilora.peft import get_peft_model
 
@@ -92,7 +93,7 @@ def build_variants(model, r: int = LORA_RANK, b_std: float = B_STD, seed: int = 
         adapted = get_peft_model(copy.deepcopy(lora["base"]), M.peft_config(method, sizes[method]))
         for _, layer in adapted.base_model.adapter_layers():
             up = layer.adapter_up[adapted.active_adapter].weight
-            up.data = (rng.standard_normal(up.shape) * b_std).astype(up.dtype)
+            up.data = backend.xp.asarray((rng.standard_normal(up.shape) * b_std).astype(up.dtype))  # copied to the device once
         variants[NAMES[method]] = adapted.eval()
     return variants
 

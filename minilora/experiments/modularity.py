@@ -21,13 +21,13 @@ one copy of the base model. Measured:
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 from minilora.experiments import finetune as ft
 from minilora.experiments.common import ClaimResult, combine, judge
+from minilora.experiments.timing import now
 from minilora.lora import BASE
 from minilora.models import GPT
 from minilora.peft import PeftModel
@@ -58,9 +58,9 @@ def _fresh_base(base: GPT) -> GPT:
 def _median_seconds(fn, repeats: int) -> float:
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = now()
         fn()
-        times.append(time.perf_counter() - start)
+        times.append(now() - start)
     return float(np.median(times))
 
 
@@ -124,15 +124,15 @@ def mixed_batch(model: PeftModel, data: dict, rows: int = MIXED_ROWS) -> dict:
     x_cls, x_code = data["cls"].x_eval[:rows], data["code"].x_eval[:rows]  # (rows, 64) each
     x = np.concatenate([x_cls, x_code, x_cls[:2]])  # (2 rows + 2, 64)
     names = ["cls"] * len(x_cls) + ["code"] * len(x_code) + [BASE] * 2
-    start = time.perf_counter()
-    mixed = np.asarray(model(x, adapter_names=names)[0].data)  # (N, T, V)
-    mixed_seconds = time.perf_counter() - start
+    start = now()
+    mixed = model(x, adapter_names=names)[0].numpy()  # (N, T, V), on the host
+    mixed_seconds = now() - start
     separate = []
     for name, part in (("cls", x_cls), ("code", x_code)):
         model.set_adapter(name)
-        separate.append(np.asarray(model(part)[0].data))
+        separate.append(model(part)[0].numpy())
     with model.disable_adapter():
-        separate.append(np.asarray(model(x_cls[:2])[0].data))
+        separate.append(model(x_cls[:2])[0].numpy())
     model.set_adapter("cls")
     separate = np.concatenate(separate)
     return {"max_abs_diff": float(np.abs(mixed - separate).max()), "rows": len(x), "seconds": mixed_seconds,

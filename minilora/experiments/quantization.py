@@ -21,7 +21,6 @@ Three measurements on the shipped base model (``minilora/quant.py``; docs/qlora.
 from __future__ import annotations
 
 import gc
-import tracemalloc
 
 import numpy as np
 
@@ -101,16 +100,17 @@ def analytic_bytes(config: GPTConfig, scheme: str) -> dict:
 
 
 def traced_bytes(base: GPT, scheme: str) -> dict:
-    """What ``tracemalloc`` sees: ``held``, the memory the built model holds (every NumPy array and
-    Python object allocated while building it and still alive), and ``peak``, the most held
-    while building (the float32 copy is made first, then quantized)."""
-    with traced() as start:
-        tracemalloc.reset_peak()
+    """What ``tracemalloc`` sees (on a GPU: a hook on CuPy's pool): ``held``, the memory the built
+    model holds (every array, and on the CPU every Python object, allocated while building it and
+    still alive), and ``peak``, the most held while building (the float32 copy is made first, then
+    quantized); ``device``, where."""
+    with traced() as trace:
+        trace.reset_peak()
         model = quantized_copy(base, scheme)
         gc.collect()
-        held, peak = tracemalloc.get_traced_memory()
+        held, peak = trace.current(), trace.peak()
     del model
-    return {"held": held - start, "peak": peak - start}
+    return {"held": held - trace.start, "peak": peak - trace.start, "device": trace.device}
 
 
 def memory_table(base: GPT) -> dict:
@@ -302,7 +302,7 @@ def run(ctx: Context) -> ClaimResult:
 
     kib = 1024
     table = ["| model | scheme | stored (KiB) | of which 4-bit codes / constants / float32 | bits per quantized weight | "
-             "analytic (KiB) | tracemalloc held / peak while building (KiB) | vs float32 |", "|---|---|---|---|---|---|---|---|"]
+             "analytic (KiB) | traced held / peak while building (KiB) | vs float32 |", "|---|---|---|---|---|---|---|---|"]
     for model_name, t in tables.items():
         for scheme in SCHEMES:
             r = t[scheme]
@@ -325,7 +325,7 @@ def run(ctx: Context) -> ClaimResult:
         + (f"; in the 768-wide model, where the projections are {100 * tables['wide']['NF4']['stored']['quantized_params'] / WIDE_CONFIG.num_parameters():.0f}% "
            f"of the weights, it is {tables['wide']['NF4 + double quant']['stored']['total'] / tables['wide']['float32']['stored']['total']:.3f}x"
            if "wide" in tables else "")
-        + ". The stored arrays, the analytic count and tracemalloc's view of the built model agree (table); "
+        + f". The stored arrays, the analytic count and the memory traced on {mem['float32']['traced']['device']} agree (table); "
         "the peak while building includes the float32 copy that is quantized.",
         "",
         *table,

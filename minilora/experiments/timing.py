@@ -20,6 +20,12 @@ does: its pauses land in whichever call happens to cross its allocation threshol
 
 ``blas_threads`` sets the limit with ``threadpoolctl``, which finds the BLAS NumPy loaded
 (OpenBLAS, MKL or Accelerate) and calls its own thread-count function.
+
+On a GPU (the 'cupy' backend) a call returns as soon as its kernels are queued, so a clock
+read right after it times the queueing, and the work is charged to whatever the clock times
+next. ``now()`` waits for the device first (``backend.synchronize``, which waits for every
+stream of the device -- PyTorch's too); ``clock`` hands it out there. Every claim that times
+and ``make bench`` read their clocks through this module.
 """
 
 from __future__ import annotations
@@ -27,6 +33,16 @@ from __future__ import annotations
 import gc
 import time
 from contextlib import contextmanager
+
+from minilora import backend
+
+
+def now() -> float:
+    """Seconds on the wall clock, read once the device has finished the work queued so far
+    (on the CPU there is nothing to wait for)."""
+    backend.synchronize()
+    return time.perf_counter()
+
 
 @contextmanager
 def blas_threads(n: int | None):
@@ -42,12 +58,15 @@ def blas_threads(n: int | None):
         yield "threadpoolctl"
 
 
-def clock(how, threads: int | None):
-    """The clock to time with inside ``blas_threads(threads)`` (``how`` is what it yielded):
+def clock(how=None, threads: int | None = None):
+    """The clock to time with inside ``blas_threads(threads)`` (``how`` is what it yielded), and
+    its name for the report: on a GPU the wall clock after a device sync (``now``); on the CPU
     the process's CPU time when BLAS is held to one thread, else the wall clock."""
+    if backend.get_backend() == "cupy":
+        return now, f"wall clock after a device sync, on the {backend.device_name()}"
     if how is not None and threads == 1:
-        return time.process_time, "process CPU time (BLAS on one thread)"
-    return time.perf_counter, "wall clock"
+        return time.process_time, "process CPU time (BLAS on one thread), on the CPU"
+    return time.perf_counter, "wall clock, on the CPU"
 
 
 @contextmanager

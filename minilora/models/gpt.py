@@ -27,6 +27,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy
+
 from minilora import backend
 from minilora import nn
 from minilora.nn import functional as F
@@ -233,7 +235,7 @@ class GenerationMixin:
         The whole sequence must fit in ``block_size``: never cropped, an error instead.
         Runs in eval mode (no dropout) and restores the mode afterwards.
         """
-        idx = _as_ids(idx, "idx").data
+        idx = backend.xp.asarray(_as_ids(idx, "idx"))  # on the device: the sampled ids join it there
         T = idx.shape[1]
         if max_new_tokens < 0:
             raise ValueError(f"generate: max_new_tokens must be >= 0, got {max_new_tokens}")
@@ -326,7 +328,7 @@ class GPT(GenerationMixin, nn.Module):
                 f"GPT.forward: {P} cached + {T} new positions = {P + T} exceed block_size={self.config.block_size} "
                 f"(the number of learned positions); crop the input"
             )
-        pos_emb = self.transformer.wpe(backend.xp.arange(P, P + T))  # (T, C): positions P .. P+T-1
+        pos_emb = self.transformer.wpe(numpy.arange(P, P + T))  # (T, C): positions P .. P+T-1, made on the host (F._ids)
         x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
         for block in self.transformer.h:
             x = block(x, kv_cache)  # (B, T, C)
@@ -395,12 +397,14 @@ def lm_loss(logits: Tensor, targets, caller: str) -> Tensor | None:
     targets = _as_ids(targets, "targets")
     if targets.shape != (B, T):
         raise ValueError(f"{caller}: targets must have shape (B, T) = {(B, T)}, got {targets.shape}")
-    return F.cross_entropy(logits.view(B * T, V), targets.view(B * T), ignore_index=-100)
+    return F.cross_entropy(logits.view(B * T, V), targets.reshape(B * T), ignore_index=-100)
 
 
-def _as_ids(ids, name: str) -> Tensor:
-    """Token ids as an integer Tensor of shape (B, T)."""
-    ids = ids if isinstance(ids, Tensor) else Tensor(backend.xp.asarray(ids))
+def _as_ids(ids, name: str):
+    """Token ids of shape (B, T), an integer array where they are: ids from the host stay there
+    until the embedding (or the loss) has checked their range -- for free, before the one copy
+    to the device (``F._ids``)."""
+    ids = ids.data if isinstance(ids, Tensor) else ids if backend.is_device_array(ids) else numpy.asarray(ids)
     if ids.ndim != 2 or ids.dtype.kind not in "iu":
         raise ValueError(f"{name} must be integer token ids of shape (B, T), got dtype {ids.dtype} and shape {ids.shape}")
     return ids

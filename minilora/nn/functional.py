@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 
+import numpy
+
 from minilora import backend as B
 from minilora.tensor import Tensor, _dims, check_same_dtype
 
@@ -76,15 +78,32 @@ def linear(input, weight, bias=None) -> Tensor:
     return Tensor._make(y2.reshape(out_shape), parents, backward)
 
 
+def _ids(ids, what: str, high: int, allowed=()):
+    """Integer ids checked to lie in [0, high) (or to equal one of ``allowed``), as a backend array.
+
+    Ids from the host (NumPy arrays, lists) are checked there, before the one copy to the
+    device, which costs no sync; ids already on a GPU are checked there, and reading the
+    answer makes the host wait (one sync). A training step's ids come from the host.
+    """
+    ids = ids.data if isinstance(ids, Tensor) else ids
+    on_device = B.is_device_array(ids)
+    check = ids if on_device else numpy.asarray(ids)
+    if check.dtype.kind not in "iu":
+        raise TypeError(f"{what} must be integers, got dtype {check.dtype}")
+    bad = (check < 0) | (check >= high)
+    for value in allowed:
+        bad &= check != value
+    if check.size and bool(bad.any()):
+        found = B.to_numpy(check[bad])
+        raise IndexError(f"{what} must lie in [0, {high}){''.join(f' or equal {v}' for v in allowed)}, "
+                         f"got {found.min()} .. {found.max()} (the ones out of range)")
+    return check if on_device else B.xp.asarray(check)
+
+
 def embedding(input, weight, padding_idx=None) -> Tensor:
     """Rows of ``weight`` picked by integer ids; the backward adds rows back (ids repeat).
     The row ``padding_idx`` gets no gradient, as in PyTorch: padding never trains its vector."""
-    idx = input.data if isinstance(input, Tensor) else B.xp.asarray(input)
-    if idx.dtype.kind not in "iu":
-        raise TypeError(f"embedding needs integer ids, got dtype {idx.dtype}")
-    n = weight.shape[0]
-    if idx.size and (int(idx.min()) < 0 or int(idx.max()) >= n):
-        raise IndexError(f"embedding: ids must lie in [0, {n}), got ids from {int(idx.min())} to {int(idx.max())}")
+    idx = _ids(input, "embedding: ids", weight.shape[0])
     out = weight.data[idx]
 
     def backward(g):
@@ -413,22 +432,22 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean") -> Tensor:
     ``cross_entropy_backward``.
     """
     x = _t(input)
-    t = target.data if isinstance(target, Tensor) else B.xp.asarray(target)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    if x.ndim == 0:
+        raise RuntimeError("cross_entropy: the input needs a class dimension, got a 0-d tensor")
+    n_classes = x.shape[1] if x.ndim > 1 else x.shape[0]
+    t = _ids(target, "cross_entropy: targets", n_classes, allowed=(ignore_index,))
     if x.ndim == 1:
         x2, t2 = x.data[None, :], t.reshape(1)
     else:
-        if x.ndim < 2 or t.shape != x.shape[:1] + x.shape[2:]:
+        if t.shape != x.shape[:1] + x.shape[2:]:
             raise RuntimeError(f"cross_entropy: input of shape {x.shape} does not fit target of shape {tuple(t.shape)}")
         # put the class dimension last and flatten the rest: (N * d1 * ..., C)
         x2 = B.xp.moveaxis(x.data, 1, -1).reshape(-1, x.shape[1])
         t2 = t.reshape(-1)
-    n_classes = x2.shape[1]
     valid = t2 != ignore_index
     safe_t = B.xp.where(valid, t2, 0)
-    if bool(((safe_t < 0) | (safe_t >= n_classes)).any()):
-        raise IndexError(f"cross_entropy: targets must lie in [0, {n_classes}) or equal ignore_index={ignore_index}")
     rows = B.xp.arange(x2.shape[0])
     shifted = x2 - x2.max(axis=1, keepdims=True)
     logsumexp = B.xp.log(B.xp.exp(shifted).sum(axis=1))
