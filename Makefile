@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # torch is pinned in pyproject.toml (torch==2.13.0, a CPU build on these machines' disk)
 
-.PHONY: demo test bench notebooks clean
+.PHONY: demo test bench notebooks exercises clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -15,8 +15,12 @@ $(VENV)/.installed-core: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,plots]'
-	touch $@ $(VENV)/.installed-core
+	$(PY) -m pip install -q -e '.[test,plots,course]'
+	touch $@ $(VENV)/.installed-core $(VENV)/.installed-course
+
+$(VENV)/.installed-course: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[course]'
+	touch $@
 
 # The main command in its quick mode: every claim of the article, measured (< 5 min on 2 cores).
 demo: $(VENV)/.installed-core
@@ -35,5 +39,10 @@ bench: $(VENV)/.installed-test
 notebooks: $(VENV)/.installed-test
 	MINILORA_QUICK=0 $(PY) -m minilora.notebooks --execute-in-place
 
+# The course's student versions (docs/course.md): nbgrader removes the solutions and outputs
+# of notebooks/01_*.ipynb ... 06_*.ipynb into build/exercises/release/minilora-course/.
+exercises: $(VENV)/.installed-course
+	$(PY) -m minilora.notebooks --exercises build/exercises
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report build/exercises
