@@ -19,6 +19,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+from minilora.exercises import ExerciseError, check, check_true
 from minilora.notebooks import course_notebooks, make_exercises
 
 COURSE = course_notebooks()
@@ -34,6 +35,34 @@ def exercise_number(cell) -> str:
     match = EXERCISE_ID.match(nbgrader(cell)["grade_id"])
     assert match, f"grade_id {nbgrader(cell)['grade_id']!r} does not name an exercise as exN_M_name"
     return f"{match[1]}.{match[2]}"
+
+
+def unsolved():
+    raise NotImplementedError()  # nbgrader's stub
+
+
+@pytest.mark.parametrize("compute, message", [
+    (unsolved, "exercise 9.1 f is not solved yet (its function still raises NotImplementedError); expected: twice x"),
+    (lambda: [[2.0, 4.0]], "exercise 9.1 f: expected twice x, shape (2,); got shape (1, 2)"),
+    (lambda: [2.0, 5.0], "exercise 9.1 f: expected twice x; 1 of 2 values are off (largest difference 1,"),
+    (lambda: [2.0, float("nan")], "exercise 9.1 f: expected twice x; got NaN or infinite values"),
+    (lambda: {"a": 1}, "exercise 9.1 f: expected twice x; got a dict, not numbers"),
+])
+def test_check_names_the_exercise_and_what_it_expected(compute, message):
+    with pytest.raises(ExerciseError) as err:
+        check("9.1 f", compute, [2.0, 4.0], expects="twice x")
+    assert str(err.value).startswith(message), str(err.value)
+    assert isinstance(err.value, AssertionError)  # nbgrader counts it as a failed test
+
+
+def test_check_passes_a_solution(capsys):
+    check("9.1 f", lambda: [2.0, 4.0 + 1e-9], [2.0, 4.0], expects="twice x")
+    check_true("9.2 g", lambda: True, expects="a property")
+    assert capsys.readouterr().out == "exercise 9.1 f: passed\nexercise 9.2 g: passed\n"
+    with pytest.raises(ExerciseError, match="exercise 9.2 g: expected a property; the result does not have that property"):
+        check_true("9.2 g", lambda: False, expects="a property")
+    with pytest.raises(ExerciseError, match="exercise 9.2 g is not solved yet"):
+        check_true("9.2 g", unsolved, expects="a property")
 
 
 def test_the_course_is_there():
