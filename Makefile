@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # torch is pinned in pyproject.toml (torch==2.13.0, a CPU build on these machines' disk)
 
-.PHONY: demo test bench notebooks exercises clean
+.PHONY: demo test bench notebooks docs exercises clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -15,8 +15,12 @@ $(VENV)/.installed-core: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,plots,course]'
-	touch $@ $(VENV)/.installed-core $(VENV)/.installed-course
+	$(PY) -m pip install -q -e '.[test,plots,docs,course]'
+	touch $@ $(VENV)/.installed-core $(VENV)/.installed-docs $(VENV)/.installed-course
+
+$(VENV)/.installed-docs: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
 
 $(VENV)/.installed-course: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[course]'
@@ -39,10 +43,15 @@ bench: $(VENV)/.installed-test
 notebooks: $(VENV)/.installed-test
 	MINILORA_QUICK=0 $(PY) -m minilora.notebooks --execute-in-place
 
+# The documentation site in site/: README, docs/ and the notebooks (with their outputs), built
+# offline; --strict fails on a broken link (tools/mkdocs_hooks.py says how pages and source links work).
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 # The course's student versions (docs/course.md): nbgrader removes the solutions and outputs
 # of notebooks/01_*.ipynb ... 06_*.ipynb into build/exercises/release/minilora-course/.
 exercises: $(VENV)/.installed-course
 	$(PY) -m minilora.notebooks --exercises build/exercises
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report build/exercises
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report site .cache/mkdocs-jupyter build/exercises

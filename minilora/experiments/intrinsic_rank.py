@@ -1,8 +1,8 @@
 """Claim 6: the weight updates of fine-tuning have a low intrinsic rank.
 
-    Article: "weight updates during fine-tuning often have low intrinsic rank. In
-    simpler terms, the changes needed to adapt a model are less complex than the
-    full parameter space suggests."
+    The source article (docs/claims.md, claim 6): the change fine-tuning makes to a
+    weight matrix tends to have a low intrinsic rank -- adapting a model takes far
+    fewer directions than the matrix has.
 
 Two measurements, after the LoRA paper (Hu et al., 2021, sec. 7):
 
@@ -279,7 +279,7 @@ def run(ctx) -> ClaimResult:
     return ClaimResult(
         key="rank",
         title="Low intrinsic rank of the update",
-        claim='"weight updates during fine-tuning often have low intrinsic rank"',
+        claim="the change fine-tuning makes to a weight matrix tends to have a low intrinsic rank: a few directions carry most of it",
         measured=f"energy of full fine-tuning's ΔW in its top {JUDGED_RANK} directions; φ between r=8 and r=64 adapters",
         figure=f"top-{JUDGED_RANK} energy {100 * share:.0f}% (random {100 * random_share:.0f}%); φ(1,1) {mean_phi:.2f} (random {phi['random']['phi_1_1']:.3f})",
         verdict=verdict,
