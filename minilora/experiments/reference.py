@@ -189,7 +189,7 @@ def run(ctx) -> ClaimResult:
         key = ft.metric(task)[0]
         for name, specs in reference_specs(ctx.quick, task):
             ours = ft.runs_for(ctx, specs)
-            theirs = [torch_finetune(spec, env.base, env.data(spec, windows)) for spec in specs]
+            theirs = [torch_finetune(o.spec, env.base, env.data(o.spec, windows)) for o in ours]  # at the chosen rates
             a = agreement(ours, theirs, key)
             setting = f"{task}: {name}"
             figures[setting] = {**a, "metric": key, "minilora": [o.final for o in ours], "reference": [t["final"] for t in theirs]}

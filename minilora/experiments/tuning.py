@@ -1,0 +1,71 @@
+"""Learning rates chosen on the validation split, and runs that failed.
+
+The LoRA paper tuned the learning rate per setting (Hu et al., 2021, appendix D). Here,
+for both base models:
+
+* the **tuned settings** are full fine-tuning, and LoRA at r = 8 and r = 64 on each
+  tuned target set (``TUNED_RANKS``);
+* each is trained with one seed at every rate of a small grid; the rate whose run
+  reaches the best *validation* figure is kept (the test split is never read to choose);
+* every other setting takes the rate of the **nearest tuned one**: the same method and
+  target set (else the default target set), the nearest rank on a log scale
+  (r = 1, 2, 4, 16 take r = 8's rate; r = 32 takes r = 64's).
+
+A run **fails** when its loss stops being finite (it *diverged*) or when it ends no
+better than the **baseline** -- the untuned base model for the toy GPT, the linear
+probe (head and pooler trained, encoder frozen) for a pretrained encoder: what such a
+run measures is a training failure, not what the method can reach. A failed run is
+reported by name and left out of every mean and spread, never averaged in silently.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+TUNED_RANKS = (8, 64)
+OK, DIVERGED, BELOW = "ok", "diverged", "below baseline"
+
+
+def nearest_rank(r: int, tuned=TUNED_RANKS) -> int:
+    """The tuned rank nearest to ``r`` on a log scale (ties go to the smaller one)."""
+    if r < 1:
+        raise ValueError(f"nearest_rank: r must be >= 1, got {r}")
+    return min(tuned, key=lambda t: (abs(math.log2(r) - math.log2(t)), t))
+
+
+def run_status(final: dict, key: str, higher_is_better: bool, baseline: float | None) -> str:
+    """``OK``, ``DIVERGED`` (the figure is not finite) or ``BELOW`` (no better than ``baseline``)."""
+    value = final.get(key, float("nan"))
+    if not np.isfinite(value):
+        return DIVERGED
+    if baseline is not None and (value <= baseline if higher_is_better else value >= baseline):
+        return BELOW
+    return OK
+
+
+def choose_rate(candidates: dict, key: str, higher_is_better: bool, baseline: float | None = None) -> tuple:
+    """(rate, table) from ``{rate: validation figures}``: the best rate among the runs that did
+    not fail, and ``{rate: {key: value, "status": ...}}``. If every run failed, the best finite
+    one is kept all the same (the setting is then reported as failed by its own runs); if none
+    is finite, the smallest rate."""
+    table = {rate: {key: figures.get(key, float("nan")), "status": run_status(figures, key, higher_is_better, baseline)}
+             for rate, figures in candidates.items()}
+    for allowed in ((OK,), (OK, BELOW)):
+        usable = [rate for rate, row in table.items() if row["status"] in allowed]
+        if usable:
+            sign = 1 if higher_is_better else -1
+            return max(usable, key=lambda rate: (sign * table[rate][key], -rate)), table
+    return min(table), table
+
+
+def describe_failures(rows: dict) -> list:
+    """Sentences naming each failed run of ``summarize``-style rows (``{setting: {"failed": {seed: why}}}``)."""
+    out = []
+    for name, row in rows.items():
+        for seed, why in row.get("failed", {}).items():
+            value = row.get("failed_values", {}).get(seed)
+            figure = f" ({value:.3f})" if value is not None and np.isfinite(value) else ""
+            out.append(f"{name} seed {seed}: {why}{figure}")
+    return out
