@@ -338,13 +338,15 @@ class LoraConfig:
     r: int = 8  # the rank of the update B A
     lora_alpha: float = 8  # the update is scaled by lora_alpha / r (or / sqrt(r) with use_rslora)
     lora_dropout: float = 0.0  # dropout on the adapter's input x (not on the frozen path)
-    target_modules: list | str | None = None  # names, name suffixes (list) or one regex (str); None: GPT-2's c_attn
+    target_modules: list | str | None = None  # names, name suffixes (list) or one regex (str); None: PEFT's default
+                                              # for the model (GPT-2: c_attn; BERT: query, value)
     bias: str = "none"  # "none" | "all" (train every bias) | "lora_only" (train the biases of adapted layers)
     use_rslora: bool = False  # rank-stabilised LoRA (Kalajdzievas, 2023): scale by alpha / sqrt(r)
     init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B = 0; "gaussian": A ~ N(0, 1/r); "pissa"; False: both random
     rank_pattern: dict = field(default_factory=dict)  # {regex of module name: r} overriding r for some layers
     alpha_pattern: dict = field(default_factory=dict)  # {regex of module name: alpha}
     modules_to_save: list | None = None  # modules trained in full beside the adapter (e.g. a classifier head)
+    # "SEQ_CLS" adds the classification head ("classifier" or "score") to modules_to_save, as PEFT does
     fan_in_fan_out: bool = False  # True for GPT-2, whose HF layers (Conv1D) store W as (in, out); set automatically
     use_dora: bool = False  # DoRA (weight-decomposed LoRA); see minilora/peft/dora.py
     # minilora's addition, after loralib's MergedLinear: adapt only some of the equal
@@ -449,8 +451,13 @@ def _pattern_value(patterns: dict, name: str, default):
 # injection into a model
 # ---------------------------------------------------------------------------
 
-# PEFT's defaults when target_modules is None, by model class
-DEFAULT_TARGET_MODULES = {"GPT": ["c_attn"]}
+# PEFT's defaults when target_modules is None, by model class (PEFT's table is keyed by
+# model_type: "gpt2" -> c_attn, "bert" -> query and value, the LoRA paper's Wq and Wv)
+DEFAULT_TARGET_MODULES = {
+    "GPT": ["c_attn"],
+    "BertModel": ["query", "value"],
+    "BertForSequenceClassification": ["query", "value"],
+}
 
 
 class LoraModel(BaseTuner):

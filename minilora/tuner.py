@@ -79,6 +79,20 @@ def set_fan_in_fan_out(model: nn.Module, config) -> None:
         config.fan_in_fan_out = True
 
 
+# PEFT's task types that train a head in full beside any adapter: its
+# PeftModelForSequenceClassification adds both names (a model has one of them: BERT's head
+# is "classifier", LLaMA's "score") to modules_to_save, and writes them into the saved config.
+TASK_MODULES_TO_SAVE = {"SEQ_CLS": ["classifier", "score"]}
+
+
+def add_task_modules_to_save(config) -> None:
+    """PEFT's rule for ``task_type="SEQ_CLS"``: the head names join ``config.modules_to_save``."""
+    heads = TASK_MODULES_TO_SAVE.get(getattr(config, "task_type", None), [])
+    if heads and hasattr(config, "modules_to_save"):
+        present = list(config.modules_to_save or [])
+        config.modules_to_save = present + [h for h in heads if h not in present]
+
+
 # --- the checks every tuner makes on adapter names -----------------------------------------
 
 
@@ -244,6 +258,7 @@ class BaseTuner(nn.Module):
         to the config's ``modules_to_save``, then train only it. On an error the model is left
         exactly as it was."""
         check_new_name(self, adapter_name)
+        add_task_modules_to_save(config)
         self._prepare_config(config)
         targets = self._target_names(config)
         undo = []  # how to put back what was changed, in reverse order
@@ -254,8 +269,9 @@ class BaseTuner(nn.Module):
                     layer = self._replace(name, self._new_layer(name, layer, config), undo)
                 self._update_layer(name, layer, adapter_name, config)
                 undo.append(lambda layer=layer: layer.delete_adapter(adapter_name))
+            heads = TASK_MODULES_TO_SAVE.get(getattr(config, "task_type", None), [])
             for target in getattr(config, "modules_to_save", None) or []:  # a field some methods' configs lack
-                self._wrap_module_to_save(target, adapter_name, undo)
+                self._wrap_module_to_save(target, adapter_name, undo, optional=target in heads)
         except BaseException:
             for step in reversed(undo):
                 step()
@@ -304,12 +320,15 @@ class BaseTuner(nn.Module):
                              f"Its Linear layers are: {', '.join(linears)}")
         return names
 
-    def _wrap_module_to_save(self, target: str, adapter_name: str, undo: list) -> None:
-        """Give adapter ``adapter_name`` its own trained copy of every module ``target`` matches."""
+    def _wrap_module_to_save(self, target: str, adapter_name: str, undo: list, optional: bool = False) -> None:
+        """Give adapter ``adapter_name`` its own trained copy of every module ``target`` matches
+        (an ``optional`` target -- a task's head name the model may not use -- may match none)."""
         matches = [n for n, m in self.model.named_modules()
                    if n and target_matches([target], n) and not isinstance(m, (self.layer_type, ModulesToSaveWrapper))
                    and not self._is_own_submodule(n)]
         wrapped = [n for n, m in self._modules_to_save() if target_matches([target], n)]
+        if not matches and not wrapped and optional:
+            return
         if not matches and not wrapped:  # a module another adapter wrapped already matches too
             raise ValueError(f"modules_to_save entry {target!r} matches no module")
         for name in matches:

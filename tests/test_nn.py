@@ -423,9 +423,14 @@ def test_linear_matches_torch(bias):
     check_against_torch(nn.Linear(5, 4, bias=bias), torch.nn.Linear(5, 4, bias=bias), X)
 
 
-def test_embedding_matches_torch():
-    ids = np.array([[1, 3, 3, 0], [6, 1, 1, 1]])  # repeated ids: their gradients add up
-    check_against_torch(nn.Embedding(7, 5), torch.nn.Embedding(7, 5), ids, integer_input=True)
+@pytest.mark.parametrize("padding_idx", [None, 1, -1])
+def test_embedding_matches_torch(padding_idx):
+    """Repeated ids' gradients add up; the padding row (here id 1, used 4 times, or 6) gets none."""
+    ids = np.array([[1, 3, 3, 0], [6, 1, 1, 1]])
+    ours = nn.Embedding(7, 5, padding_idx=padding_idx)
+    if padding_idx is not None:
+        assert not ours.weight.data[padding_idx].any()  # starts at zero, as torch's
+    check_against_torch(ours, torch.nn.Embedding(7, 5, padding_idx=padding_idx), ids, integer_input=True)
 
 
 @pytest.mark.parametrize(

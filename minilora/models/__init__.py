@@ -1,6 +1,11 @@
-"""Models: GPT-2 (``gpt.py``) and Hugging Face checkpoint I/O (``hf.py``)."""
+"""Models: GPT-2 (``gpt.py``), BERT (``bert.py``), their Hugging Face checkpoint I/O
+(``hf.py``, ``bert_hf.py``), and the real pretrained all-MiniLM-L6-v2 (``minilm.py``)."""
 
+from minilora.models.bert import BertConfig, BertForSequenceClassification, BertModel
 from minilora.models.gpt import GPT, PRESETS, GPTConfig, KVCache
 from minilora.models.hf import CheckpointError, from_transformers, to_transformers
+from minilora.models.minilm import BertTokenizer, ModelNotInstalledError, load_minilm, minilm_folder
 
-__all__ = ["GPT", "GPTConfig", "KVCache", "PRESETS", "CheckpointError", "to_transformers", "from_transformers"]
+__all__ = ["GPT", "GPTConfig", "KVCache", "PRESETS", "CheckpointError", "to_transformers", "from_transformers",
+           "BertConfig", "BertModel", "BertForSequenceClassification", "BertTokenizer", "load_minilm", "minilm_folder",
+           "ModelNotInstalledError"]

@@ -71,8 +71,9 @@ def linear(input, weight, bias=None) -> Tensor:
     return Tensor._make(y2.reshape(out_shape), parents, backward)
 
 
-def embedding(input, weight) -> Tensor:
-    """Rows of ``weight`` picked by integer ids; the backward adds rows back (ids repeat)."""
+def embedding(input, weight, padding_idx=None) -> Tensor:
+    """Rows of ``weight`` picked by integer ids; the backward adds rows back (ids repeat).
+    The row ``padding_idx`` gets no gradient, as in PyTorch: padding never trains its vector."""
     idx = input.data if isinstance(input, Tensor) else B.xp.asarray(input)
     if idx.dtype.kind not in "iu":
         raise TypeError(f"embedding needs integer ids, got dtype {idx.dtype}")
@@ -84,6 +85,8 @@ def embedding(input, weight) -> Tensor:
     def backward(g):
         gw = B.xp.zeros_like(weight.data)
         B.scatter_add(gw, idx.reshape(-1), g.reshape(-1, g.shape[-1]))
+        if padding_idx is not None:
+            gw[padding_idx] = 0
         return (gw,)
 
     return Tensor._make(out, (weight,), backward)

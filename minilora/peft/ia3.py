@@ -40,9 +40,12 @@ from minilora import nn
 from minilora.tensor import Tensor, cat, no_grad
 from minilora.tuner import BaseTuner, TunerLayer, set_fan_in_fan_out
 
-# PEFT's defaults when target_modules / feedforward_modules are None, by model class
-DEFAULT_TARGET_MODULES = {"GPT": ["c_attn", "mlp.c_proj"]}
-DEFAULT_FEEDFORWARD_MODULES = {"GPT": ["mlp.c_proj"]}
+# PEFT's defaults when target_modules / feedforward_modules are None, by model class. For BERT,
+# "output.dense" ends both the attention's output projection and the FFN's second one, so
+# PEFT scales the input of both.
+_BERT_IA3, _BERT_IA3_FF = ["key", "value", "output.dense"], ["output.dense"]
+DEFAULT_TARGET_MODULES = {"GPT": ["c_attn", "mlp.c_proj"], "BertModel": _BERT_IA3, "BertForSequenceClassification": _BERT_IA3}
+DEFAULT_FEEDFORWARD_MODULES = {"GPT": ["mlp.c_proj"], "BertModel": _BERT_IA3_FF, "BertForSequenceClassification": _BERT_IA3_FF}
 
 
 @dataclass
