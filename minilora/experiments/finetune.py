@@ -32,7 +32,7 @@ import numpy as np
 import minilora
 from minilora import backend as B
 from minilora.data import get_batch
-from minilora.experiments.common import ClaimResult, combine, judge
+from minilora.experiments.common import ClaimResult, combine, judge, over_bases
 from minilora.lora import LoraConfig, get_peft_model
 from minilora.models import GPT
 from minilora.tasks import code_corpus, docstring_package_task, next_token_accuracy
@@ -379,9 +379,10 @@ def environment(ctx) -> Environment:
 def run_specs(specs, env: Environment, eval_windows: int, cache: dict | None = None, progress: bool = False) -> list:
     """The RunResult of each spec, training only those not in ``cache`` (a dict RunSpec -> RunResult, filled in)."""
     cache = {} if cache is None else cache
+    key = "|".join(f"{k}={v}" for k, v in sorted(env.provenance.items())) + f"|windows={eval_windows}"
     for spec in specs:
         if spec not in cache:
-            cache[spec] = finetune(spec, env.base, env.data(spec, eval_windows), progress=progress)
+            cache[spec] = tuning.cached_run(spec, key, lambda spec=spec: finetune(spec, env.base, env.data(spec, eval_windows), progress=progress))
     return [cache[s] for s in specs]
 
 
@@ -521,9 +522,10 @@ def summarize(results, baseline: dict | None = None) -> dict:
     return out
 
 
-def setting_name(spec: RunSpec) -> str:
-    if spec.method == "full":
-        return "full"
+def setting_name(spec) -> str:
+    """"full", "probe", or "<target> r=<r>" (plus " alpha=<alpha>", " rslora" when not the default)."""
+    if spec.method != "lora":
+        return spec.method
     name = f"{spec.target} r={spec.r}"
     if spec.alpha is not None:
         name += f" alpha={spec.alpha:g}"
@@ -576,9 +578,10 @@ def headline(summary: dict, base: dict) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def plot_rank_curves(summary: dict, task: str, path: str, base: dict | None = None) -> None:
+def plot_rank_curves(summary: dict, task: str, path: str, base: dict | None = None, target_labels: dict = TARGET_LABELS,
+                     base_label: str = "base model (no fine-tuning)", title: str | None = None) -> None:
     """The headline figure against rank, one line (mean, band = ±1 std over seeds) per target
-    set, full fine-tuning as a horizontal line."""
+    set, full fine-tuning as a horizontal line, ``base`` (``{task: figures}``) as a dotted one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -591,9 +594,9 @@ def plot_rank_curves(summary: dict, task: str, path: str, base: dict | None = No
     ax.axhline(full[f"{key}_mean"], color="k", lw=1.5, label="full fine-tuning (±1 std)")
     ax.axhspan(full[f"{key}_mean"] - full[f"{key}_std"], full[f"{key}_mean"] + full[f"{key}_std"], color="k", alpha=0.1)
     if base is not None:
-        ax.axhline(base[task][key], color="gray", ls=":", label="base model (no fine-tuning)")
+        ax.axhline(base[task][key], color="gray", ls=":", label=base_label)
     targets = sorted({n.split(" r=")[0] for n in rows if " r=" in n and "alpha" not in n and "rslora" not in n},
-                     key=lambda t: list(TARGETS).index(t))
+                     key=lambda t: list(target_labels).index(t))
     for t in targets:
         ranks = sorted(int(n.split(" r=")[1]) for n in rows if n.startswith(t + " r=") and n.split(" r=")[1].isdigit()
                        and np.isfinite(rows[n][f"{key}_mean"]))  # a setting whose every run failed has no point
@@ -601,12 +604,12 @@ def plot_rank_curves(summary: dict, task: str, path: str, base: dict | None = No
             continue
         means = np.array([rows[f"{t} r={r}"][f"{key}_mean"] for r in ranks])
         stds = np.array([rows[f"{t} r={r}"][f"{key}_std"] for r in ranks])
-        line, = ax.plot(ranks, means, "o-", label=f"LoRA on {TARGET_LABELS[t]}")
+        line, = ax.plot(ranks, means, "o-", label=f"LoRA on {target_labels[t]}")
         ax.fill_between(ranks, means - stds, means + stds, color=line.get_color(), alpha=0.15)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("LoRA rank r")
     ax.set_ylabel({"accuracy": "test accuracy", "loss": "code validation loss (nats/byte)"}[key])
-    ax.set_title({"cls": "Docstring -> package (6 classes)", "code": "Domain shift: prose -> Python code"}[task])
+    ax.set_title(title or {"cls": "Docstring -> package (6 classes)", "code": "Domain shift: prose -> Python code"}[task])
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -653,7 +656,22 @@ def selection_table(table: dict) -> list:
     return lines
 
 
+TITLE = "Comparable performance; rank vs accuracy"
+CLAIM = ('LoRA trains "a tiny fraction ... while maintaining comparable performance"; '
+         '"performance parity with full fine-tuning"; "extremely specialized tasks may still benefit from full fine-tuning"')
+
+
 def run(ctx) -> ClaimResult:
+    """Claim 4 on the toy base (``run_toy``) and on MiniLM (``minilm_claims.accuracy``), side by side."""
+    from minilora.experiments import minilm_claims
+
+    toy = run_toy(ctx) if "toy" in ctx.bases else None
+    real = minilm_claims.accuracy(ctx) if "minilm" in ctx.bases else None
+    return over_bases("accuracy", TITLE, CLAIM, "full fine-tuning vs LoRA across ranks, on both base models", toy, real,
+                      minilm_claims.accuracy_comparison(toy, real) if toy and real else "")
+
+
+def run_toy(ctx) -> ClaimResult:
     s = sizes(ctx.quick)
     env = environment(ctx)
     rates = learning_rates(ctx)
@@ -714,9 +732,8 @@ def run(ctx) -> ClaimResult:
                "curves": {r.spec.label(): r.losses for r in results if r.spec.seed == s.seeds[0]}}
     return ClaimResult(
         key="accuracy",
-        title="Comparable performance; rank vs accuracy",
-        claim='LoRA trains "a tiny fraction ... while maintaining comparable performance"; '
-              '"performance parity with full fine-tuning"; "extremely specialized tasks may still benefit from full fine-tuning"',
+        title=TITLE,
+        claim=CLAIM,
         measured="full fine-tuning vs LoRA at r in " + ", ".join(map(str, s.cls_ranks)) + " on two tasks",
         figure=f"cls gap {100 * head['cls_gap']:.1f} pts (Wq+Wv r=8); code: LoRA recovers {_pct(head['code_share'])} of full FT's gain",
         verdict=verdict,

@@ -181,7 +181,24 @@ def plot_overlay(curves: dict, path: str) -> None:
     plt.close(fig)
 
 
+TITLE = "The PyTorch reference"
+CLAIM = "(minilora's own) the fine-tuning results of claim 4 are those PyTorch + Hugging Face PEFT give"
+
+
 def run(ctx) -> ClaimResult:
+    """The reference on the toy base (``run_toy``) and, outside quick mode, on MiniLM (``minilm_claims.reference``)."""
+    from minilora.experiments import minilm_claims
+    from minilora.experiments.common import over_bases
+
+    toy = run_toy(ctx) if "toy" in ctx.bases else None
+    real = minilm_claims.reference(ctx) if "minilm" in ctx.bases and not ctx.quick else None  # no torch overlay in quick mode
+    if toy is None and real is None:  # MiniLM alone, quick mode: the toy's reference stands in
+        toy = run_toy(ctx)
+    return over_bases("reference", TITLE, CLAIM, "the same runs in minilora and in PyTorch + PEFT, against the seed spread",
+                      toy, real, minilm_claims.reference_comparison(toy, real) if toy and real else "")
+
+
+def run_toy(ctx) -> ClaimResult:
     env = ft.environment(ctx)
     windows = ft.sizes(ctx.quick).code_eval_windows
     figures, ratios, curves, lines = {}, {}, {}, []
@@ -224,8 +241,8 @@ def run(ctx) -> ClaimResult:
     ]
     return ClaimResult(
         key="reference",
-        title="The PyTorch reference",
-        claim="(minilora's own) the fine-tuning results of claim 4 are those PyTorch + Hugging Face PEFT give",
+        title=TITLE,
+        claim=CLAIM,
         measured="the same runs in minilora and in PyTorch + PEFT: final figures and loss curves, against the seed spread",
         figure=f"library diff <= {ratios[worst]:.1e} x seed spread",
         verdict=verdict,

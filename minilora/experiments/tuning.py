@@ -60,6 +60,30 @@ def choose_rate(candidates: dict, key: str, higher_is_better: bool, baseline: fl
     return min(table), table
 
 
+def cached_run(spec, key: str, train):
+    """``train()``'s RunResult for ``spec``, kept on disk when the environment variable
+    ``MINILORA_RUN_CACHE`` names a folder: a run is deterministic given its spec and its base model
+    and data (``key``, e.g. their sha256), so a report can be rendered again, or its claims run in
+    separate commands, without training again. Without the variable: ``train()``."""
+    import hashlib
+    import os
+    import pickle
+    from pathlib import Path
+
+    folder = os.environ.get("MINILORA_RUN_CACHE")
+    if not folder:
+        return train()
+    path = Path(folder) / (hashlib.sha256(f"{key}|{spec!r}".encode()).hexdigest()[:32] + ".pkl")
+    if path.exists():
+        return pickle.loads(path.read_bytes())
+    result = train()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(pickle.dumps(result))
+    os.replace(tmp, path)
+    return result
+
+
 def describe_failures(rows: dict) -> list:
     """Sentences naming each failed run of ``summarize``-style rows (``{setting: {"failed": {seed: why}}}``)."""
     out = []
