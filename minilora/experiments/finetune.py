@@ -444,19 +444,12 @@ def learning_rates(ctx) -> dict:
 
 def rate_for(rates: dict, spec: RunSpec) -> float:
     """The chosen rate of ``spec``'s setting, or of the nearest tuned one (``tuning``'s rule)."""
-    task_rates = rates[spec.task]
-    if spec.method == "full":
-        return task_rates["full"]
-    target = spec.target if spec.target in TUNED_TARGETS[spec.task] else DEFAULT_TARGET
-    return task_rates[f"{target} r={tuning.nearest_rank(spec.r)}"]
+    return tuning.nearest_setting_rate(rates[spec.task], spec, TUNED_TARGETS[spec.task], DEFAULT_TARGET)
 
 
 def resolved(ctx, specs) -> list:
     """``specs`` with each missing learning rate filled in from ``learning_rates(ctx)``."""
-    if all(spec.lr is not None for spec in specs):
-        return list(specs)
-    rates = learning_rates(ctx)
-    return [spec if spec.lr is not None else dataclasses.replace(spec, lr=rate_for(rates, spec)) for spec in specs]
+    return tuning.with_rates(specs, lambda: learning_rates(ctx), rate_for)
 
 
 def shared_base_figures(ctx) -> dict:

@@ -314,17 +314,13 @@ def learning_rates(ctx) -> dict:
 
 
 def rate_for(rates: dict, spec: RunSpec) -> float:
-    if spec.method != "lora":
-        return rates[spec.method]
-    target = spec.target if spec.target in TUNED_TARGETS else DEFAULT_TARGET
-    return rates[f"{target} r={tuning.nearest_rank(spec.r)}"]
+    """The chosen rate of ``spec``'s setting, or of the nearest tuned one (``tuning``'s rule)."""
+    return tuning.nearest_setting_rate(rates, spec, TUNED_TARGETS, DEFAULT_TARGET)
 
 
 def resolved(ctx, specs) -> list:
-    if all(s.lr is not None for s in specs):
-        return list(specs)
-    rates = learning_rates(ctx)
-    return [s if s.lr is not None else dataclasses.replace(s, lr=rate_for(rates, s)) for s in specs]
+    """``specs`` with each missing learning rate filled in from ``learning_rates(ctx)``."""
+    return tuning.with_rates(specs, lambda: learning_rates(ctx), rate_for)
 
 
 def grid(quick: bool) -> list:

@@ -73,7 +73,25 @@ def torch_finetune(spec: ft.RunSpec, base, data) -> dict:
 
     torch.manual_seed(spec.seed)
     model = torch_model(spec, base)
-    config = spec.train_config()
+
+    def loss_of(x, y):  # tensor() copies (the task's arrays are read-only)
+        logits = model(input_ids=torch.tensor(x)).logits  # (B, T, V)
+        return F.cross_entropy(logits.flatten(0, 1), torch.tensor(y).flatten(), ignore_index=-100)
+
+    losses = torch_train(model, spec.train_config(), data.batches, loss_of)
+    model.eval()
+    with torch.no_grad():
+        x_eval = torch.tensor(data.x_eval)
+        logits = torch.cat([model(input_ids=x_eval[i:i + 64]).logits for i in range(0, len(x_eval), 64)])
+    return {"losses": losses, "final": data.score(logits.numpy())}
+
+
+def torch_train(model, config, batches, loss_of) -> list:
+    """``minilora.train.train``'s loop in torch, on ``model``'s trainable parameters: AdamW with weight decay
+    on matrices only, warm-up + cosine (``LambdaLR``), clipping, the batches of ``batches(rng)`` in the order
+    of the same seed; ``loss_of(x, y)`` is the batch's loss tensor. Returns the training losses."""
+    import torch
+
     trainable = [p for p in model.parameters() if p.requires_grad]
     groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": config.weight_decay},
               {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
@@ -83,20 +101,14 @@ def torch_finetune(spec: ft.RunSpec, base, data) -> dict:
     rng = np.random.default_rng(config.seed)  # the batch order of minilora.train.train
     losses = []
     for _ in range(config.max_steps):
-        x, y = data.batches(rng)
-        logits = model(input_ids=torch.tensor(x)).logits  # (B, T, V); tensor() copies (the task's arrays are read-only)
-        loss = F.cross_entropy(logits.flatten(0, 1), torch.tensor(y).flatten(), ignore_index=-100)
+        loss = loss_of(*batches(rng))
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
-    model.eval()
-    with torch.no_grad():
-        x_eval = torch.tensor(data.x_eval)
-        logits = torch.cat([model(input_ids=x_eval[i:i + 64]).logits for i in range(0, len(x_eval), 64)])
-    return {"losses": losses, "final": data.score(logits.numpy())}
+    return losses
 
 
 # ---------------------------------------------------------------------------

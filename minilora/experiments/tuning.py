@@ -35,6 +35,26 @@ def nearest_rank(r: int, tuned=TUNED_RANKS) -> int:
     return min(tuned, key=lambda t: (abs(math.log2(r) - math.log2(t)), t))
 
 
+def nearest_setting_rate(rates: dict, spec, tuned_targets, default_target: str) -> float:
+    """The rate of ``spec``'s setting in ``rates`` (``{"full": .., "probe": .., "<target> r=<r>": ..}``), or of the
+    nearest tuned one: LoRA on an untuned target takes ``default_target``'s, an untuned rank the nearest tuned rank's."""
+    if spec.method != "lora":
+        return rates[spec.method]
+    target = spec.target if spec.target in tuned_targets else default_target
+    return rates[f"{target} r={nearest_rank(spec.r)}"]
+
+
+def with_rates(specs, rates, rate_for) -> list:
+    """``specs`` with each missing learning rate (``lr=None``) set to ``rate_for(rates(), spec)``;
+    ``rates`` is only called (it may train the selection's runs) when a rate is missing."""
+    import dataclasses
+
+    if all(spec.lr is not None for spec in specs):
+        return list(specs)
+    chosen = rates()
+    return [spec if spec.lr is not None else dataclasses.replace(spec, lr=rate_for(chosen, spec)) for spec in specs]
+
+
 def run_status(final: dict, key: str, higher_is_better: bool, baseline: float | None) -> str:
     """``OK``, ``DIVERGED`` (the figure is not finite) or ``BELOW`` (no better than ``baseline``)."""
     value = final.get(key, float("nan"))
