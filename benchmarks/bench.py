@@ -267,6 +267,106 @@ def bench_gpt(torch):
     return rows
 
 
+# ---------------------------------------------------------------------------
+# BERT: all-MiniLM-L6-v2's size, a classification training step
+# ---------------------------------------------------------------------------
+
+BERT_BATCH = (16, 64)  # sentences x WordPieces: a padded batch of short texts
+BERT_LABELS = 6
+BERT_LORA = dict(r=8, lora_alpha=16, task_type="SEQ_CLS", modules_to_save=["pooler"])  # query, value by default
+
+
+def bert_config():
+    from minilora.models import BertConfig
+
+    return BertConfig.preset("all-MiniLM-L6-v2")
+
+
+def bert_step_flops(config, batch, lora_r=None) -> float:
+    """Matrix-multiply FLOPs of one classification step of BERT (as ``step_flops``): per layer
+    q, k, v and the output projection (4 H^2) and the FFN (2 H I), attention's q k^T and P v,
+    and the pooler and classifier on the [CLS] rows only. With LoRA on query and value, the
+    layers' weights are frozen (4 of 6 FLOPs), the pooler and classifier trained in full."""
+    L, H, I = config.num_hidden_layers, config.hidden_size, config.intermediate_size
+    B, T = batch
+    tokens = B * T
+    weights = L * (4 * H * H + 2 * H * I)
+    attention = L * 2 * (2 * B * T * T * H)  # forward
+    head = 6 * (H * H + H * BERT_LABELS) * B  # pooler and classifier, trained either way
+    if lora_r is None:
+        return 6 * weights * tokens + 3 * attention + head
+    adapter = L * 2 * lora_r * (H + H)  # query and value: r (in + out) each
+    return 4 * weights * tokens + 6 * adapter * tokens + 3 * attention + head
+
+
+def _bert_models(lora=False):
+    """A minilora BertForSequenceClassification of MiniLM's size and the identical transformers one
+    (same weights, training mode with the checkpoint's dropout 0.1), optionally with LoRA r=8 on
+    query and value and the pooler and classifier trained, through minilora.lora and through PEFT."""
+    from minilora.models import BertForSequenceClassification
+    from minilora.models.bert_hf import to_transformers
+
+    minilora.manual_seed(0)
+    ours = BertForSequenceClassification(bert_config(), num_labels=BERT_LABELS)
+    theirs = to_transformers(ours)
+    theirs.config._attn_implementation = "sdpa"  # PyTorch's fused attention: the stronger baseline
+    if lora:
+        import peft
+
+        from minilora.lora import LoraConfig, get_peft_model
+
+        ours = get_peft_model(ours, LoraConfig(**BERT_LORA))
+        theirs = peft.get_peft_model(theirs, peft.LoraConfig(**BERT_LORA))
+    return ours.train(), theirs.train()
+
+
+def _bert_train_steps(ours, theirs, torch, batch):
+    """One classification training step (forward, backward, AdamW) of each, on a padded batch."""
+    from minilora.optim import AdamW
+
+    rng = np.random.default_rng(0)
+    B, T = batch
+    lengths = rng.integers(T // 2, T + 1, size=B)
+    mask = (np.arange(T)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(1, bert_config().vocab_size, size=batch) * mask
+    labels = rng.integers(0, BERT_LABELS, size=B)
+    opt_ours = AdamW([p for p in ours.parameters() if p.requires_grad], lr=1e-4)
+    opt_theirs = torch.optim.AdamW([p for p in theirs.parameters() if p.requires_grad], lr=1e-4)
+    inputs = dict(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), labels=torch.tensor(labels))
+
+    def step_ours():
+        opt_ours.zero_grad()
+        _, loss = ours(ids, mask, labels=labels)
+        loss.backward()
+        opt_ours.step()
+
+    def step_theirs():
+        opt_theirs.zero_grad()
+        theirs(**inputs).loss.backward()
+        opt_theirs.step()
+
+    return step_ours, step_theirs
+
+
+@section("bert")
+def bench_bert(torch):
+    """Training step (forward, backward, AdamW) of an all-MiniLM-L6-v2-sized classifier, full and LoRA."""
+    rows = []
+    config = bert_config()
+    for lora in (False, True):
+        step_ours, step_theirs = _bert_train_steps(*_bert_models(lora), torch, BERT_BATCH)
+        flops = bert_step_flops(config, BERT_BATCH, 8 if lora else None)
+        name = f"MiniLM-L6 train step{' LoRA r=8 (q,v)' if lora else ''} B{BERT_BATCH[0]}xT{BERT_BATCH[1]}"
+        row = compare(rows, name, step_ours, step_theirs, unit="ms", scale=1e3, rounds=5, flops=flops)
+        row["minilora_gflops"] = flops / (row["minilora"] / 1e3) / 1e9
+        row["torch_gflops"] = flops / (row["torch"] / 1e3) / 1e9
+    full, lora = rows
+    rows.append({"name": "MiniLM-L6: LoRA step / full step", "minilora": lora["minilora"] / full["minilora"],
+                 "torch": lora["torch"] / full["torch"], "unit": "x",
+                 "ratio": (lora["minilora"] / full["minilora"]) / (lora["torch"] / full["torch"])})
+    return rows
+
+
 @section("sgemm")
 def bench_sgemm(torch):
     """The machine's float32 GEMM rate (NumPy's BLAS), and the share of it a full 768 training step reaches."""

@@ -156,7 +156,8 @@ def _adam_update(p, g, m, v, b1, b2, eps_c, step_size, decay=1.0):
     ``c = sqrt(1 - b2^t)``, ``step_size = lr c / (1 - b1^t)``, ``eps_c = eps c`` (one
     division fewer). Every line writes into m, v, p or one scratch array: an optimizer
     step over millions of weights is bound by memory traffic, and each temporary NumPy
-    would otherwise allocate is one more pass over it.
+    would otherwise allocate is one more pass over it. The same step in plain NumPy, as the
+    papers write it: ``minilora.nn.reference.adamw_step``.
     """
     xp = B.xp
 
@@ -182,7 +183,7 @@ def _adam_update(p, g, m, v, b1, b2, eps_c, step_size, decay=1.0):
 
 class AdamW(Adam):
     """Adam with decoupled weight decay: ``p <- p (1 - lr wd)`` before the Adam step.
-    PyTorch's default ``weight_decay=0.01``."""
+    PyTorch's default ``weight_decay=0.01``. Plain version: ``minilora.nn.reference.adamw_step``."""
 
     decoupled = True
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-ARTICLE = "the source article on LoRA (shared/seed/lora-article.txt)"
+# The claims come from an article about LoRA that is not part of the repository; each is
+# restated in our own words in its module's CLAIM and listed in docs/claims.md.
+ARTICLE = "the source article on LoRA (restated, with each claim's key and thresholds, in minilora's docs/claims.md)"
 
 
 def _cell(text: str) -> str:
@@ -41,7 +43,7 @@ def render_readme(results, meta: dict) -> str:
         "",
     ]
     for i, r in enumerate(results, 1):
-        parts += [f"## {i}. {r.title}", "", f"> {r.claim}", "", f"**Measured:** {r.measured}  ",
+        parts += [f"## {i}. {r.title}", "", f"> Claim ({r.key}, in our words): {r.claim}", "", f"**Measured:** {r.measured}  ",
                   f"**Figure:** {r.figure}  ", f"**Verdict:** {verdict_cell(r).replace('**', '')}"]
         if r.thresholds:
             parts.append("  \n**Thresholds:** " + ", ".join(f"{k} = {v}" for k, v in r.thresholds.items()))

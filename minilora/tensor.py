@@ -253,35 +253,23 @@ class Tensor:
     def backward(self, grad=None) -> None:
         """Accumulate d(self)/d(leaf) into ``.grad`` of every leaf that requires grad.
 
+        The core of the engine: sort the graph, then walk it from the output back,
+        handing each node's gradient to its ``_backward`` and each result to the
+        parent it belongs to. What the walk does besides -- undoing broadcasting,
+        keeping leaf gradients unshared, adding slices in place -- is ``_accumulate``.
         Like PyTorch, the graph is freed as it is walked: each node drops its
         inputs and closure (and with them the activations they hold) once its
         gradient has been passed on.
         """
-        if not self.requires_grad:
-            raise RuntimeError("backward() on a tensor that does not require grad (and has no grad_fn)")
-        if grad is None:
-            if self.data.size != 1:
-                raise RuntimeError(
-                    f"backward() without a gradient needs a scalar output, but this tensor has "
-                    f"shape {self.shape}; pass grad= of that shape"
-                )
-            grad = B.xp.ones_like(self.data)
-        else:
-            grad = _as_array(grad, self.data.dtype)
-            if grad.shape != self.data.shape:
-                raise RuntimeError(f"grad has shape {tuple(grad.shape)}, but the tensor has shape {self.shape}")
-        if self._backward is _freed:
-            _freed(grad)
-        order = _topological_order(self)
+        grad = self._seed_gradient(grad)
+        order = _topological_order(self)  # inputs before outputs
         if self._backward is None:  # backward on a leaf
             self.grad = grad.copy() if self.grad is None else self.grad + grad
             return
         self.grad = grad
         owned = set()  # nodes whose .grad this pass allocated and nobody else holds (see _add_slice)
         while order:
-            # pop, not iterate: once a node is processed nothing here refers to it, so its
-            # output array is freed as soon as the last consumer's closure is gone
-            node = order.pop()
+            node = order.pop()  # pop, not iterate: a processed node's arrays are freed as soon as possible
             if node._backward is None:  # a leaf: its .grad is the result
                 continue
             g = node.grad
@@ -290,27 +278,27 @@ class Tensor:
                 node.grad = None
             if g is None:  # not reached by this backward pass
                 continue
-            if node._backward is _freed:
-                _freed(g)
-            for parent, pg in zip(node._parents, node._backward(g)):
-                if pg is None or not parent.requires_grad:
-                    continue
-                if isinstance(pg, SliceGrad):
-                    _add_slice(parent, pg, owned)
-                    continue
-                pg = unbroadcast(B.xp.asarray(pg), parent.data.shape)  # asarray: see _make
-                if pg.dtype != parent.data.dtype:
-                    pg = pg.astype(parent.data.dtype)
-                if parent.grad is None:
-                    # A leaf keeps its .grad; make sure it owns it (see the invariant above).
-                    is_leaf = parent._backward is None
-                    parent.grad = pg.copy() if is_leaf and (pg is g or pg.base is not None) else pg
-                    owned.discard(id(parent))
-                else:
-                    parent.grad = parent.grad + pg
-                    owned.add(id(parent))  # a fresh array: later slices may be added into it
+            for parent, pg in zip(node._parents, node._backward(g)):  # the chain rule, one link
+                if pg is not None and parent.requires_grad:
+                    _accumulate(parent, pg, g, owned)
             node._parents, node._backward = (), _freed  # free the graph as we go
             del node, g  # (and drop this frame's references before the next node)
+
+    def _seed_gradient(self, grad):
+        """The gradient ``backward`` starts from: 1 for a scalar, else ``grad`` (checked)."""
+        if not self.requires_grad:
+            raise RuntimeError("backward() on a tensor that does not require grad (and has no grad_fn)")
+        if grad is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() without a gradient needs a scalar output, but this tensor has "
+                    f"shape {self.shape}; pass grad= of that shape"
+                )
+            return B.xp.ones_like(self.data)
+        grad = _as_array(grad, self.data.dtype)
+        if grad.shape != self.data.shape:
+            raise RuntimeError(f"grad has shape {tuple(grad.shape)}, but the tensor has shape {self.shape}")
+        return grad
 
     # --- elementwise arithmetic -------------------------------------------------
 
@@ -710,6 +698,30 @@ def _add_slice(node: Tensor, pg: SliceGrad, owned: set) -> None:
         node.grad = node.grad.copy()
         owned.add(id(node))
     node.grad[pg.index] += pg.value
+
+
+def _accumulate(parent: Tensor, pg, g, owned: set) -> None:
+    """``parent.grad += pg``: one input's share of the gradient ``g`` of a node's output.
+
+    The bookkeeping ``backward`` leaves out of its loop: ``pg`` is summed down to the
+    parent's shape (``unbroadcast``) and cast to its dtype; a leaf gets an array of its
+    own (``g`` itself, which ``+`` hands to both inputs, or a view, is copied); a
+    ``SliceGrad`` is added into its slice in place (``_add_slice``).
+    """
+    if isinstance(pg, SliceGrad):
+        _add_slice(parent, pg, owned)
+        return
+    pg = unbroadcast(B.xp.asarray(pg), parent.data.shape)  # asarray: see _make
+    if pg.dtype != parent.data.dtype:
+        pg = pg.astype(parent.data.dtype)
+    if parent.grad is None:
+        # A leaf keeps its .grad; make sure it owns it (see the invariant above).
+        is_leaf = parent._backward is None
+        parent.grad = pg.copy() if is_leaf and (pg is g or pg.base is not None) else pg
+        owned.discard(id(parent))
+    else:
+        parent.grad = parent.grad + pg
+        owned.add(id(parent))  # a fresh array: later slices may be added into it
 
 
 def _freed(g):

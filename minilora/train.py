@@ -143,3 +143,29 @@ def save_checkpoint(model: Module, path: str, metadata: dict | None = None) -> N
     tensors = {name: np.ascontiguousarray(B.to_numpy(p.data)) for name, p in model.named_parameters()}
     meta = {k: json.dumps(v) for k, v in (metadata or {}).items()}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def load_checkpoint(model: Module, path: str, allow_nonfinite: bool = False) -> dict:
+    """Read a checkpoint written by ``save_checkpoint`` into ``model``; return its metadata.
+
+    One file, replaced by one rename, so a killed save leaves the old checkpoint whole.
+    Its header is checked against the model's own parameter names and shapes before
+    anything is read (``minilora.loading.load_checked``); NaN or inf is refused unless
+    ``allow_nonfinite=True``. Errors: ``minilora.errors``, naming the file and the key."""
+    from minilora.errors import WeightsError
+    from minilora.loading import load_checked, read_header
+
+    header = read_header(path)
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    state = load_checked(path, expected, header=header, allow_nonfinite=allow_nonfinite,
+                         implied=f"the {type(model).__name__} being loaded", what=f"this {type(model).__name__}")
+    metadata = {}
+    for key, text in header.metadata.items():
+        if key in ("format",):
+            continue
+        try:
+            metadata[key] = json.loads(text)
+        except ValueError:
+            raise WeightsError(f"{path}: metadata {key!r} is not JSON: {text[:80]!r}") from None
+    model.load_state_dict(state, strict=False)  # tied weights appear once in the file; every parameter was checked
+    return metadata

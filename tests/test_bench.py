@@ -26,3 +26,10 @@ def test_step_flops_of_a_frozen_model_with_lora_is_below_full_fine_tuning():
     config = dict(vocab_size=256, block_size=128, n_layer=2, n_head=12, n_embd=768)
     ratio = bench.step_flops(config, (8, 128), lora_r=8) / bench.step_flops(config, (8, 128))
     assert 0.66 < ratio < 0.70  # 4 of 6 FLOPs per frozen weight, plus the thin adapters
+
+
+def test_bert_step_flops_match_the_issues_count_and_lora_skips_the_weight_gradients():
+    config = bench.bert_config()
+    full = bench.bert_step_flops(config, bench.BERT_BATCH)
+    assert 66e9 < full < 68e9  # the issue's "66 GFLOP" for a MiniLM-size step at 16 x 64
+    assert 0.66 < bench.bert_step_flops(config, bench.BERT_BATCH, lora_r=8) / full < 0.70

@@ -224,9 +224,9 @@ def test_save_pretrained_writes_what_peft_writes(name, tmp_path):
     theirs.save_pretrained(tmp_path / "peft")
     ours_json = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
     peft_json = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
-    assert set(ours_json) == set(peft_json)
+    assert set(ours_json) == set(peft_json) | {"minilora_save_id"}  # the save id binds it to its weights
     # PEFT writes inference_mode=true into every saved config; it is reset on loading anyway
-    assert {k: v for k, v in ours_json.items() if k != "inference_mode"} == \
+    assert {k: v for k, v in ours_json.items() if k not in ("inference_mode", "minilora_save_id")} == \
            {k: v for k, v in peft_json.items() if k != "inference_mode"}
     ours_t, peft_t = load_file(tmp_path / "ours" / "adapter_model.safetensors"), load_file(tmp_path / "peft" / "adapter_model.safetensors")
     assert list(ours_t) == list(peft_t) == ["prompt_embeddings"]

@@ -61,7 +61,7 @@ def combine(*verdicts: str) -> str:
 class ClaimResult:
     key: str  # short id, e.g. "params"
     title: str  # e.g. "Trainable parameters"
-    claim: str  # the article's words
+    claim: str  # the claim, restated in our own words (never quoted; docs/claims.md lists them all)
     measured: str  # what was measured, one line
     figure: str  # the headline figure, short (goes in the table)
     verdict: str  # HOLDS / PARTLY / FAILS, from judge()

@@ -1,8 +1,8 @@
 """Claim 4: LoRA fine-tunes as well as full fine-tuning ("comparable performance"), rank by rank.
 
-    Article: LoRA trains "a tiny fraction ... while maintaining comparable performance";
-    "performance parity with full fine-tuning"; but "extremely specialized tasks may
-    still benefit from full fine-tuning".
+    The source article (docs/claims.md, claim 4): LoRA matches full fine-tuning on the
+    task while training a small share of the weights, though a very specialised task
+    may still do better when every weight is trained.
 
 The shipped base model (a small GPT-2 pre-trained on docstrings) is fine-tuned on
 two tasks made from the standard library (``minilora.tasks``):
@@ -650,8 +650,8 @@ def selection_table(table: dict) -> list:
 
 
 TITLE = "Comparable performance; rank vs accuracy"
-CLAIM = ('LoRA trains "a tiny fraction ... while maintaining comparable performance"; '
-         '"performance parity with full fine-tuning"; "extremely specialized tasks may still benefit from full fine-tuning"')
+CLAIM = ("LoRA reaches about the task performance of full fine-tuning while training a small share of the "
+         "weights; a highly specialised task may still gain from training every weight")
 
 
 def run(ctx) -> ClaimResult:

@@ -1,5 +1,5 @@
-"""Claim 7 -- inference overhead: "LoRA typically introduces minimal inference overhead
-because it modifies existing weight matrices rather than adding deep additional layers."
+"""Claim 7 -- inference overhead: the source article says LoRA costs next to nothing at
+inference, since it changes the weights of existing layers instead of adding layers (docs/claims.md).
 
 Two ways to serve a LoRA model:
 
@@ -165,8 +165,8 @@ def plot_latency(results: dict, ax=None, title: str = ""):
 # the claim
 # ---------------------------------------------------------------------------
 
-CLAIM = ("LoRA typically introduces minimal inference overhead because it modifies existing weight matrices rather "
-         "than adding deep additional layers.")
+CLAIM = ("LoRA adds little or no cost at inference, because it changes the existing weight matrices instead of "
+         "putting extra layers into the model.")
 
 
 def _base_model():

@@ -1,8 +1,8 @@
 """Claim 6: the weight updates of fine-tuning have a low intrinsic rank.
 
-    Article: "weight updates during fine-tuning often have low intrinsic rank. In
-    simpler terms, the changes needed to adapt a model are less complex than the
-    full parameter space suggests."
+    The source article (docs/claims.md, claim 6): the change fine-tuning makes to a
+    weight matrix tends to have a low intrinsic rank -- adapting a model takes far
+    fewer directions than the matrix has.
 
 Two measurements, after the LoRA paper (Hu et al., 2021, sec. 7):
 
@@ -270,7 +270,7 @@ def rank_specs(quick: bool) -> dict:
 
 
 TITLE = "Low intrinsic rank of the update"
-CLAIM = '"weight updates during fine-tuning often have low intrinsic rank"'
+CLAIM = "the change fine-tuning makes to a weight matrix tends to have a low intrinsic rank: a few directions carry most of it"
 
 
 def run(ctx) -> ClaimResult:

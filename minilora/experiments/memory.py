@@ -1,4 +1,5 @@
-"""Claim 2 -- memory: "Reduced GPU memory requirements" / "GPU memory usage decreases substantially."
+"""Claim 2 -- memory: the source article says fine-tuning with LoRA needs far less accelerator memory
+than full fine-tuning (docs/claims.md).
 
 One training step (forward, backward, AdamW update) holds, at its peak:
 
@@ -42,7 +43,7 @@ WIDE_CONFIG = GPTConfig(vocab_size=256, block_size=128, n_layer=2, n_head=12, n_
 LORA_RANK = 8  # on Wq and Wv, the LoRA paper's setting (``params.lora_config("qv", 8)``)
 
 # --- the verdict's thresholds -------------------------------------------------------------
-# "Decreases substantially": LoRA's peak at most half of full fine-tuning's where the weights
+# A substantial decrease: LoRA's peak at most half of full fine-tuning's where the weights
 # dominate (the setting of LLM fine-tuning the article speaks of) holds; any saving of at
 # least 10% is "partly". The base model's batch sweep is reported beside it, not judged.
 RATIO_HOLDS, RATIO_PARTLY = 0.5, 0.9
@@ -361,7 +362,8 @@ def plot_batch_sweep(rows, config_name: str = "base", ax=None):
 # the claim
 # ---------------------------------------------------------------------------
 
-CLAIM = "Reduced GPU memory requirements, enabling fine-tuning on consumer-grade hardware; GPU memory usage decreases substantially."
+CLAIM = ("Fine-tuning with LoRA needs much less accelerator memory than full fine-tuning -- little enough to "
+         "bring it within reach of consumer hardware.")
 
 
 def judge_memory(wide_ratio: float, worst_error: float) -> dict:

@@ -1,7 +1,7 @@
 """The parameter-efficient methods side by side: their configs, their trainable counts, matched budgets.
 
-    Article: "LoRA is part of a broader category known as Parameter-Efficient Fine-Tuning
-    (PEFT). Other notable approaches include: adapters, prompt tuning, prefix tuning."
+    The source article places LoRA among the parameter-efficient fine-tuning (PEFT)
+    methods, next to adapters, prompt tuning and prefix tuning.
 
 What the three claims that compare methods share (``methods_latency``,
 ``methods_accuracy``, ``quantization``): how each method is configured on minilora's GPT,

@@ -1,8 +1,8 @@
 """Claim 10 -- latency from added depth: adapters against LoRA at inference.
 
-    Article: "Adapters add small neural modules between layers of a frozen model. While
-    effective, they may introduce inference latency due to added depth." LoRA: "Minimal
-    additional inference overhead."
+    The source article (docs/claims.md, claim 10): adapter methods insert small modules
+    between the layers of the frozen model, and the depth they add can slow inference
+    down, where LoRA adds next to nothing.
 
 The LoRA paper's Table 1 in miniature (Hu et al., 2021: GPT-2 medium on a GPU, adapters
 +20-30% at batch 1 and sequence 128, +2-3% at batch 32): forward latency of
@@ -204,8 +204,8 @@ def plot_depth_latency(results: dict, ax=None, title: str = ""):
 # the claim
 # ---------------------------------------------------------------------------
 
-CLAIM = ("Adapters add small neural modules between layers of a frozen model. While effective, they may introduce "
-         "inference latency due to added depth. [LoRA:] minimal additional inference overhead.")
+CLAIM = ("Adapter methods put small extra modules between the layers of a frozen model; the depth this adds can "
+         "make inference slower, while LoRA adds next to no cost.")
 
 
 def run(ctx: Context, models=None, shapes=None, repeats=None) -> ClaimResult:

@@ -1,9 +1,8 @@
 """Claim 8: adapters are modules -- small files, swapped in an instant, combined, served together.
 
-    Article: "Modular adaptability, allowing easy switching between task-specific
-    adapters"; "multiple LoRA adapters can be created for different tasks and swapped
-    in as needed"; "Developers can even stack or merge LoRA adapters to create
-    blended capabilities."
+    The source article (docs/claims.md, claim 8): LoRA adapters are modules -- one
+    frozen base can carry an adapter per task, exchanged whenever needed, and adapters
+    can be stacked or merged to mix what they learned.
 
 Two adapters trained in claim 4 -- the classification adapter and the code
 adapter, both LoRA on ``c_attn`` at r=8 -- are saved in PEFT's format and put on
@@ -200,8 +199,8 @@ def run(ctx) -> ClaimResult:
     return ClaimResult(
         key="modularity",
         title="Modularity: several adapters on one base",
-        claim='"modular adaptability, allowing easy switching between task-specific adapters"; adapters can be "swapped in as needed" '
-              'and developers "can even stack or merge LoRA adapters to create blended capabilities"',
+        claim="LoRA adapters are modular: one frozen base holds an adapter per task, they are exchanged quickly, "
+              "and two of them can be combined (stacked or merged) into one model with both skills",
         measured="adapter file size, swap time, a weighted combination of two task adapters, a mixed-adapter batch",
         figure=f"adapter {100 * store['storage_ratio']:.1f}% of a checkpoint; swap {1e6 * store['set_adapter_seconds']:.0f} µs; "
                f"combination keeps {_share(worst_keep)} of the weaker task's gain",

@@ -1,5 +1,6 @@
-"""Claim 1 -- trainable parameters: "LoRA trains under 1% of the model, and 10x to
-10,000x fewer parameters than full fine-tuning."
+"""Claim 1 -- trainable parameters: the source article says LoRA trains well under one
+percent of a model's weights, some ten to ten thousand times fewer than full fine-tuning
+(docs/claims.md lists every claim in these words).
 
 A LoRA pair on a frozen matrix W of shape (out x in) is A (r x in) and B (out x r),
 so it trains ``r (in + out)`` numbers where full fine-tuning trains ``in * out``.
@@ -44,7 +45,7 @@ TARGET_NAMES = {"qv": "Wq, Wv", "all": "all attention + MLP matrices", "c_attn":
 # Wq and Wv) on the published models (the tiny base model is reported, not judged: the
 # article speaks of LLMs). "Partly" up to 5%: still a small fraction, but not the one claimed.
 FRACTION_HOLDS, FRACTION_PARTLY = 0.01, 0.05
-# "10x to 10,000x": a range claim holds when essentially every setting falls inside it
+# "Ten to ten thousand times fewer": a range claim holds when essentially every setting falls inside it
 # (90% of the published-model grid: ranks 1-64, both targets); "partly" when most do.
 # Settings *above* 10,000x (tiny ranks on the largest models) count as outside: the
 # claim names a range, and we report which side each miss falls on.
@@ -369,8 +370,8 @@ def plot_fraction(rows, ax=None):
 # the claim
 # ---------------------------------------------------------------------------
 
-CLAIM = ("LoRA trains only a tiny fraction -- often less than 1% of the original model size; trainable "
-         "parameters are reduced by 10x to 10,000x compared to full fine-tuning.")
+CLAIM = ("LoRA trains a very small share of a model's weights -- typically under one percent of them -- so "
+         "it trains between about ten and ten thousand times fewer numbers than full fine-tuning.")
 
 
 

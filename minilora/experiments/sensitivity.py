@@ -1,7 +1,7 @@
 """Claim 9: LoRA's results depend on its hyperparameters -- the rank, alpha, the target matrices.
 
-    Article: "Hyperparameter sensitivity: Choosing the correct rank and target
-    layers impacts performance."
+    The source article (docs/claims.md, claim 9): LoRA is sensitive to its
+    hyperparameters -- the rank and the layers it adapts change how well it does.
 
 Read off claim 4's grid (classification accuracy by rank and by target set, code
 loss by rank), plus two small sweeps on the classification task with LoRA on Wq+Wv:
@@ -169,7 +169,7 @@ def run(ctx) -> ClaimResult:
     return ClaimResult(
         key="sensitivity",
         title="Hyperparameter sensitivity",
-        claim='"Choosing the correct rank and target layers impacts performance"',
+        claim="LoRA's results depend on its hyperparameters: the rank and the choice of adapted layers change how well it does",
         measured="classification accuracy across ranks, target sets and alpha; rsLoRA on/off; code loss across ranks",
         figure=f"rank range {pts(by_rank[widest]['range'])} ({widest}), target range {pts(by_target['range'])} at r={TARGET_RANK}",
         verdict=verdict,

@@ -162,11 +162,11 @@ class BertSelfAttention(nn.Module):
 
 
 class BertSelfOutput(nn.Module):
-    """The attention sub-layer's output, post-LN: ``LayerNorm(x + dropout(dense(y)))``."""
+    """The attention sub-layer's output, post-LN: ``LayerNorm(x + dropout(dense(y)))``, H -> H."""
 
-    def __init__(self, config: BertConfig):
+    def __init__(self, config: BertConfig, in_features: int | None = None):
         super().__init__()
-        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.dense = nn.Linear(in_features or config.hidden_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
@@ -198,17 +198,12 @@ class BertIntermediate(nn.Module):
         return self.intermediate_act_fn(self.dense(x))  # (B, T, I)
 
 
-class BertOutput(nn.Module):
-    """The feed-forward sub-layer's output, post-LN: ``LayerNorm(x + dropout(dense(h)))``, I -> H."""
+class BertOutput(BertSelfOutput):
+    """The feed-forward sub-layer's output, post-LN: ``LayerNorm(x + dropout(dense(h)))``, I -> H
+    (the same computation as ``BertSelfOutput``, from the FFN's width)."""
 
     def __init__(self, config: BertConfig):
-        super().__init__()
-        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
-        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
-
-    def forward(self, h: Tensor, x: Tensor) -> Tensor:
-        return self.LayerNorm(x + self.dropout(self.dense(h)))  # (B, T, H)
+        super().__init__(config, in_features=config.intermediate_size)
 
 
 class BertLayer(nn.Module):

@@ -1,7 +1,7 @@
 """Hugging Face BERT checkpoints in and out of minilora's ``BertModel`` and ``BertForSequenceClassification``.
 
 A checkpoint is a folder with ``config.json`` (a ``transformers.BertConfig``) and
-``model.safetensors``, read with ``safetensors`` -- never pickle, which can run code.
+``model.safetensors``, read through ``minilora.loading`` -- never pickle, which can run code.
 Unlike GPT-2 (``hf.py``) nothing is transposed: BERT's projections are
 ``torch.nn.Linear``, stored (out, in) as minilora's. The names are equal too; what
 differs between files is only
@@ -17,9 +17,10 @@ differs between files is only
    not have.
 
 The file is checked from its header first -- every key, shape and dtype against
-``config.json`` -- and only then are the arrays read; a problem is one ``CheckpointError``
-naming the file, the key and the shapes. Saving writes to temporary files and
-renames them into place (``minilora.io``).
+``config.json`` -- and only then are the arrays read (``minilora.loading.load_checked``,
+the loader every model shares); a problem is one error of ``minilora.errors`` naming the
+file, the key and the shapes. Saving writes both files under temporary names bound by one
+save id and renames them into place (``minilora.io.save_folder``).
 
 ``to_transformers`` / ``from_transformers`` convert in memory; they import torch and
 transformers when called (test-time dependencies, not the package's).
@@ -27,22 +28,22 @@ transformers when called (test-time dependencies, not the package's).
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 
 import numpy
 
 from minilora import backend as B
-from minilora.io import write_atomically
+from minilora.errors import ConfigError, MissingFileError
+from minilora.io import save_folder
+from minilora.loading import check_same_save, json_matches, load_checked, read_config, read_header
 from minilora.models.bert import GELU_EXACT, GELU_TANH, BertConfig, BertForSequenceClassification, BertModel
-from minilora.models.hf import CheckpointError
 from minilora.tensor import float32
 
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 PREFIX = "bert."  # transformers' base_model_prefix for BERT
 SKIPPED_BUFFERS = ("embeddings.position_ids", "embeddings.token_type_ids")  # int buffers, not parameters
 SKIPPED_HEADS = ("cls.",)  # BertForPreTraining's masked-LM and next-sentence heads
-READABLE_DTYPES = {"F16": numpy.float16, "F32": numpy.float32, "F64": numpy.float64}
 
 # config.json fields that must hold these values (or be absent): the variants minilora's BERT does not implement
 _REQUIRED = {"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False,
@@ -56,29 +57,39 @@ _REQUIRED = {"position_embedding_type": "absolute", "is_decoder": False, "add_cr
 
 def config_from_hf(hf: dict, source: str = CONFIG_NAME) -> BertConfig:
     """A ``BertConfig`` from a ``transformers.BertConfig``'s fields (a dict); missing fields take
-    BertConfig's defaults (BERT-base's, as transformers'); variants not implemented are refused."""
+    BertConfig's defaults (BERT-base's, as transformers'); a field of the wrong JSON type, or a
+    variant not implemented, is a ConfigError naming it."""
     if hf.get("model_type", "bert") != "bert":
-        raise CheckpointError(f"{source}: model_type={hf['model_type']!r} is not supported (accepted: 'bert')")
+        raise ConfigError(f"{source}: model_type={hf['model_type']!r} is not supported (accepted: 'bert')")
     if hf.get("hidden_act", "gelu") not in GELU_EXACT + GELU_TANH:
-        raise CheckpointError(f"{source}: hidden_act={hf['hidden_act']!r} is not supported "
-                              f"(accepted: {', '.join(map(repr, GELU_EXACT + GELU_TANH))})")
+        raise ConfigError(f"{source}: hidden_act={hf['hidden_act']!r} is not supported "
+                          f"(accepted: {', '.join(map(repr, GELU_EXACT + GELU_TANH))})")
     for field, wanted in _REQUIRED.items():
         if hf.get(field, wanted) != wanted:
-            raise CheckpointError(f"{source}: {field}={hf[field]!r} is not supported by minilora's BERT (accepted: {wanted!r})")
-    fields = {f: hf[f] for f in BertConfig.__dataclass_fields__ if f in hf and hf[f] is not None}
-    if hf.get("classifier_dropout") is not None:
-        fields["classifier_dropout"] = hf["classifier_dropout"]
+            raise ConfigError(f"{source}: {field}={hf[field]!r} is not supported by minilora's BERT (accepted: {wanted!r})")
+    fields = {}
+    for name, f in BertConfig.__dataclass_fields__.items():
+        if name not in hf or (hf[name] is None and name != "classifier_dropout"):
+            continue
+        if not json_matches(hf[name], f.type):
+            raise ConfigError(f"{source}: {name}={hf[name]!r} must be a JSON {f.type}")
+        fields[name] = hf[name]
     try:
         return BertConfig(**fields)
     except ValueError as err:
-        raise CheckpointError(f"{source}: {err}") from None
+        raise ConfigError(f"{source}: {err}") from None
 
 
-def num_labels_from_hf(hf: dict):
+def num_labels_from_hf(hf: dict, source: str = CONFIG_NAME):
     """The number of classes a saved classifier has (transformers reads it from ``id2label``), or None."""
     if "id2label" in hf:
+        if not isinstance(hf["id2label"], dict) or not hf["id2label"]:
+            raise ConfigError(f"{source}: id2label must be a non-empty JSON object {{index: label}}, got {hf['id2label']!r}")
         return len(hf["id2label"])
-    return hf.get("num_labels")
+    n = hf.get("num_labels")
+    if n is not None and not (json_matches(n, "int") and n >= 1):
+        raise ConfigError(f"{source}: num_labels must be a positive int, got {n!r}")
+    return n
 
 
 def config_to_hf(config: BertConfig, dtype="float32", num_labels: int | None = None) -> dict:
@@ -119,13 +130,19 @@ def encoder_shapes(config: BertConfig) -> dict:
     return shapes
 
 
-def model_shapes(model) -> dict:
-    """``{key: shape}`` of every key ``model`` has in a Hugging Face file."""
-    if isinstance(model, BertForSequenceClassification):
-        shapes = {PREFIX + k: v for k, v in encoder_shapes(model.config).items()}
-        H, n = model.config.hidden_size, model.num_labels
-        return {**shapes, "classifier.weight": (n, H), "classifier.bias": (n,)}
-    return encoder_shapes(model.config)
+def file_shapes(config: BertConfig, num_labels: int | None = None) -> dict:
+    """``{key: shape}`` of every key a ``BertModel`` (``num_labels`` None) or a
+    ``BertForSequenceClassification`` with ``num_labels`` classes has in a Hugging Face file."""
+    if num_labels is None:
+        return encoder_shapes(config)
+    H = config.hidden_size
+    return {**{PREFIX + k: v for k, v in encoder_shapes(config).items()},
+            "classifier.weight": (num_labels, H), "classifier.bias": (num_labels,)}
+
+
+def _num_labels(model):
+    """None for an encoder, the number of classes for a classifier."""
+    return model.num_labels if isinstance(model, BertForSequenceClassification) else None
 
 
 def _our_name(key: str, classifier: bool):
@@ -138,82 +155,66 @@ def _our_name(key: str, classifier: bool):
     return PREFIX + bare if classifier else bare
 
 
-def read_checked(weights_file: Path, model, config_source: str) -> dict:
-    """The file's arrays keyed as the model's state dict, after checking the header: every key,
-    shape and dtype. Keys the model needs but the file lacks may only be the pooler and the
-    classifier (they keep their new random values); any other problem is a CheckpointError."""
-    from safetensors import SafetensorError, safe_open
-
-    classifier = isinstance(model, BertForSequenceClassification)
-    expected = model_shapes(model)
-    try:
-        handle = safe_open(str(weights_file), framework="np")
-    except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"{weights_file} is corrupt or truncated: not a readable safetensors file ({err})") from None
-    with handle as f:
-        problems, names, seen = [], {}, set()
-        for key in f.keys():
-            name = _our_name(key, classifier)
-            if name is None:
-                continue
-            piece = f.get_slice(key)
-            shape, dtype = tuple(piece.get_shape()), piece.get_dtype()
-            if name not in expected:
-                problems.append(f"unexpected key {key!r}")
-            elif name in seen:
-                problems.append(f"key {key!r} appears twice (with and without the {PREFIX!r} prefix)")
-            elif shape != expected[name]:
-                problems.append(f"key {key!r} has shape {shape}, but {config_source} implies {expected[name]}")
-            elif dtype not in READABLE_DTYPES:
-                problems.append(f"key {key!r} has dtype {dtype}; minilora reads {', '.join(READABLE_DTYPES)}")
-            else:
-                names[key] = name
-            seen.add(name)
-        optional = ("pooler.", "bert.pooler.", "classifier.")
-        missing = [k for k in expected if k not in seen and not k.startswith(optional)]
-        if missing:
-            problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}")
-        if problems:
-            raise CheckpointError(f"{weights_file} does not fit minilora's {type(model).__name__}:\n  " + "\n  ".join(problems))
-        return {name: f.get_tensor(key) for key, name in names.items()}
+def _expected_in_file(config: BertConfig, num_labels, header, config_source: str, what: str) -> dict:
+    """``load_checked``'s arguments for a model of ``config`` (with a classifier of ``num_labels``
+    classes, or none): every key in the file's own naming (with the ``bert.`` prefix or without:
+    the file decides), its shape, and what may be absent (the pooler, the classifier) or present
+    besides (the integer buffers, pre-training heads, and a classifier the model does not have)."""
+    prefixed = any(name.startswith(PREFIX) for name in header.tensors)
+    encoder = {(PREFIX if prefixed else "") + k: v for k, v in encoder_shapes(config).items()}
+    optional = {k for k in encoder if ".pooler." in f".{k}"}
+    head = {k: v for k, v in file_shapes(config, num_labels).items() if k.startswith("classifier.")}
+    expected = {**encoder, **head}
+    skipped = "|".join(re.escape(b) for b in SKIPPED_BUFFERS) + "|" + "|".join(re.escape(h) + ".*" for h in SKIPPED_HEADS)
+    buffers = [re.compile(rf"({re.escape(PREFIX)})?({skipped})")]
+    if not head:  # an encoder loading a classifier's file: its head is left out
+        buffers.append(re.compile(r"classifier\..*"))
+    implied = (f"{config_source} (vocab_size={config.vocab_size}, hidden_size={config.hidden_size}, "
+               f"num_hidden_layers={config.num_hidden_layers}, intermediate_size={config.intermediate_size})")
+    return dict(expected=expected, optional=optional | set(head), buffers=buffers, implied=implied, what=what)
 
 
-def from_pretrained(path, cls=BertModel, dtype=float32, num_labels: int | None = None):
+def from_pretrained(path, cls=BertModel, dtype=float32, num_labels: int | None = None, allow_nonfinite: bool = False):
     """A ``cls`` (``BertModel`` or ``BertForSequenceClassification``), in eval mode as transformers
     returns it, from a Hugging Face BERT folder. ``num_labels`` (classifier only): None takes the
-    file's (2 for a bare encoder's file, transformers' default)."""
+    file's (2 for a bare encoder's file, transformers' default).
+
+    Read through ``minilora.loading``: ``config.json`` checked field by field, then the header
+    of ``model.safetensors`` against the shapes the config implies, then the weights (NaN or inf
+    refused unless ``allow_nonfinite``). Errors: ``minilora.errors``."""
     folder = Path(path)
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not folder.is_dir():
-        raise FileNotFoundError(f"from_pretrained: {folder} is not a folder (expected one holding {CONFIG_NAME} and {WEIGHTS_NAME})")
-    for file in (config_file, weights_file):
-        if not file.is_file():
-            raise FileNotFoundError(f"from_pretrained: {file} not found; a checkpoint folder holds {CONFIG_NAME} and "
-                                    f"{WEIGHTS_NAME} (only safetensors is read, never pickle)")
-    try:
-        hf_config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
+        raise MissingFileError(f"from_pretrained: {folder} is not a folder (expected one holding {CONFIG_NAME} and {WEIGHTS_NAME})")
+    hf_config = read_config(config_file, "a BERT config.json")
     config = config_from_hf(hf_config, str(config_file))
     if cls is BertForSequenceClassification:
-        saved = num_labels_from_hf(hf_config) if "BertForSequenceClassification" in hf_config.get("architectures", []) else None
+        architectures = hf_config.get("architectures") or []
+        saved = num_labels_from_hf(hf_config, str(config_file)) if "BertForSequenceClassification" in architectures else None
         if num_labels is not None and saved is not None and num_labels != saved:
-            raise CheckpointError(f"{config_file}: the saved classifier has {saved} labels, but num_labels={num_labels} was asked for")
-        model = cls(config, num_labels=num_labels or saved or 2, dtype=dtype)
+            raise ConfigError(f"{config_file}: the saved classifier has {saved} labels, but num_labels={num_labels} was asked for")
+        num_labels = num_labels or saved or 2
     elif cls is BertModel:
         if num_labels is not None:
             raise ValueError("from_pretrained: num_labels is for BertForSequenceClassification; a BertModel has no classifier")
-        model = cls(config, dtype=dtype)
     else:
         raise TypeError(f"from_pretrained: cls must be BertModel or BertForSequenceClassification, got {cls!r}")
-    model.load_state_dict(read_checked(weights_file, model, str(config_file)), strict=False)  # casts to dtype
+    header = read_header(weights_file)
+    check_same_save(hf_config, config_file, header)
+    classifier = cls is BertForSequenceClassification
+    expected = _expected_in_file(config, num_labels if classifier else None, header, str(config_file), f"minilora's {cls.__name__}")
+    tensors = load_checked(weights_file, **expected, header=header, dtype=numpy.dtype(dtype), allow_nonfinite=allow_nonfinite)
+    state = {_our_name(k, classifier): v for k, v in tensors.items()}
+    state.pop(None, None)  # the buffers and heads that are no parameters
+    model = cls(config, num_labels=num_labels, dtype=dtype) if classifier else cls(config, dtype=dtype)
+    model.load_state_dict(state, strict=False)  # the pooler and classifier may be new; everything else was checked
     return model.eval()
 
 
 def state_to_hf(model) -> dict:
     """The model's weights as Hugging Face's tensors (NumPy arrays on the host), named as transformers saves them."""
     ours = model.state_dict()
-    expected = model_shapes(model)
+    expected = file_shapes(model.config, _num_labels(model))
     missing = [k for k in expected if k not in ours]
     extra = [k for k in ours if k not in expected]
     if missing or extra:
@@ -224,22 +225,14 @@ def state_to_hf(model) -> dict:
 
 def save_pretrained(model, path) -> None:
     """Write ``config.json`` and ``model.safetensors`` into the folder ``path``, atomically: both
-    files are written in full under temporary names and only then renamed over the old ones."""
-    from safetensors.numpy import save_file
-
+    files are written in full under temporary names, bound by one save id, and only then renamed
+    over the old ones (``minilora.io.save_folder``)."""
     folder = Path(path)
-    classifier = isinstance(model, BertForSequenceClassification)
     tensors = state_to_hf(model)  # validates before anything touches the disk
-    hf_config = config_to_hf(model.config, tensors[(PREFIX if classifier else "") + "embeddings.word_embeddings.weight"].dtype,
-                             model.num_labels if classifier else None)
+    dtype = next(iter(tensors.values())).dtype
+    hf_config = config_to_hf(model.config, dtype, _num_labels(model))
 
-    def write_json(tmp):
-        Path(tmp).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
-
-    write_atomically({
-        folder / WEIGHTS_NAME: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-        folder / CONFIG_NAME: write_json,
-    })
+    save_folder(folder, CONFIG_NAME, hf_config, WEIGHTS_NAME, tensors)
 
 
 # ---------------------------------------------------------------------------
@@ -256,7 +249,7 @@ def to_transformers(model):
     classifier = isinstance(model, BertForSequenceClassification)
     tensors = {k: torch.from_numpy(v) for k, v in state_to_hf(model).items()}
     dtype = next(iter(tensors.values())).dtype
-    fields = config_to_hf(model.config, str(dtype).removeprefix("torch."), model.num_labels if classifier else None)
+    fields = config_to_hf(model.config, str(dtype).removeprefix("torch."), _num_labels(model))
     config = transformers.BertConfig(**fields, attn_implementation="eager")
     cls = transformers.BertForSequenceClassification if classifier else transformers.BertModel
     hf_model = cls(config).to(dtype)

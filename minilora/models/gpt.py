@@ -304,12 +304,13 @@ class GPT(nn.Module):
     # --- checkpoints (the work is in minilora/models/hf.py) -------------------------
 
     @classmethod
-    def from_pretrained(cls, path, dtype=float32, dropout: float | None = None) -> "GPT":
+    def from_pretrained(cls, path, dtype=float32, dropout: float | None = None, allow_nonfinite: bool = False) -> "GPT":
         """Load a Hugging Face GPT-2 folder (``config.json`` + ``model.safetensors``) in ``dtype``;
-        ``dropout`` overrides the checkpoint's rate. See ``minilora.models.hf.from_pretrained``."""
+        ``dropout`` overrides the checkpoint's rate; NaN/inf weights are refused unless
+        ``allow_nonfinite``. See ``minilora.models.hf.from_pretrained``."""
         from minilora.models import hf
 
-        return hf.from_pretrained(path, dtype=dtype, dropout=dropout)
+        return hf.from_pretrained(path, dtype=dtype, dropout=dropout, allow_nonfinite=allow_nonfinite)
 
     def save_pretrained(self, path) -> None:
         """Write ``config.json`` and ``model.safetensors`` that ``transformers.GPT2LMHeadModel`` loads."""

@@ -15,10 +15,13 @@ also handles:
    old checkpoints carry the non-parameter buffers ``attn.bias`` (the causal
    mask) and ``attn.masked_bias``; both are accepted, the buffers ignored.
 
-Everything is checked before anything is loaded or written; a problem is one
-``CheckpointError`` naming the file, the key and both shapes. Saving writes to
-temporary files in the target folder and renames them into place, so a failed
-save never leaves a half-written file or clobbers a good one.
+Everything is checked before anything is loaded or written (``minilora/loading.py``:
+the config's JSON types, then the weights' header against the shapes the config
+implies, then the data); a problem is one of the errors of ``minilora/errors.py``
+(all of them ``CheckpointError``s or ``OSError``s) naming the file, the key and both
+shapes. Saving writes to temporary files in the target folder and renames them into
+place, both files bound by one save id (``minilora/io.py``), so a failed or killed save
+never leaves a half-written file, and never a silent mix of two saves.
 
 ``to_transformers`` / ``from_transformers`` convert in memory; they import torch
 and transformers when called (test-time dependencies, not the package's).
@@ -26,14 +29,15 @@ and transformers when called (test-time dependencies, not the package's).
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import numpy
 
 from minilora import backend as B
-from minilora.io import write_atomically
+from minilora.errors import CheckpointError, ConfigError, MismatchError, MissingFileError
+from minilora.io import save_folder
+from minilora.loading import SAVE_ID_KEY, check_same_save, json_matches, load_checked, read_config, read_header
 from minilora.models.gpt import GPT, GPTConfig
 from minilora.tensor import float32
 
@@ -43,9 +47,16 @@ _BUFFER = re.compile(r"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
 _LAYER = re.compile(r"^transformer\.h\.(\d+)\.")
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit minilora's GPT: the message names the file, the key and the shapes."""
+# The JSON type of each field config_from_hf reads (a bool is not an int, NaN is refused when parsing)
+_INT, _NUM, _BOOL = ("int", "an integer"), ("float", "a number"), ("bool", "true or false")
+HF_FIELD_TYPES = {
+    "vocab_size": _INT, "n_positions": _INT, "n_embd": _INT, "n_layer": _INT, "n_head": _INT,
+    "n_inner": ("int | None", "an integer or null"), "model_type": ("str", "a string"),
+    "activation_function": ("str", "a string"), "layer_norm_epsilon": _NUM,
+    "resid_pdrop": _NUM, "embd_pdrop": _NUM, "attn_pdrop": _NUM,
+    "scale_attn_weights": _BOOL, "scale_attn_by_inverse_layer_idx": _BOOL, "add_cross_attention": _BOOL,
+    "tie_word_embeddings": _BOOL,
+}
 
 
 # ---------------------------------------------------------------------------
@@ -61,7 +72,19 @@ def config_from_hf(hf: dict, source: str = CONFIG_NAME, dropout: float | None = 
     ``embd_pdrop`` and ``attn_pdrop`` must agree, since GPTConfig has one rate.
     """
     def bad(field, value, accepted):
-        return CheckpointError(f"{source}: {field}={value!r} is not supported by minilora's GPT (accepted: {accepted})")
+        return ConfigError(f"{source}: {field}={value!r} is not supported by minilora's GPT (accepted: {accepted})")
+
+    for field, (annotation, accepted) in HF_FIELD_TYPES.items():
+        if field in hf and not json_matches(hf[field], annotation):
+            raise ConfigError(f"{source}: {field}={hf[field]!r} (a JSON {type(hf[field]).__name__}) is not {accepted}")
+    for field in ("vocab_size", "n_positions", "n_embd", "n_layer", "n_head"):
+        if field in hf and hf[field] <= 0:
+            raise ConfigError(f"{source}: {field}={hf[field]!r} is not a positive integer")
+    for field in ("resid_pdrop", "embd_pdrop", "attn_pdrop"):
+        if field in hf and not 0 <= hf[field] < 1:
+            raise ConfigError(f"{source}: {field}={hf[field]!r} is not a dropout rate in [0, 1)")
+    if hf.get("n_embd", 768) % hf.get("n_head", 12):
+        raise ConfigError(f"{source}: n_embd={hf.get('n_embd', 768)} is not divisible by n_head={hf.get('n_head', 12)}")
 
     if hf.get("model_type", "gpt2") != "gpt2":
         raise bad("model_type", hf["model_type"], "'gpt2'")
@@ -79,7 +102,7 @@ def config_from_hf(hf: dict, source: str = CONFIG_NAME, dropout: float | None = 
     if dropout is None:
         rates = {k: hf.get(k, 0.1) for k in ("resid_pdrop", "embd_pdrop", "attn_pdrop")}
         if len(set(rates.values())) > 1:
-            raise CheckpointError(f"{source}: dropout rates {rates} differ, and GPTConfig has one; pass dropout= to choose it")
+            raise ConfigError(f"{source}: dropout rates {rates} differ, and GPTConfig has one; pass dropout= to choose it")
         dropout = rates["resid_pdrop"]
     return GPTConfig(
         vocab_size=hf.get("vocab_size", 50257),
@@ -218,37 +241,69 @@ def state_to_hf(model: GPT) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def read_safetensors(file) -> dict:
-    """name -> NumPy array, or a CheckpointError that says the file is corrupt or truncated."""
-    from safetensors.numpy import load_file
+def from_pretrained(path, dtype=float32, dropout: float | None = None, allow_nonfinite: bool = False) -> GPT:
+    """A ``GPT`` (in eval mode, as transformers returns it) from a Hugging Face GPT-2 checkpoint folder.
 
-    try:
-        return load_file(str(file))
-    except TypeError as err:  # e.g. bfloat16, which NumPy has no dtype for
-        raise CheckpointError(f"{file}: holds a dtype NumPy cannot read ({err}); save it as float32 or float16") from None
-    except Exception as err:  # safetensors' SafetensorError, OSError
-        raise CheckpointError(f"{file} is corrupt or truncated: not a readable safetensors file ({err})") from None
-
-
-def from_pretrained(path, dtype=float32, dropout: float | None = None) -> GPT:
-    """A ``GPT`` (in eval mode, as transformers returns it) from a Hugging Face GPT-2 checkpoint folder."""
+    Reads ``config.json`` (checked field by field), then the header of ``model.safetensors``
+    (checked against the shapes the config implies), then the weights; NaN or inf in a
+    weight is refused unless ``allow_nonfinite=True``. Errors: ``minilora.errors``."""
     folder = Path(path)
     config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not folder.is_dir():
-        raise FileNotFoundError(f"from_pretrained: {folder} is not a folder (expected one holding {CONFIG_NAME} and {WEIGHTS_NAME})")
-    if not config_file.is_file():
-        raise FileNotFoundError(f"from_pretrained: {config_file} not found; a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}")
-    if not weights_file.is_file():
+        raise MissingFileError(f"from_pretrained: {folder} is not a folder (expected one holding {CONFIG_NAME} and {WEIGHTS_NAME})")
+    if not config_file.exists():
+        raise MissingFileError(f"from_pretrained: {config_file} not found; a checkpoint folder holds {CONFIG_NAME} and {WEIGHTS_NAME}"
+                               f"{_interrupted_hint(weights_file)}")
+    if not weights_file.exists():
         others = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".json") and p.name != CONFIG_NAME)
         note = f" (found {', '.join(others)}: only a single safetensors file is read, never pickle)" if others else ""
-        raise FileNotFoundError(f"from_pretrained: {weights_file} not found{note}")
-    try:
-        hf_config = json.loads(config_file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise CheckpointError(f"{config_file} is not valid JSON: {err}") from None
+        raise MissingFileError(f"from_pretrained: {weights_file} not found{note}")
+    hf_config = read_config(config_file, "a GPT-2 config.json")
     config = config_from_hf(hf_config, str(config_file), dropout)
-    state = state_from_hf(read_safetensors(weights_file), config, str(weights_file), str(config_file))
+    header = read_header(weights_file)
+    check_same_save(hf_config, config_file, header)
+    tensors = load_checked(weights_file, **_expected_in_file(config, header, str(config_file)),
+                           header=header, allow_nonfinite=allow_nonfinite)
+    state = state_from_hf(tensors, config, str(weights_file), str(config_file))
     return _build(config, state, dtype)
+
+
+def _interrupted_hint(other) -> str:
+    """For a folder that holds one file of a pair: say so if the other came from a minilora save."""
+    try:
+        if SAVE_ID_KEY in read_header(other).metadata:
+            return f" ({other.name} is there, written by a minilora save that was interrupted before its second file)"
+    except (CheckpointError, OSError):
+        pass
+    return ""
+
+
+def _expected_in_file(config: GPTConfig, header, config_source: str) -> dict:
+    """``load_checked``'s arguments for this config: every key in the file's own naming (with the
+    ``transformer.`` prefix or, for a bare GPT2Model, without), its HF shape, the old causal-mask
+    buffers and an optional tied ``lm_head.weight``.
+
+    A config whose ``n_layer`` exceeds the number of tensors in the file (a billion,
+    say) is refused before its key list is even built; the shapes themselves are
+    compared by ``load_checked``, before the model is allocated."""
+    C, L = config.n_embd, config.n_layer
+    implied = (f"{config_source} (vocab_size={config.vocab_size}, n_positions={config.block_size}, "
+               f"n_embd={C}, n_layer={L})")
+    if L > len(header.tensors):
+        raise MismatchError(f"{header.path} does not fit minilora's GPT: {config_source} says n_layer={L}, "
+                            f"but the file holds {len(header.tensors)} tensors (12 a layer)")
+    bare = not any(name.startswith("transformer.") for name in header.tensors)
+    rename = (lambda name: name.removeprefix("transformer.")) if bare else (lambda name: name)
+    expected = {rename(name): shape for name, shape in hf_shapes(config).items()}
+    expected["lm_head.weight"] = (config.vocab_size, C)
+
+    def hint(key):
+        layer = _LAYER.match(key if key.startswith("transformer.") else "transformer." + key)
+        return f": {config_source} says n_layer={L}" if layer and int(layer[1]) >= L else ""
+
+    buffer = re.compile(_BUFFER.pattern.replace("^transformer\\.", "^" if bare else "^transformer\\."))
+    return dict(expected=expected, optional={"lm_head.weight"}, buffers=[buffer], implied=implied,
+                what="minilora's GPT", hint=hint)
 
 
 def _build(config: GPTConfig, state: dict, dtype) -> GPT:
@@ -261,25 +316,13 @@ def save_pretrained(model: GPT, path) -> None:
     """Write ``config.json`` and ``model.safetensors`` (HF layout) into the folder ``path``, atomically.
 
     Both files are written in full to temporary files in that folder first and
-    only then renamed over the old ones, so an error at any point leaves what
-    was there untouched.
+    only then renamed over the old ones, bound by one save id (``minilora.io.save_folder``):
+    an error leaves what was there untouched, and a kill between the two renames is
+    reported by the next load instead of loading a mix.
     """
-    folder = Path(path)
     dtype = model.transformer.wte.weight.dtype
     hf_config = config_to_hf(model.config, dtype)  # validates before anything touches the disk
-    tensors = state_to_hf(model)
-    folder.mkdir(parents=True, exist_ok=True)
-    from safetensors.numpy import save_file
-
-    def write_json(tmp):
-        with open(tmp, "w") as f:
-            json.dump(hf_config, f, indent=2, sort_keys=True)
-            f.write("\n")
-
-    write_atomically({
-        folder / WEIGHTS_NAME: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-        folder / CONFIG_NAME: write_json,
-    })
+    save_folder(path, CONFIG_NAME, hf_config, WEIGHTS_NAME, state_to_hf(model))
 
 
 # ---------------------------------------------------------------------------

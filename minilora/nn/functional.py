@@ -6,6 +6,10 @@ node in the graph, not ten, and fewer saved intermediates) and time, and for
 softmax-like functions it is also the numerically stable way. Every derivation
 is in ``docs/autograd.md``; the tests check each one against PyTorch in float64
 and by finite differences.
+
+Where speed made a kernel hard to read (blocked, threaded, in place), its plain
+version of a few lines is in ``minilora.nn.reference`` under the same name: read
+that one first; ``tests/test_reference.py`` checks that both compute the same.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ def layer_norm(input, normalized_shape, weight=None, bias=None, eps=1e-5) -> Ten
     Computed on a (rows, n) view, rows being independent: in cache-sized blocks on
     all cores (``backend.parallel_for``), with the per-row dot products by
     ``einsum`` (no temporary the size of x) and the row means by ``_row_sums``.
+    Plain version: ``minilora.nn.reference.layer_norm`` and ``layer_norm_backward``.
     """
     x = _t(input)
     shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
@@ -260,7 +265,10 @@ def _gelu_tanh_backward(d, t, g, out):
 
 def gelu(input, approximate="none") -> Tensor:
     """GELU(x) = x Phi(x) (Hendrycks & Gimpel); ``approximate="tanh"`` is GPT-2's form
-    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``."""
+    ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.
+
+    Plain versions: ``minilora.nn.reference.gelu`` and ``gelu_tanh`` (with their ``_backward``).
+    """
     x = _t(input)
     d = x.data
     if approximate == "tanh":
@@ -303,7 +311,9 @@ def _softmax_array(x, axis):
 
 
 def softmax(input, dim) -> Tensor:
-    """``softmax(x)_i = e^{x_i} / sum_j e^{x_j}``; backward ``dx = s * (g - sum(g * s))``."""
+    """``softmax(x)_i = e^{x_i} / sum_j e^{x_j}``; backward ``dx = s * (g - sum(g * s))``.
+
+    Plain version: ``minilora.nn.reference.softmax`` and ``softmax_backward``."""
     x = _t(input)
     (axis,) = _dims(dim, x.ndim)
     s = _softmax_array(x.data, axis)
@@ -317,7 +327,9 @@ def softmax(input, dim) -> Tensor:
 
 
 def log_softmax(input, dim) -> Tensor:
-    """``log_softmax(x) = x - logsumexp(x)``; backward ``dx = g - softmax(x) * sum(g)``."""
+    """``log_softmax(x) = x - logsumexp(x)``; backward ``dx = g - softmax(x) * sum(g)``.
+
+    Plain version: ``minilora.nn.reference.log_softmax`` and ``log_softmax_backward``."""
     x = _t(input)
     (axis,) = _dims(dim, x.ndim)
     shifted = x.data - x.data.max(axis=axis, keepdims=True)
@@ -332,6 +344,8 @@ def cross_entropy(input, target, ignore_index=-100, reduction="mean") -> Tensor:
     in PyTorch; ``target`` holds class ids, and ids equal to ``ignore_index``
     count for nothing (the mean is over the rest). Fused: the gradient is
     ``(softmax(x) - onehot(target)) / n`` -- no log-softmax node is kept.
+    Plain version, for (N, C) logits: ``minilora.nn.reference.cross_entropy`` and
+    ``cross_entropy_backward``.
     """
     x = _t(input)
     t = target.data if isinstance(target, Tensor) else B.xp.asarray(target)
@@ -415,6 +429,7 @@ def scaled_dot_product_attention(
     q, k and v are used as they come -- GPT's are strided views into c_attn's output,
     which BLAS reads directly -- so nothing but P is kept for the backward. The
     softmax's row sums are products with a vector of ones (``_row_sums``).
+    Plain version: ``minilora.nn.reference.attention`` and ``attention_backward``.
     """
     q, k, v = _t(query), _t(key), _t(value)
     if q.shape[-1] != k.shape[-1] or k.shape[-2] != v.shape[-2] or q.shape[:-2] != k.shape[:-2] or k.shape[:-2] != v.shape[:-2]:

@@ -5,15 +5,24 @@ so that ``peft.PeftModel.from_pretrained`` reads a minilora adapter as its own;
 fields minilora has no counterpart for keep PEFT's defaults. When reading, a
 field minilora cannot honour (set to anything but its default) is an error that
 names it -- never silently ignored.
+
+Reading checks before it reads (``minilora/loading.py``): the config as a regular
+file of strict JSON, every field's JSON type against the config class's annotation
+(a bool is not an int, ``"no"`` is not a bool), the elements of list and dict fields,
+every regex compiled; then the safetensors header alone, whose shapes the caller
+compares with the adapter the config implies before reading the data. Each failure
+is a ``minilora.errors`` type naming the file and the field or key. Writing binds
+the two files by a save id (``minilora.io.save_folder``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 
-from minilora.io import write_atomically
+from minilora.errors import ConfigError, MissingFileError
+from minilora.io import SAVE_ID_KEY, save_folder
+from minilora.loading import check_same_save, compile_regex, json_matches, json_type_name, read_config, read_header
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -53,7 +62,36 @@ PEFT_FIELDS = {
 
 # Fields that describe where a file came from; their values never change behaviour.
 _INFORMATIONAL = {"peft_version", "auto_mapping", "revision", "base_model_name_or_path", "task_type",
-                  "megatron_core", "qalora_group_size", "inference_mode"}
+                  "megatron_core", "qalora_group_size", "inference_mode", SAVE_ID_KEY}
+
+# What the entries of PEFT's list and dict fields must be (their own JSON type is checked against
+# the config class's annotation). Dict fields are keyed by a regex of module names.
+_ENTRIES = {"target_modules": "str", "modules_to_save": "str", "feedforward_modules": "str",
+            "enable_lora": "bool | list", "rank_pattern": "int", "alpha_pattern": "float"}
+_REGEX_FIELDS = ("target_modules", "feedforward_modules")  # a string here is a regex, matched in full
+
+
+def check_types(config_cls, data: dict, source) -> None:
+    """A ConfigError naming ``source`` and the field for every value whose JSON type the class does not accept."""
+    for f in dataclasses.fields(config_cls):
+        if not f.init or f.name not in data:
+            continue
+        value = data[f.name]
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if not json_matches(value, annotation):
+            raise ConfigError(f"{source}: {f.name}={value!r} is a JSON {json_type_name(value)}, "
+                              f"where {config_cls.__name__} accepts {annotation}")
+        entries = _ENTRIES.get(f.name)
+        items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+        for key, entry in items:
+            if entries and not json_matches(entry, entries):
+                raise ConfigError(f"{source}: {f.name}[{key!r}]={entry!r} is a JSON {json_type_name(entry)}, not {entries}")
+            if isinstance(entry, list) and not all(isinstance(e, bool) for e in entry):  # enable_lora's slice lists
+                raise ConfigError(f"{source}: {f.name}[{key!r}]={entry!r} must be a list of true/false")
+            if isinstance(value, dict):  # keyed by a regex, used as (.*\.)?(key)$
+                compile_regex(rf"(.*\.)?({key})$", source, f"{f.name} key {key!r}")
+        if f.name in _REGEX_FIELDS and isinstance(value, str):
+            compile_regex(value, source, f.name)
 
 
 def config_to_dict(config) -> dict:
@@ -74,10 +112,14 @@ def config_to_dict(config) -> dict:
 
 
 def config_from_dict(config_cls, data: dict, source="adapter_config.json"):
-    """Build ``config_cls`` from a saved dict; refuse fields set to values minilora cannot honour."""
+    """Build ``config_cls`` from a saved dict; refuse wrong types and fields set to values minilora cannot honour."""
     peft_type = data.get("peft_type")
     if hasattr(config_cls, "from_peft_fields"):
-        data = config_cls.from_peft_fields(data)
+        try:
+            data = config_cls.from_peft_fields(data)
+        except (TypeError, KeyError, AttributeError, ValueError) as err:
+            raise ConfigError(f"{source}: a minilora record in it is malformed ({type(err).__name__}: {err})") from None
+    check_types(config_cls, data, source)
     own = {f.name for f in dataclasses.fields(config_cls) if f.init}
     defaults = {**PEFT_COMMON, **PEFT_FIELDS.get(peft_type, {})}
     unsupported = []
@@ -90,54 +132,44 @@ def config_from_dict(config_cls, data: dict, source="adapter_config.json"):
             continue  # a field of a newer PEFT, unset
         unsupported.append(f"{key}={value!r}")
     if unsupported:
-        raise ValueError(f"{source}: minilora cannot honour these settings: {', '.join(unsupported)}")
+        raise ConfigError(f"{source}: minilora cannot honour these settings: {', '.join(unsupported)}")
     kwargs = {k: v for k, v in data.items() if k in own}
     if kwargs.get("rank_pattern") is None:
         kwargs.pop("rank_pattern", None)
     if kwargs.get("alpha_pattern") is None:
         kwargs.pop("alpha_pattern", None)
-    for key in ("task_type", "base_model_name_or_path", "inference_mode"):
-        if key in own and key in data:
-            kwargs[key] = data[key]
     try:
         return config_cls(**kwargs)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{source}: {err}") from err
+    except (TypeError, ValueError, KeyError, AttributeError) as err:
+        raise ConfigError(f"{source}: {err}") from None
 
 
 def write_adapter(folder, config: dict, tensors: dict) -> None:
-    """Write both files atomically (``minilora.io``): an interrupted save leaves the old ones."""
-    from safetensors.numpy import save_file
-
-    folder = Path(folder)
-    write_atomically({
-        folder / WEIGHTS_NAME: lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}),
-        folder / CONFIG_NAME: lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n"),
-    })
+    """Write both files atomically and bound by one save id (``minilora.io.save_folder``)."""
+    save_folder(folder, CONFIG_NAME, config, WEIGHTS_NAME, tensors)
 
 
 def read_adapter(folder) -> tuple:
-    """``(config dict, {key: numpy array})`` from an adapter folder, with errors that name the file."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
+    """``(config dict, safetensors Header)`` of an adapter folder: the config read and checked as
+    strict JSON with a known ``peft_type``, the weights file's header checked, the two from one
+    save. The weights themselves are read later, against the adapter the config implies."""
+    from minilora.peft.model import METHODS
 
     folder = Path(folder)
     config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
     if not folder.is_dir():
-        raise FileNotFoundError(f"no adapter folder at {folder}")
+        raise MissingFileError(f"no adapter folder at {folder}")
     if not config_path.exists():
-        raise FileNotFoundError(f"{config_path} is missing (an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
+        raise MissingFileError(f"{config_path} is missing (an adapter folder holds {CONFIG_NAME} and {WEIGHTS_NAME})")
     if not weights_path.exists():
         hint = " (minilora reads only safetensors: pickle files can run code)" if (folder / "adapter_model.bin").exists() else ""
-        raise FileNotFoundError(f"{weights_path} is missing{hint}")
-    try:
-        config = json.loads(config_path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{config_path} is not valid JSON: {err}") from err
-    if not isinstance(config, dict) or "peft_type" not in config:
-        raise ValueError(f"{config_path} has no 'peft_type': it is not a PEFT adapter config")
-    try:
-        tensors = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(f"{weights_path} is corrupt or truncated: {err}") from err
-    return config, tensors
+        raise MissingFileError(f"{weights_path} is missing{hint}")
+    config = read_config(config_path, "an adapter_config.json")
+    peft_type = config.get("peft_type")
+    if peft_type is None:
+        raise ConfigError(f"{config_path} has no 'peft_type': it is not a PEFT adapter config")
+    if not isinstance(peft_type, str) or peft_type not in METHODS:
+        raise ConfigError(f"{config_path}: unknown PEFT method {peft_type!r} (peft_type); minilora knows: {', '.join(METHODS)}")
+    header = read_header(weights_path)
+    check_same_save(config, config_path, header)
+    return config, header

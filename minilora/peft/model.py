@@ -41,6 +41,7 @@ import numpy
 
 from minilora import backend as B
 from minilora import nn
+from minilora.errors import ConfigError, LoadError, MismatchError, SaveError
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -58,7 +59,7 @@ METHODS = {
 
 def _method(peft_type: str):
     if peft_type not in METHODS:
-        raise ValueError(f"unknown PEFT method {peft_type!r}; minilora knows: {', '.join(METHODS)}")
+        raise ConfigError(f"unknown PEFT method {peft_type!r}; minilora knows: {', '.join(METHODS)}")
     module_name, config_name, tuner_name = METHODS[peft_type]
     module = importlib.import_module(module_name)
     return getattr(module, config_name), getattr(module, tuner_name)
@@ -186,75 +187,109 @@ class PeftModel(nn.Module):
 
     def save_pretrained(self, save_directory, selected_adapters=None) -> None:
         """Write each adapter as PEFT does: the default one in ``save_directory``, any other
-        in ``save_directory/<name>``. Files are written to temporary names, then renamed."""
+        in ``save_directory/<name>``. Every adapter is checked before anything is written;
+        each folder's two files are written to temporary names, then renamed, bound by one
+        save id (``minilora.io.save_folder``)."""
         from minilora.peft import files
 
         names = list(selected_adapters or self.peft_config)
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
             raise ValueError(f"save_pretrained: unknown adapters {unknown}; adapters: {sorted(self.peft_config)}")
+        if not names:
+            raise SaveError("save_pretrained: this model holds no adapter to save (merge_and_unload() or unload() "
+                            "removed it); save the returned base model instead")
+        writes = []
         for name in names:
-            folder = Path(save_directory) if name == "default" else Path(save_directory) / name
-            config = self.peft_config[name]
             tensors = {k: numpy.ascontiguousarray(B.to_numpy(v)) for k, v in self.base_model.adapter_state_dict(name).items()}
-            files.write_adapter(folder, files.config_to_dict(config), tensors)
+            if not tensors:
+                raise SaveError(f"save_pretrained: adapter {name!r} has no weights left in the model (merge_and_unload() "
+                                "folded it into the base weights, or unload() removed it); nothing was written -- "
+                                "save the merged base model (GPT.save_pretrained) instead")
+            folder = Path(save_directory) if name == "default" else Path(save_directory) / name
+            writes.append((folder, files.config_to_dict(self.peft_config[name]), tensors))
+        for folder, config, tensors in writes:
+            files.write_adapter(folder, config, tensors)
 
     @classmethod
-    def from_pretrained(cls, model: nn.Module, model_id, adapter_name: str = "default", is_trainable: bool = False) -> "PeftModel":
+    def from_pretrained(cls, model: nn.Module, model_id, adapter_name: str = "default", is_trainable: bool = False,
+                        allow_nonfinite: bool = False) -> "PeftModel":
         """Load an adapter saved by PEFT (or by minilora) onto ``model``.
 
-        On any error -- a file missing or corrupt, a key or shape that does not fit
-        the model -- the error names the key and shapes and ``model`` is left exactly
-        as it was.
-        """
-        from minilora.peft import files
-
-        config_dict, tensors = files.read_adapter(model_id)
-        config_cls, _ = _method(config_dict.get("peft_type"))
-        config = files.config_from_dict(config_cls, config_dict, source=Path(model_id) / CONFIG_NAME)
-        config.inference_mode = not is_trainable
+        The config is checked, then the weights file's header against the adapter the
+        config implies, then the weights are read (NaN or inf refused unless
+        ``allow_nonfinite=True``). On any error -- one of ``minilora.errors``, naming the
+        file and the key or field -- ``model`` is left exactly as it was."""
+        config, header = _read(model_id, is_trainable)
         with _restored_on_error(model):
-            peft_model = cls(model, config, adapter_name)
+            with _config_must_fit(model_id):
+                peft_model = cls(model, config, adapter_name)
             try:
-                peft_model._load_adapter_weights(adapter_name, tensors, Path(model_id) / WEIGHTS_NAME)
+                peft_model._load_adapter_weights(adapter_name, model_id, header, allow_nonfinite)
             except BaseException:
                 peft_model.unload()  # the wrapped layers out again; the arrays are restored on the way out
                 raise
         return peft_model
 
-    def load_adapter(self, model_id, adapter_name: str, is_trainable: bool = False) -> None:
-        """Load another adapter onto this model, next to the ones it has."""
-        from minilora.peft import files
-
-        config_dict, tensors = files.read_adapter(model_id)
-        config_cls, _ = _method(config_dict.get("peft_type"))
-        config = files.config_from_dict(config_cls, config_dict, source=Path(model_id) / CONFIG_NAME)
-        config.inference_mode = not is_trainable
+    def load_adapter(self, model_id, adapter_name: str, is_trainable: bool = False, allow_nonfinite: bool = False) -> None:
+        """Load another adapter onto this model, next to the ones it has. On an error the model
+        is left exactly as it was, so a retry under the same name works."""
+        config, header = _read(model_id, is_trainable)
         with _restored_on_error(self):
-            self.add_adapter(adapter_name, config)
+            with _config_must_fit(model_id):
+                self.add_adapter(adapter_name, config)
             try:
-                self._load_adapter_weights(adapter_name, tensors, Path(model_id) / WEIGHTS_NAME)
+                self._load_adapter_weights(adapter_name, model_id, header, allow_nonfinite)
             except BaseException:
                 self.delete_adapter(adapter_name)
                 raise
 
-    def _load_adapter_weights(self, adapter_name: str, tensors: dict, path) -> None:
-        """Copy saved arrays into the adapter, after checking every key and shape."""
-        expected = self.base_model.adapter_state_dict(adapter_name)
-        missing = sorted(set(expected) - set(tensors))
-        unexpected = sorted(set(tensors) - set(expected))
-        mismatched = [f"{k}: file has {tuple(tensors[k].shape)}, the model needs {tuple(expected[k].shape)}"
-                      for k in expected if k in tensors and tuple(tensors[k].shape) != tuple(expected[k].shape)]
-        problems = []
-        if missing:
-            problems.append("missing keys: " + ", ".join(missing))
-        if unexpected:
-            problems.append("keys that fit no part of this model: " + ", ".join(unexpected))
-        if mismatched:
-            problems.append("shape mismatches: " + "; ".join(mismatched))
-        if problems:
-            raise ValueError(f"the adapter in {path} does not fit this model:\n  " + "\n  ".join(problems))
+    def _load_adapter_weights(self, adapter_name: str, model_id, header, allow_nonfinite: bool) -> None:
+        """Read the saved arrays into the adapter: every key and shape checked against the
+        adapter as built (``load_checked``) before any data is read."""
+        from minilora.loading import load_checked
+
+        expected = {k: tuple(v.shape) for k, v in self.base_model.adapter_state_dict(adapter_name).items()}
+        tensors = load_checked(Path(model_id) / WEIGHTS_NAME, expected, header=header, allow_nonfinite=allow_nonfinite,
+                               implied="the model", what="this model")
         self.base_model.load_adapter_state_dict(adapter_name, tensors)
+
+
+# The config fields that set how much an adapter allocates. Each is the width or the row count
+# of some tensor the adapter's file stores, so none can exceed the largest dimension the file
+# declares; checked before the adapter is built, so that `r: 1000000000` is refused before
+# anything is allocated for it.
+SIZE_FIELDS = ("r", "rank_pattern", "num_virtual_tokens", "token_dim", "encoder_hidden_size", "bottleneck_size")
+
+
+@contextmanager
+def _config_must_fit(model_id):
+    """A loaded config the model cannot take (a width, a target it lacks) is a MismatchError naming the file."""
+    try:
+        yield
+    except (ValueError, TypeError) as err:
+        if isinstance(err, LoadError):
+            raise
+        raise MismatchError(f"{Path(model_id) / CONFIG_NAME} does not fit this model: {err}") from err
+
+
+def _read(model_id, is_trainable: bool) -> tuple:
+    """``(config, safetensors header)`` of an adapter folder, both checked (``minilora/peft/files.py``)."""
+    from minilora.peft import files
+
+    config_dict, header = files.read_adapter(model_id)
+    config_cls, _ = _method(config_dict["peft_type"])
+    source = Path(model_id) / CONFIG_NAME
+    config = files.config_from_dict(config_cls, config_dict, source=source)
+    largest = max((d for t in header.tensors.values() for d in t.shape), default=0)
+    for field in SIZE_FIELDS:
+        value = getattr(config, field, None)
+        for size in (value.values() if isinstance(value, dict) else [value]):
+            if isinstance(size, int) and size > largest:
+                raise MismatchError(f"{source}: {field}={size} exceeds every dimension of the tensors in "
+                                    f"{header.path} (the largest is {largest}): the file cannot hold such an adapter")
+    config.inference_mode = not is_trainable
+    return config, header
 
 
 def _batch_size(args, kwargs):
