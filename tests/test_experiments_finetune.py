@@ -334,6 +334,7 @@ def test_claims_run_end_to_end(cls_task, corpus, tmp_path, monkeypatch, quick):
                                    cls_ranks=(1, 8, 64), code_ranks=(1, 8), code_eval_windows=8)
         monkeypatch.setattr(ft, "FULL", tiny)
         monkeypatch.setattr(ft, "RATE_GRID", {task: {"full": (1e-4, 1e-3), "lora": (1e-3, 1e-2)} for task in ("cls", "code")})
+        monkeypatch.setattr(ft, "TUNED_TARGETS", {"cls": ("Wq+Wv",), "code": ("Wq+Wv",)})  # the others take its rates
     ctx = Context(out=str(tmp_path), quick=quick, progress=False)
     ctx.shared["finetune_env"] = ft.Environment(tiny_base(), cls_task, corpus, {"test": True})
     for module in (ft, ref, ir, mod, sens):
@@ -354,7 +355,7 @@ def test_claims_run_end_to_end(cls_task, corpus, tmp_path, monkeypatch, quick):
     else:
         selection = {s for settings in ft.selection_specs(False).values() for specs in settings.values() for s in specs}
         own |= selection - grid
-        assert set(ctx.shared["lr_selection"]["cls"]) == {"full", "Wq+Wv r=8", "Wq+Wv r=64", "attn r=8", "attn r=64"}
+        assert set(ctx.shared["lr_selection"]["cls"]) == {"full", "Wq+Wv r=8", "Wq+Wv r=64"}
         for task, settings in ctx.shared["lr_selection"].items():  # each chosen rate is one of its grid's
             for name, (rate, rows) in settings.items():
                 assert rate in rows and set(rows) == set(ft.RATE_GRID[task]["full" if name == "full" else "lora"])
