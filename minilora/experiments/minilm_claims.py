@@ -89,8 +89,9 @@ def accuracy(ctx) -> BaseResult:
     ]
     if f["lr_selection"]:
         lines += ["", *ft.selection_table({"cls": f["lr_selection"]})]
+    floor = "the untrained model's (quick mode: too few steps to set against the probe)" if ctx.quick else "the linear probe's mean"
     lines += ["", "**Failed runs** (left out of every mean): a run fails when its loss diverges or it ends no better "
-              f"than the linear probe's mean test accuracy ({f['baseline']['cls']['accuracy']:.3f}): "
+              f"than {floor} test accuracy ({f['baseline']['cls']['accuracy']:.3f}): "
               + ("; ".join(f["failed"]) if f["failed"] else "none") + ".",
               "", "| setting | lr | trainable | test loss | test accuracy |", "|---|---|---|---|---|"]
     for name, row in rows.items():
