@@ -207,3 +207,19 @@ def test_sections_run_end_to_end(cls_task, tokenizer, tmp_path, monkeypatch, qui
             assert rate in rows and set(rows) == set(M.RATE_GRID["lora" if " r=" in name else name])
     trained = set(ctx.shared["minilm_runs"])
     assert set(M.resolved(ctx, M.grid(quick))) <= trained
+
+
+def test_accuracy_comparison_says_which_way_the_bases_differ():
+    from types import SimpleNamespace
+
+    toy = SimpleNamespace(verdict=PARTLY, figures={
+        "summary": {"cls": {"Wq+Wv r=8": {"accuracy_mean": 0.42}, "full": {"accuracy_mean": 0.54}}},
+        "base": {"cls": {"accuracy": 0.19}}, "parts": {"classification": FAILS}, "cls_gap": 0.12})
+    real = SimpleNamespace(verdict=HOLDS, figures={
+        "summary": {"cls": {"qv r=8": {"accuracy_mean": 0.76}, "full": {"accuracy_mean": 0.77}, "probe": {"accuracy_mean": 0.71}}},
+        "gap": 0.01, "chance": 1 / 6})
+    assert "The verdicts differ" in C.accuracy_comparison(toy, real) and "comes closer" in C.accuracy_comparison(toy, real)
+    real.figures["gap"], real.verdict = 0.25, FAILS
+    assert "further short" in C.accuracy_comparison(toy, real)
+    toy.figures["cls_gap"] = float("nan")
+    assert "cannot be compared" in C.accuracy_comparison(toy, real)

@@ -116,7 +116,8 @@ def accuracy_comparison(toy, real: BaseResult) -> str:
     toy_cls = toy.figures["summary"]["cls"]
     rows = real.figures["summary"]["cls"]
     toy_base = toy.figures["base"]["cls"]["accuracy"]
-    text = [verdicts_differ_text(toy.figures["parts"]["classification"], real.verdict) + " On classification at r=8 on "
+    text = ["Classification, the task both bases run (the toy's verdict also weighs its code task): "
+            + verdicts_differ_text(toy.figures["parts"]["classification"], real.verdict) + " At r=8 on "
             f"Wq, Wv (query, value), LoRA is {100 * toy.figures['cls_gap']:.1f} points below full fine-tuning on the toy base "
             f"({toy_cls['Wq+Wv r=8']['accuracy_mean']:.3f} against {toy_cls['full']['accuracy_mean']:.3f}) and "
             f"{100 * real.figures['gap']:.1f} points on MiniLM ({rows[JUDGED]['accuracy_mean']:.3f} against "
@@ -127,7 +128,9 @@ def accuracy_comparison(toy, real: BaseResult) -> str:
              f"reaches {rows['probe']['accuracy_mean']:.3f}, so fine-tuning adjusts features that exist -- the setting in "
              "which the LoRA paper measured parity (RoBERTa, DeBERTa, GPT-2, GPT-3, all pretrained at scale).")
     toy_gap, real_gap = toy.figures["cls_gap"], real.figures["gap"]
-    if real_gap < toy_gap - ft.CLS_GAP_HOLDS:
+    if not (np.isfinite(toy_gap) and np.isfinite(real_gap)):
+        text.append(known + " One base's judged runs all failed (see its failed runs above): the gaps cannot be compared.")
+    elif real_gap < toy_gap - ft.CLS_GAP_HOLDS:
         text.append(known + " LoRA comes closer to full fine-tuning on MiniLM, so the toy's shortfall says more about a "
                     "base model that barely knows language than about LoRA on a pretrained one.")
     elif real_gap > toy_gap + ft.CLS_GAP_HOLDS:
