@@ -27,6 +27,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", default="verify-report", help="the report folder to write (default %(default)s)")
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--only", default=None, help="comma-separated claim keys to run (default: all)")
+    v.add_argument("--bases", default="toy,minilm",
+                   help="the base models of the claims measured on both: toy (minilora's GPT), minilm (all-MiniLM-L6-v2); "
+                        "default %(default)s")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     v.set_defaults(run=lambda args: __import__("minilora.verify", fromlist=["main_verify"]).main_verify(args))
 

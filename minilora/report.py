@@ -11,11 +11,20 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
+def verdict_cell(r) -> str:
+    """The verdict, and each base model's where the claim was measured on both."""
+    if not r.bases:
+        return f"**{r.verdict}**"
+    from minilora.experiments.common import BASE_SHORT
+
+    return f"**{r.verdict}** (" + "; ".join(f"{BASE_SHORT[b]}: {v}" for b, v in r.bases.items()) + ")"
+
+
 def render_table(results) -> str:
     """The summary table, as markdown (also what the command prints)."""
     lines = ["| # | claim | measured | figure | verdict |", "|---|---|---|---|---|"]
     for i, r in enumerate(results, 1):
-        lines.append(f"| {i} | {_cell(r.title)} | {_cell(r.measured)} | {_cell(r.figure)} | **{r.verdict}** |")
+        lines.append(f"| {i} | {_cell(r.title)} | {_cell(r.measured)} | {_cell(r.figure)} | {verdict_cell(r)} |")
     return "\n".join(lines)
 
 
@@ -36,7 +45,7 @@ def render_readme(results, meta: dict) -> str:
     ]
     for i, r in enumerate(results, 1):
         parts += [f"## {i}. {r.title}", "", f"> Claim ({r.key}, in our words): {r.claim}", "", f"**Measured:** {r.measured}  ",
-                  f"**Figure:** {r.figure}  ", f"**Verdict:** {r.verdict}"]
+                  f"**Figure:** {r.figure}  ", f"**Verdict:** {verdict_cell(r).replace('**', '')}"]
         if r.thresholds:
             parts.append("  \n**Thresholds:** " + ", ".join(f"{k} = {v}" for k, v in r.thresholds.items()))
         parts.append("")

@@ -71,8 +71,12 @@ def run_claims(ctx: Context, keys=None, log=print) -> list:
     return results
 
 
-def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = True, log=print) -> list:
-    """Run the claims and write the report to ``out`` (README.md, plots, results.json)."""
+BASES = ("toy", "minilm")
+
+
+def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = True, log=print, bases=BASES) -> list:
+    """Run the claims and write the report to ``out`` (README.md, plots, results.json). ``bases``: the base
+    models that the claims measured on both use (the toy GPT, all-MiniLM-L6-v2); the other claims use the toy."""
     out = Path(out).resolve()
     parent = out.parent
     if not parent.exists():
@@ -84,16 +88,21 @@ def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = 
     unknown = sorted(set(only or []) - {k for k, _ in CLAIMS})
     if unknown:
         raise ValueError(f"unknown claims {unknown}; claims: {', '.join(k for k, _ in CLAIMS)}")
+    bases = tuple(bases)
+    if not bases or set(bases) - set(BASES):
+        raise ValueError(f"unknown bases {sorted(set(bases) - set(BASES)) or '(none given)'}; bases: {', '.join(BASES)}")
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
     try:
         start = time.perf_counter()
-        ctx = Context(out=str(tmp), quick=quick, seed=seed, progress=progress)
+        ctx = Context(out=str(tmp), quick=quick, seed=seed, progress=progress, bases=bases)
         results = run_claims(ctx, only, log)
         meta = {
             "mode": "quick" if quick else "full",
             "seed": seed,
             "seconds": round(time.perf_counter() - start, 1),
-            "command": " ".join(["minilora", "verify"] + (["--quick"] if quick else [])),
+            "command": " ".join(["minilora", "verify"] + (["--quick"] if quick else []) + ([f"--only {','.join(only)}"] if only else [])
+                                + ([f"--bases {','.join(bases)}"] if bases != BASES else [])),
+            "bases": list(bases),
             **environment(),
             **ctx.shared.get("provenance", {}),
         }
@@ -112,7 +121,7 @@ def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = 
 
 def _claim_json(r) -> dict:
     return {"title": r.title, "claim": r.claim, "measured": r.measured, "figure": r.figure, "verdict": r.verdict,
-            "thresholds": r.thresholds, "figures": r.figures, "settings": r.settings, "plots": r.plots}
+            "thresholds": r.thresholds, "figures": r.figures, "settings": r.settings, "plots": r.plots, "bases": r.bases}
 
 
 def _jsonable(value):
@@ -142,7 +151,7 @@ def _replace_folder(new: Path, out: Path) -> None:
 def main_verify(args) -> int:
     try:
         verify(args.out, quick=args.quick, seed=args.seed, only=args.only.split(",") if args.only else None,
-               progress=not args.no_progress)
+               progress=not args.no_progress, bases=args.bases.split(","))
     except (OSError, ValueError) as err:
         print(f"minilora verify: {err}", file=sys.stderr)
         return 1

@@ -23,6 +23,7 @@ from minilora.experiments import intrinsic_rank as ir
 from minilora.experiments import modularity as mod
 from minilora.experiments import reference as ref
 from minilora.experiments import sensitivity as sens
+from minilora.experiments import tuning
 from minilora.experiments.common import FAILS, HOLDS, PARTLY, Context
 from minilora.models import GPT, GPTConfig
 from minilora.tasks import code_corpus, docstring_package_task
@@ -92,6 +93,51 @@ def test_summarize_mean_and_std():
     rows = ft.summarize(runs)["cls"]["Wq+Wv r=2"]
     assert rows["n"] == 3 and rows["accuracy_mean"] == pytest.approx(0.6)
     assert rows["loss_std"] == pytest.approx(1.0)  # sample std of 1, 2, 3
+
+
+def test_rates_of_untuned_settings_come_from_the_nearest_tuned_one():
+    rates = {"cls": {"full": 1.0, "Wq+Wv r=8": 2.0, "Wq+Wv r=64": 3.0, "attn r=8": 4.0, "attn r=64": 5.0}}
+    assert ft.rate_for(rates, spec(method="full", target=None, r=0)) == 1.0
+    assert [ft.rate_for(rates, spec(r=r)) for r in (1, 2, 4, 8, 16, 32, 64)] == [2.0] * 5 + [3.0] * 2
+    assert ft.rate_for(rates, spec(target="attn", r=64)) == 5.0
+    assert ft.rate_for(rates, spec(target="Wv", r=1)) == 2.0 and ft.rate_for(rates, spec(target="c_attn", r=64)) == 3.0
+
+
+def test_failed_runs_are_named_and_left_out_of_the_mean():
+    def run(seed, accuracy):
+        return ft.RunResult(spec(seed=seed), [1.0], {"loss": 1.0, "accuracy": accuracy}, 10, 0.0)
+
+    runs = [run(0, 0.6), run(1, 0.15), run(2, float("nan")), run(3, 0.4)]
+    row = ft.summarize(runs, baseline={"cls": {"accuracy": 0.19, "loss": 2.0}})["cls"]["Wq+Wv r=2"]
+    assert row["failed"] == {1: tuning.BELOW, 2: tuning.DIVERGED} and row["n"] == 2 and row["n_runs"] == 4
+    assert row["accuracy_mean"] == pytest.approx(0.5) and len(row["accuracy_all"]) == 4
+    assert "2 of 4 seeds; seed 1 below baseline, seed 2 diverged" in ft._fmt(row, "accuracy")
+    assert tuning.describe_failures({"Wq+Wv r=2": row})[0] == "Wq+Wv r=2 seed 1: below baseline (0.150)"
+    # without a baseline only the diverged run is left out
+    assert ft.summarize(runs)["cls"]["Wq+Wv r=2"]["failed"] == {2: tuning.DIVERGED}
+    # every run failed: no mean, and claim 9's spread leaves the setting out
+    rows = ft.summarize([run(0, 0.1), run(1, 0.1)], baseline={"cls": {"accuracy": 0.19}})["cls"]
+    assert math.isnan(rows["Wq+Wv r=2"]["accuracy_mean"])
+    rows["full"] = {"accuracy_mean": 0.5, "accuracy_std": 0.0}
+    assert sens.spread(rows, ["Wq+Wv r=2", "full"], "accuracy")["means"] == {"full": 0.5}
+
+
+def test_choose_rate_skips_failed_runs():
+    # the best validation accuracy is 0.9 at 1e-2, but 0.1 at 1e-1 is below the baseline and NaN diverged
+    candidates = {1e-3: {"accuracy": 0.5}, 1e-2: {"accuracy": 0.9}, 1e-1: {"accuracy": 0.1}, 1.0: {"accuracy": float("nan")}}
+    rate, table = tuning.choose_rate(candidates, "accuracy", True, baseline=0.2)
+    assert rate == 1e-2 and table[1e-1]["status"] == tuning.BELOW and table[1.0]["status"] == tuning.DIVERGED
+    assert tuning.choose_rate({1e-3: {"loss": 2.0}, 1e-2: {"loss": 1.5}}, "loss", False, baseline=1.8)[0] == 1e-2
+    # every run below the baseline: the best of them all the same (its setting then reports its failed runs)
+    assert tuning.choose_rate({1e-3: {"accuracy": 0.1}, 1e-2: {"accuracy": 0.15}}, "accuracy", True, 0.2)[0] == 1e-2
+    assert tuning.nearest_rank(16) == 8 and tuning.nearest_rank(32) == 64 and tuning.nearest_rank(1) == 8
+
+
+def test_a_diverging_run_is_returned_not_raised(cls_task):
+    with np.errstate(all="ignore"):  # the overflow is the point
+        result = ft.finetune(spec(method="full", target=None, r=0, lr=1e30, steps=6), tiny_base(), ft.ClassificationData(cls_task, 4))
+    assert math.isnan(result.final["accuracy"]) and math.isnan(result.val["accuracy"])
+    assert tuning.run_status(result.final, "accuracy", True, 0.1) == tuning.DIVERGED
 
 
 def test_runspec_refuses_bad_settings():
@@ -287,6 +333,8 @@ def test_claims_run_end_to_end(cls_task, corpus, tmp_path, monkeypatch, quick):
         tiny = dataclasses.replace(ft.FULL, cls_steps=2, code_steps=2, batch_size=4, seeds=(0, 1),
                                    cls_ranks=(1, 8, 64), code_ranks=(1, 8), code_eval_windows=8)
         monkeypatch.setattr(ft, "FULL", tiny)
+        monkeypatch.setattr(ft, "RATE_GRID", {task: {"full": (1e-4, 1e-3), "lora": (1e-3, 1e-2)} for task in ("cls", "code")})
+        monkeypatch.setattr(ft, "TUNED_TARGETS", {"cls": ("Wq+Wv",), "code": ("Wq+Wv",)})  # the others take its rates
     ctx = Context(out=str(tmp_path), quick=quick, progress=False)
     ctx.shared["finetune_env"] = ft.Environment(tiny_base(), cls_task, corpus, {"test": True})
     for module in (ft, ref, ir, mod, sens):
@@ -295,8 +343,20 @@ def test_claims_run_end_to_end(cls_task, corpus, tmp_path, monkeypatch, quick):
         assert result.body and ("Quick-mode" in result.body) == quick
         for plot in result.plots:
             assert (tmp_path / plot).stat().st_size > 1000
-    # claim 4's grid was trained once; the later claims reused it and added only their own runs
-    grid = set(ft.grid(quick))
+    # claim 4's grid was trained once, at the chosen rates; the later claims reused it and added only
+    # their own runs, and (full mode) the learning-rate selection's runs at the other rates
+    grid = set(ft.resolved(ctx, ft.grid(quick)))
     assert grid <= set(ctx.shared["finetune_runs"])
     extra = set(ctx.shared["finetune_runs"]) - grid
-    assert extra == set(sens.extra_specs(quick)) | (set() if not quick else {s for _, specs in ref.reference_specs(True, "cls") for s in specs} - grid)
+    own = set(ft.resolved(ctx, sens.extra_specs(quick)))
+    if quick:
+        own |= set(ft.resolved(ctx, [s for _, specs in ref.reference_specs(True, "cls") for s in specs])) - grid
+        assert ctx.shared["learning_rates"]["cls"]["full"] == ft.LR["cls"]["full"]  # quick mode: the defaults
+    else:
+        selection = {s for settings in ft.selection_specs(False).values() for specs in settings.values() for s in specs}
+        own |= selection - grid
+        assert set(ctx.shared["lr_selection"]["cls"]) == {"full", "Wq+Wv r=8", "Wq+Wv r=64"}
+        for task, settings in ctx.shared["lr_selection"].items():  # each chosen rate is one of its grid's
+            for name, (rate, rows) in settings.items():
+                assert rate in rows and set(rows) == set(ft.RATE_GRID[task]["full" if name == "full" else "lora"])
+    assert extra == own

@@ -134,9 +134,68 @@ class ClaimResult:
     plots: list = field(default_factory=list)  # file names in the report folder
     body: str = ""  # the report section's prose (markdown), after the headline
 
+    bases: dict = field(default_factory=dict)  # {base: verdict} when the claim was measured on both base models
+
     def __post_init__(self):
         if self.verdict not in (HOLDS, PARTLY, FAILS):
             raise ValueError(f"verdict must be one of {HOLDS!r}, {PARTLY!r}, {FAILS!r}; got {self.verdict!r}")
+
+
+# The two base models a claim can be measured on (``Context.bases``).
+BASE_NAMES = {"toy": "the toy GPT (minilora's own, 0.84M parameters, byte-level)",
+              "minilm": "all-MiniLM-L6-v2 (a pretrained BERT, 22.7M parameters, WordPiece)"}
+BASE_SHORT = {"toy": "toy", "minilm": "MiniLM"}
+
+
+@dataclass
+class BaseResult:
+    """One base model's part of a claim measured on both: its verdict, headline and section."""
+
+    verdict: str
+    figure: str
+    body: str
+    figures: dict = field(default_factory=dict)
+    thresholds: dict = field(default_factory=dict)
+    settings: dict = field(default_factory=dict)
+    plots: list = field(default_factory=list)
+
+
+def over_bases(key: str, title: str, claim: str, measured: str, toy: ClaimResult | None, real: BaseResult | None,
+               comparison: str = "") -> ClaimResult:
+    """One claim from its part on the toy base (the ClaimResult the claim has always returned) and
+    its part on MiniLM; either may be missing (``Context.bases``). The verdict is ``combine``d
+    from both (holds only if it holds on both); each base's verdict is kept in ``bases``, the
+    toy's figures stay where they were and MiniLM's go under ``figures["minilm"]``."""
+    if real is None:
+        return toy
+    real_section = [f"### On {BASE_NAMES['minilm']}", "", f"**Verdict on MiniLM: {real.verdict}.** {real.body.strip()}"]
+    if toy is None:
+        return ClaimResult(key=key, title=title, claim=claim, measured=measured, figure=f"MiniLM: {real.figure}",
+                           verdict=real.verdict, thresholds=real.thresholds, figures={"minilm": real.figures},
+                           settings={"minilm": real.settings}, plots=list(real.plots), body="\n".join(real_section),
+                           bases={"minilm": real.verdict})
+    body = [f"### On {BASE_NAMES['toy']}", "", f"**Verdict on the toy base: {toy.verdict}.** {toy.body.strip()}", "",
+            *real_section]
+    if comparison:
+        body += ["", "### The two bases", "", comparison.strip()]
+    return ClaimResult(
+        key=key, title=title, claim=claim, measured=measured,
+        figure=f"toy: {toy.figure} · MiniLM: {real.figure}",
+        verdict=combine(toy.verdict, real.verdict),
+        thresholds={**toy.thresholds, **{f"MiniLM: {k}": v for k, v in real.thresholds.items()}},
+        figures={**toy.figures, "minilm": real.figures},
+        settings={**toy.settings, "minilm": real.settings},
+        plots=list(toy.plots) + list(real.plots),
+        body="\n".join(body),
+        bases={"toy": toy.verdict, "minilm": real.verdict},
+    )
+
+
+def verdicts_differ_text(toy: str, real: str) -> str:
+    """The opening of a claim's comparison: the two verdicts, and whether they differ."""
+    if toy == real:
+        return f"The two bases give the same verdict (**{toy}**)."
+    return f"**The verdicts differ**: {toy} on the toy base, {real} on MiniLM."
 
 
 @dataclass
@@ -147,6 +206,7 @@ class Context:
     quick: bool = False  # the demo's sizes (minutes) instead of the full ones (about an hour)
     seed: int = 0
     progress: bool = True
+    bases: tuple = ("toy",)  # the base models of the claims measured on both: "toy" (minilora's GPT), "minilm" (all-MiniLM-L6-v2)
     shared: dict = field(default_factory=dict)  # e.g. fine-tuning runs reused by several claims
 
     def path(self, name: str) -> str:

@@ -22,6 +22,7 @@ run and keeps the result in ``ctx.shared``.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +32,13 @@ import numpy as np
 import minilora
 from minilora import backend as B
 from minilora.data import get_batch
-from minilora.experiments.common import ClaimResult, combine, judge
+from minilora.experiments.common import ClaimResult, combine, judge, over_bases
 from minilora.lora import LoraConfig, get_peft_model
 from minilora.models import GPT
 from minilora.tasks import code_corpus, docstring_package_task, next_token_accuracy
 from minilora.tensor import no_grad
-from minilora.train import TrainConfig, train
+from minilora.experiments import tuning
+from minilora.train import NonFiniteLossError, TrainConfig, train
 
 # ---------------------------------------------------------------------------
 # the settings (every constant the report quotes)
@@ -71,13 +73,16 @@ RANKS = (1, 2, 4, 8, 16, 64)
 # which keeps one learning rate sensible across ranks. Claim 9 varies it.
 ALPHA_PER_RANK = 2
 
-# Learning rates, per task and method, chosen with a short sweep on the partially
-# trained base model, scored on the validation split (never the test split):
-# classification, 150-600 steps: full 3e-4 > 1e-3; LoRA (Wq+Wv, r=8) 3e-3 > 1e-3 and
-# > 1e-2 (at 1e-2 and above LoRA's update soon outgrows the pretrained weights and
-# the model collapses to one class); code, 150 steps: full 1e-3 > 3e-4; LoRA 3e-3
-# (1e-2 was marginally better at r=8 but unstable at r=64 on classification).
+# Learning rates. The full run chooses them on the validation split (``tuning``): one seed
+# at each rate of RATE_GRID for full fine-tuning and for LoRA at r = 8 and r = 64 on each
+# of TUNED_TARGETS; every other setting takes the nearest tuned setting's rate. LR holds the
+# defaults: the quick mode's rates (it does not tune), and the rate of any setting the
+# selection does not cover. They are the rates an earlier sweep found on the validation split.
 LR = {"cls": {"full": 3e-4, "lora": 3e-3}, "code": {"full": 1e-3, "lora": 3e-3}}
+RATE_GRID = {"cls": {"full": (1e-4, 3e-4, 1e-3), "lora": (1e-3, 3e-3, 1e-2)},
+             "code": {"full": (3e-4, 1e-3, 3e-3), "lora": (1e-3, 3e-3, 1e-2)}}
+TUNED_TARGETS = {"cls": ("Wq+Wv", "attn"), "code": ("Wq+Wv", "all")}
+DEFAULT_TARGET = "Wq+Wv"  # an untuned target set (Wq, Wv, c_attn) takes this one's rate at the nearest rank
 WEIGHT_DECAY = 0.1  # AdamW, on matrices only (minilora.train.param_groups); as in pre-training
 
 
@@ -178,6 +183,7 @@ class RunResult:
     trainable: int  # trainable parameters
     seconds: float
     state: dict = field(repr=False, default_factory=dict)  # the trained weights (NumPy): adapter only, or the whole model
+    val: dict = field(default_factory=dict)  # the same figures on the validation split (what learning rates are chosen by)
 
 
 def fresh_model(spec: RunSpec, base: GPT):
@@ -204,14 +210,33 @@ def trained_state(model) -> dict:
 
 
 def finetune(spec: RunSpec, base: GPT, data, progress: bool = False) -> RunResult:
-    """Train one run on ``data`` (a ``ClassificationData`` or ``CodeData``) and measure it."""
+    """Train one run on ``data`` (a ``ClassificationData`` or ``CodeData``) and measure it.
+
+    A run whose loss stops being finite is returned, not raised: its figures are NaN, and
+    ``tuning.run_status`` reports it as diverged."""
     model = fresh_model(spec, base)
-    # (prefixed: train() shows the training "loss" beside the evaluation's figures)
-    history = train(model, data.batches, spec.train_config(progress),
-                    evaluate=lambda m: {f"heldout_{k}": v for k, v in data.evaluate(m).items()})
+    return measured_run(spec, model, lambda: train(model, data.batches, spec.train_config(progress),
+                                                  evaluate=lambda m: heldout(data, m)))
+
+
+def heldout(data, model) -> dict:
+    """``data.evaluate`` with its keys prefixed (train() shows its training "loss" beside them)."""
+    return {f"heldout_{k}": v for k, v in data.evaluate(model).items()}
+
+
+def measured_run(spec, model, training) -> RunResult:
+    """Run ``training()`` (a ``train`` call evaluating with ``heldout``) and collect a RunResult:
+    the test figures in ``final``, the validation figures in ``val``; NaN if the loss diverged."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    final = {k.removeprefix("heldout_"): v for k, v in history.last_eval().items() if k != "step"}
-    return RunResult(spec, history.losses, final, trainable, history.seconds, trained_state(model))
+    try:
+        history = training()
+    except NonFiniteLossError:
+        nan = {"loss": float("nan"), "accuracy": float("nan")}
+        return RunResult(spec, [], dict(nan), trainable, 0.0, {}, dict(nan))
+    figures = {k.removeprefix("heldout_"): v for k, v in history.last_eval().items() if k != "step"}
+    final = {k: v for k, v in figures.items() if not k.startswith("val_")}
+    val = {k.removeprefix("val_"): v for k, v in figures.items() if k.startswith("val_")}
+    return RunResult(spec, history.losses, final, trainable, history.seconds, trained_state(model), val)
 
 
 # ---------------------------------------------------------------------------
@@ -235,44 +260,61 @@ def _cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
 
 
 class ClassificationData:
-    """The docstring -> package task: random training rows, test-split figures."""
+    """The docstring -> package task: random training rows, test-split and validation-split figures."""
 
     def __init__(self, task, batch_size: int, eval_split: str = "test"):
         self.task, self.batch_size, self.eval_split = task, batch_size, eval_split
         self.x_eval, self.y_eval = task.batch(eval_split, slice(None))  # (N, T) each
+        self.x_val, self.y_val = task.batch("val", slice(None))  # (N, T) each: for choosing learning rates
 
     def batches(self, rng: np.random.Generator):
         idx = rng.integers(0, len(self.task.train), self.batch_size)  # rows drawn with replacement
         return self.task.batch("train", idx)  # (B, T), (B, T)
 
     def evaluate(self, model) -> dict:
-        return self.score(_logits(model, self.x_eval))
+        """The held-out figures ``loss`` and ``accuracy``, and the validation split's as ``val_loss``, ``val_accuracy``."""
+        val = self.score(_logits(model, self.x_val), self.y_val)
+        return {**self.score(_logits(model, self.x_eval)), **{f"val_{k}": v for k, v in val.items()}}
 
-    def score(self, logits: np.ndarray) -> dict:
+    def score(self, logits: np.ndarray, targets: np.ndarray | None = None) -> dict:
         """Figures of the logits (N, T, V) of the held-out rows (also used by the PyTorch reference)."""
-        return {"loss": _cross_entropy(logits, self.y_eval), "accuracy": self.task.accuracy(logits, self.y_eval)}
+        targets = self.y_eval if targets is None else targets
+        return {"loss": _cross_entropy(logits, targets), "accuracy": self.task.accuracy(logits, targets)}
 
 
 class CodeData:
-    """The prose -> code shift: random training windows, fixed validation windows of code."""
+    """The prose -> code shift: random training windows, fixed held-out windows of code.
+
+    The corpus has two splits, by file. Its held-out files give two disjoint sets of windows:
+    the reported ones (``eval_windows``, spread evenly over them) and, half-way between those,
+    half as many for choosing learning rates -- other bytes of the same files, so the choice
+    is not blind to them as the classification task's separate split is.
+    """
 
     def __init__(self, corpus, batch_size: int, block: int = CODE_BLOCK, eval_windows: int = 512):
         self.corpus, self.batch_size, self.block = corpus, batch_size, block
         # windows spread evenly over the whole validation split (not only its first files)
         starts = np.linspace(0, corpus.val.size - block - 1, eval_windows).astype(np.int64)  # (n,)
-        index = starts[:, None] + np.arange(block)  # (n, T)
-        self.x_eval = corpus.val[index].astype(np.int64)
-        self.y_eval = corpus.val[index + 1].astype(np.int64)
+        self.x_eval, self.y_eval = self._windows(starts)
+        between = (starts[:-1] + starts[1:]) // 2  # (n - 1,): half-way, disjoint from the reported windows
+        self.x_val, self.y_val = self._windows(between[::2])  # (n // 2, T)
+
+    def _windows(self, starts):
+        index = starts[:, None] + np.arange(self.block)  # (n, T)
+        return self.corpus.val[index].astype(np.int64), self.corpus.val[index + 1].astype(np.int64)
 
     def batches(self, rng: np.random.Generator):
         return get_batch(self.corpus.train, self.batch_size, self.block, rng)  # (B, T), (B, T)
 
     def evaluate(self, model) -> dict:
-        return self.score(_logits(model, self.x_eval))
+        """``loss`` and ``accuracy`` on the reported windows; ``val_loss``, ``val_accuracy`` on the tuning ones."""
+        val = self.score(_logits(model, self.x_val), self.y_val)
+        return {**self.score(_logits(model, self.x_eval)), **{f"val_{k}": v for k, v in val.items()}}
 
-    def score(self, logits: np.ndarray) -> dict:
+    def score(self, logits: np.ndarray, targets: np.ndarray | None = None) -> dict:
         """Figures of the logits (n, T, V) of the validation windows."""
-        return {"loss": _cross_entropy(logits, self.y_eval), "accuracy": next_token_accuracy(logits, self.y_eval)}
+        targets = self.y_eval if targets is None else targets
+        return {"loss": _cross_entropy(logits, targets), "accuracy": next_token_accuracy(logits, targets)}
 
 
 @dataclass
@@ -337,16 +379,84 @@ def environment(ctx) -> Environment:
 def run_specs(specs, env: Environment, eval_windows: int, cache: dict | None = None, progress: bool = False) -> list:
     """The RunResult of each spec, training only those not in ``cache`` (a dict RunSpec -> RunResult, filled in)."""
     cache = {} if cache is None else cache
+    key = "|".join(f"{k}={v}" for k, v in sorted(env.provenance.items())) + f"|windows={eval_windows}"
     for spec in specs:
         if spec not in cache:
-            cache[spec] = finetune(spec, env.base, env.data(spec, eval_windows), progress=progress)
+            cache[spec] = tuning.cached_run(spec, key, lambda spec=spec: finetune(spec, env.base, env.data(spec, eval_windows), progress=progress))
     return [cache[s] for s in specs]
 
 
 def runs_for(ctx, specs) -> list:
-    """``run_specs`` for a verify run: a run that an earlier claim trained is reused, not trained again."""
-    return run_specs(specs, environment(ctx), sizes(ctx.quick).code_eval_windows,
+    """``run_specs`` for a verify run: a run that an earlier claim trained is reused, not trained again.
+    A spec without a learning rate gets the rate chosen for its setting (``resolved``) first."""
+    return run_specs(resolved(ctx, specs), environment(ctx), sizes(ctx.quick).code_eval_windows,
                      ctx.shared.setdefault("finetune_runs", {}), ctx.progress)
+
+
+# ---------------------------------------------------------------------------
+# learning rates, chosen on the validation split (see ``tuning``)
+# ---------------------------------------------------------------------------
+
+
+def tuned_specs(task: str, common: dict) -> dict:
+    """``{setting name: RunSpec without a rate}`` of the settings whose rate is chosen: full
+    fine-tuning, and LoRA at each of ``tuning.TUNED_RANKS`` on each of ``TUNED_TARGETS``."""
+    specs = [RunSpec(task, "full", **common)]
+    specs += [RunSpec(task, "lora", t, r, **common) for t in TUNED_TARGETS[task] for r in tuning.TUNED_RANKS]
+    return {setting_name(spec): spec for spec in specs}
+
+
+def selection_specs(quick: bool) -> dict:
+    """``{task: {setting: [the setting's RunSpec at each rate of RATE_GRID]}}``, one seed (the grid's first)."""
+    s = sizes(quick)
+    return {task: {name: [dataclasses.replace(spec, lr=lr) for lr in RATE_GRID[task][spec.method]]
+                   for name, spec in tuned_specs(task, dict(seed=s.seeds[0], **s.common(task))).items()}
+            for task in ("cls", "code")}
+
+
+def learning_rates(ctx) -> dict:
+    """``{task: {setting: rate}}`` for this verify run, chosen once (cached in ``ctx.shared``).
+
+    Full mode: every run of ``selection_specs`` is trained and scored on the validation split,
+    and ``tuning.choose_rate`` keeps the best rate among the runs that beat the untuned base
+    model there; the table of every candidate goes to ``ctx.shared["lr_selection"]``.
+    Quick mode: the defaults ``LR``, nothing trained.
+    """
+    if "learning_rates" in ctx.shared:
+        return ctx.shared["learning_rates"]
+    selection = selection_specs(ctx.quick)
+    rates = {task: {name: LR[task][specs[0].method] for name, specs in settings.items()} for task, settings in selection.items()}
+    if not ctx.quick:
+        env = environment(ctx)
+        base = shared_base_figures(ctx)
+        cache = ctx.shared.setdefault("finetune_runs", {})
+        table = ctx.shared.setdefault("lr_selection", {})
+        for task, settings in selection.items():
+            key, higher = metric(task)
+            for name, specs in settings.items():
+                results = run_specs(specs, env, sizes(ctx.quick).code_eval_windows, cache, ctx.progress)
+                rates[task][name], rows = tuning.choose_rate({res.spec.lr: res.val for res in results}, key, higher,
+                                                             base[task][f"val_{key}"])
+                table.setdefault(task, {})[name] = (rates[task][name], rows)
+    ctx.shared["learning_rates"] = rates
+    return rates
+
+
+def rate_for(rates: dict, spec: RunSpec) -> float:
+    """The chosen rate of ``spec``'s setting, or of the nearest tuned one (``tuning``'s rule)."""
+    return tuning.nearest_setting_rate(rates[spec.task], spec, TUNED_TARGETS[spec.task], DEFAULT_TARGET)
+
+
+def resolved(ctx, specs) -> list:
+    """``specs`` with each missing learning rate filled in from ``learning_rates(ctx)``."""
+    return tuning.with_rates(specs, lambda: learning_rates(ctx), rate_for)
+
+
+def shared_base_figures(ctx) -> dict:
+    """``base_figures`` of this verify run, computed once."""
+    if "finetune_base_figures" not in ctx.shared:
+        ctx.shared["finetune_base_figures"] = base_figures(environment(ctx), ctx.quick)
+    return ctx.shared["finetune_base_figures"]
 
 
 def grid(quick: bool) -> list:
@@ -372,31 +482,43 @@ def metric(task: str) -> tuple:
     return ("accuracy", True) if task == "cls" else ("loss", False)
 
 
-def summarize(results) -> dict:
-    """Mean and spread over seeds of each setting's final figures.
+def summarize(results, baseline: dict | None = None) -> dict:
+    """Mean and spread over seeds of each setting's final figures, failed runs left out.
 
     Returns ``{task: {setting: {"loss_mean", "loss_std", "accuracy_mean", "accuracy_std",
-    "n", "trainable"}}}`` with settings named ``"full"`` or ``"<target> r=<r>"`` (plus
-    `` alpha=..``/`` rslora`` when not the default). std is the sample standard deviation (ddof 1; 0 for one seed).
+    "n", "trainable", "failed", ...}}}`` with settings named ``"full"`` or ``"<target> r=<r>"``
+    (plus `` alpha=..``/`` rslora`` when not the default). std is the sample standard deviation
+    (ddof 1; 0 for one seed). ``baseline`` (``{task: figures}``, e.g. the untuned base model's)
+    is what a run must beat on its task's ``metric``: a run that does not, or whose loss
+    diverged, is listed in ``failed`` (``{seed: why}``) and left out of the mean and std
+    (NaN if every run failed); ``n`` counts the runs kept, ``*_all`` holds every run's value.
     """
     groups = {}
     for res in results:
         groups.setdefault((res.spec.task, setting_name(res.spec)), []).append(res)
     out = {}
     for (task, name), runs in groups.items():
-        row = {"n": len(runs), "trainable": runs[0].trainable, "seeds": [r.spec.seed for r in runs]}
-        for key in ("loss", "accuracy"):
-            values = np.array([r.final[key] for r in runs])
-            row[f"{key}_mean"] = float(values.mean())
-            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            row[f"{key}_all"] = values.tolist()
+        key, higher = metric(task)
+        floor = None if baseline is None else baseline[task][key]
+        status = [tuning.run_status(r.final, key, higher, floor) for r in runs]
+        kept = [r for r, st in zip(runs, status) if st == tuning.OK]
+        row = {"n": len(kept), "n_runs": len(runs), "trainable": runs[0].trainable, "seeds": [r.spec.seed for r in runs],
+               "lr": sorted({r.spec.lr for r in runs if r.spec.lr is not None}),
+               "failed": {r.spec.seed: st for r, st in zip(runs, status) if st != tuning.OK},
+               "failed_values": {r.spec.seed: r.final[key] for r, st in zip(runs, status) if st != tuning.OK}}
+        for k in ("loss", "accuracy"):
+            values = np.array([r.final[k] for r in kept])
+            row[f"{k}_mean"] = float(values.mean()) if len(values) else float("nan")
+            row[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            row[f"{k}_all"] = [r.final[k] for r in runs]
         out.setdefault(task, {})[name] = row
     return out
 
 
-def setting_name(spec: RunSpec) -> str:
-    if spec.method == "full":
-        return "full"
+def setting_name(spec) -> str:
+    """"full", "probe", or "<target> r=<r>" (plus " alpha=<alpha>", " rslora" when not the default)."""
+    if spec.method != "lora":
+        return spec.method
     name = f"{spec.target} r={spec.r}"
     if spec.alpha is not None:
         name += f" alpha={spec.alpha:g}"
@@ -449,9 +571,10 @@ def headline(summary: dict, base: dict) -> dict:
 # ---------------------------------------------------------------------------
 
 
-def plot_rank_curves(summary: dict, task: str, path: str, base: dict | None = None) -> None:
+def plot_rank_curves(summary: dict, task: str, path: str, base: dict | None = None, target_labels: dict = TARGET_LABELS,
+                     base_label: str = "base model (no fine-tuning)", title: str | None = None) -> None:
     """The headline figure against rank, one line (mean, band = ±1 std over seeds) per target
-    set, full fine-tuning as a horizontal line."""
+    set, full fine-tuning as a horizontal line, ``base`` (``{task: figures}``) as a dotted one."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -464,19 +587,22 @@ def plot_rank_curves(summary: dict, task: str, path: str, base: dict | None = No
     ax.axhline(full[f"{key}_mean"], color="k", lw=1.5, label="full fine-tuning (±1 std)")
     ax.axhspan(full[f"{key}_mean"] - full[f"{key}_std"], full[f"{key}_mean"] + full[f"{key}_std"], color="k", alpha=0.1)
     if base is not None:
-        ax.axhline(base[task][key], color="gray", ls=":", label="base model (no fine-tuning)")
+        ax.axhline(base[task][key], color="gray", ls=":", label=base_label)
     targets = sorted({n.split(" r=")[0] for n in rows if " r=" in n and "alpha" not in n and "rslora" not in n},
-                     key=lambda t: list(TARGETS).index(t))
+                     key=lambda t: list(target_labels).index(t))
     for t in targets:
-        ranks = sorted(int(n.split(" r=")[1]) for n in rows if n.startswith(t + " r=") and n.split(" r=")[1].isdigit())
+        ranks = sorted(int(n.split(" r=")[1]) for n in rows if n.startswith(t + " r=") and n.split(" r=")[1].isdigit()
+                       and np.isfinite(rows[n][f"{key}_mean"]))  # a setting whose every run failed has no point
+        if not ranks:
+            continue
         means = np.array([rows[f"{t} r={r}"][f"{key}_mean"] for r in ranks])
         stds = np.array([rows[f"{t} r={r}"][f"{key}_std"] for r in ranks])
-        line, = ax.plot(ranks, means, "o-", label=f"LoRA on {TARGET_LABELS[t]}")
+        line, = ax.plot(ranks, means, "o-", label=f"LoRA on {target_labels[t]}")
         ax.fill_between(ranks, means - stds, means + stds, color=line.get_color(), alpha=0.15)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("LoRA rank r")
     ax.set_ylabel({"accuracy": "test accuracy", "loss": "code validation loss (nats/byte)"}[key])
-    ax.set_title({"cls": "Docstring -> package (6 classes)", "code": "Domain shift: prose -> Python code"}[task])
+    ax.set_title(title or {"cls": "Docstring -> package (6 classes)", "code": "Domain shift: prose -> Python code"}[task])
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -497,16 +623,54 @@ def _pct(share: float) -> str:
 
 
 def _fmt(row: dict, key: str) -> str:
-    return f"{row[f'{key}_mean']:.3f} ± {row[f'{key}_std']:.3f}"
+    """"mean ± std", with the runs left out named: "0.41 ± 0.02 (2 of 3 seeds; seed 1 below baseline)"."""
+    text = f"{row[f'{key}_mean']:.3f} ± {row[f'{key}_std']:.3f}"
+    if row.get("failed"):
+        text += f" ({row['n']} of {row['n_runs']} seeds; " + ", ".join(
+            f"seed {seed} {why}" for seed, why in row["failed"].items()) + ")"
+    return text
+
+
+def rates_text(rates: dict, task: str) -> str:
+    """The chosen rates of a task, e.g. "full 3e-4, Wq+Wv r=8 3e-3, ..."."""
+    return ", ".join(f"{name} {rate:g}" for name, rate in rates[task].items())
+
+
+def selection_table(table: dict) -> list:
+    """Markdown rows of the learning-rate selection (``{task: {setting: (chosen, rows)}}``):
+    every candidate's validation figure and status."""
+    lines = ["| task | setting | rate: validation figure (status) | chosen |", "|---|---|---|---|"]
+    for task, settings in table.items():
+        for name, (rate, rows) in settings.items():
+            key = next(k for k in next(iter(rows.values())) if k != "status")
+            cells = "; ".join(f"{lr:g}: {row[key]:.3f}" + ("" if row["status"] == tuning.OK else f" ({row['status']})")
+                              for lr, row in sorted(rows.items()))
+            lines.append(f"| {task} | {name} | {cells} | {rate:g} |")
+    return lines
+
+
+TITLE = "Comparable performance; rank vs accuracy"
+CLAIM = ("LoRA reaches about the task performance of full fine-tuning while training a small share of the "
+         "weights; a highly specialised task may still gain from training every weight")
 
 
 def run(ctx) -> ClaimResult:
+    """Claim 4 on the toy base (``run_toy``) and on MiniLM (``minilm_claims.accuracy``), side by side."""
+    from minilora.experiments import minilm_claims
+
+    toy = run_toy(ctx) if "toy" in ctx.bases else None
+    real = minilm_claims.accuracy(ctx) if "minilm" in ctx.bases else None
+    return over_bases("accuracy", TITLE, CLAIM, "full fine-tuning vs LoRA across ranks, on both base models", toy, real,
+                      minilm_claims.accuracy_comparison(toy, real) if toy and real else "")
+
+
+def run_toy(ctx) -> ClaimResult:
     s = sizes(ctx.quick)
     env = environment(ctx)
+    rates = learning_rates(ctx)
     results = runs_for(ctx, grid(ctx.quick))
-    summary = summarize(results)
-    base = base_figures(env, ctx.quick)
-    ctx.shared["finetune_base_figures"] = base
+    base = shared_base_figures(ctx)
+    summary = summarize(results, baseline=base)
     head = headline(summary, base)
     verdict, parts = judge_accuracy(head["cls_gap"], head["code_share"])
 
@@ -534,23 +698,35 @@ def run(ctx) -> ClaimResult:
         f"The best LoRA setting is {best_code} at {_fmt(code[best_code], 'loss')}.",
         "",
         f"Every run: {s.cls_steps} (classification) or {s.code_steps} (code) AdamW steps of {s.batch_size} rows of "
-        "64 bytes, warm-up a tenth of the steps then cosine decay to a tenth of the peak; learning rates "
-        f"{LR['cls']['full']:g} (full) / {LR['cls']['lora']:g} (LoRA) on classification, {LR['code']['full']:g} / "
-        f"{LR['code']['lora']:g} on code (chosen on the validation split); alpha = {ALPHA_PER_RANK} r "
-        f"(scaling alpha/r = {ALPHA_PER_RANK}), weight decay {WEIGHT_DECAY}, gradient clipping 1.0, seeds {list(s.seeds)}. "
-        "Ranks count per adapted matrix: Wq+Wv at r=8 has a rank-8 update of Wq and another of Wv.",
+        "64 bytes, warm-up a tenth of the steps then cosine decay to a tenth of the peak; alpha = "
+        f"{ALPHA_PER_RANK} r (scaling alpha/r = {ALPHA_PER_RANK}), weight decay {WEIGHT_DECAY}, gradient clipping 1.0, "
+        f"seeds {list(s.seeds)}. Ranks count per adapted matrix: Wq+Wv at r=8 has a rank-8 update of Wq and another of Wv.",
+        "",
+        ("**Learning rates** (quick mode: not chosen again; the defaults, which an earlier sweep found on the "
+         "validation split): " if ctx.quick else
+         "**Learning rates**, chosen on the validation split (one seed at each rate; the best among the runs that beat "
+         "the untuned base model there; other settings take the nearest tuned one's, see `minilora/experiments/tuning.py`): ")
+        + f"classification {rates_text(rates, 'cls')}; code {rates_text(rates, 'code')}.",
     ]
-    table = ["", "| task | setting | trainable | loss | accuracy |", "|---|---|---|---|---|"]
+    if not ctx.quick:
+        lines += ["", *selection_table(ctx.shared["lr_selection"])]
+    failures = tuning.describe_failures(summary["cls"]) + tuning.describe_failures(summary["code"])
+    lines += ["", "**Failed runs** (left out of every mean, and of claim 9's ranges): a run fails when its loss diverges "
+              "or it ends no better than the untuned base model (classification accuracy "
+              f"{base['cls']['accuracy']:.3f}, code loss {base['code']['loss']:.3f}): "
+              + ("; ".join(failures) if failures else "none") + "."]
+    table = ["", "| task | setting | lr | trainable | loss | accuracy |", "|---|---|---|---|---|---|"]
     for task in ("cls", "code"):
         for name, row in summary[task].items():
-            table.append(f"| {task} | {name} | {row['trainable']:,} | {_fmt(row, 'loss')} | {_fmt(row, 'accuracy')} |")
-    figures = {"summary": summary, "base": base, **head, "parts": parts,
+            lr = ", ".join(f"{v:g}" for v in row["lr"])
+            table.append(f"| {task} | {name} | {lr} | {row['trainable']:,} | {_fmt(row, 'loss')} | {_fmt(row, 'accuracy')} |")
+    figures = {"summary": summary, "base": base, **head, "parts": parts, "learning_rates": rates,
+               "lr_selection": ctx.shared.get("lr_selection"), "failed": failures,
                "curves": {r.spec.label(): r.losses for r in results if r.spec.seed == s.seeds[0]}}
     return ClaimResult(
         key="accuracy",
-        title="Comparable performance; rank vs accuracy",
-        claim="LoRA reaches about the task performance of full fine-tuning while training a small share of the "
-              "weights; a highly specialised task may still gain from training every weight",
+        title=TITLE,
+        claim=CLAIM,
         measured="full fine-tuning vs LoRA at r in " + ", ".join(map(str, s.cls_ranks)) + " on two tasks",
         figure=f"cls gap {100 * head['cls_gap']:.1f} pts (Wq+Wv r=8); code: LoRA recovers {_pct(head['code_share'])} of full FT's gain",
         verdict=verdict,
@@ -560,7 +736,8 @@ def run(ctx) -> ClaimResult:
         figures=figures,
         settings={"mode": "quick" if ctx.quick else "full", "cls_steps": s.cls_steps, "code_steps": s.code_steps, "batch_size": s.batch_size,
                   "seeds": list(s.seeds), "cls_ranks": list(s.cls_ranks), "cls_targets": list(s.cls_targets),
-                  "code_ranks": list(s.code_ranks), "code_targets": list(s.code_targets), "lr": LR,
+                  "code_ranks": list(s.code_ranks), "code_targets": list(s.code_targets), "lr": rates,
+                  "lr_grid": None if ctx.quick else RATE_GRID,
                   "alpha": f"{ALPHA_PER_RANK} r", "runs": len(results),
                   "train_seconds": round(sum(r.seconds for r in results), 1)},
         plots=plots,

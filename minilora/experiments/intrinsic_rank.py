@@ -25,11 +25,13 @@ Two measurements, after the LoRA paper (Hu et al., 2021, sec. 7):
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from minilora import backend as B
 from minilora.experiments import finetune as ft
-from minilora.experiments.common import ClaimResult, combine, judge
+from minilora.experiments.common import ClaimResult, combine, judge, over_bases
 
 TOP_RANKS = (1, 2, 4, 8, 16, 32)  # r at which the energy share is reported
 JUDGED_RANK = 8  # the headline: the share of ΔW's energy in its top 8 directions (of 128)
@@ -56,9 +58,14 @@ def rank_for_energy(singular_values, share: float = 0.9) -> int:
 
 def random_energy_share(shape, r: int, trials: int = 4, seed: int = 0) -> float:
     """The energy share of the top r directions of a Gaussian matrix of ``shape`` (mean over trials)."""
+    return float(np.mean([energy_share(s, r) for s in random_spectra(tuple(shape), trials, seed)]))
+
+
+@functools.lru_cache(maxsize=16)
+def random_spectra(shape: tuple, trials: int, seed: int) -> tuple:
+    """Singular values of ``trials`` Gaussian matrices of ``shape`` (drawn once per shape: a 1536 x 384 SVD is not free)."""
     rng = np.random.default_rng(seed)
-    return float(np.mean([energy_share(np.linalg.svd(rng.standard_normal(shape), compute_uv=False), r)
-                          for _ in range(trials)]))
+    return tuple(np.linalg.svd(rng.standard_normal(shape), compute_uv=False) for _ in range(trials))
 
 
 def right_singular_vectors(A) -> np.ndarray:
@@ -106,8 +113,9 @@ def projections(state: dict, n_layer: int) -> dict:
     return out
 
 
-def update_spectra(base_state: dict, tuned_state: dict, n_layer: int) -> dict:
-    """Singular values of ΔW = W_tuned - W_base for every projection."""
+def update_spectra(base_state: dict, tuned_state: dict, n_layer: int, projections=projections) -> dict:
+    """Singular values of ΔW = W_tuned - W_base for every projection (``projections(state, n_layer)``
+    names them: GPT-2's by default, ``bert_projections`` for BERT)."""
     base, tuned = projections(base_state, n_layer), projections(tuned_state, n_layer)
     return {name: np.linalg.svd(tuned[name].astype(np.float64) - base[name].astype(np.float64), compute_uv=False)
             for name in base}
@@ -127,6 +135,20 @@ def spectrum_figures(spectra: dict) -> dict:
 def _shape_of(name: str, n_singular: int) -> tuple:
     """The (out, in) shape of a projection, for its random baseline (MLP matrices are 4x wide)."""
     return (4 * n_singular, n_singular) if name.endswith(("W_fc", "W_proj")) else (n_singular, n_singular)
+
+
+def bert_projections(state: dict, n_layer: int, prefix: str = "bert.") -> dict:
+    """``projections`` of a BERT state (Hugging Face's names), under the same short names:
+    query, key, value, attention.output.dense, intermediate.dense, output.dense -> Wq, Wk, Wv, Wo, W_fc, W_proj."""
+    names = {"Wq": "attention.self.query", "Wk": "attention.self.key", "Wv": "attention.self.value",
+             "Wo": "attention.output.dense", "W_fc": "intermediate.dense", "W_proj": "output.dense"}
+    return {f"h.{i}.{short}": state[f"{prefix}encoder.layer.{i}.{name}.weight"] for i in range(n_layer) for short, name in names.items()}
+
+
+def bert_adapter_A(state: dict, n_layer: int, r: int = 0) -> dict:
+    """``{"h.0.Wq": A (r, in), "h.0.Wv": ...}`` from a query + value adapter's state (PEFT keys)."""
+    key = "base_model.model.bert.encoder.layer.{}.attention.self.{}.lora_A.weight"
+    return {f"h.{i}.{short}": state[key.format(i, name)] for i in range(n_layer) for short, name in (("Wq", "query"), ("Wv", "value"))}
 
 
 def adapter_A(state: dict, n_layer: int, r: int) -> dict:
@@ -153,6 +175,21 @@ def phi_figures(small: dict, large: dict, d: int) -> dict:
     rows["random"] = {"phi_1_1": random_similarity(1, 1, d),
                       "phi_diag_mean": float(np.mean([random_similarity(i, i, d) for i in range(1, SMALL_R + 1)]))}
     return rows
+
+
+def adapter_figures(A: dict, A0: dict, d: int) -> dict:
+    """φ between the trained A matrices of the ``"small"`` and ``"large"`` adapters (``{matrix: A}`` each),
+    on the whole of A and on what training added (A - A_init, from ``A0``), and how far A moved."""
+    phi = phi_figures(A["small"], A["large"], d)
+    learned = phi_figures({n: A["small"][n] - A0["small"][n] for n in A["small"]},
+                          {n: A["large"][n] - A0["large"][n] for n in A["large"]}, d)  # φ of what training added
+
+    def mean(rows, key):
+        return float(np.mean([row[key] for name, row in rows.items() if name != "random"]))
+
+    return {"phi": phi, "phi_learned": learned, "mean_phi_1_1": mean(phi, "phi_1_1"), "mean_phi_diag": mean(phi, "phi_diag_mean"),
+            "mean_phi_1_1_learned": mean(learned, "phi_1_1"),
+            "A_relative_change": {k: relative_change(A[k], A0[k]) for k in A}}  # how far A travelled from its random start
 
 
 # The verdict.
@@ -233,7 +270,22 @@ def rank_specs(quick: bool) -> dict:
             "large": ft.RunSpec("cls", "lora", "Wq+Wv", LARGE_R, seed=seed, **s.common("cls"))}
 
 
+TITLE = "Low intrinsic rank of the update"
+CLAIM = "the change fine-tuning makes to a weight matrix tends to have a low intrinsic rank: a few directions carry most of it"
+
+
 def run(ctx) -> ClaimResult:
+    """Claim 6 on the toy base (``run_toy``) and on MiniLM (``minilm_claims.rank``), side by side."""
+    from minilora.experiments import minilm_claims
+
+    toy = run_toy(ctx) if "toy" in ctx.bases else None
+    real = minilm_claims.rank(ctx) if "minilm" in ctx.bases else None
+    return over_bases("rank", TITLE, CLAIM, f"energy of full fine-tuning's ΔW in its top {JUDGED_RANK} directions; "
+                      "φ between r=8 and r=64 adapters; on both base models", toy, real,
+                      minilm_claims.rank_comparison(toy, real) if toy and real else "")
+
+
+def run_toy(ctx) -> ClaimResult:
     env = ft.environment(ctx)
     specs = rank_specs(ctx.quick)
     runs = dict(zip(specs, ft.runs_for(ctx, list(specs.values()))))
@@ -247,13 +299,9 @@ def run(ctx) -> ClaimResult:
     rank_90 = {task: float(np.median([row["rank_90"] for row in rows.values()])) for task, rows in spectra.items()}
     A = {k: adapter_A(runs[k].state, n_layer, runs[k].spec.r) for k in ("small", "large")}
     A0 = {k: adapter_A(ft.trained_state(ft.fresh_model(specs[k], env.base)), n_layer, specs[k].r) for k in ("small", "large")}
-    moved = {k: relative_change(A[k], A0[k]) for k in A}  # how far A travelled from its random start
-    phi = phi_figures(A["small"], A["large"], d)
-    learned = phi_figures({n: A["small"][n] - A0["small"][n] for n in A["small"]},
-                          {n: A["large"][n] - A0["large"][n] for n in A["large"]}, d)  # φ of what training added
-    mean_phi = float(np.mean([row["phi_1_1"] for name, row in phi.items() if name != "random"]))
-    mean_phi_diag = float(np.mean([row["phi_diag_mean"] for name, row in phi.items() if name != "random"]))
-    mean_phi_learned = float(np.mean([row["phi_1_1"] for name, row in learned.items() if name != "random"]))
+    a = adapter_figures(A, A0, d)
+    moved, phi, learned = a["A_relative_change"], a["phi"], a["phi_learned"]
+    mean_phi, mean_phi_diag, mean_phi_learned = a["mean_phi_1_1"], a["mean_phi_diag"], a["mean_phi_1_1_learned"]
     share = float(np.mean(list(mean_share.values())))
     verdict, parts = judge_rank(share, mean_phi)
 
@@ -279,8 +327,8 @@ def run(ctx) -> ClaimResult:
     )
     return ClaimResult(
         key="rank",
-        title="Low intrinsic rank of the update",
-        claim="the change fine-tuning makes to a weight matrix tends to have a low intrinsic rank: a few directions carry most of it",
+        title=TITLE,
+        claim=CLAIM,
         measured=f"energy of full fine-tuning's ΔW in its top {JUDGED_RANK} directions; φ between r=8 and r=64 adapters",
         figure=f"top-{JUDGED_RANK} energy {100 * share:.0f}% (random {100 * random_share:.0f}%); φ(1,1) {mean_phi:.2f} (random {phi['random']['phi_1_1']:.3f})",
         verdict=verdict,

@@ -87,18 +87,30 @@ def measure_step_memory(config: GPTConfig, batch: int, method: str, r: int = LOR
     backward), ``activations`` (held after the forward, before the backward) and ``other``
     (everything else held between steps: Python objects, caches -- small).
     """
+    def make():
+        model, params = build(config, method, r, seed)
+        x, y = random_batch(config, batch, seed)
+        return model, params, lambda: model(x, y)[1]
+
+    return {"config": config_name(config), "batch": batch, "method": method, **traced_step(make)}
+
+
+def traced_step(make) -> dict:
+    """The bytes of one AdamW step of any model: ``make()`` returns ``(model, trained parameters,
+    loss_fn)``, built under tracing (so the weights count), and ``loss_fn()`` runs the forward.
+    Two steps run -- the first creates AdamW's moments -- and the second is measured: ``peak``,
+    ``weights``, ``optimizer``, ``gradients``, ``activations`` and ``other`` as in ``measure_step_memory``."""
     with backend.blas_single_threaded():  # attention's BLAS controller is built (and threadpoolctl imported)
         pass  # on first use: do it before tracing, so the module's objects are not counted as the step's
     with traced() as trace:
-        model, params = build(config, method, r, seed)
+        model, params, loss_fn = make()
         optimizer = AdamW(params, lr=1e-4)
-        x, y = random_batch(config, batch, seed)
         for _ in range(2):  # the first step creates AdamW's moments; the second is measured
             optimizer.zero_grad()
             gc.collect()
             before = trace.current()
             trace.reset_peak()
-            loss = model(x, y)[1]
+            loss = loss_fn()
             after_forward = trace.current()
             loss.backward()
             gradients = sum(p.grad.nbytes for p in params if p.grad is not None)
@@ -107,9 +119,8 @@ def measure_step_memory(config: GPTConfig, batch: int, method: str, r: int = LOR
             del loss
     weights = sum(p.data.nbytes for p in model.parameters())
     state = optimizer.state_bytes()
-    return {"config": config_name(config), "batch": batch, "method": method, "peak": peak - trace.start, "weights": weights,
-            "optimizer": state, "gradients": gradients, "activations": after_forward - before,
-            "other": before - trace.start - weights - state, "device": trace.device}
+    return {"peak": peak - trace.start, "weights": weights, "optimizer": state, "gradients": gradients,
+            "activations": after_forward - before, "other": before - trace.start - weights - state, "device": trace.device}
 
 
 # ---------------------------------------------------------------------------
@@ -363,7 +374,23 @@ def judge_memory(wide_ratio: float, worst_error: float) -> dict:
             "agreement": judge(worst_error, AGREEMENT, 2 * AGREEMENT, higher_is_better=False)}
 
 
+
+TITLE_MEASURED = ("Memory", "peak memory of one AdamW step (tracemalloc), full vs LoRA, beside the analytic count, on both base models")
+
+
 def run(ctx: Context, wide: GPTConfig = WIDE_CONFIG, base: GPTConfig | None = None, batches=None) -> ClaimResult:
+    """The claim on the toy base (``run_toy``) and, with ``"minilm"`` in ``ctx.bases``, on all-MiniLM-L6-v2 beside it."""
+    from minilora.experiments import minilm_claims
+    from minilora.experiments.common import over_bases
+
+    toy = run_toy(ctx, wide, base, batches) if "toy" in ctx.bases else None
+    real = minilm_claims.memory(ctx) if "minilm" in ctx.bases else None
+    title, measured = TITLE_MEASURED
+    return over_bases("memory", title, CLAIM, measured, toy, real,
+                      minilm_claims.cost_comparison("memory", toy, real) if toy and real else "")
+
+
+def run_toy(ctx: Context, wide: GPTConfig = WIDE_CONFIG, base: GPTConfig | None = None, batches=None) -> ClaimResult:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -424,7 +451,7 @@ def run(ctx: Context, wide: GPTConfig = WIDE_CONFIG, base: GPTConfig | None = No
     ])
     return ClaimResult(
         key="memory",
-        title="Memory",
+        title=TITLE_MEASURED[0],
         claim=CLAIM,
         measured=f"peak memory of one AdamW step on {rows[0]['measured']['device']}, full vs LoRA, beside the analytic count",
         figure=f"LoRA/full peak {wide_ratio:.2f}x (768-wide, batch 1); {by[(base_name, batches[-1])]:.2f}x (base, batch {batches[-1]})",

@@ -424,7 +424,8 @@ def run(ctx, g: Grid | None = None) -> ClaimResult:
         f"Every run: claim 4's setup ({s.cls_steps} classification / {s.code_steps} code AdamW steps of {s.batch_size} rows, "
         f"warm-up a tenth, cosine decay; seeds {list(g.cls_seeds)} at the judged budget"
         + (f", {list(g.cls_other_seeds)} at {', '.join(f'{b:,}' for b in g.cls_budgets[1:])}" if g.cls_budgets[1:] else "")
-        + f"). Learning rates: LoRA {ft.LR['cls']['lora']:g}, full {ft.LR['cls']['full']:g} (claim 4's), {lrs} "
+        + f"). Learning rates: LoRA {', '.join(sorted({f'{r.spec.lr:g}' for r in results if r.spec.method == 'lora'}))}, full "
+        f"{', '.join(sorted({f'{r.spec.lr:g}' for r in results if r.spec.method == 'full'}))} (the rates claim 4 chose), {lrs} "
         "(chosen on the validation split); weight decay 0.1, except (IA)³ 0. Sizes matched to each budget "
         "(`methods.matched_size`): DoRA on the fused c_attn (DoRA has no per-slice enable_lora) trains its rank's "
         "LoRA count plus a magnitude per output; adapters carry two biases; (IA)³ has one size.",
@@ -446,7 +447,8 @@ def run(ctx, g: Grid | None = None) -> ClaimResult:
                     "... partly >=": PROMPT_GAP_PARTLY, "full - LoRA, holds <=": FULL_GAP_HOLDS, "... partly <=": FULL_GAP_PARTLY},
         figures=figures,
         settings={"mode": "quick" if ctx.quick else "full", "grid": vars(g), "cls_steps": s.cls_steps, "code_steps": s.code_steps,
-                  "batch_size": s.batch_size, "lr": {**LR, "lora": ft.LR["cls"]["lora"], "full": ft.LR["cls"]["full"]},
+                  "batch_size": s.batch_size, "lr": {**LR, **{m: sorted({r.spec.lr for r in results if r.spec.method == m})
+                                                          for m in ("lora", "full")}},
                   "weight_decay": {"default": ft.WEIGHT_DECAY, **WEIGHT_DECAY}, "prompt_init": M.PROMPT_INIT,
                   "runs": len(results), "train_seconds": round(sum(r.seconds for r in results), 1)},
         plots=["methods_accuracy.png"],

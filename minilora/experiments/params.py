@@ -241,10 +241,17 @@ def peft_count(arch: Arch, r: int, target: str, model=None) -> tuple:
         raise ValueError(f"PEFT cannot express target {target!r} on a {arch.family} model; it can: "
                          f"{', '.join(t for f, t in PEFT_TARGETS if f == arch.family)}")
     model = hf_meta_model(arch) if model is None else model
-    config = peft.LoraConfig(r=r, lora_alpha=r, target_modules=PEFT_TARGETS[key], fan_in_fan_out=arch.family == "gpt2")
+    return peft_counts(model, r, target_modules=PEFT_TARGETS[key], fan_in_fan_out=arch.family == "gpt2")
+
+
+def peft_counts(model, r: int, **config) -> tuple:
+    """(trainable, all) from PEFT's ``get_nb_trainable_parameters`` after ``peft.get_peft_model(model,
+    LoraConfig(r=r, lora_alpha=r, **config))``; the model is unloaded afterwards."""
+    import peft
+
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")  # fan_in_fan_out notices for GPT-2's Conv1D
-        peft_model = peft.get_peft_model(model, config)
+        peft_model = peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=r, **config))
         counts = peft_model.get_nb_trainable_parameters()
         peft_model.unload()
     return tuple(int(c) for c in counts)
@@ -367,7 +374,23 @@ CLAIM = ("LoRA trains a very small share of a model's weights -- typically under
          "it trains between about ten and ten thousand times fewer numbers than full fine-tuning.")
 
 
+
+TITLE_MEASURED = ("Trainable parameters", "exact counts on published models and on both base models, checked against injected models")
+
+
 def run(ctx: Context) -> ClaimResult:
+    """The claim on the toy base (``run_toy``) and, with ``"minilm"`` in ``ctx.bases``, on all-MiniLM-L6-v2 beside it."""
+    from minilora.experiments import minilm_claims
+    from minilora.experiments.common import over_bases
+
+    toy = run_toy(ctx) if "toy" in ctx.bases else None
+    real = minilm_claims.params(ctx) if "minilm" in ctx.bases else None
+    title, measured = TITLE_MEASURED
+    return over_bases("params", title, CLAIM, measured, toy, real,
+                      minilm_claims.cost_comparison("params", toy, real) if toy and real else "")
+
+
+def run_toy(ctx: Context) -> ClaimResult:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -431,7 +454,7 @@ def run(ctx: Context) -> ClaimResult:
     ])
     return ClaimResult(
         key="params",
-        title="Trainable parameters",
+        title=TITLE_MEASURED[0],
         claim=CLAIM,
         measured=f"exact counts, {len(ARCHS)} models x {len(RANKS)} ranks x 2 targets; checked against the counts of injected models (minilora"
                  + (" and PEFT)" if with_peft else ")"),

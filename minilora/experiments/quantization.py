@@ -284,7 +284,8 @@ def run(ctx: Context) -> ClaimResult:
     errors_no_dq = quantization_errors(base, double_quant=False)
     before = task_figures(base, {"cls": ft.ClassificationData(env.cls, 1)})
 
-    specs = [ft.RunSpec("cls", "lora", "Wq+Wv", QLORA_RANK, seed=seed, **s.common("cls")) for seed in s.seeds]
+    # at the rate claim 4 chose for this setting, on the NF4 base as on the dense one
+    specs = ft.resolved(ctx, [ft.RunSpec("cls", "lora", "Wq+Wv", QLORA_RANK, seed=seed, **s.common("cls")) for seed in s.seeds])
     dense = ft.runs_for(ctx, specs)
     nf4 = qlora_runs(ctx, specs)
     acc_dense = [r.final["accuracy"] for r in dense]

@@ -52,8 +52,10 @@ def spread(rows: dict, names: list, key: str) -> dict:
     ``range``: max - min of the means; ``noise``: the root-mean-square of the settings' seed
     std (0 with one seed); ``ratio``: range / noise (inf when there is no noise estimate).
     """
-    means = {n: rows[n][f"{key}_mean"] for n in names if n in rows}
+    means = {n: rows[n][f"{key}_mean"] for n in names if n in rows and np.isfinite(rows[n][f"{key}_mean"])}  # every seed failed: left out
     stds = [rows[n][f"{key}_std"] for n in means]
+    if not means:
+        return {"means": {}, "range": 0.0, "best": "(none)", "worst": "(none)", "noise": 0.0, "ratio": float("nan")}
     low, high = min(means, key=means.get), max(means, key=means.get)
     noise = float(np.sqrt(np.mean(np.square(stds)))) if stds else 0.0
     value_range = means[high] - means[low]
@@ -112,7 +114,7 @@ def run(ctx) -> ClaimResult:
     s = ft.sizes(ctx.quick)
     grid = ft.runs_for(ctx, ft.grid(ctx.quick))
     extras = ft.runs_for(ctx, extra_specs(ctx.quick))
-    summary = ft.summarize(grid + extras)
+    summary = ft.summarize(grid + extras, baseline=ft.shared_base_figures(ctx))  # failed runs left out of the ranges
     cls, code = summary["cls"], summary["code"]
 
     # rank: for each target set, the range of accuracy across ranks; the article's claim uses the widest
@@ -129,6 +131,7 @@ def run(ctx) -> ClaimResult:
                                         for r in s.cls_ranks if f"Wq+Wv r={r}" in cls},
               f"rsLoRA, alpha = {RSLORA_ALPHA:.2f}": {r: (cls[rs_name(r)]["accuracy_mean"], cls[rs_name(r)]["accuracy_std"])
                                                       for r in RSLORA_RANKS if rs_name(r) in cls}}
+    failed = ft.tuning.describe_failures(cls) + ft.tuning.describe_failures(code)
     verdict, parts = judge_sensitivity(by_rank[widest]["ratio"], by_rank[widest]["range"],
                                        by_target["ratio"], by_target["range"])
     plot = "sensitivity.png"
@@ -139,7 +142,7 @@ def run(ctx) -> ClaimResult:
 
     quick = ("**Quick-mode figures** (one seed, so no estimate of the seed noise: a range above the minimum "
              "counts as \"partly\" at most; a few dozen steps). ") if ctx.quick else ""
-    rank_lines = "; ".join(f"{t}: best {by_rank[t]['best'].split(' ')[1]}, worst {by_rank[t]['worst'].split(' ')[1]}, "
+    rank_lines = "; ".join(f"{t}: best r={by_rank[t]['best'].split(' r=')[-1]}, worst r={by_rank[t]['worst'].split(' r=')[-1]}, "
                            f"range {pts(by_rank[t]['range'])}" for t in s.cls_targets)
     body = [
         quick + f"**Rank** (classification accuracy across r in {list(s.cls_ranks)}): {rank_lines}. "
@@ -158,7 +161,10 @@ def run(ctx) -> ClaimResult:
             f"{t}: range {code_rank[t]['range']:.3f} nats, {code_rank[t]['ratio']:.1f}x the noise" for t in s.code_targets) + ".",
         "",
         f"A choice counts as mattering when the range it spans is at least {RATIO_HOLDS:g}x the seed noise "
-        f"({RATIO_PARTLY:g}x: partly) and at least {pts(MIN_RANGE)}.",
+        f"({RATIO_PARTLY:g}x: partly) and at least {pts(MIN_RANGE)}. Each setting ran at the learning rate chosen for "
+        "it (claim 4). Runs that diverged or ended no better than the untuned base model are left out of the means and "
+        "ranges (a training failure says nothing of what a rank or a target set can reach): "
+        + ("; ".join(failed) if failed else "none") + ".",
     ]
     return ClaimResult(
         key="sensitivity",
@@ -171,7 +177,7 @@ def run(ctx) -> ClaimResult:
                     "minimum range": MIN_RANGE},
         figures={"rank": by_rank, "target": by_target, "alpha": {str(k): v for k, v in alpha.items()},
                  "alpha_spread": alpha_spread, "rslora": {k: {str(r): v for r, v in d.items()} for k, d in rslora.items()},
-                 "code_rank": code_rank, "parts": parts},
+                 "code_rank": code_rank, "parts": parts, "failed": failed},
         settings={"alphas": [ft.ALPHA_PER_RANK * ALPHA_RANK, *ALPHAS], "rslora_ranks": list(RSLORA_RANKS),
                   "rslora_alpha": RSLORA_ALPHA, "seeds": list(s.seeds), "extra_seeds": list(EXTRA_SEEDS),
                   "steps": s.cls_steps},

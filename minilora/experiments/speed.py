@@ -78,22 +78,33 @@ def measure_step_time(config: GPTConfig, batch: int, repeats: int = 5, warmup: i
     BLAS runs on ``threads`` threads, and with one thread the clock is the process's CPU time
     (see ``minilora.experiments.timing``: on a shared machine the wall clock times the load).
     """
+    x, y = random_batch(config, batch, seed)
+    runs = {method: build(config, method, r, seed) for method in ("full", "lora")}
+    out = time_steps({m: (model, params, lambda model=model: model(x, y)[1]) for m, (model, params) in runs.items()},
+                     repeats, warmup, threads)
+    out = {"config": config_name(config), "batch": batch, "tokens": batch * config.block_size, **out}
+    flops = {method: step_flops(config, batch, method, r) for method in ("full", "lora")}
+    out["flops"] = flops
+    out["flop_ratio"] = flops["lora"]["total"] / flops["full"]["total"]
+    return out
+
+
+def time_steps(runs: dict, repeats: int = 5, warmup: int = 1, threads: int | None = 1) -> dict:
+    """``measure_step_time``'s clock for any models: ``runs`` is ``{"full" | "lora": (model, trained
+    parameters, loss_fn)}``; returns ``repeats``, ``blas_threads``, ``clock``, per method the medians
+    of ``step``, ``forward``, ``backward``, ``optimizer`` (and every ``steps``), and ``ratio``."""
     from minilora.optim import AdamW
 
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
-    runs = {}
-    for method in ("full", "lora"):
-        model, params = build(config, method, r, seed)
-        runs[method] = (model, AdamW(params, lr=1e-4))
-    x, y = random_batch(config, batch, seed)
+    runs = {method: (model, AdamW(params, lr=1e-4), loss_fn) for method, (model, params, loss_fn) in runs.items()}
     times = {method: [] for method in runs}
 
     def one_step(method):
-        model, optimizer = runs[method]
+        model, optimizer, loss_fn = runs[method]
         t0 = now()
         optimizer.zero_grad()
-        loss = model(x, y)[1]
+        loss = loss_fn()
         t1 = now()
         loss.backward()
         t2 = now()
@@ -109,17 +120,13 @@ def measure_step_time(config: GPTConfig, batch: int, repeats: int = 5, warmup: i
         for i in range(repeats):
             for method in (("full", "lora") if i % 2 == 0 else ("lora", "full")):
                 times[method].append(one_step(method))
-    out = {"config": config_name(config), "batch": batch, "tokens": batch * config.block_size, "repeats": repeats,
-           "blas_threads": threads if how else "not controlled", "clock": clock_name}
+    out = {"repeats": repeats, "blas_threads": threads if how else "not controlled", "clock": clock_name}
     for method, rows in times.items():
         rows = np.asarray(rows)  # (repeats, 3)
         out[method] = {"step": float(np.median(rows.sum(axis=1))), "forward": float(np.median(rows[:, 0])),
                        "backward": float(np.median(rows[:, 1])), "optimizer": float(np.median(rows[:, 2])),
                        "steps": rows.sum(axis=1).tolist()}
     out["ratio"] = out["lora"]["step"] / out["full"]["step"]
-    flops = {method: step_flops(config, batch, method, r) for method in ("full", "lora")}
-    out["flops"] = flops
-    out["flop_ratio"] = flops["lora"]["total"] / flops["full"]["total"]
     return out
 
 
@@ -169,7 +176,23 @@ def plot_step_times(results, ax=None):
 CLAIM = "A LoRA training run costs less and takes markedly less time than full fine-tuning, so experiments turn around faster."
 
 
+
+TITLE_MEASURED = ("Training time", "median step time, full vs LoRA, alternated in one process; FLOPs counted; on both base models")
+
+
 def run(ctx: Context, settings=None, repeats: int | None = None) -> ClaimResult:
+    """The claim on the toy base (``run_toy``) and, with ``"minilm"`` in ``ctx.bases``, on all-MiniLM-L6-v2 beside it."""
+    from minilora.experiments import minilm_claims
+    from minilora.experiments.common import over_bases
+
+    toy = run_toy(ctx, settings, repeats) if "toy" in ctx.bases else None
+    real = minilm_claims.time(ctx) if "minilm" in ctx.bases else None
+    title, measured = TITLE_MEASURED
+    return over_bases("time", title, CLAIM, measured, toy, real,
+                      minilm_claims.cost_comparison("time", toy, real) if toy and real else "")
+
+
+def run_toy(ctx: Context, settings=None, repeats: int | None = None) -> ClaimResult:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,7 +235,7 @@ def run(ctx: Context, settings=None, repeats: int | None = None) -> ClaimResult:
     worst = max(results, key=lambda res: res["ratio"])
     return ClaimResult(
         key="time",
-        title="Training time",
+        title=TITLE_MEASURED[0],
         claim=CLAIM,
         measured="median step time, full vs LoRA (r=8 on Wq, Wv), alternated in one process; FLOPs counted",
         figure=", ".join(f"{res['ratio']:.2f}x ({res['config']} B={res['batch']})" for res in results),
