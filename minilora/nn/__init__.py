@@ -1,6 +1,6 @@
 """Layers and the Module bookkeeping, with PyTorch's names (``minilora.nn`` ~ ``torch.nn``)."""
 
-from minilora.nn import functional, init
+from minilora.nn import functional, init, reference
 from minilora.nn.layers import (
     GELU,
     Dropout,
@@ -19,6 +19,6 @@ from minilora.nn.layers import (
 from minilora.nn.module import Module, Parameter
 
 __all__ = [
-    "functional", "init", "Module", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout",
+    "functional", "init", "reference", "Module", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout",
     "GELU", "SiLU", "ReLU", "Tanh", "Identity", "Sequential", "ModuleList", "ModuleDict",
 ]
