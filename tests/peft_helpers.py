@@ -27,11 +27,7 @@ TINY = GPTConfig(vocab_size=V, block_size=N_POS, n_layer=N_LAYER, n_head=N_HEAD,
 def tiny_gpt(dtype=np.float64, seed=0, **overrides) -> GPT:
     """A tiny GPT-2 with every parameter perturbed (biases and LayerNorms start at 0 and 1 otherwise)."""
     minilora.manual_seed(seed)
-    model = GPT(replace(TINY, **overrides), dtype=dtype)
-    rng = np.random.default_rng(seed)
-    for p in model.parameters():
-        p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(dtype)
-    return model.eval()
+    return perturbed(GPT(replace(TINY, **overrides), dtype=dtype), seed)
 
 
 # the LLaMA twin: same vocabulary, width and depth; 4 query heads sharing 2 key/value heads; an untied head
@@ -42,10 +38,14 @@ TINY_LLAMA = LlamaConfig(vocab_size=V, hidden_size=C, intermediate_size=24, num_
 def tiny_llama(dtype=np.float64, seed=0) -> LlamaForCausalLM:
     """A tiny LLaMA with every parameter perturbed (RMSNorm gains start at 1 otherwise)."""
     minilora.manual_seed(seed)
-    model = LlamaForCausalLM(TINY_LLAMA, dtype=dtype)
+    return perturbed(LlamaForCausalLM(TINY_LLAMA, dtype=dtype), seed)
+
+
+def perturbed(model, seed: int):
+    """``model`` with 0.1-sized noise (seeded) added to every parameter, in eval mode."""
     rng = np.random.default_rng(seed)
     for p in model.parameters():
-        p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(dtype)
+        p.data = (p.data + 0.1 * rng.standard_normal(p.shape)).astype(p.dtype)
     return model.eval()
 
 

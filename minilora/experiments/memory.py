@@ -367,6 +367,15 @@ CLAIM = ("Fine-tuning with LoRA needs much less accelerator memory than full fin
          "bring it within reach of consumer hardware.")
 
 
+def table_cells(row: dict) -> str:
+    """The cells every memory table shares, in MiB: weights | grads | AdamW | activations measured /
+    analytic | peak measured | peak analytic | error | peak set by |."""
+    m, a, mib = row["measured"], row["analytic"], 2**20
+    return (f"{m['weights'] / mib:.1f} | {m['gradients'] / mib:.1f} | {m['optimizer'] / mib:.1f} | "
+            f"{m['activations'] / mib:.1f} / {a['activations'] / mib:.1f} | {m['peak'] / mib:.1f} | {a['peak'] / mib:.1f} | "
+            f"{100 * row['error']:+.1f}% | {a['peak_phase']} |")
+
+
 def judge_memory(wide_ratio: float, worst_error: float) -> dict:
     """The verdict from LoRA's peak / full fine-tuning's where weights dominate; the
     agreement of measured and analytic peaks is reported beside it."""
@@ -420,10 +429,7 @@ def run_toy(ctx: Context, wide: GPTConfig = WIDE_CONFIG, base: GPTConfig | None 
     table = ["| model | batch | method | weights | grads | AdamW | activations measured / analytic | peak measured | "
              "peak analytic | error | peak set by |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        m, a = row["measured"], row["analytic"]
-        table.append(f"| {row['config']} | {row['batch']} | {row['method']} | {m['weights'] / mib:.1f} | {m['gradients'] / mib:.1f} | "
-                     f"{m['optimizer'] / mib:.1f} | {m['activations'] / mib:.1f} / {a['activations'] / mib:.1f} | "
-                     f"{m['peak'] / mib:.1f} | {a['peak'] / mib:.1f} | {100 * row['error']:+.1f}% | {a['peak_phase']} |")
+        table.append(f"| {row['config']} | {row['batch']} | {row['method']} | {table_cells(row)}")
     body = "\n".join([
         f"Peak memory of one AdamW step measured on {rows[0]['measured']['device']}, MiB -- the parts a GPU "
         f"holds: weights, gradients, optimizer state, activations, temporaries. Where the weights dominate "

@@ -443,13 +443,10 @@ def memory(ctx) -> BaseResult:
     table = ["| method | weights | grads | AdamW | activations measured / analytic | peak measured | peak analytic | error | peak set by |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        m, a = row["measured"], row["analytic"]
-        table.append(f"| {row['method']} | {m['weights'] / mib:.1f} | {m['gradients'] / mib:.1f} | {m['optimizer'] / mib:.1f} | "
-                     f"{m['activations'] / mib:.1f} / {a['activations'] / mib:.1f} | {m['peak'] / mib:.1f} | {a['peak'] / mib:.1f} | "
-                     f"{100 * row['error']:+.1f}% | {a['peak_phase']} |")
+        table.append(f"| {row['method']} | {mem.table_cells(row)}")
     body = "\n".join([
         (QUICK_NOTE if ctx.quick else "") + f"One AdamW step of {M.NAME} as a classifier, batch {batch} x {T} tokens, "
-        f"measured with `tracemalloc` (MiB): full fine-tuning {by['full']['measured']['peak'] / mib:.0f} MiB, LoRA (r={COST_RANK} "
+        f"measured on {rows[0]['measured']['device']} (MiB): full fine-tuning {by['full']['measured']['peak'] / mib:.0f} MiB, LoRA (r={COST_RANK} "
         f"on query, value; classifier and pooler trained) {by['lora']['measured']['peak'] / mib:.0f} MiB: **{ratio:.2f}x** "
         f"({result['verdict']}; thresholds {mem.RATIO_HOLDS} / {mem.RATIO_PARTLY}, as on the toy base). The analytic count "
         f"(`bert_analytic_step_memory`) agrees within {100 * worst:.1f}% ({result['agreement']}). Here the weights "
