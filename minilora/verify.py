@@ -42,6 +42,7 @@ CLAIMS = [
     ("depth_latency", "minilora.experiments.methods_latency"),
     ("expressiveness", "minilora.experiments.methods_accuracy"),
     ("quantization", "minilora.experiments.quantization"),
+    ("compatibility", "minilora.experiments.compatibility"),  # a limitation the article names; GPT-2 vs LLaMA
 ]
 
 

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file
 import minilora
 from minilora.data import ByteTokenizer, build_corpus, get_batch
 from minilora.models import GPT, GPTConfig
-from minilora.pretrain import BASE_CONFIG, BASE_DIR, base_log, load_base, prose_val_loss
+from minilora.pretrain import BASE_CONFIG, BASE_DIR, LLAMA_BASE_CONFIG, LLAMA_BASE_DIR, base_log, load_base, prose_val_loss
 from minilora.train import NonFiniteLossError, TrainConfig, atomic_write, save_checkpoint, train
 
 TINY = GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=16)
@@ -153,7 +153,7 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
 
 def test_the_llama_base_has_the_gpt_base_s_budget_and_its_own_command(tmp_path):
     from minilora.cli import build_parser
-    from minilora.pretrain import LLAMA_BASE_CONFIG, pretrain
+    from minilora.pretrain import pretrain
 
     assert abs(LLAMA_BASE_CONFIG.num_parameters() / BASE_CONFIG.num_parameters() - 1) < 0.01
     assert LLAMA_BASE_CONFIG.block_size == BASE_CONFIG.block_size and LLAMA_BASE_CONFIG.vocab_size == BASE_CONFIG.vocab_size
@@ -170,26 +170,35 @@ def test_the_llama_base_has_the_gpt_base_s_budget_and_its_own_command(tmp_path):
 # ---------------------------------------------------------------------------
 
 
-def test_the_base_model_ships_in_the_package_and_loads_offline():
-    assert (BASE_DIR / "model.safetensors").stat().st_size <= 10 * 2**20
-    model = load_base()
-    assert model.config == BASE_CONFIG
-    assert model.num_parameters() == BASE_CONFIG.num_parameters()
+ARCHS = {"gpt": (BASE_CONFIG, BASE_DIR), "llama": (LLAMA_BASE_CONFIG, LLAMA_BASE_DIR)}
 
 
-def test_the_base_model_reaches_its_recorded_validation_loss():
-    log = base_log()
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_base_model_ships_in_the_package_and_loads_offline(arch):
+    config, folder = ARCHS[arch]
+    assert (folder / "model.safetensors").stat().st_size <= 10 * 2**20
+    assert not (folder / "training-checkpoint.safetensors").exists()  # a finished run leaves none
+    model = load_base(arch=arch)
+    assert model.config == config
+    assert model.num_parameters() == config.num_parameters()
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_base_model_reaches_its_recorded_validation_loss(arch):
+    log = base_log(ARCHS[arch][1])
+    assert log.get("arch", "gpt") == arch  # the GPT base's log predates the field
     corpus = build_corpus("prose")
     assert corpus.sha256 == log["corpus"]["sha256"], "the prose corpus differs from the one the model was trained on"
-    loss = prose_val_loss(load_base(), corpus)
+    loss = prose_val_loss(load_base(arch=arch), corpus)
     assert math.isfinite(loss)
     assert abs(loss - log["val_loss"]) <= 0.02 * log["val_loss"], (loss, log["val_loss"])
     # and it is far below the unigram entropy of the bytes: the model has learned English
     assert loss < 0.6 * math.log(256)
 
 
-def test_the_base_model_generates_text():
-    model = load_base()
+@pytest.mark.parametrize("arch", ARCHS)
+def test_the_base_model_generates_text(arch):
+    model = load_base(arch=arch)
     tok = ByteTokenizer()
     prompt = tok.encode("Return the ")[None]
     out = model.generate(prompt, max_new_tokens=60, temperature=0.8, top_k=40, seed=0)

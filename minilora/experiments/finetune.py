@@ -64,9 +64,13 @@ TARGETS = {
     "all": dict(target_modules=r".*\.(attn\.c_attn|attn\.c_proj|mlp\.c_fc|mlp\.c_proj)",
                 enable_lora={"c_attn": [True, True, True]}),
     "c_attn": dict(target_modules=["c_attn"]),
+    # on the LLaMA twin (claim 13, experiments/compatibility.py): PEFT's LLaMA default, and every linear layer
+    "q_proj+v_proj": dict(target_modules=["q_proj", "v_proj"]),
+    "llama-all": dict(target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]),
 }
 TARGET_LABELS = {"Wq": "Wq", "Wv": "Wv", "Wq+Wv": "Wq+Wv", "attn": "Wq,Wk,Wv,Wo",
-                 "all": "attention + MLP", "c_attn": "c_attn (fused q,k,v; PEFT's default)"}
+                 "all": "attention + MLP", "c_attn": "c_attn (fused q,k,v; PEFT's default)",
+                 "q_proj+v_proj": "q_proj, v_proj (PEFT's LLaMA default)", "llama-all": "attention + MLP (LLaMA)"}
 RANKS = (1, 2, 4, 8, 16, 64)
 
 # alpha = 2 r, i.e. the update is always scaled by alpha / r = 2: a common practice,
@@ -186,13 +190,14 @@ class RunResult:
     val: dict = field(default_factory=dict)  # the same figures on the validation split (what learning rates are chosen by)
 
 
-def fresh_model(spec: RunSpec, base: GPT):
-    """A copy of ``base``, wrapped with the run's adapter (LoRA) or left whole (full fine-tuning).
+def fresh_model(spec: RunSpec, base):
+    """A copy of ``base`` (a GPT, or the LLaMA twin of claim 13), wrapped with the run's adapter (LoRA)
+    or left whole (full fine-tuning).
 
     The adapter's random A is drawn right after ``minilora.manual_seed(spec.seed)``,
     so the same spec gives the same initial adapter -- which the reference (claim 5) copies.
     """
-    model = GPT(base.config, dtype=base.transformer.wte.weight.dtype)
+    model = type(base)(base.config, dtype=base.lm_head.weight.dtype)
     model.load_state_dict(base.state_dict())  # copies
     minilora.manual_seed(spec.seed)
     if spec.method == "lora":
@@ -636,10 +641,10 @@ def rates_text(rates: dict, task: str) -> str:
     return ", ".join(f"{name} {rate:g}" for name, rate in rates[task].items())
 
 
-def selection_table(table: dict) -> list:
+def selection_table(table: dict, first: str = "task") -> list:
     """Markdown rows of the learning-rate selection (``{task: {setting: (chosen, rows)}}``):
-    every candidate's validation figure and status."""
-    lines = ["| task | setting | rate: validation figure (status) | chosen |", "|---|---|---|---|"]
+    every candidate's validation figure and status. ``first`` heads the first column."""
+    lines = [f"| {first} | setting | rate: validation figure (status) | chosen |", "|---|---|---|---|"]
     for task, settings in table.items():
         for name, (rate, rows) in settings.items():
             key = next(k for k in next(iter(rows.values())) if k != "status")
