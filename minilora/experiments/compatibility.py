@@ -377,7 +377,8 @@ def run(ctx) -> ClaimResult:
                   f"is the linear probe, {rows['probe']['accuracy_mean']:.3f}): full fine-tuning "
                   f"{ft._fmt(rows['full'], 'accuracy')}; the gap to it "
                   + ", ".join(f"{'query+value' if t == 'default' else 'all attention'} r={r} "
-                              f"{100 * g:.1f} ± {100 * e:.1f} points" for (t, r), (g, e) in sorted(f["bert"]["gaps"].items()))
+                              f"{100 * g:.1f} ± {100 * e:.1f} points" for (t, r), (g, e) in
+                              sorted(f["bert"]["gaps"].items(), key=lambda item: (item[0][0] != "default", item[0][1])))
                   + "."]
     figures = {k: v for k, v in f.items() if k not in ("gaps", "differences", "bert", "clear")}
     figures["gaps"] = {arch: {_key_text(k): v for k, v in g.items()} for arch, g in f["gaps"].items()}
