@@ -28,6 +28,17 @@ def render_table(results) -> str:
     return "\n".join(lines)
 
 
+def _cache_sentence(cache: dict) -> str:
+    """What the run read back from ``MINILORA_RUN_CACHE`` instead of training: its time is not the time above."""
+    n = cache.get("runs", 0)
+    if not n:
+        return ""
+    runs, their = ("run was", "its") if n == 1 else ("runs were", "their")
+    return (f" {n} fine-tuning {runs} read back from a run cache (`MINILORA_RUN_CACHE`) rather than trained by this "
+            f"command, so the time above leaves out {their} {cache['training_seconds'] / 60:.1f} min of training "
+            "(as measured when trained).")
+
+
 def render_readme(results, meta: dict) -> str:
     """README.md of the report folder."""
     versions = ", ".join(f"{k} {v}" for k, v in meta.get("versions", {}).items() if v)
@@ -38,7 +49,8 @@ def render_readme(results, meta: dict) -> str:
         f"(`{meta.get('command')}`), seed {meta.get('seed')}, {meta.get('seconds', 0) / 60:.1f} min on "
         f"{meta.get('machine', {}).get('cpus')} CPUs, arrays on the {meta.get('machine', {}).get('device', 'CPU (NumPy)')}; "
         f"{versions}. Every figure, setting and seed is in "
-        "`results.json`; each verdict is computed from the figures against the thresholds stated in its section.",
+        "`results.json`; each verdict is computed from the figures against the thresholds stated in its section."
+        + _cache_sentence(meta.get("run_cache") or {}),
         "",
         render_table(results),
         "",

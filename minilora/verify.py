@@ -25,6 +25,7 @@ import numpy as np
 
 import minilora
 from minilora import backend
+from minilora.experiments import tuning
 from minilora.experiments.common import Context
 from minilora.report import render_readme, render_table
 
@@ -96,6 +97,7 @@ def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = 
     try:
         start = time.perf_counter()
         ctx = Context(out=str(tmp), quick=quick, seed=seed, progress=progress, bases=bases)
+        tuning.CACHE_READS.update(runs=0, training_seconds=0.0)
         results = run_claims(ctx, only, log)
         meta = {
             "mode": "quick" if quick else "full",
@@ -104,6 +106,7 @@ def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = 
             "command": " ".join(["minilora", "verify"] + (["--quick"] if quick else []) + ([f"--only {','.join(only)}"] if only else [])
                                 + ([f"--bases {','.join(bases)}"] if bases != BASES else [])),
             "bases": list(bases),
+            "run_cache": {"folder": os.environ.get("MINILORA_RUN_CACHE") or None, **tuning.CACHE_READS},
             **environment(),
             **ctx.shared.get("provenance", {}),
         }

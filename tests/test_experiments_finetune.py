@@ -25,7 +25,7 @@ from minilora.experiments import reference as ref
 from minilora.experiments import sensitivity as sens
 from minilora.experiments import tuning
 from minilora.experiments.common import FAILS, HOLDS, PARTLY, Context
-from minilora.models import GPT, GPTConfig
+from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
 from minilora.tasks import code_corpus, docstring_package_task
 
 TINY = GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
@@ -73,11 +73,25 @@ def test_runner_is_deterministic_by_seed(cls_task):
                           np.asarray(tiny_base().state_dict()["transformer.h.0.attn.c_attn.weight"]))
 
 
+def tiny_llama_base(seed=0) -> LlamaForCausalLM:
+    import minilora
+
+    minilora.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+                                        tie_word_embeddings=True))
+
+
+LLAMA_TARGETS = ("q_proj+v_proj", "llama-all")  # claim 13's targets on the LLaMA twin
+
+
 @pytest.mark.parametrize("target", list(ft.TARGETS))
 def test_every_target_set_trains(cls_task, target):
-    result = ft.finetune(spec(target=target, steps=2), tiny_base(), ft.ClassificationData(cls_task, 4))
+    base = tiny_llama_base() if target in LLAMA_TARGETS else tiny_base()
+    result = ft.finetune(spec(target=target, steps=2), base, ft.ClassificationData(cls_task, 4))
     assert all(math.isfinite(x) for x in result.losses)
     assert any("lora_A" in k for k in result.state)
+    assert type(base).__name__ in repr(type(ft.fresh_model(spec(target=target), base).base_model.model))
 
 
 def test_full_finetuning_and_code_task(corpus):
@@ -120,6 +134,28 @@ def test_failed_runs_are_named_and_left_out_of_the_mean():
     assert math.isnan(rows["Wq+Wv r=2"]["accuracy_mean"])
     rows["full"] = {"accuracy_mean": 0.5, "accuracy_std": 0.0}
     assert sens.spread(rows, ["Wq+Wv r=2", "full"], "accuracy")["means"] == {"full": 0.5}
+
+
+def test_runs_read_from_the_cache_are_counted_and_the_report_says_so(tmp_path, monkeypatch):
+    from minilora.report import _cache_sentence
+
+    monkeypatch.setenv("MINILORA_RUN_CACHE", str(tmp_path))
+    monkeypatch.setattr(tuning, "CACHE_READS", {"runs": 0, "training_seconds": 0.0})
+    trained = []
+
+    def train():
+        trained.append(1)
+        return ft.RunResult(spec(), [1.0], {"accuracy": 0.5}, 10, 90.0)
+
+    first, again = tuning.cached_run(spec(), "key", train), tuning.cached_run(spec(), "key", train)
+    assert len(trained) == 1 and again.final == first.final and again.seconds == 90.0
+    assert tuning.CACHE_READS == {"runs": 1, "training_seconds": 90.0}
+    tuning.cached_run(spec(seed=1), "key", train)  # another spec: trained, not read
+    assert len(trained) == 2 and tuning.CACHE_READS["runs"] == 1
+    assert _cache_sentence(tuning.CACHE_READS) == (
+        " 1 fine-tuning run was read back from a run cache (`MINILORA_RUN_CACHE`) rather than trained by this command, "
+        "so the time above leaves out its 1.5 min of training (as measured when trained).")
+    assert _cache_sentence({"runs": 0, "training_seconds": 0.0}) == ""
 
 
 def test_choose_rate_skips_failed_runs():

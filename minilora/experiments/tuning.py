@@ -80,6 +80,9 @@ def choose_rate(candidates: dict, key: str, higher_is_better: bool, baseline: fl
     return min(table), table
 
 
+CACHE_READS = {"runs": 0, "training_seconds": 0.0}  # runs cached_run read back since verify() last reset it
+
+
 def cached_run(spec, key: str, train):
     """``train()``'s RunResult for ``spec``, kept on disk when the environment variable
     ``MINILORA_RUN_CACHE`` names a folder: a run is deterministic given its spec and its base model
@@ -95,7 +98,10 @@ def cached_run(spec, key: str, train):
         return train()
     path = Path(folder) / (hashlib.sha256(f"{key}|{spec!r}".encode()).hexdigest()[:32] + ".pkl")
     if path.exists():
-        return pickle.loads(path.read_bytes())
+        result = pickle.loads(path.read_bytes())
+        CACHE_READS["runs"] += 1  # the report says how much of it was read back, not trained (verify.py)
+        CACHE_READS["training_seconds"] += float(getattr(result, "seconds", 0.0))
+        return result
     result = train()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
