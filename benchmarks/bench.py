@@ -369,6 +369,7 @@ def bench_bert(torch):
     rows.append({"name": "MiniLM-L6: LoRA step / full step", "minilora": lora["minilora"] / full["minilora"],
                  "torch": lora["torch"] / full["torch"], "unit": "x",
                  "ratio": (lora["minilora"] / full["minilora"]) / (lora["torch"] / full["torch"])})
+    return rows
 
 
 # LLaMA: the shipped LLaMA base's config, and two LLaMA blocks of GPT-2-small's width with GQA

@@ -76,3 +76,17 @@ def test_the_gpu_section_runs_on_cupy(cupy_module, monkeypatch):
     memory = [r for r in rows if "peak memory" in r["name"]]
     assert [r["minilora"] > 0 for r in memory] == [True, True] and memory[1]["minilora"] < memory[0]["minilora"]
     assert all("memory hook" in r["device"] for r in memory)
+
+
+def test_every_section_returns_its_rows():
+    """main() adds up what each section returns: one that ends without ``return rows`` (the BERT
+    section once did) breaks ``make bench`` after it has spent minutes timing."""
+    import ast
+    import inspect
+    import textwrap
+
+    for name, fn in bench.SECTIONS.items():
+        tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+        last = tree.body[0].body[-1]
+        assert isinstance(last, ast.Return) and last.value is not None, f"section {name!r} does not end by returning its rows"
+
