@@ -119,6 +119,24 @@ def test_silu(x, seed):
     assert_close("silu backward", dx, R.silu_backward(x, g))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_silu_at_the_ends_of_the_range_is_finite_and_silent(dtype, recwarn):
+    # e^-x overflows to inf below about -88 (float32) and -709 (float64): sigmoid is then 0, silu -0,
+    # with no warning; far above, silu(x) = x. The gradient follows: 0 far below, 1 far above.
+    x = np.array([-1e4, -800.0, -100.0, -89.0, -20.0, 0.0, 20.0, 89.0, 800.0, 1e4], dtype=dtype)
+    t = ml.tensor(x, requires_grad=True)
+    y = F.silu(t)
+    y.backward(np.ones_like(x))
+    out, dx = y.numpy(), t.grad
+    assert out.dtype == dtype and np.all(np.isfinite(out)) and np.all(np.isfinite(dx))
+    with np.errstate(over="ignore"):
+        expected = R.silu(x.astype(np.float64))
+    np.testing.assert_allclose(out, expected, rtol=1e-6 if dtype == np.float32 else 1e-15, atol=1e-30)
+    assert out[0] == 0 and out[-1] == x[-1] and out[5] == 0
+    assert dx[0] == 0 and dx[-1] == 1 and dx[5] == 0.5
+    assert not [w for w in recwarn if issubclass(w.category, RuntimeWarning)]
+
+
 @given(example=attention_example())
 def test_attention(example):
     p = dict(example.params)
