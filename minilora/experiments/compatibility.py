@@ -31,6 +31,7 @@ differs in size, data, objective and tokenizer, so its gap says nothing about th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,8 +146,6 @@ def learning_rates(ctx, arch: str) -> dict:
     settings = tuned_specs(ctx.quick, arch)
     rates = {name: ft.LR["cls"][spec.method] for name, spec in settings.items()}
     if not ctx.quick:
-        import dataclasses
-
         floor = untuned_figures(ctx, arch)["val_accuracy"]
         table = ctx.shared.setdefault("compat_lr_selection", {}).setdefault(arch, {})
         for name, spec in settings.items():
