@@ -310,6 +310,10 @@ def test_headline_figures():
     assert ft.judge_accuracy(0.0, math.inf)[1]["domain shift"] == HOLDS
     summary["code"]["all r=8"]["loss_mean"] = 2.1  # ... and LoRA did worse: nothing measurable
     assert math.isnan(ft.headline(summary, {"code": {"loss": 2.0}})["code_share"])
+    # a LoRA setting whose every run failed has no mean: the report says so rather than "nan"
+    summary["cls"]["Wq+Wv r=8"]["accuracy_mean"] = math.nan
+    assert ft._gap_points(ft.headline(summary, {"code": {"loss": 2.0}})["cls_gap"]).startswith("not measurable")
+    assert ft._gap_points(0.118) == "11.8 points"
 
 
 def test_reference_verdict_flips():

@@ -627,6 +627,13 @@ def _pct(share: float) -> str:
     return f"{100 * share:.0f}%"
 
 
+def _gap_points(gap: float) -> str:
+    """An accuracy gap in points, or why there is none: every run of the LoRA setting failed (its mean is NaN)."""
+    if gap != gap:
+        return "not measurable (every run of that setting failed; see the failed runs)"
+    return f"{100 * gap:.1f} points"
+
+
 def _fmt(row: dict, key: str) -> str:
     """"mean ± std", with the runs left out named: "0.41 ± 0.02 (2 of 3 seeds; seed 1 below baseline)"."""
     text = f"{row[f'{key}_mean']:.3f} ± {row[f'{key}_std']:.3f}"
@@ -693,7 +700,7 @@ def run_toy(ctx) -> ClaimResult:
         f"full fine-tuning reaches {_fmt(cls['full'], 'accuracy')} test accuracy (mean ± std over {cls['full']['n']} seeds); "
         f"LoRA on Wq+Wv at r=8 reaches {_fmt(cls[JUDGED['cls']], 'accuracy')} with "
         f"{cls[JUDGED['cls']]['trainable']:,} trainable parameters ({100 * cls[JUDGED['cls']]['trainable'] / total_params:.2f}% of "
-        f"{total_params:,}): a gap of {100 * head['cls_gap']:.1f} points ({parts['classification']}). "
+        f"{total_params:,}); the gap to full fine-tuning: {_gap_points(head['cls_gap'])} ({parts['classification']}). "
         f"The best LoRA setting is {best_cls} at {_fmt(cls[best_cls], 'accuracy')}.",
         "",
         f"Domain shift (code validation loss, base model {base['code']['loss']:.3f} nats/byte): full fine-tuning "
@@ -733,7 +740,7 @@ def run_toy(ctx) -> ClaimResult:
         title=TITLE,
         claim=CLAIM,
         measured="full fine-tuning vs LoRA at r in " + ", ".join(map(str, s.cls_ranks)) + " on two tasks",
-        figure=f"cls gap {100 * head['cls_gap']:.1f} pts (Wq+Wv r=8); code: LoRA recovers {_pct(head['code_share'])} of full FT's gain",
+        figure=f"cls gap (Wq+Wv r=8) {_gap_points(head['cls_gap'])}; code: LoRA recovers {_pct(head['code_share'])} of full FT's gain",
         verdict=verdict,
         thresholds={"judged settings": JUDGED, "classification gap holds <=": CLS_GAP_HOLDS,
                     "classification gap partly <=": CLS_GAP_PARTLY, "code share holds >=": CODE_SHARE_HOLDS,
