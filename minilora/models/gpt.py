@@ -134,6 +134,27 @@ class KVCache:
         self.layers = [(k[:, :, :length], v[:, :, :length]) for k, v in self.layers]
 
 
+def check_kv_cache(kv_cache, who: str, layers: tuple, heads: tuple, layout: str) -> int:
+    """P, the positions ``kv_cache`` holds, after checking that it is a KVCache, empty or holding one
+    (k, v) pair per layer of shape ``(B, heads, P, head_size)``. ``layers`` is the config field that
+    counts the model's layers and its value; ``heads`` is (B, heads, head_size); ``who`` and
+    ``layout`` name the caller and the expected shape in the messages."""
+    if not isinstance(kv_cache, KVCache):
+        raise TypeError(f"{who}: kv_cache must be a KVCache, got {type(kv_cache).__name__}")
+    if len(kv_cache) == 0:
+        return 0
+    field, n_layers = layers
+    if len(kv_cache) != n_layers:
+        raise ValueError(f"{who}: kv_cache holds {len(kv_cache)} layers, the model has {field}={n_layers}")
+    batch, n_heads, head_size = heads
+    expected = (batch, n_heads, kv_cache.length, head_size)
+    for i, (k, v) in enumerate(kv_cache.layers):
+        if k.shape != expected or v.shape != expected:
+            raise ValueError(f"{who}: kv_cache layer {i} has keys {k.shape} and values {v.shape}, "
+                             f"expected {layout} = {expected}")
+    return kv_cache.length
+
+
 _causal_masks: dict = {}
 
 
@@ -338,21 +359,9 @@ class GPT(GenerationMixin, nn.Module):
 
     def _check_cache(self, kv_cache: KVCache, batch: int) -> int:
         """P, after checking that the cache is empty or holds one (B, nh, P, hs) pair per layer."""
-        if not isinstance(kv_cache, KVCache):
-            raise TypeError(f"GPT.forward: kv_cache must be a KVCache, got {type(kv_cache).__name__}")
-        if len(kv_cache) == 0:
-            return 0
         c = self.config
-        if len(kv_cache) != c.n_layer:
-            raise ValueError(f"GPT.forward: kv_cache holds {len(kv_cache)} layers, the model has n_layer={c.n_layer}")
-        expected = (batch, c.n_head, kv_cache.length, c.n_embd // c.n_head)
-        for i, (k, v) in enumerate(kv_cache.layers):
-            if k.shape != expected or v.shape != expected:
-                raise ValueError(
-                    f"GPT.forward: kv_cache layer {i} has keys {k.shape} and values {v.shape}, expected "
-                    f"(B, n_head, P, head_size) = {expected}"
-                )
-        return kv_cache.length
+        return check_kv_cache(kv_cache, "GPT.forward", ("n_layer", c.n_layer), (batch, c.n_head, c.n_embd // c.n_head),
+                              "(B, n_head, P, head_size)")
 
     # --- checkpoints (the work is in minilora/models/hf.py) -------------------------
 

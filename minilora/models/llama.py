@@ -32,7 +32,7 @@ import numpy
 
 from minilora import backend
 from minilora import nn
-from minilora.models.gpt import GenerationMixin, KVCache, _as_ids, causal_mask, lm_loss
+from minilora.models.gpt import GenerationMixin, KVCache, _as_ids, causal_mask, check_kv_cache, lm_loss
 from minilora.nn import functional as F
 from minilora.tensor import Tensor, float32
 
@@ -271,20 +271,9 @@ class LlamaForCausalLM(GenerationMixin, nn.Module):
 
     def _check_cache(self, kv_cache: KVCache, batch: int) -> int:
         """P, after checking that the cache is empty or holds one (B, kv, P, hd) pair per layer."""
-        if not isinstance(kv_cache, KVCache):
-            raise TypeError(f"LlamaForCausalLM.forward: kv_cache must be a KVCache, got {type(kv_cache).__name__}")
-        if len(kv_cache) == 0:
-            return 0
         c = self.config
-        if len(kv_cache) != c.num_hidden_layers:
-            raise ValueError(f"LlamaForCausalLM.forward: kv_cache holds {len(kv_cache)} layers, the model has "
-                             f"num_hidden_layers={c.num_hidden_layers}")
-        expected = (batch, c.num_key_value_heads, kv_cache.length, c.head_dim)
-        for i, (k, v) in enumerate(kv_cache.layers):
-            if k.shape != expected or v.shape != expected:
-                raise ValueError(f"LlamaForCausalLM.forward: kv_cache layer {i} has keys {k.shape} and values {v.shape}, "
-                                 f"expected (B, num_key_value_heads, P, head_dim) = {expected}")
-        return kv_cache.length
+        return check_kv_cache(kv_cache, "LlamaForCausalLM.forward", ("num_hidden_layers", c.num_hidden_layers),
+                              (batch, c.num_key_value_heads, c.head_dim), "(B, num_key_value_heads, P, head_dim)")
 
     # --- checkpoints (the work is in minilora/models/llama_hf.py) ---------------------
 
