@@ -16,8 +16,8 @@ from hypothesis.extra import numpy as hnp
 
 import minilora
 from minilora import Tensor, nn
-from minilora.lora import LoraConfig, LoRALinear, get_peft_model
 from minilora.models import GPT, GPTConfig
+from minilora.peft import LoraConfig, LoRALinear, get_peft_model
 from minilora.quant import (
     NF4_VALUES,
     NF4Linear,

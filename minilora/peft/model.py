@@ -42,14 +42,14 @@ import numpy
 from minilora import backend as B
 from minilora import nn
 from minilora.errors import ConfigError, LoadError, MismatchError, SaveError
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
+from minilora.loading import load_checked
+from minilora.peft import files
+from minilora.peft.files import CONFIG_NAME, WEIGHTS_NAME
 
 # peft_type -> (module, config class, tuner class): imported on first use, so that
 # each method stays in its own file and this one imports none of them.
 METHODS = {
-    "LORA": ("minilora.lora", "LoraConfig", "LoraModel"),  # with use_dora=True: DoRA (minilora/peft/dora.py)
+    "LORA": ("minilora.peft.lora", "LoraConfig", "LoraModel"),  # with use_dora=True: DoRA (minilora/peft/dora.py)
     "IA3": ("minilora.peft.ia3", "IA3Config", "IA3Model"),
     "PROMPT_TUNING": ("minilora.peft.prompt_tuning", "PromptTuningConfig", "PromptTuningModel"),
     "PREFIX_TUNING": ("minilora.peft.prefix_tuning", "PrefixTuningConfig", "PrefixTuningModel"),
@@ -193,8 +193,6 @@ class PeftModel(nn.Module):
         in ``save_directory/<name>``. Every adapter is checked before anything is written;
         each folder's two files are written to temporary names, then renamed, bound by one
         save id (``minilora.io.save_folder``)."""
-        from minilora.peft import files
-
         names = list(selected_adapters or self.peft_config)
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
@@ -250,8 +248,6 @@ class PeftModel(nn.Module):
     def _load_adapter_weights(self, adapter_name: str, model_id, header, allow_nonfinite: bool) -> None:
         """Read the saved arrays into the adapter: every key and shape checked against the
         adapter as built (``load_checked``) before any data is read."""
-        from minilora.loading import load_checked
-
         expected = {k: tuple(v.shape) for k, v in self.base_model.adapter_state_dict(adapter_name).items()}
         tensors = load_checked(Path(model_id) / WEIGHTS_NAME, expected, header=header, allow_nonfinite=allow_nonfinite,
                                implied="the model", what="this model")
@@ -278,9 +274,7 @@ def _config_must_fit(model_id):
 
 def _read(model_id, is_trainable: bool) -> tuple:
     """``(config, safetensors header)`` of an adapter folder, both checked (``minilora/peft/files.py``)."""
-    from minilora.peft import files
-
-    config_dict, header = files.read_adapter(model_id)
+    config_dict, header = files.read_adapter(model_id, METHODS)
     config_cls, _ = _method(config_dict["peft_type"])
     source = Path(model_id) / CONFIG_NAME
     config = files.config_from_dict(config_cls, config_dict, source=source)
