@@ -1,0 +1,270 @@
+"""AdaLoRA, VeRA, LoHa and LoKr against Hugging Face PEFT, on GPT-2, BERT and LLaMA.
+
+One table (``CASES``) drives every test: a method, a base, and the config fields. Each base
+is built twice -- in minilora and, converted, in transformers (the tiny GPT-2 and LLaMA of
+``peft_helpers.py``, the tiny BERT classifier of ``bert_helpers.py``) -- and both sides get the
+same adapter with every trained array random (``init_weights=False`` / ``init_lora_weights=False``,
+then moved by 0.1 N(0, 1)), so that a wrong key, shape, scaling, slice or transpose cannot hide
+behind a zero update. GPT-2's projections are Conv1D in transformers: AdaLoRA and VeRA adapt
+them there (as PEFT does); LoHa and LoKr run on BERT and LLaMA, and refuse them
+(``test_lycoris.py``).
+
+Oracles: PEFT's counts, files, ``from_pretrained`` and float64 autograd. How close is "equal":
+everything is float64, each output a sum of O(10^3) roundings of size 2^-53 times O(1)
+magnitudes, so 1e-10 on the logits (and 1e-10 relative on the gradients) is far above the
+rounding and far below any real difference (the adapters move the logits by O(0.1)). The one
+place PEFT itself computes in float32 is LoHa's scaling alpha / r, held in a float32 tensor:
+the cases below take alpha / r exact in float32 (1.5, 2, 0.5), and ``test_lycoris.py`` checks
+a scaling that is not against the 2^-24 relative bound this implies.
+"""
+
+import copy
+import json
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+from safetensors.numpy import load_file  # noqa: E402
+
+from minilora.models import bert_hf, llama_hf  # noqa: E402
+from minilora.models import to_transformers as gpt_to_transformers  # noqa: E402
+from minilora.peft import (  # noqa: E402
+    AdaLoraConfig,
+    LoHaConfig,
+    LoKrConfig,
+    PeftModel,
+    VeraConfig,
+    get_peft_model,
+)
+from bert_helpers import padded_batch, tiny_hf, torch_inputs  # noqa: E402
+from peft_helpers import (  # noqa: E402
+    ids,
+    llama_in_float64,
+    max_err,
+    perturb_trainable,
+    perturb_trainable_torch,
+    rel_err,
+    tiny_gpt,
+    tiny_llama,
+)
+
+pytestmark = [pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning"),
+              pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
+              pytest.mark.filterwarnings("ignore:Unexpected keyword arguments:UserWarning")]
+
+
+# ---------------------------------------------------------------------------
+# the three bases
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Base:
+    """A tiny base in minilora and transformers, its inputs, and how each side computes logits and loss."""
+
+    name: str
+
+    def pair(self):
+        """``(minilora model, transformers model)`` with the same float64 weights."""
+        if self.name == "gpt":
+            return tiny_gpt(), gpt_to_transformers(tiny_gpt())
+        if self.name == "llama":
+            return tiny_llama(), llama_hf.to_transformers(tiny_llama())
+        hf = tiny_hf("BertForSequenceClassification")
+        return bert_hf.from_transformers(hf), tiny_hf("BertForSequenceClassification")
+
+    def ours(self, model, labels=False):
+        """``(logits, loss)`` of a minilora model (loss: next-token, or the classifier's)."""
+        if self.name == "bert":
+            batch = padded_batch([7, 3, 5])
+            return model(batch[0], batch[2], batch[1], labels=np.array([2, 0, 1]) if labels else None)
+        x = ids(seed=4)
+        targets = np.concatenate([x[:, 1:], np.full((x.shape[0], 1), -100)], axis=1) if labels else None
+        return model(x, targets)
+
+    def theirs(self, model, labels=False):
+        """The transformers model's output (``.logits``, ``.loss``) on the same inputs."""
+        if self.name == "bert":
+            batch = padded_batch([7, 3, 5])
+            return model(**torch_inputs(*batch), labels=torch.tensor([2, 0, 1]) if labels else None)
+        x = torch.tensor(ids(seed=4))
+        return model(input_ids=x, labels=x if labels else None)
+
+
+BASES = {name: Base(name) for name in ("gpt", "bert", "llama")}
+
+# (method, base, fields). Every config is random at init; SEQ_CLS adds the classifier to modules_to_save.
+CASES = {
+    "adalora-gpt-conv1d": (AdaLoraConfig, "gpt", dict(init_r=4, target_r=2, total_step=10, lora_alpha=6,
+                                                      target_modules=["c_attn", "c_fc", "mlp.c_proj"],
+                                                      task_type="CAUSAL_LM")),
+    "adalora-bert-seqcls-bias": (AdaLoraConfig, "bert", dict(init_r=3, target_r=2, total_step=10, lora_alpha=4,
+                                                             task_type="SEQ_CLS", bias="lora_only",
+                                                             modules_to_save=["pooler"])),
+    "adalora-llama-layers": (AdaLoraConfig, "llama", dict(init_r=3, target_r=1, total_step=10, task_type="CAUSAL_LM",
+                                                          target_modules=["q_proj", "v_proj", "down_proj"],
+                                                          layers_to_transform=[1])),
+    "vera-gpt-conv1d-bias": (VeraConfig, "gpt", dict(r=4, target_modules=["c_attn", "c_fc"], bias="vera_only")),
+    "vera-bert-seqcls": (VeraConfig, "bert", dict(r=6, task_type="SEQ_CLS", projection_prng_key=3)),
+    "vera-llama-shapes": (VeraConfig, "llama", dict(r=5, target_modules=["q_proj", "k_proj", "up_proj", "down_proj"])),
+    "loha-bert-seqcls": (LoHaConfig, "bert", dict(r=2, alpha=3, task_type="SEQ_CLS")),
+    "loha-llama-patterns": (LoHaConfig, "llama", dict(r=2, alpha=4, target_modules=["q_proj", "gate_proj", "down_proj"],
+                                                      rank_pattern={"down_proj": 4}, alpha_pattern={"gate_proj": 1})),
+    "lokr-bert-decompose-both": (LoKrConfig, "bert", dict(r=2, alpha=3, decompose_both=True, task_type="SEQ_CLS",
+                                                          target_modules=["query", "value", "intermediate.dense"])),
+    "lokr-llama-factor": (LoKrConfig, "llama", dict(r=8, alpha=4, decompose_factor=2,
+                                                    target_modules=["q_proj", "o_proj", "up_proj", "down_proj"],
+                                                    rank_pattern={"up_proj": 1})),
+}
+
+# PEFT 0.21.2 leaves AdaLoRA's ranknum -- the denominator of its scaling, init_r, "deterministic and
+# not saved" by its own comment -- a trainable (1,) Parameter: moving the adapter to the base
+# layer's device re-registers it with requires_grad=True. minilora keeps it a constant.
+RANKNUM = ".ranknum."
+
+
+def random_fields(config_cls) -> dict:
+    return {"init_lora_weights": False} if config_cls is AdaLoraConfig else {"init_weights": False}
+
+
+def minilora_adapter(name: str, seed=1):
+    config_cls, base, fields = CASES[name]
+    model = get_peft_model(BASES[base].pair()[0], config_cls(**random_fields(config_cls), **copy.deepcopy(fields)))
+    perturb_trainable(model, seed)
+    return model
+
+
+def peft_adapter(name: str, seed=1):
+    config_cls, base, fields = CASES[name]
+    peft_cls = getattr(peft, config_cls.__name__)
+    model = peft.get_peft_model(BASES[base].pair()[1], peft_cls(**random_fields(config_cls), **copy.deepcopy(fields)))
+    for n, p in model.named_parameters():
+        if RANKNUM in n:  # trainable by mistake in PEFT (below): left at init_r, as PEFT means it to be
+            p.requires_grad_(False)
+    perturb_trainable_torch(model, seed)
+    return model.eval()
+
+
+def causal_lm_loss(logits, labels, vocab_size, ignore_index=-100, **kwargs):
+    """transformers' next-token loss (``ForCausalLMLoss``: labels shifted by one) without its upcast
+    to float32, so that a float64 model gives a float64 loss."""
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), shifted.reshape(-1), ignore_index=ignore_index)
+
+
+@pytest.fixture(autouse=True)
+def float64_reference():
+    """transformers' LLaMA and its causal-LM loss computed in the model's float64 throughout."""
+    from transformers.loss import loss_utils
+
+    with llama_in_float64(), pytest.MonkeyPatch.context() as mp:
+        mp.setitem(loss_utils.LOSS_MAPPING, "ForCausalLM", causal_lm_loss)
+        yield
+
+
+def peft_logits(name, model):
+    with torch.no_grad():
+        return BASES[CASES[name][1]].theirs(model).logits.numpy()
+
+
+def ours_logits(name, model):
+    return BASES[CASES[name][1]].ours(model)[0].numpy()
+
+
+
+
+# ---------------------------------------------------------------------------
+# counts and files
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_trainable_parameters_are_peft_s(name):
+    config_cls, base, fields = CASES[name]
+    ours = get_peft_model(BASES[base].pair()[0], config_cls(**copy.deepcopy(fields)))
+    theirs = peft.get_peft_model(BASES[base].pair()[1], getattr(peft, config_cls.__name__)(**copy.deepcopy(fields)))
+    ours_trainable = {n: p.shape for n, p in ours.named_parameters() if p.requires_grad}
+    theirs_trainable = {n: tuple(p.shape) for n, p in theirs.named_parameters() if p.requires_grad}
+    leaked = {n for n in theirs_trainable if RANKNUM in n}
+    assert ours_trainable == {n: s for n, s in theirs_trainable.items() if n not in leaked}
+    trainable, total = theirs.get_nb_trainable_parameters()
+    assert ours.get_nb_trainable_parameters() == (trainable - len(leaked), total - len(leaked))
+    assert (config_cls is AdaLoraConfig) == bool(leaked)
+    if leaked:  # one per adapted layer
+        assert len(leaked) == len(ours.base_model.adapter_layers())
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_save_pretrained_writes_what_peft_writes(name, tmp_path):
+    minilora_adapter(name).save_pretrained(tmp_path / "ours")
+    peft_adapter(name).save_pretrained(tmp_path / "peft")
+    ours_json = json.loads((tmp_path / "ours" / "adapter_config.json").read_text())
+    peft_json = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert set(ours_json) == set(peft_json) | {"minilora_save_id"}
+    for field, value in peft_json.items():
+        if field in ("auto_mapping", "inference_mode"):  # where the file came from
+            continue
+        if isinstance(value, list):  # PEFT keeps sets, written in no particular order
+            assert sorted(ours_json[field]) == sorted(value), field
+        else:
+            assert ours_json[field] == value, field
+    ours_t = load_file(tmp_path / "ours" / "adapter_model.safetensors")
+    peft_t = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+    assert {k: (v.shape, v.dtype) for k, v in ours_t.items()} == {k: (v.shape, v.dtype) for k, v in peft_t.items()}
+
+
+# ---------------------------------------------------------------------------
+# outputs, merged outputs, gradients
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_minilora_adapter_loads_in_peft_and_merges_to_the_same_outputs(name, tmp_path):
+    ours = minilora_adapter(name)
+    ours.save_pretrained(tmp_path)
+    theirs = peft.PeftModel.from_pretrained(BASES[CASES[name][1]].pair()[1], tmp_path).eval()
+    expected = peft_logits(name, theirs)
+    assert max_err(ours_logits(name, ours), expected) < 1e-10
+    with ours.disable_adapter():  # the adapter matters: the logits are not the base model's
+        assert max_err(ours_logits(name, ours), expected) > 1e-3
+    ours.merge_adapter()
+    assert max_err(ours_logits(name, ours), expected) < 1e-10
+    theirs.merge_adapter()
+    assert max_err(peft_logits(name, theirs), expected) < 1e-10
+    ours.unmerge_adapter()
+    plain = ours.merge_and_unload()
+    assert max_err(ours_logits(name, plain), expected) < 1e-10
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_peft_adapter_loads_in_minilora(name, tmp_path):
+    theirs = peft_adapter(name)
+    theirs.save_pretrained(tmp_path)
+    ours = PeftModel.from_pretrained(BASES[CASES[name][1]].pair()[0], tmp_path)
+    assert max_err(ours_logits(name, ours), peft_logits(name, theirs)) < 1e-10
+    assert ours.get_nb_trainable_parameters()[0] == 0  # loaded for inference, as PEFT's default
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_loss_and_gradients_equal_peft(name, tmp_path):
+    """Float64 autograd on both sides, every trainable parameter under PEFT's name. AdaLoRA's loss
+    includes its orthogonality regulariser on both sides: PEFT adds it in ``AdaLoraModel.forward``,
+    which its task wrappers call (task_type "CAUSAL_LM", "SEQ_CLS"); a plain ``peft.PeftModel``
+    calls the transformers model directly and leaves it out (docs/adalora.md)."""
+    ours = minilora_adapter(name)
+    ours.save_pretrained(tmp_path)
+    theirs = peft.PeftModel.from_pretrained(BASES[CASES[name][1]].pair()[1], tmp_path, is_trainable=True).eval()
+    base = BASES[CASES[name][1]]
+    _, loss = base.ours(ours, labels=True)
+    loss.backward()
+    ref = base.theirs(theirs, labels=True).loss
+    ref.backward()
+    assert abs(loss.item() - ref.item()) <= 1e-12 * abs(ref.item())
+    ours_params = {n: p for n, p in ours.named_parameters() if p.requires_grad}
+    peft_params = {n: p for n, p in theirs.named_parameters() if p.requires_grad and RANKNUM not in n}
+    assert set(ours_params) == set(peft_params)
+    for n, p in ours_params.items():
+        assert rel_err(p.grad, peft_params[n].grad.numpy()) < 1e-10, n
