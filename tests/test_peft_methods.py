@@ -1,4 +1,4 @@
-"""AdaLoRA, VeRA, LoHa and LoKr against Hugging Face PEFT, on GPT-2, BERT and LLaMA.
+"""AdaLoRA, VeRA, LoHa, LoKr and LoRA's newer fields against Hugging Face PEFT, on GPT-2, BERT and LLaMA.
 
 One table (``CASES``) drives every test: a method, a base, and the config fields. Each base
 is built twice -- in minilora and, converted, in transformers (the tiny GPT-2 and LLaMA of
@@ -7,94 +7,43 @@ same adapter with every trained array random (``init_weights=False`` / ``init_lo
 then moved by 0.1 N(0, 1)), so that a wrong key, shape, scaling, slice or transpose cannot hide
 behind a zero update. GPT-2's projections are Conv1D in transformers: AdaLoRA and VeRA adapt
 them there (as PEFT does); LoHa and LoKr run on BERT and LLaMA, and refuse them
-(``test_lycoris.py``).
+(``test_peft_lycoris.py``). LoRA's ``lora_bias``, Embedding targets and ``layers_to_transform`` /
+``layers_pattern`` run through the same tests (the rest of LoraConfig: ``test_lora_config_fields.py``).
 
 Oracles: PEFT's counts, files, ``from_pretrained`` and float64 autograd. How close is "equal":
 everything is float64, each output a sum of O(10^3) roundings of size 2^-53 times O(1)
 magnitudes, so 1e-10 on the logits (and 1e-10 relative on the gradients) is far above the
 rounding and far below any real difference (the adapters move the logits by O(0.1)). The one
 place PEFT itself computes in float32 is LoHa's scaling alpha / r, held in a float32 tensor:
-the cases below take alpha / r exact in float32 (1.5, 2, 0.5), and ``test_lycoris.py`` checks
+the cases below take alpha / r exact in float32 (1.5, 2, 0.5), and ``test_peft_lycoris.py`` checks
 a scaling that is not against the 2^-24 relative bound this implies.
 """
 
 import copy
 import json
-from dataclasses import dataclass
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 from safetensors.numpy import load_file  # noqa: E402
 
-from minilora.models import bert_hf, llama_hf  # noqa: E402
-from minilora.models import to_transformers as gpt_to_transformers  # noqa: E402
 from minilora.peft import (  # noqa: E402
     AdaLoraConfig,
     LoHaConfig,
     LoKrConfig,
+    LoraConfig,
     PeftModel,
     VeraConfig,
     get_peft_model,
 )
-from bert_helpers import padded_batch, tiny_hf, torch_inputs  # noqa: E402
-from peft_helpers import (  # noqa: E402
-    ids,
-    llama_in_float64,
-    max_err,
-    perturb_trainable,
-    perturb_trainable_torch,
-    rel_err,
-    tiny_gpt,
-    tiny_llama,
-)
+from peft_helpers import BASES, float64_transformers, max_err, perturb_trainable, perturb_trainable_torch, rel_err  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning"),
               pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),
               pytest.mark.filterwarnings("ignore:Unexpected keyword arguments:UserWarning")]
 
 
-# ---------------------------------------------------------------------------
-# the three bases
-# ---------------------------------------------------------------------------
-
-
-@dataclass
-class Base:
-    """A tiny base in minilora and transformers, its inputs, and how each side computes logits and loss."""
-
-    name: str
-
-    def pair(self):
-        """``(minilora model, transformers model)`` with the same float64 weights."""
-        if self.name == "gpt":
-            return tiny_gpt(), gpt_to_transformers(tiny_gpt())
-        if self.name == "llama":
-            return tiny_llama(), llama_hf.to_transformers(tiny_llama())
-        hf = tiny_hf("BertForSequenceClassification")
-        return bert_hf.from_transformers(hf), tiny_hf("BertForSequenceClassification")
-
-    def ours(self, model, labels=False):
-        """``(logits, loss)`` of a minilora model (loss: next-token, or the classifier's)."""
-        if self.name == "bert":
-            batch = padded_batch([7, 3, 5])
-            return model(batch[0], batch[2], batch[1], labels=np.array([2, 0, 1]) if labels else None)
-        x = ids(seed=4)
-        targets = np.concatenate([x[:, 1:], np.full((x.shape[0], 1), -100)], axis=1) if labels else None
-        return model(x, targets)
-
-    def theirs(self, model, labels=False):
-        """The transformers model's output (``.logits``, ``.loss``) on the same inputs."""
-        if self.name == "bert":
-            batch = padded_batch([7, 3, 5])
-            return model(**torch_inputs(*batch), labels=torch.tensor([2, 0, 1]) if labels else None)
-        x = torch.tensor(ids(seed=4))
-        return model(input_ids=x, labels=x if labels else None)
-
-
-BASES = {name: Base(name) for name in ("gpt", "bert", "llama")}
 
 # (method, base, fields). Every config is random at init; SEQ_CLS adds the classifier to modules_to_save.
 CASES = {
@@ -118,6 +67,14 @@ CASES = {
     "lokr-llama-factor": (LoKrConfig, "llama", dict(r=8, alpha=4, decompose_factor=2,
                                                     target_modules=["q_proj", "o_proj", "up_proj", "down_proj"],
                                                     rank_pattern={"up_proj": 1})),
+    "lora-bias-gpt-conv1d": (LoraConfig, "gpt", dict(r=2, lora_alpha=4, target_modules=["c_attn", "c_fc"], lora_bias=True)),
+    "lora-embedding-gpt-wpe": (LoraConfig, "gpt", dict(r=3, lora_alpha=6, target_modules=["wpe", "c_attn"])),
+    "lora-embedding-bert": (LoraConfig, "bert", dict(r=2, lora_alpha=2, task_type="SEQ_CLS", use_rslora=True,
+                                                     target_modules=["word_embeddings", "token_type_embeddings", "query"])),
+    "lora-layers-llama": (LoraConfig, "llama", dict(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                    layers_to_transform=1, layers_pattern="layers")),
+    "lora-layers-bert-bias": (LoraConfig, "bert", dict(r=2, lora_alpha=4, layers_to_transform=[0], lora_bias=True,
+                                                       target_modules=["query", "value", "output.dense"])),
 }
 
 # PEFT 0.21.2 leaves AdaLoRA's ranknum -- the denominator of its scaling, init_r, "deterministic and
@@ -127,7 +84,7 @@ RANKNUM = ".ranknum."
 
 
 def random_fields(config_cls) -> dict:
-    return {"init_lora_weights": False} if config_cls is AdaLoraConfig else {"init_weights": False}
+    return {"init_lora_weights": False} if config_cls in (AdaLoraConfig, LoraConfig) else {"init_weights": False}
 
 
 def minilora_adapter(name: str, seed=1):
@@ -148,20 +105,9 @@ def peft_adapter(name: str, seed=1):
     return model.eval()
 
 
-def causal_lm_loss(logits, labels, vocab_size, ignore_index=-100, **kwargs):
-    """transformers' next-token loss (``ForCausalLMLoss``: labels shifted by one) without its upcast
-    to float32, so that a float64 model gives a float64 loss."""
-    shifted = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
-    return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), shifted.reshape(-1), ignore_index=ignore_index)
-
-
 @pytest.fixture(autouse=True)
 def float64_reference():
-    """transformers' LLaMA and its causal-LM loss computed in the model's float64 throughout."""
-    from transformers.loss import loss_utils
-
-    with llama_in_float64(), pytest.MonkeyPatch.context() as mp:
-        mp.setitem(loss_utils.LOSS_MAPPING, "ForCausalLM", causal_lm_loss)
+    with float64_transformers():
         yield
 
 
