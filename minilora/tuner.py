@@ -382,6 +382,11 @@ class DeltaLayer(TunerLayer):
         groups = group_rows(self.row_adapters)
         if not any(name in self.adapters for name in groups):
             return y
+        if len(groups) == 1:  # every row uses one adapter: no need to split the batch
+            return y + self.delta_output(x, self.row_adapters[0])
+        if len(x.shape) < 2 or x.shape[0] != len(self.row_adapters):  # e.g. GPT-2's wpe: positions (T,), not rows
+            raise ValueError(f"a mixed batch needs a batched input to {self.layer_name}, got shape {x.shape} for "
+                             f"{len(self.row_adapters)} rows")
         pieces = []
         for name, rows in groups.items():
             idx = B.xp.asarray(rows)
