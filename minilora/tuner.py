@@ -1,7 +1,7 @@
 """What every method that wraps layers of a model shares: the tuner's bookkeeping.
 
-LoRA (``peft/lora.py``), (IA)^3 (``peft/ia3.py``) and bottleneck adapters
-(``peft/adapters.py``) adapt a model in the same way. Each finds some of its modules
+LoRA (``peft/lora.py``), (IA)^3 (``peft/ia3.py``), bottleneck adapters (``peft/adapters.py``),
+AdaLoRA, VeRA, LoHa and LoKr adapt a model in the same way. Each finds some of its modules
 (the *targets*), puts every target inside a wrapper layer that keeps the module as
 ``base_layer`` and holds one small trained part per named adapter, and then keeps the
 books: which adapters exist, which one is used and trained, which batch row uses which,
@@ -25,15 +25,22 @@ What its wrapper layer (a subclass of ``TunerLayer``) gets from the base class:
 ``base_layer``; ``active_adapter``, ``disable_adapters`` and ``row_adapters`` (set by the
 tuner, read in forward); ``adapters`` (the names it holds, the keys of its ``adapter_dict``);
 ``merged_adapters`` and ``merged``; ``layer_name`` and ``tied_to`` (its name in the model and
-the other modules that hold its base layer's parameters, set by the tuner); and PEFT's
-``merge(safe_merge=False, adapter_names=None)``. What it provides: ``delete_adapter(name)``
+the other modules that hold its base layer's parameters, set by the tuner); PEFT's
+``merge(safe_merge=False, adapter_names=None)``; and ``forward``, which runs the base layer
+alone when adapters are disabled or merged and otherwise the layer's ``adapted_forward`` (or
+``_mixed_batch_forward``, one adapter per row). What it provides: those two, ``delete_adapter(name)``
 and, where the method can merge, ``merge_steps(names)`` (the merged parameters as new
 arrays, one ``MergeStep`` per adapter, computed before anything changes), ``check_merge``,
 ``unmerge()`` and ``check_unmerge()`` (a layer that cannot merge has no merged adapters, ever).
+A layer whose adapters add a weight update, y = x W^T + b + x ΔW^T (AdaLoRA, VeRA, LoHa, LoKr,
+LoRA on an Embedding), subclasses ``DeltaLayer``, which derives all of that from two methods:
+the update on the graph and ΔW as an array.
 
 What the tuner gets for free: ``peft_config`` and ``active_adapter``; ``inject_adapter``,
 which undoes its own changes on an error; ``modules_to_save`` (``ModulesToSaveWrapper``);
-``set_adapter``, ``disable_adapter``, ``mixed_batch``, ``delete_adapter``; ``merge_adapter``,
+``set_adapter``, ``disable_adapter``, ``mixed_batch``, ``delete_adapter``; the targets by name,
+within ``layers_to_transform`` (``_find_targets``); the biases a ``bias`` field trains and saves
+(``_mark_biases_trainable``, ``_bias_state_dict``); ``merge_adapter``,
 ``unmerge_adapter``, ``merge_and_unload``, ``unload``, with PEFT's ``safe_merge`` and
 ``adapter_names``; ``load_adapter_state_dict``. A method that cannot merge overrides the
 merging ones with errors that say why.

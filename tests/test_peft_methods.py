@@ -22,6 +22,7 @@ a scaling that is not against the 2^-24 relative bound this implies.
 import copy
 import json
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -172,6 +173,14 @@ def test_minilora_adapter_loads_in_peft_and_merges_to_the_same_outputs(name, tmp
     ours = minilora_adapter(name)
     ours.save_pretrained(tmp_path)
     theirs = peft.PeftModel.from_pretrained(BASES[CASES[name][1]].pair()[1], tmp_path).eval()
+    modules = dict(theirs.base_model.model.named_modules())
+    for layer_name, layer in ours.base_model.adapter_layers():  # ΔW itself, layer by layer
+        ref = modules[layer_name]
+        delta = ref.get_delta_weight("default").detach().numpy()
+        if type(ref.get_base_layer()).__name__ == "Conv1D":
+            delta = delta.T  # GPT-2's Conv1D stores W, hence ΔW, as (in, out)
+        ours_delta = layer.delta_weight("default") if hasattr(layer, "delta_weight") else layer._delta_weight_data("default")
+        assert max_err(ours_delta, delta) <= 1e-12 * max(1.0, np.abs(delta).max()), layer_name
     expected = peft_logits(name, theirs)
     assert max_err(ours_logits(name, ours), expected) < 1e-10
     with ours.disable_adapter():  # the adapter matters: the logits are not the base model's

@@ -18,9 +18,11 @@ The names follow Hugging Face PEFT (``LoraConfig``, ``get_peft_model``,
 ``lora_A``/``lora_B``, ``merge_and_unload`` ...), and adapters are saved in PEFT's
 file format, so what a student learns here carries over unchanged.
 
-This file holds the layer (``LoRALinear``), its configuration (``LoraConfig``) and
-the injection into a model (``LoraModel``); DoRA's variant of the update is ``dora.py``
-beside it. LoRA is one method among the methods of ``minilora/peft/``, as in PEFT. The
+This file holds the layers (``LoRALinear``, and ``LoRAEmbedding`` for an embedding
+table), their configuration (``LoraConfig``, every field of PEFT's implemented or refused)
+and the injection into a model (``LoraModel``, with the PiSSA / OLoRA starts and their
+conversion into a plain adapter); DoRA's variant of the update is ``dora.py`` beside it,
+and LoRA+'s optimizer ``loraplus.py``. LoRA is one method among the methods of ``minilora/peft/``, as in PEFT. The
 bookkeeping it shares with the other methods that wrap layers -- adapters by name,
 modules_to_save, mixed batches, merging and unloading every layer -- is ``BaseTuner``,
 in ``minilora/tuner.py``. The user-facing wrapper with saving, loading and parameter
