@@ -376,11 +376,6 @@ class E2ETask:
         """A whole training example: ``prompt(mr) + ref + E2E_END``."""
         return E2ETask.prompt(mr) + ref.encode("utf-8") + E2E_END
 
-    def pairs(self, split: str) -> tuple:
-        if split not in ("train", "val"):
-            raise ValueError(f"split={split!r}: the E2E pairs come in 'train' and 'val' (the test set is test_mrs, test_refs)")
-        return getattr(self, split)
-
     def batch(self, pairs, block_size: int) -> tuple[np.ndarray, np.ndarray]:
         """``(x, targets)``, each (B, T) int64, for ``pairs`` of (mr, ref): rows right-padded to the
         longest (T <= block_size), targets -100 but on the reference's bytes and the end marker.
@@ -397,17 +392,14 @@ class E2ETask:
             targets[b, start : len(r) - 1] = r[start + 1 :]
         return x, targets
 
-    def batches(self, split: str, batch_size: int, block_size: int):
-        """The whole split in order, in batches of ``batch_size`` pairs (the last may be smaller)."""
-        pairs = self.pairs(split)
+    def batches(self, pairs, batch_size: int, block_size: int):
+        """``pairs`` in order, ``batch_size`` at a time (the last batch may be smaller), as ``batch`` lays them out."""
         for i in range(0, len(pairs), batch_size):
             yield self.batch(pairs[i : i + batch_size], block_size)
 
     def epoch_batches(self, batch_size: int, block_size: int, rng: np.random.Generator):
-        """One shuffled pass over the training pairs, in batches of ``batch_size`` (the last may be smaller)."""
-        order = rng.permutation(len(self.train))
-        for i in range(0, len(order), batch_size):
-            yield self.batch([self.train[j] for j in order[i : i + batch_size]], block_size)
+        """One pass over the training pairs in an order drawn from ``rng``, in batches of ``batch_size``."""
+        return self.batches([self.train[j] for j in rng.permutation(len(self.train))], batch_size, block_size)
 
 
 def read_e2e_csv(name: str, folder=E2E_DIR) -> list:

@@ -100,7 +100,8 @@ class E2ESpec:
 
     def label(self) -> str:
         """E.g. "gpt lora r=4 seed 0 lr 0.003"."""
-        return f"{self.base} {self.method} {M.size_label(self.method, self.size)} seed {self.seed} lr {self.lr:g}".replace("  ", " ")
+        return " ".join(filter(None, [self.base, self.method, M.size_label(self.method, self.size),
+                                      f"seed {self.seed} lr {self.lr:g}"]))
 
 
 def peft_config(spec: E2ESpec):
@@ -155,8 +156,7 @@ def run_e2e(spec: E2ESpec, progress: bool = False, task=None) -> dict:
                          weight_decay=WEIGHT_DECAY.get(spec.method, 0.1), eval_interval=0, seed=spec.seed,
                          progress=progress, desc=spec.label())
     history = train(model, batches, config)
-    val_loss = evaluate_loss(model, (task.batch(val_pairs[i : i + spec.batch_size], block)
-                                     for i in range(0, len(val_pairs), spec.batch_size)))
+    val_loss = evaluate_loss(model, task.batches(val_pairs, spec.batch_size, block))
     prompts = [task.prompt(mr) for mr in test_mrs]
     cap = min(MAX_NEW_TOKENS, block - max(len(p) for p in prompts))
     start = time.perf_counter()
