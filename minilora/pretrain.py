@@ -14,10 +14,14 @@ hash, wall time and the validation loss reached (also recorded in docs/base_mode
 ``minilora pretrain --arch llama`` trains a LLaMA-style twin (``LLAMA_BASE_CONFIG``:
 RMSNorm, RoPE, SwiGLU, 2 key/value heads for 4 query heads, 0.84M parameters) with
 the same corpus, steps, schedule, batch and seed, into ``minilora/checkpoints/llama_base``,
-so that the two bases differ in architecture alone. A run is resumable: every
-evaluation writes the training state (``minilora.train.save_training_state``) to
-``training-checkpoint.safetensors`` in the output folder, and running the same command
-again continues from it with the losses the uninterrupted run would have had.
+so that the two bases differ in architecture alone. ``--positions 512 --batch-size 8`` trains
+either with 512 positions on windows of 512 bytes (the same bytes per step): the E2E benchmark's
+bases, ``checkpoints/base_512`` and ``llama_base_512`` (``load_base(positions=512)``).
+
+A run is resumable: every evaluation writes the training state
+(``minilora.train.save_training_state``) to ``training-checkpoint.safetensors`` in the output
+folder, and running the same command again continues from it with the losses the
+uninterrupted run would have had.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ def base_config(arch: str, positions: int = POSITIONS):
         raise ValueError(f"positions must be a positive int, got {positions!r}")
     config = ARCHS[arch][1]
     return replace(config, **{"block_size" if arch == "gpt" else "max_position_embeddings": positions})
+
+
 CHECKPOINT_NAME = "training-checkpoint.safetensors"
 
 # How it was trained (see pretrain_log.json for the figures it reached).
