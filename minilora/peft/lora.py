@@ -41,6 +41,7 @@ from minilora import backend as B
 from minilora import nn
 from minilora.nn import functional as F
 from minilora.peft import dora  # DoRA's math, for the adapters made with use_dora
+from minilora.peft import gathered  # many adapters in one batch: BGMV and SGMV
 from minilora.quant import NF4Linear  # a 4-bit base layer (QLoRA): docs/qlora.md
 from minilora.tensor import Tensor, cat, no_grad
 from minilora.tuner import (  # BASE, ModulesToSaveWrapper and target_matches: importable from here too
@@ -241,13 +242,25 @@ class LoRALinear(TunerLayer):
             return dora.dora_output(self, x, adapter_name, y)
         return self.lora_output(x, adapter_name)
 
+    # How a mixed batch computes its updates: "bgmv" or "sgmv" (gathered: peft/gathered.py), or
+    # "loop" (one pair of products per adapter, on its rows). Set per layer, e.g. to compare them.
+    mixed_batch_kernel = "bgmv"
+
     def _mixed_batch_forward(self, x, names) -> Tensor:
-        """Each batch row with its own adapter (or ``"__base__"`` for none): run the update of
-        each adapter on its rows only, then put the rows back in their original order."""
+        """Each batch row with its own adapter (or ``"__base__"`` for none). Plain LoRA updates
+        are gathered (``mixed_batch_kernel``); a DoRA adapter, an active dropout or the "loop"
+        kernel runs the update of each adapter on its rows only, then puts the rows back in order."""
         y = self.base_layer(x)  # (B, ..., out)
-        groups = group_rows(names)
-        if not any(name in self.lora_A for name in groups):
+        used = [name for name in dict.fromkeys(names) if name in self.lora_A]  # the adapters this layer holds
+        if not used:
             return y
+        kernel = self.mixed_batch_kernel
+        if kernel not in (*gathered.KERNELS, "loop"):
+            raise ValueError(f"mixed_batch_kernel must be one of {[*gathered.KERNELS, 'loop']}, got {kernel!r}")
+        if kernel != "loop" and all(self._gatherable(name) for name in used):
+            adapters, idx = self._adapter_stack(used, names)
+            return y + gathered.KERNELS[kernel](x, adapters, idx)
+        groups = group_rows(names)
         pieces = []
         for name, rows in groups.items():
             idx = B.xp.asarray(rows)
@@ -256,6 +269,26 @@ class LoRALinear(TunerLayer):
             else:  # "__base__", or an adapter this layer does not have: no update
                 pieces.append(Tensor(B.xp.zeros((len(rows),) + y.shape[1:], dtype=y.dtype)))
         return y + in_row_order(pieces, groups.values())
+
+    def _gatherable(self, adapter_name: str) -> bool:
+        """Whether the adapter's update is the plain product s B A x a gathered kernel computes
+        (DoRA's is not, and a dropout in training draws its own mask per adapter)."""
+        dropout = self.lora_dropout[adapter_name]
+        return adapter_name not in self.lora_magnitude_vector and not (self.training and isinstance(dropout, nn.Dropout))
+
+    def _adapter_stack(self, used: list, names: list) -> tuple:
+        """(the stack of the ``used`` adapters, each row's index in it); rows of any other name
+        take a zero slot at the end (peft/gathered.py)."""
+        As = [self.lora_A[name].weight for name in used]
+        Bs = [self.lora_B_full(name) for name in used]
+        scalings = [self.scaling[name] for name in used]
+        slot = {name: k for k, name in enumerate(used)}
+        if len(slot) < len(set(names)):  # some rows use no update here
+            dtype = As[0].dtype
+            As.append(Tensor(B.xp.zeros((1, self.in_features), dtype=dtype)))
+            Bs.append(Tensor(B.xp.zeros((self.out_features, 1), dtype=dtype)))
+            scalings.append(0.0)
+        return gathered.stack_adapters(As, Bs, scalings), [slot.get(name, len(used)) for name in names]
 
     # --- merging ------------------------------------------------------------------
 
