@@ -94,6 +94,7 @@ class LoRALinear(TunerLayer):
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
         self.lora_magnitude_vector = nn.ModuleDict()  # DoRA's m, for the adapters made with use_dora (peft/dora.py)
+        self.lora_arrow = nn.ModuleDict()  # a router adapter's per-token routing among others (peft/arrow.py)
         self._dora_norms = {}  # a merged DoRA adapter's ||W + ΔW||_c, which unmerging needs
         self.r, self.lora_alpha, self.scaling, self.enable_lora = {}, {}, {}, {}
 
@@ -237,7 +238,10 @@ class LoRALinear(TunerLayer):
         return y + self.adapter_output(x, self.active_adapter, y)
 
     def adapter_output(self, x, adapter_name: str, y) -> Tensor:
-        """What the adapter adds to the base output ``y``: LoRA's update, or DoRA's (minilora/peft/dora.py)."""
+        """What the adapter adds to the base output ``y``: LoRA's update, DoRA's (minilora/peft/dora.py),
+        or for an Arrow router the routed mixture of other adapters' updates (minilora/peft/arrow.py)."""
+        if adapter_name in self.lora_arrow:
+            return self.lora_arrow[adapter_name](self, x)
         if adapter_name in self.lora_magnitude_vector:
             return dora.dora_output(self, x, adapter_name, y)
         return self.lora_output(x, adapter_name)
@@ -272,9 +276,10 @@ class LoRALinear(TunerLayer):
 
     def _gatherable(self, adapter_name: str) -> bool:
         """Whether the adapter's update is the plain product s B A x a gathered kernel computes
-        (DoRA's is not, and a dropout in training draws its own mask per adapter)."""
-        dropout = self.lora_dropout[adapter_name]
-        return adapter_name not in self.lora_magnitude_vector and not (self.training and isinstance(dropout, nn.Dropout))
+        (DoRA's and a router's are not, and a dropout in training draws its own mask per adapter)."""
+        if adapter_name in self.lora_magnitude_vector or adapter_name in self.lora_arrow:
+            return False
+        return not (self.training and isinstance(self.lora_dropout[adapter_name], nn.Dropout))
 
     def _adapter_stack(self, used: list, names: list) -> tuple:
         """(the stack of the ``used`` adapters, each row's index in it); rows of any other name
@@ -324,6 +329,10 @@ class LoRALinear(TunerLayer):
         names = [name for name in adapter_names if name in self.lora_A]
         if names and isinstance(self.base_layer, NF4Linear):
             raise RuntimeError(NF4_MERGE_ERROR)
+        routers = [name for name in names if name in self.lora_arrow]
+        if routers:
+            raise RuntimeError(f"cannot merge {routers[0]!r} into {self.layer_name}: an Arrow router weighs its experts "
+                               "token by token, so it has no one ΔW to fold into W")
         super().check_merge(names)
 
     @no_grad()
@@ -365,8 +374,9 @@ class LoRALinear(TunerLayer):
             raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
         for registry in (self.lora_A, self.lora_B, self.lora_dropout):
             del registry[adapter_name]
-        if adapter_name in self.lora_magnitude_vector:
-            del self.lora_magnitude_vector[adapter_name]
+        for registry in (self.lora_magnitude_vector, self.lora_arrow):
+            if adapter_name in registry:
+                del registry[adapter_name]
         for table in (self.r, self.lora_alpha, self.scaling, self.enable_lora):
             table.pop(adapter_name, None)
         if self.active_adapter == adapter_name:
