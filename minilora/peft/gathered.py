@@ -46,7 +46,7 @@ from dataclasses import dataclass
 import numpy
 
 from minilora import backend as B
-from minilora.tensor import Tensor, cat, matmul, stack
+from minilora.tensor import Tensor, cat, matmul
 
 
 @dataclass
@@ -62,14 +62,17 @@ class AdapterStack:
         return self.A.shape[0]
 
 
-def _pad(t: Tensor, size: int, dim: int) -> Tensor:
-    """``t`` with zeros appended along ``dim`` up to ``size``: the rank padding of the module docstring."""
-    missing = size - t.shape[dim]
-    if missing == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = missing
-    return cat([t, Tensor(B.xp.zeros(tuple(shape), dtype=t.dtype))], dim=dim)
+def stack_padded(tensors, r_max: int, dim: int) -> Tensor:
+    """The tensors -- A's (r_k, in) with ``dim=0``, B's (out, r_k) with ``dim=1`` -- each zero-padded
+    to ``r_max`` along ``dim`` and stacked, (N, ...): one op, one copy, whose backward hands each
+    tensor its own block of the gradient (the padding's gradient is dropped)."""
+    shape = list(tensors[0].shape)
+    shape[dim] = r_max
+    out = B.xp.zeros((len(tensors), *shape), dtype=tensors[0].dtype)
+    blocks = [(k, *(slice(0, n) for n in t.shape)) for k, t in enumerate(tensors)]  # where each tensor sits
+    for block, t in zip(blocks, tensors):
+        out[block] = t.data
+    return Tensor._make(out, tuple(tensors), lambda g: tuple(g[block] for block in blocks))
 
 
 def stack_adapters(As, Bs, scalings) -> AdapterStack:
@@ -82,8 +85,7 @@ def stack_adapters(As, Bs, scalings) -> AdapterStack:
             raise ValueError(f"stack_adapters: adapter {k} has A of shape {a.shape} and B of shape {b.shape}; "
                              f"A's rows and B's columns are its rank and must be equal")
     r_max = max(a.shape[0] for a in As)
-    A = stack([_pad(a, r_max, 0) for a in As])  # (N, r_max, in)
-    Bm = stack([_pad(b, r_max, 1) for b in Bs])  # (N, out, r_max)
+    A, Bm = stack_padded(As, r_max, 0), stack_padded(Bs, r_max, 1)  # (N, r_max, in), (N, out, r_max)
     return AdapterStack(A, Bm, B.xp.asarray([float(s) for s in scalings], dtype=A.dtype))
 
 
@@ -154,5 +156,5 @@ def lora_rows_reference(x, As, Bs, scalings, idx) -> Tensor:
 
 KERNELS = {"bgmv": bgmv, "sgmv": sgmv}  # LoRALinear's gathered kernels, by name (its "loop" is the third)
 
-__all__ = ["AdapterStack", "stack_adapters", "bgmv", "sgmv", "segments", "lora_rows_reference", "check_indices",
+__all__ = ["AdapterStack", "stack_adapters", "stack_padded", "bgmv", "sgmv", "segments", "lora_rows_reference", "check_indices",
            "KERNELS"]
