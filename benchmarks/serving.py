@@ -52,6 +52,7 @@ SECTIONS = {}
 ADAPTER_COUNTS = (1, 2, 8, 32, 128)
 BATCH, BIG_BATCH = 32, 128
 PHASES = {"prefill": 32, "decode step": 1}  # tokens a request
+REPEATS = {"prefill": 1, "decode step": 8}  # forwards a timed call (merging per request: one batch a call)
 RANK, TARGETS = 8, ["c_attn"]
 ROUNDS = 5
 ONNX_BATCH = (8, 128)
@@ -107,13 +108,17 @@ def serving_row(ours, theirs, torch, n: int, batch: int, phase: str, seed: int, 
     x = rng.integers(0, 256, size=(batch, PHASES[phase]))
     xt = torch.tensor(x)
 
+    reps = REPEATS[phase]  # a short forward is repeated, so that one scheduling hiccup is not the whole call
+
     def gathered():
         set_kernel(ours, "bgmv")
-        ours(x, adapter_names=names)
+        for _ in range(reps):
+            ours(x, adapter_names=names)
 
     def loop():
         set_kernel(ours, "loop")
-        ours(x, adapter_names=names)
+        for _ in range(reps):
+            ours(x, adapter_names=names)
 
     def merge():
         for i, name in enumerate(names):
@@ -124,13 +129,14 @@ def serving_row(ours, theirs, torch, n: int, batch: int, phase: str, seed: int, 
 
     def peft_mixed():
         with torch.no_grad():
-            theirs(input_ids=xt, adapter_names=names)
+            for _ in range(reps):
+                theirs(input_ids=xt, adapter_names=names)
 
     with minilora.no_grad():
         t = bench.interleaved_times({"gathered": gathered, "loop": loop, "merge": merge, "peft": peft_mixed},
                                     rounds=rounds, warmup=1)
     set_kernel(ours, "bgmv")
-    speed = {k: x.size / v for k, v in t.items()}
+    speed = {k: x.size * (1 if k == "merge" else reps) / v for k, v in t.items()}
     return {"name": f"{phase}, N={n:>3} adapters, batch {batch}: tokens/s", "minilora": speed["gathered"],
             "torch": speed["peft"], "unit": "tok/s", "ratio": speed["gathered"] / speed["peft"], "phase": phase,
             "adapters": n, "batch": batch,
@@ -257,6 +263,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--only", default=",".join(SECTIONS), help=f"comma-separated sections of: {', '.join(SECTIONS)}")
     parser.add_argument("--out", default=None, help="folder for the JSON and the plot (default benchmarks/results)")
+    parser.add_argument("--rounds", type=int, default=ROUNDS, help=f"timing rounds per figure (default {ROUNDS})")
     args = parser.parse_args(argv)
     import torch
 
@@ -267,7 +274,7 @@ def main(argv=None):
     rows = []
     for name in args.only.split(","):
         print(f"# {name}: {SECTIONS[name].__doc__.strip().splitlines()[0]}", flush=True)
-        rows += SECTIONS[name](torch)
+        rows += SECTIONS[name](torch, rounds=args.rounds)
     bench.print_table(rows)
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out or Path(__file__).parent / "results")

@@ -19,6 +19,7 @@ def test_the_serving_section_gives_a_row_per_adapter_count_and_the_big_batch(mon
     monkeypatch.setattr(serving, "BATCH", 4)
     monkeypatch.setattr(serving, "BIG_BATCH", 6)
     monkeypatch.setattr(serving, "PHASES", {"prefill": 8, "decode step": 1})
+    monkeypatch.setattr(serving, "REPEATS", {"prefill": 1, "decode step": 2})
     rows = serving.bench_serving(torch, counts=(1, 3), rounds=1)
     assert [(r["phase"], r["adapters"], r["batch"]) for r in rows] == [
         ("prefill", 1, 4), ("decode step", 1, 4), ("prefill", 3, 4), ("prefill", 3, 6), ("decode step", 3, 4),
