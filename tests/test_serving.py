@@ -270,3 +270,34 @@ def test_a_dora_adapter_in_the_batch_runs_the_loop():
     for row, name in enumerate(["d", "a", "d"]):
         model.set_adapter(name)
         assert rel_err(mixed[row], model(x[row:row + 1])[0].numpy()[0]) < 1e-12
+
+
+@pytest.mark.parametrize("arch", ["gpt", "llama"])
+def test_generate_with_adapter_names_equals_peft_s_and_each_row_alone(arch, tmp_path):
+    """Greedy generation through the KV cache, every step a mixed batch: the tokens of PEFT's
+    ``generate(adapter_names=...)`` over transformers, of each row generated alone with its adapter,
+    and of generating without the cache."""
+    model, names = with_adapters(arch, base_model(arch)), ["b", "a", BASE, "c"]
+    x = ids(4, 5, seed=7)
+    tokens = model.generate(x, 6, temperature=0, adapter_names=names).numpy()
+    assert tokens.shape == (4, 11)
+    assert np.array_equal(model.generate(x, 6, temperature=0, adapter_names=names, use_cache=False).numpy(), tokens)
+    for row, name in enumerate(names):
+        if name == BASE:
+            with model.disable_adapter():
+                alone = model.generate(x[row:row + 1], 6, temperature=0).numpy()
+        else:
+            model.set_adapter(name)
+            alone = model.generate(x[row:row + 1], 6, temperature=0).numpy()
+        assert np.array_equal(tokens[row], alone[0]), (row, name)
+    model.save_pretrained(tmp_path)
+    theirs = peft.PeftModel.from_pretrained(to_hf(arch, base_model(arch)), tmp_path / "a", adapter_name="a")
+    for name in ("b", "c"):
+        theirs.load_adapter(tmp_path / name, adapter_name=name)
+    prompt = torch.tensor(x)
+    with torch.no_grad():
+        expected = theirs.eval().generate(input_ids=prompt, attention_mask=torch.ones_like(prompt), adapter_names=names,
+                                          max_new_tokens=6, do_sample=False, pad_token_id=0).numpy()
+    assert np.array_equal(tokens, expected)
+    with pytest.raises(ValueError, match=r"adapter_names has 3 entries for a batch of 4 prompts"):
+        model.generate(x, 2, adapter_names=names[:3])
