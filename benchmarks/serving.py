@@ -101,24 +101,21 @@ def set_kernel(model, kernel: str) -> None:
         layer.mixed_batch_kernel = kernel
 
 
-def serving_row(ours, theirs, torch, n: int, batch: int, phase: str, seed: int, rounds: int = ROUNDS) -> dict:
-    """Tokens/s of the four paths on one batch of ``batch`` requests drawn from ``n`` adapters."""
+def contenders(ours, theirs, torch, n: int, batch: int, phase: str, seed: int) -> tuple:
+    """(the four paths as callables, the batch's description): one batch of ``batch`` requests whose
+    adapters are drawn from the ``n`` loaded."""
     rng = np.random.default_rng(seed)
     names = [f"a{i}" for i in rng.integers(0, n, size=batch)]
     x = rng.integers(0, 256, size=(batch, PHASES[phase]))
     xt = torch.tensor(x)
-
     reps = REPEATS[phase]  # a short forward is repeated, so that one scheduling hiccup is not the whole call
 
-    def gathered():
-        set_kernel(ours, "bgmv")
-        for _ in range(reps):
-            ours(x, adapter_names=names)
-
-    def loop():
-        set_kernel(ours, "loop")
-        for _ in range(reps):
-            ours(x, adapter_names=names)
+    def mixed(kernel):
+        def run():
+            set_kernel(ours, kernel)
+            for _ in range(reps):
+                ours(x, adapter_names=names)
+        return run
 
     def merge():
         for i, name in enumerate(names):
@@ -132,36 +129,40 @@ def serving_row(ours, theirs, torch, n: int, batch: int, phase: str, seed: int, 
             for _ in range(reps):
                 theirs(input_ids=xt, adapter_names=names)
 
-    with minilora.no_grad():
-        t = bench.interleaved_times({"gathered": gathered, "loop": loop, "merge": merge, "peft": peft_mixed},
-                                    rounds=rounds, warmup=1)
-    set_kernel(ours, "bgmv")
-    speed = {k: x.size * (1 if k == "merge" else reps) / v for k, v in t.items()}
-    return {"name": f"{phase}, N={n:>3} adapters, batch {batch}: tokens/s", "minilora": speed["gathered"],
-            "torch": speed["peft"], "unit": "tok/s", "ratio": speed["gathered"] / speed["peft"], "phase": phase,
-            "adapters": n, "batch": batch,
-            "distinct": len(set(names)), **{f"{k}_tokens_per_s": s for k, s in speed.items()}}
+    fns = {"gathered": mixed("bgmv"), "loop": mixed("loop"), "merge": merge, "peft": peft_mixed}
+    tokens = {k: x.size * (1 if k == "merge" else reps) for k in fns}  # per call
+    return fns, {"phase": phase, "adapters": n, "batch": batch, "distinct": len(set(names)), "tokens": tokens}
 
 
 @section("serving")
 def bench_serving(torch, counts=ADAPTER_COUNTS, rounds=ROUNDS):
     """Tokens/s of a mixed-adapter batch against the number of adapters: gathered, loop, merge per request, PEFT."""
+    models = {n: with_adapters(n, torch) for n in counts}
     rows = []
-    for n in counts:
-        ours, theirs = with_adapters(n, torch)
-        for phase in PHASES:
-            rows.append(serving_row(ours, theirs, torch, n, BATCH, phase, seed=n, rounds=rounds))
-            if n == max(counts):
-                rows.append(serving_row(ours, theirs, torch, n, BIG_BATCH, phase, seed=n + 1, rounds=rounds))
-            r = rows[-1]
-            print(f"  {r['name']}: gathered {r['gathered_tokens_per_s']:.0f}, loop {r['loop_tokens_per_s']:.0f}, "
-                  f"merge {r['merge_tokens_per_s']:.0f}, peft {r['peft_tokens_per_s']:.0f}", flush=True)
-    for phase in PHASES:  # the aim: the gathered path keeps >= 0.8 of its N = 1 throughput at N = 128
-        first = next(r for r in rows if r["phase"] == phase and r["batch"] == BATCH)
-        for r in rows:
-            if r["phase"] == phase:
-                r.update({f"{k}_vs_first": r[f"{k}_tokens_per_s"] / first[f"{k}_tokens_per_s"]
-                          for k in ("gathered", "loop", "merge", "peft")})
+    for phase in PHASES:
+        # every N and path of a phase timed in the same interleaved rounds, so that the machine's
+        # load falls on all of them alike: the figures can be compared across N, not only across paths
+        batches = [(n, BATCH) for n in counts] + [(max(counts), BIG_BATCH)]
+        fns, meta = {}, {}
+        for n, batch in batches:
+            paths, meta[(n, batch)] = contenders(*models[n], torch, n, batch, phase, seed=n + batch)
+            fns.update({(n, batch, path): fn for path, fn in paths.items()})
+        with minilora.no_grad():
+            t = bench.interleaved_times(fns, rounds=rounds, warmup=1)
+        for n, batch in batches:
+            m = meta[(n, batch)]
+            speed = {path: m["tokens"][path] / t[(n, batch, path)] for path in m["tokens"]}
+            rows.append({"name": f"{phase}, N={n:>3} adapters, batch {batch}: tokens/s", "minilora": speed["gathered"],
+                         "torch": speed["peft"], "unit": "tok/s", "ratio": speed["gathered"] / speed["peft"],
+                         **{k: v for k, v in m.items() if k != "tokens"},
+                         **{f"{path}_tokens_per_s": v for path, v in speed.items()}})
+            print(f"  {rows[-1]['name']}: " + ", ".join(f"{path} {v:.0f}" for path, v in speed.items()), flush=True)
+        first = next(r for r in rows if r["phase"] == phase)  # N = 1's: the aim is >= 0.8 of it at N = 128
+        for r in rows[-len(batches):]:
+            r.update({f"{path}_vs_first": r[f"{path}_tokens_per_s"] / first[f"{path}_tokens_per_s"]
+                      for path in ("gathered", "loop", "merge", "peft")})
+    for n, (ours, _) in models.items():
+        set_kernel(ours, "bgmv")
     return rows
 
 

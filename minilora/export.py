@@ -66,7 +66,7 @@ from minilora.quant import NF4Linear, dequantize_absmax
 from minilora.tensor import no_grad
 from minilora.tuner import BaseTuner, ModulesToSaveWrapper, TunerLayer
 
-OPSET = 23  # RMSNormalization and Gelu need 23 and 20
+OPSET = 23  # the first with RMSNormalization
 MS_DOMAIN = "com.microsoft"  # onnxruntime's contrib operators: MatMulBnb4
 LOCAL_DOMAIN = "minilora"  # the graph's own functions: Erf64
 
@@ -96,7 +96,7 @@ class Graph:
         self.dtype = numpy.dtype(dtype)
         self.elem = self.onnx.helper.np_dtype_to_tensor_dtype(self.dtype)
         self.nodes, self.initializers, self.functions = [], [], {}
-        self._names = {}  # id(array) -> initializer name: a tied weight is stored once
+        self._names = {}  # key -> initializer name (``weight``): a tied weight is stored once
         self._count = 0
 
     def fresh(self, hint: str) -> str:
@@ -189,7 +189,7 @@ class Exporter:
                               "among other adapters; set_adapter() to one adapter (or merge them) first")
         if self.merged:  # W' = W + s B A (DoRA: m (W + ΔW) / ||W + ΔW||), computed for the file
             step = layer.merge_steps([used])[-1] if not isinstance(layer.base_layer, NF4Linear) else None
-            W = step.params["weight"] if step else layer.base_layer.dequantize() + layer._delta_weight_data(used)
+            W = step.params["weight"] if step else layer.base_layer.dequantize() + layer.get_delta_weight(used).data
             w = self.g.weight(f"{name}.weight", W.astype(layer.base_layer.weight.dtype))
             y = self.g.op("MatMul", x, self.g.op("Transpose", w, perm=[1, 0]))
             bias = layer.base_layer.bias

@@ -22,12 +22,12 @@ def test_the_serving_section_gives_a_row_per_adapter_count_and_the_big_batch(mon
     monkeypatch.setattr(serving, "REPEATS", {"prefill": 1, "decode step": 2})
     rows = serving.bench_serving(torch, counts=(1, 3), rounds=1)
     assert [(r["phase"], r["adapters"], r["batch"]) for r in rows] == [
-        ("prefill", 1, 4), ("decode step", 1, 4), ("prefill", 3, 4), ("prefill", 3, 6), ("decode step", 3, 4),
+        ("prefill", 1, 4), ("prefill", 3, 4), ("prefill", 3, 6), ("decode step", 1, 4), ("decode step", 3, 4),
         ("decode step", 3, 6)]
     for r in rows:
         assert all(r[f"{k}_tokens_per_s"] > 0 for k in ("gathered", "loop", "merge", "peft"))
         assert 1 <= r["distinct"] <= min(r["adapters"], r["batch"])
-    assert rows[0]["gathered_vs_first"] == rows[1]["peft_vs_first"] == 1.0 and rows[0]["distinct"] == 1
+    assert rows[0]["gathered_vs_first"] == rows[3]["peft_vs_first"] == 1.0 and rows[0]["distinct"] == 1
     serving.plot(rows, tmp_path / "serving.png")
     assert (tmp_path / "serving.png").stat().st_size > 0
 

@@ -63,16 +63,17 @@ class AdapterStack:
 
 
 def stack_padded(tensors, r_max: int, dim: int) -> Tensor:
-    """The tensors -- A's (r_k, in) with ``dim=0``, B's (out, r_k) with ``dim=1`` -- each zero-padded
+    """The 2-D tensors -- A's (r_k, in) with ``dim=0``, B's (out, r_k) with ``dim=1`` -- each zero-padded
     to ``r_max`` along ``dim`` and stacked, (N, ...): one op, one copy, whose backward hands each
     tensor its own block of the gradient (the padding's gradient is dropped)."""
-    shape = list(tensors[0].shape)
+    arrays = [t.data for t in tensors]
+    shape = list(arrays[0].shape)
     shape[dim] = r_max
-    out = B.xp.zeros((len(tensors), *shape), dtype=tensors[0].dtype)
-    blocks = [(k, *(slice(0, n) for n in t.shape)) for k, t in enumerate(tensors)]  # where each tensor sits
-    for block, t in zip(blocks, tensors):
-        out[block] = t.data
-    return Tensor._make(out, tuple(tensors), lambda g: tuple(g[block] for block in blocks))
+    padded = any(a.shape[dim] < r_max for a in arrays)
+    out = (B.xp.zeros if padded else B.xp.empty)((len(arrays), *shape), dtype=arrays[0].dtype)
+    for k, a in enumerate(arrays):  # (a loop of copies: xp.stack costs several times more per array)
+        out[k, : a.shape[0], : a.shape[1]] = a
+    return Tensor._make(out, tuple(tensors), lambda g: tuple(g[k, : a.shape[0], : a.shape[1]] for k, a in enumerate(arrays)))
 
 
 def stack_adapters(As, Bs, scalings) -> AdapterStack:
@@ -139,7 +140,7 @@ def sgmv(x, adapters: AdapterStack, idx) -> Tensor:
     xs = x if is_sorted else x[B.xp.asarray(order)]
     pieces = []
     for start, stop, a in segments(k[order]):
-        s = float(B.read_scalars(adapters.scaling[a])[0])
+        s = float(adapters.scaling[a])
         h = matmul(xs[start:stop], adapters.A[a].transpose(0, 1)) * s  # (stop - start, ..., r_max): shrink
         pieces.append(matmul(h, adapters.B[a].transpose(0, 1)))  # (stop - start, ..., out): expand
     y = cat(pieces, dim=0)
@@ -156,5 +157,5 @@ def lora_rows_reference(x, As, Bs, scalings, idx) -> Tensor:
 
 KERNELS = {"bgmv": bgmv, "sgmv": sgmv}  # LoRALinear's gathered kernels, by name (its "loop" is the third)
 
-__all__ = ["AdapterStack", "stack_adapters", "stack_padded", "bgmv", "sgmv", "segments", "lora_rows_reference", "check_indices",
-           "KERNELS"]
+__all__ = ["AdapterStack", "stack_adapters", "stack_padded", "bgmv", "sgmv", "segments", "lora_rows_reference",
+           "check_indices", "KERNELS"]
