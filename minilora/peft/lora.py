@@ -327,12 +327,12 @@ class LoRALinear(TunerLayer):
         """Refuse, before anything changes, a merge that cannot be done: into a 4-bit weight, into
         a tied one, or twice."""
         names = [name for name in adapter_names if name in self.lora_A]
-        if names and isinstance(self.base_layer, NF4Linear):
-            raise RuntimeError(NF4_MERGE_ERROR)
         routers = [name for name in names if name in self.lora_arrow]
         if routers:
             raise RuntimeError(f"cannot merge {routers[0]!r} into {self.layer_name}: an Arrow router weighs its experts "
                                "token by token, so it has no one ΔW to fold into W")
+        if names and isinstance(self.base_layer, NF4Linear):
+            raise RuntimeError(NF4_MERGE_ERROR)
         super().check_merge(names)
 
     @no_grad()
@@ -374,9 +374,10 @@ class LoRALinear(TunerLayer):
             raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
         for registry in (self.lora_A, self.lora_B, self.lora_dropout):
             del registry[adapter_name]
-        for registry in (self.lora_magnitude_vector, self.lora_arrow):
-            if adapter_name in registry:
-                del registry[adapter_name]
+        if adapter_name in self.lora_arrow:
+            del self.lora_arrow[adapter_name]
+        if adapter_name in self.lora_magnitude_vector:
+            del self.lora_magnitude_vector[adapter_name]
         for table in (self.r, self.lora_alpha, self.scaling, self.enable_lora):
             table.pop(adapter_name, None)
         if self.active_adapter == adapter_name:
