@@ -60,7 +60,7 @@ from minilora.io import atomic_write
 from minilora.models.bert import GELU_TANH, BertForSequenceClassification, BertModel
 from minilora.models.gpt import GPT
 from minilora.models.llama import LlamaForCausalLM
-from minilora.peft.lora import LoRALinear, LoraModel
+from minilora.peft.lora import LoRALinear
 from minilora.peft.model import PeftModel
 from minilora.quant import NF4Linear, dequantize_absmax
 from minilora.tensor import no_grad

@@ -21,7 +21,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import minilora
 from minilora.peft import BASE, LoraConfig, get_peft_model
 from minilora.peft import gathered
 from minilora.tensor import Tensor
