@@ -317,7 +317,7 @@ class LoRALinear(TunerLayer):
 
     def _mixed_batch_forward(self, x, names) -> Tensor:
         """Each batch row with its own adapter (or ``"__base__"`` for none). Plain LoRA updates
-        are gathered (``mixed_batch_kernel``); a DoRA adapter, an active dropout or the "loop"
+        are gathered (``mixed_batch_kernel``); a DoRA adapter, a lora_bias, an active dropout or the "loop"
         kernel runs the update of each adapter on its rows only, then puts the rows back in order."""
         y = self.base_layer(x)  # (B, ..., out)
         used = [name for name in dict.fromkeys(names) if name in self.lora_A]  # the adapters this layer holds
@@ -341,8 +341,11 @@ class LoRALinear(TunerLayer):
 
     def _gatherable(self, adapter_name: str) -> bool:
         """Whether the adapter's update is the plain product s B A x a gathered kernel computes
-        (DoRA's and a router's are not, and a dropout in training draws its own mask per adapter)."""
+        (DoRA's and a router's are not, a lora_bias adds s b_B, which the kernels do not carry, and a
+        dropout in training draws its own mask per adapter)."""
         if adapter_name in self.lora_magnitude_vector or adapter_name in self.lora_arrow:
+            return False
+        if self.lora_bias[adapter_name]:
             return False
         return not (self.training and isinstance(self.lora_dropout[adapter_name], nn.Dropout))
 
