@@ -344,7 +344,7 @@ def _llama(e: Exporter, model: LlamaForCausalLM, ids: str) -> list:
     c, m = model.config, model.model
     nh, kv, hd = c.num_attention_heads, c.num_key_value_heads, c.head_dim
     x = e.g.op("Gather", e.param(e.module(m.embed_tokens).weight), ids)  # (B, T, C)
-    cos_all, sin_all = m.rotary_emb(0, c.max_position_embeddings, e.g.dtype)  # (P, hd): minilora's tables
+    cos_all, sin_all = m.rotary_emb.tables(e.g.dtype)  # (P, hd): minilora's tables for every position
     positions = e.positions(ids)
     cos = e.g.op("Gather", e.g.weight("rotary.cos", cos_all), positions)  # (T, hd)
     sin = e.g.op("Gather", e.g.weight("rotary.sin", sin_all), positions)
