@@ -103,6 +103,23 @@ def test_longer_than_512_is_an_error_unless_truncated(minilm_model):
         tokenizer("one text")
 
 
+def test_max_length_is_capped_at_the_model_s_positions_and_pairs_need_three_tokens(minilm_model):
+    """The issue's cases: max_length=1000 let 602 tokens through to a model that then refused them; a pair
+    truncated to max_length=2 (below its three special tokens) was refused with "pass truncation=True",
+    which had been passed."""
+    _, tokenizer = minilm_model
+    with pytest.raises(ValueError, match=r"max_length=1000 exceeds the model's 512 positions \(model_max_length\)"):
+        tokenizer([LONG], max_length=1000)
+    with pytest.raises(ValueError, match=r"max_length=1000 exceeds the model's 512 positions"):
+        tokenizer([LONG], truncation=True, max_length=1000)
+    with pytest.raises(ValueError, match=r"max_length must be an int >= 3 \(the special tokens \[CLS\], \[SEP\] and "
+                                         r"\[SEP\] of a pair\), got 2"):
+        tokenizer(["hello world"], text_pairs=["foo bar"], truncation=True, max_length=2)
+    assert tokenizer(["hello world"], text_pairs=["foo bar"], truncation=True, max_length=3)["input_ids"].shape == (1, 3)
+    with pytest.raises(ValueError, match=r"max_length must be an int >= 2"):
+        tokenizer(["hello"], max_length=True)
+
+
 def test_package_missing_gives_the_install_command(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)

@@ -101,7 +101,8 @@ class BertTokenizer:
         """Tokenize a list of texts (or of pairs, with ``text_pairs``). A text longer than
         ``max_length`` (default ``model_max_length``, 512) tokens, [CLS] and [SEP] counted, is
         an error -- unless ``truncation=True``, which cuts it to ``max_length`` (the longer of
-        a pair first, Hugging Face's "longest_first")."""
+        a pair first, Hugging Face's "longest_first"). ``max_length`` is at most
+        ``model_max_length``: the model has no positions beyond it."""
         if isinstance(texts, str):
             raise TypeError("BertTokenizer takes a list of texts; wrap a single text in a list")
         texts = list(texts)
@@ -109,8 +110,14 @@ class BertTokenizer:
             raise TypeError(f"BertTokenizer: every text must be a str, got {sorted({type(t).__name__ for t in texts})}")
         inputs = texts if text_pairs is None else list(zip(texts, _check_pairs(text_pairs, len(texts))))
         limit = self.model_max_length if max_length is None else max_length
-        if not isinstance(limit, int) or limit < 2:
-            raise ValueError(f"BertTokenizer: max_length must be an int >= 2 ([CLS] and [SEP]), got {max_length!r}")
+        special = 2 if text_pairs is None else 3  # [CLS] a [SEP], or [CLS] a [SEP] b [SEP]
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < special:
+            raise ValueError(f"BertTokenizer: max_length must be an int >= {special} (the special tokens "
+                             f"{'[CLS] and [SEP]' if special == 2 else '[CLS], [SEP] and [SEP] of a pair'}), got {max_length!r}")
+        if limit > self.model_max_length:
+            raise ValueError(f"BertTokenizer: max_length={limit} exceeds the model's {self.model_max_length} positions "
+                             f"(model_max_length): a longer input would be refused by the model; pass at most "
+                             f"{self.model_max_length}")
         if truncation:
             self.backend.enable_truncation(limit, strategy="longest_first")
         try:
@@ -120,8 +127,10 @@ class BertTokenizer:
         too_long = [(i, len(e.ids)) for i, e in enumerate(encodings) if len(e.ids) > limit]
         if too_long:
             i, n = too_long[0]
+            remedy = ("truncation could not cut it (a tokenizer limit); shorten the texts" if truncation
+                      else "pass truncation=True to cut them")
             raise ValueError(f"BertTokenizer: text {i} has {n} tokens, more than max_length={limit} "
-                             f"({len(too_long)} such texts); pass truncation=True to cut them")
+                             f"({len(too_long)} such texts); {remedy}")
         return self.pad(encodings)
 
     def pad(self, encodings) -> dict:
