@@ -27,6 +27,7 @@ from minilora.experiments import tuning
 from minilora.experiments.common import FAILS, HOLDS, PARTLY, Context
 from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
 from minilora.tasks import code_corpus, docstring_package_task
+from tolerances import assert_close
 
 TINY = GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 
@@ -209,8 +210,11 @@ def test_reference_matches_minilora_float32(corpus):
     s = spec(task="code", target="c_attn", r=4, steps=6, lr=1e-2)
     data = ft.CodeData(corpus, 4, block=32, eval_windows=8)
     ours, theirs = ft.finetune(s, base, data), ref.torch_finetune(s, base, data)
-    assert _rel_err(ours.losses, theirs["losses"]) < 1e-4
-    assert ours.final["loss"] == pytest.approx(theirs["final"]["loss"], rel=1e-4)
+    # float32 on both sides (tolerances.py): the widest reduction is the softmax over the 256 bytes, through 2
+    # layers and the head, over 6 steps whose errors add: 2 x 6 x 3 x gamma_256 = 5.5e-4 of the loss.
+    n, depth = TINY.vocab_size, s.steps * (TINY.n_layer + 1)
+    assert_close(ours.losses, theirs["losses"], n=n, depth=depth, what="losses")
+    assert_close(ours.final["loss"], theirs["final"]["loss"], n=n, depth=depth + 1, what="final validation loss")
 
 
 def test_reference_refuses_what_peft_cannot_express():
