@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -135,6 +137,38 @@ def test_failed_runs_are_named_and_left_out_of_the_mean():
     assert math.isnan(rows["Wq+Wv r=2"]["accuracy_mean"])
     rows["full"] = {"accuracy_mean": 0.5, "accuracy_std": 0.0}
     assert sens.spread(rows, ["Wq+Wv r=2", "full"], "accuracy")["means"] == {"full": 0.5}
+
+
+class RunsCode:
+    """A pickle that, unpickled, writes a file: what a run cache file must never be able to do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+def test_the_run_cache_never_unpickles_and_refuses_a_damaged_file_naming_it(tmp_path, monkeypatch):
+    """The run cache read its files with pickle.loads: a file put in the cache folder ran code. It is
+    now a checked safetensors file (tuning.read_run); anything else is an error naming it."""
+    import pickle
+
+    from minilora.errors import LoadError
+
+    monkeypatch.setenv("MINILORA_RUN_CACHE", str(tmp_path / "cache"))
+    run = ft.RunResult(spec(), [1.0, 0.5], {"accuracy": 0.5, "loss": float("nan")}, 10, 9.0,
+                       {"w": np.ones((2, 3), dtype=np.float32)}, {"accuracy": 0.25})
+    tuning.cached_run(spec(), "key", lambda: run)
+    (path,) = (tmp_path / "cache").iterdir()
+    again = tuning.cached_run(spec(), "key", lambda: pytest.fail("trained instead of reading the cache"))
+    assert again.losses == run.losses and again.val == run.val and np.array_equal(again.state["w"], run.state["w"])
+    assert again.final["accuracy"] == 0.5 and math.isnan(again.final["loss"])  # a diverged figure comes back as NaN
+    marker = tmp_path / "pwned"
+    path.write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(LoadError, match=re.escape(str(path))):
+        tuning.cached_run(spec(), "key", lambda: pytest.fail("trained instead of refusing"))
+    assert not marker.exists()
 
 
 def test_runs_read_from_the_cache_are_counted_and_the_report_says_so(tmp_path, monkeypatch):
