@@ -526,6 +526,8 @@ def read_shards(index_path) -> Shards:
         files.setdefault(file, set()).add(name)
     headers, tensors = [], {}
     for file in sorted(files):
+        if not os.path.lexists(index_path.parent / file):
+            raise MissingFileError(f"{index_path}: weight_map names {file}, which is not in {index_path.parent}")
         header = read_header(index_path.parent / file)
         held = set(header.tensors)
         for names, problem in ((files[file] - held, f"the index maps to {file}, which does not hold"),

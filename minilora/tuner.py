@@ -90,7 +90,7 @@ def saved_matches(modules_to_save, name: str) -> bool:
 
 
 def excluded(config, name: str) -> bool:
-    """Whether a module ``target_modules`` matches is kept out all the same, as PEFT does: named by
+    r"""Whether a module ``target_modules`` matches is kept out all the same, as PEFT does: named by
     ``exclude_modules`` (``target_modules``' rule), or inside a module to save -- PEFT matches
     ``(^|.*\.)entry($|\..*)`` there (entry as a regex), so no adapter is put into a module trained in full."""
     exclude = getattr(config, "exclude_modules", None)
