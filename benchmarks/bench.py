@@ -184,7 +184,7 @@ def training_steps():
 
 def _models(config_kwargs, lora=False):
     """A minilora GPT and the identical transformers GPT-2 (same weights), optionally with LoRA r=8
-    on the attention matrices (c_attn and attn.c_proj) through minilora.lora and through PEFT."""
+    on the attention matrices (c_attn and attn.c_proj) through minilora.peft and through PEFT."""
     from minilora.models import GPT, GPTConfig, to_transformers
 
     minilora.manual_seed(0)
@@ -194,7 +194,7 @@ def _models(config_kwargs, lora=False):
     if lora:
         import peft
 
-        from minilora.lora import LoraConfig, get_peft_model
+        from minilora.peft import LoraConfig, get_peft_model
 
         target = r".*\.attn\.(c_attn|c_proj)"
         ours = get_peft_model(ours, LoraConfig(r=8, lora_alpha=16, target_modules=target))
@@ -307,7 +307,7 @@ def bert_step_flops(config, batch, lora_r=None) -> float:
 def _bert_models(lora=False):
     """A minilora BertForSequenceClassification of MiniLM's size and the identical transformers one
     (same weights, training mode with the checkpoint's dropout 0.1), optionally with LoRA r=8 on
-    query and value and the pooler and classifier trained, through minilora.lora and through PEFT."""
+    query and value and the pooler and classifier trained, through minilora.peft and through PEFT."""
     from minilora.models import BertForSequenceClassification
     from minilora.models.bert_hf import to_transformers
 
@@ -318,7 +318,7 @@ def _bert_models(lora=False):
     if lora:
         import peft
 
-        from minilora.lora import LoraConfig, get_peft_model
+        from minilora.peft import LoraConfig, get_peft_model
 
         ours = get_peft_model(ours, LoraConfig(**BERT_LORA))
         theirs = peft.get_peft_model(theirs, peft.LoraConfig(**BERT_LORA))
@@ -473,8 +473,8 @@ def bench_floor(torch):
 @section("infer")
 def bench_infer(torch):
     """Inference: tokens/s at batch 1 with the KV cache, and a forward pass base vs merged vs unmerged LoRA."""
-    from minilora.lora import LoraConfig, get_peft_model
     from minilora.models import GPT, GPTConfig
+    from minilora.peft import LoraConfig, get_peft_model
 
     rows = []
     minilora.manual_seed(0)
@@ -584,8 +584,8 @@ def gpu_unavailable(torch) -> str | None:
 def _gpu_minilora(cfg, lora):
     """A minilora GPT of ``cfg`` on the GPU (random initialisation from the config: a step costs the
     same whatever the values), with LoRA r=8 on the attention matrices if asked."""
-    from minilora.lora import LoraConfig, get_peft_model
     from minilora.models import GPT, GPTConfig
+    from minilora.peft import LoraConfig, get_peft_model
 
     minilora.manual_seed(0)
     model = GPT(GPTConfig(**cfg))

@@ -1,11 +1,11 @@
 """minilora: LoRA from first principles, in NumPy, for teaching.
 
 Start with ``minilora/tensor.py`` (the autograd engine), then ``minilora/nn``,
-``minilora/models/gpt.py`` and ``minilora/lora.py``.
+``minilora/models/gpt.py`` and ``minilora/peft/lora.py``.
 
 ``import minilora`` gives PyTorch's surface: the engine's names (``minilora.tensor``,
 ``minilora.float32``, ``minilora.no_grad`` ...) at once, and the packages below
-(``minilora.nn``, ``minilora.optim``, ``minilora.lora`` ...) on first use. They are
+(``minilora.nn``, ``minilora.optim``, ``minilora.peft`` ...) on first use. They are
 imported lazily (PEP 562's module ``__getattr__``): importing all of them costs about
 0.1 s more than the engine alone (``python -X importtime``), and a script that only
 builds tensors should not pay for the GPT, PEFT and data code.
@@ -50,7 +50,7 @@ from minilora.tensor import (
 __version__ = "0.1.0"
 
 # The packages ``minilora.<name>`` reaches without an import of its own, as ``torch.nn`` does.
-SUBMODULES = ("nn", "optim", "models", "lora", "peft", "quant", "data", "tasks", "train", "pretrain", "experiments",
+SUBMODULES = ("nn", "optim", "models", "peft", "quant", "data", "tasks", "train", "pretrain", "experiments",
               "exercises")
 
 

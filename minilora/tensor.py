@@ -701,14 +701,18 @@ class Tensor:
         return self**exponent
 
     def softmax(self, dim):
-        from minilora.nn.functional import softmax
-
-        return softmax(self, dim)
+        """``e^{x - max} / sum e^{x - max}`` along ``dim``, built from the engine's own ops, so that
+        autograd derives its backward and the engine imports nothing above it. ``F.softmax``
+        computes the same values with a fused backward, faster: the layers call that one."""
+        shifted = self - self.max(dim, keepdim=True).values.detach()  # a shift leaves softmax as it is
+        e = shifted.exp()
+        return e / e.sum(dim, keepdim=True)
 
     def log_softmax(self, dim):
-        from minilora.nn.functional import log_softmax
-
-        return log_softmax(self, dim)
+        """``x - max - log sum e^{x - max}`` along ``dim``, from the engine's ops as ``softmax`` is
+        (fused: ``F.log_softmax``)."""
+        shifted = self - self.max(dim, keepdim=True).values.detach()
+        return shifted - shifted.exp().sum(dim, keepdim=True).log()
 
 
 # ---------------------------------------------------------------------------

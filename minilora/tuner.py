@@ -1,6 +1,6 @@
 """What every method that wraps layers of a model shares: the tuner's bookkeeping.
 
-LoRA (``minilora/lora.py``), (IA)^3 (``peft/ia3.py``) and bottleneck adapters
+LoRA (``peft/lora.py``), (IA)^3 (``peft/ia3.py``) and bottleneck adapters
 (``peft/adapters.py``) adapt a model in the same way. Each finds some of its modules
 (the *targets*), puts every target inside a wrapper layer that keeps the module as
 ``base_layer`` and holds one small trained part per named adapter, and then keeps the
@@ -48,8 +48,9 @@ broken one merged).
 
 The checks on adapter names (``check_new_name`` ...) are plain functions, so that the
 prompt-learning tuner (``peft/prompt_learning.py``), which wraps no layer, gives the
-same errors. (This file sits beside ``lora.py`` rather than in ``peft/`` because
-``lora.py`` builds on it, and importing ``minilora.peft`` imports ``lora.py``.)
+same errors. (This file sits below ``peft/``: it imports only nn and the engine, none of
+the methods nor the wrapper -- the layer the methods build on, as PEFT's
+``tuners/tuners_utils.py``.)
 """
 
 from __future__ import annotations

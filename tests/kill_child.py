@@ -16,8 +16,8 @@ import sys
 
 import numpy as np
 
-from minilora.lora import LoraConfig, get_peft_model
 from minilora.models import GPT, GPTConfig
+from minilora.peft import LoraConfig, get_peft_model
 from minilora.train import save_checkpoint
 
 # peft_helpers' tiny GPT-2, built here without importing torch (a child starts in a second, not five)

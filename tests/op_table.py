@@ -502,6 +502,11 @@ OPS = [
        unary(values(-4, 4), min_dims=1, params=lambda s: dict(dim=axis(s)))),
     Op("log_softmax", lambda x, dim: F.log_softmax(x, dim), lambda x, dim: TF.log_softmax(x, dim),
        unary(values(-4, 4), min_dims=1, params=lambda s: dict(dim=axis(s)))),
+    # the Tensor methods of those names, composed of the engine's ops (tensor.py)
+    Op("Tensor.softmax", lambda x, dim: x.softmax(dim), lambda x, dim: x.softmax(dim),
+       unary(values(-4, 4), min_dims=1, params=lambda s: dict(dim=axis(s)))),
+    Op("Tensor.log_softmax", lambda x, dim: x.log_softmax(dim), lambda x, dim: x.log_softmax(dim),
+       unary(values(-4, 4), min_dims=1, params=lambda s: dict(dim=axis(s)))),
     Op("cross_entropy", lambda x, **kw: F.cross_entropy(x, **kw), lambda x, **kw: TF.cross_entropy(x, **kw),
        cross_entropy_example()),
     Op("gelu", lambda x: F.gelu(x), lambda x: TF.gelu(x), unary(values(-4, 4))),

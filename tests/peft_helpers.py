@@ -98,7 +98,7 @@ def perturb_trainable_torch(model, seed=1) -> None:
 def random_init(config_cls) -> dict:
     """A LoRA or DoRA adapter with random A and B (for DoRA, m is then ||W + ΔW||, moved by
     perturb_trainable); IA3 starts at ones, moved by perturb_trainable to 1 + 0.1 N(0, 1)."""
-    from minilora.lora import LoraConfig
+    from minilora.peft import LoraConfig
 
     return dict(init_lora_weights=False) if config_cls is LoraConfig else {}
 

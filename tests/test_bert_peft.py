@@ -18,9 +18,8 @@ peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
 from safetensors.numpy import load_file  # noqa: E402
 
-from minilora.lora import LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from minilora.models import bert_hf  # noqa: E402
-from minilora.peft import IA3Config  # noqa: E402
+from minilora.peft import IA3Config, LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from peft_helpers import perturb_trainable, perturb_trainable_torch, rel_err  # noqa: E402
 from bert_helpers import padded_batch, tiny_hf, torch_inputs  # noqa: E402
 

@@ -31,8 +31,8 @@ from minilora.experiments import intrinsic_rank as ir
 from minilora.experiments import methods_latency as lat
 from minilora.experiments import modularity as mod
 from minilora.experiments.common import FAILS, HOLDS, PARTLY, Context
-from minilora.lora import get_peft_model
 from minilora.models import GPT, GPTConfig
+from minilora.peft import get_peft_model
 from minilora.train import NonFiniteLossError, TrainConfig, train
 from minilora.verify import _claim_json, _jsonable
 

@@ -19,9 +19,8 @@ from safetensors.numpy import load_file, save_file
 from minilora import errors
 from minilora.io import SAVE_ID_KEY, save_folder
 from minilora.loading import load_checked, read_config, read_header
-from minilora.lora import LoraConfig, PeftModel, get_peft_model
 from minilora.models import GPT
-from minilora.peft import IA3Config, PrefixTuningConfig, PromptTuningConfig
+from minilora.peft import IA3Config, LoraConfig, PeftModel, PrefixTuningConfig, PromptTuningConfig, get_peft_model
 from minilora.peft.adapters import BottleneckConfig
 from minilora.train import load_checkpoint, save_checkpoint
 

@@ -41,10 +41,9 @@ from hypothesis import strategies as st  # noqa: E402
 from minilora import io  # noqa: E402
 from minilora.experiments import tuning  # noqa: E402
 from minilora.experiments.finetune import RunResult  # noqa: E402
-from minilora.lora import LoraConfig, get_peft_model  # noqa: E402
 from minilora.models import to_transformers  # noqa: E402
 from minilora.models.hf import HF_FIELD_TYPES  # noqa: E402
-from minilora.peft import IA3Config, PrefixTuningConfig, PromptTuningConfig  # noqa: E402
+from minilora.peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model  # noqa: E402
 from minilora.peft.adapters import BottleneckConfig  # noqa: E402
 from minilora.peft.model import SIZE_FIELDS, _method  # noqa: E402
 from minilora.train import save_checkpoint  # noqa: E402

@@ -315,7 +315,7 @@ def test_config_errors_name_the_field():
 
 @ONE
 def test_saving_a_model_with_lora_in_it_is_refused(ckpt, tmp_path):
-    from minilora.lora import LoraConfig, get_peft_model
+    from minilora.peft import LoraConfig, get_peft_model
 
     model = LlamaForCausalLM.from_pretrained(ckpt)
     peft = get_peft_model(model, LoraConfig(r=2))

@@ -14,9 +14,8 @@ import pytest
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
-from minilora.lora import LoraConfig  # noqa: E402
 from minilora.models.llama_hf import to_transformers  # noqa: E402
-from minilora.peft import IA3Config, PeftModel  # noqa: E402
+from minilora.peft import IA3Config, LoraConfig, PeftModel  # noqa: E402
 import peft_helpers as helpers  # noqa: E402
 from peft_helpers import (  # noqa: E402
     ids,

@@ -44,8 +44,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minilora import Tensor, manual_seed, nn
-from minilora.lora import BASE, LoraConfig, LoRALinear, PeftModel, get_peft_model
 from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
+from minilora.peft import BASE, LoraConfig, LoRALinear, PeftModel, get_peft_model
 from peft_helpers import assert_refused_as_tied, merges_into_tied_head, untie_head
 from tolerances import gamma, unit_roundoff  # Higham's bounds, shared by the tests
 

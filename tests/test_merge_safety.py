@@ -20,9 +20,8 @@ torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
 from minilora import nn  # noqa: E402
-from minilora.lora import LoraConfig, LoRALinear, PeftModel, get_peft_model  # noqa: E402
 from minilora.models import to_transformers  # noqa: E402
-from minilora.peft import BottleneckConfig, IA3Config, PromptTuningConfig  # noqa: E402
+from minilora.peft import BottleneckConfig, IA3Config, LoraConfig, LoRALinear, PeftModel, PromptTuningConfig, get_peft_model  # noqa: E402
 from minilora.peft.ia3 import IA3Linear  # noqa: E402
 from minilora.quant import NF4Linear, quantize_model  # noqa: E402
 from minilora.tuner import BaseTuner  # noqa: E402

@@ -15,9 +15,8 @@ from hypothesis import strategies as st
 torch = pytest.importorskip("torch")
 
 from minilora import Tensor, nn  # noqa: E402
-from minilora.lora import LoraConfig  # noqa: E402
 from minilora.models import GPT, KVCache, to_transformers  # noqa: E402
-from minilora.peft import BottleneckConfig, PeftModel, get_peft_model  # noqa: E402
+from minilora.peft import BottleneckConfig, LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from minilora.peft.adapters import ACTIVATIONS  # noqa: E402
 from peft_helpers import C, N_LAYER, TINY, V, assert_unchanged, snapshot, tiny_gpt  # noqa: E402
 

@@ -35,9 +35,8 @@ from safetensors.numpy import load_file  # noqa: E402
 
 import minilora  # noqa: E402
 from minilora import Tensor, nn  # noqa: E402
-from minilora.lora import BASE, LoraConfig, LoRALinear  # noqa: E402
 from minilora.models import GPT, to_transformers  # noqa: E402
-from minilora.peft import IA3Config, PeftModel, get_peft_model  # noqa: E402
+from minilora.peft import BASE, IA3Config, LoraConfig, LoRALinear, PeftModel, get_peft_model  # noqa: E402
 from minilora.peft.ia3 import IA3Linear  # noqa: E402
 import peft_helpers as helpers  # noqa: E402
 from peft_helpers import (  # noqa: E402

@@ -25,7 +25,7 @@ transformers = pytest.importorskip("transformers")
 
 from safetensors.numpy import load_file  # noqa: E402
 
-from minilora.lora import LoraConfig  # noqa: E402
+from minilora.peft import LoraConfig  # noqa: E402
 from minilora.models import BertForSequenceClassification, bert_hf, hf, llama_hf  # noqa: E402
 from minilora.peft import IA3Config, PeftModel, get_peft_model  # noqa: E402
 

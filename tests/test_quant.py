@@ -16,9 +16,8 @@ from hypothesis.extra import numpy as hnp
 
 import minilora
 from minilora import Tensor, nn
-from tolerances import unit_roundoff
-from minilora.lora import LoraConfig, LoRALinear, get_peft_model
 from minilora.models import GPT, GPTConfig
+from minilora.peft import LoraConfig, LoRALinear, get_peft_model
 from minilora.quant import (
     NF4_VALUES,
     NF4Linear,
@@ -29,6 +28,7 @@ from minilora.quant import (
     quantize_model,
     quantize_nf4,
 )
+from tolerances import unit_roundoff
 
 # The NF4 table of QLoRA (Dettmers et al. 2023, appendix E), as bitsandbytes hard-codes it in
 # bitsandbytes/functional.py (``get_4bit_type``, ``typename == "nf4"``) and in its CUDA kernels

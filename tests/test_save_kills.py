@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from minilora import errors
-from minilora.lora import PeftModel
 from minilora.models import GPT
+from minilora.peft import PeftModel
 from minilora.train import load_checkpoint
 
 import kill_child

@@ -146,8 +146,8 @@ def test_the_resolver_can_fail():
 
 
 def test_the_scan_reads_imports_prose_and_code():
-    assert names_in_prose("use `from minilora.lora import LoraConfig, get_peft_model` or `minilora.nn.Linear`.") == {
-        ("statement", "from minilora.lora import LoraConfig"), ("statement", "from minilora.lora import get_peft_model"),
+    assert names_in_prose("use `from minilora.peft import LoraConfig, get_peft_model` or `minilora.nn.Linear`.") == {
+        ("statement", "from minilora.peft import LoraConfig"), ("statement", "from minilora.peft import get_peft_model"),
         ("name", "minilora.nn.Linear")}
     code = "import minilora.nn.functional as F\nfrom minilora.experiments import (\n    params,\n)\nx = minilora.optim.AdamW\n"
     assert names_in_code(code) == {("statement", "import minilora.nn.functional"),
@@ -155,7 +155,7 @@ def test_the_scan_reads_imports_prose_and_code():
                                    ("name", "minilora.optim.AdamW")}
 
 
-PACKAGES = ["nn", "nn.functional", "optim", "models", "lora", "peft", "quant", "data", "tasks", "train", "pretrain"]
+PACKAGES = ["nn", "nn.functional", "optim", "models", "peft", "quant", "data", "tasks", "train", "pretrain"]
 
 
 def test_import_minilora_gives_torchs_surface_lazily():

@@ -64,7 +64,7 @@ def test_a_non_finite_loss_stops_training_with_a_clear_message():
 
 def lora_run(dtype, steps, batches, lr=1e-2, seed=0):
     """A LoRA adapter (r=2 on c_attn) on a tiny GPT of ``dtype``, trained ``steps`` steps."""
-    from minilora.lora import LoraConfig, get_peft_model
+    from minilora.peft import LoraConfig, get_peft_model
 
     minilora.manual_seed(seed)
     model = get_peft_model(GPT(TINY, dtype=dtype), LoraConfig(r=2, target_modules=["c_attn"]))

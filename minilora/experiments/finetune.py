@@ -33,8 +33,8 @@ import minilora
 from minilora import backend as B
 from minilora.data import get_batch
 from minilora.experiments.common import ClaimResult, combine, judge, over_bases
-from minilora.lora import LoraConfig, get_peft_model
 from minilora.models import GPT
+from minilora.peft import LoraConfig, get_peft_model
 from minilora.tasks import code_corpus, docstring_package_task, next_token_accuracy
 from minilora.tensor import no_grad
 from minilora.experiments import tuning

@@ -58,8 +58,8 @@ def build_variants(model=None, config: GPTConfig | None = None, r: int = LORA_RA
     import minilora
     from minilora import backend
     from minilora.experiments.params import lora_config
-    from minilora.lora import get_peft_model
     from minilora.models import GPT
+    from minilora.peft import get_peft_model
 
     minilora.manual_seed(seed)
     base = copy.deepcopy(model if model is not None else GPT(config))

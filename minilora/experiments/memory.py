@@ -33,9 +33,9 @@ from minilora import backend
 from minilora.experiments.common import ClaimResult, Context, judge, traced
 from minilora.experiments.params import lora_config
 from minilora.experiments.timing import blas_threads
-from minilora.lora import get_peft_model
 from minilora.models import GPT, GPTConfig
 from minilora.optim import AdamW
+from minilora.peft import get_peft_model
 
 # A model where the weights dominate at batch 1: GPT-2 small's width (768, 12 heads) at two
 # layers and a byte vocabulary -- 14.5M parameters, so a step stays well under a second.

@@ -42,7 +42,7 @@ from minilora import backend as B
 from minilora import nn
 from minilora.experiments import finetune as ft
 from minilora.experiments import tuning
-from minilora.lora import LoraConfig, get_peft_model
+from minilora.peft import LoraConfig, get_peft_model
 from minilora.tensor import no_grad
 from minilora.train import TrainConfig, train
 

@@ -28,9 +28,8 @@ import numpy as np
 from minilora.experiments import finetune as ft
 from minilora.experiments.common import ClaimResult, combine, judge
 from minilora.experiments.timing import now
-from minilora.lora import BASE
 from minilora.models import GPT
-from minilora.peft import PeftModel
+from minilora.peft import BASE, PeftModel
 from minilora.tensor import no_grad
 
 ADAPTER_RANK = 8

@@ -167,7 +167,7 @@ def count_grid(archs=None, ranks=RANKS, targets=TARGETS) -> list:
 def lora_config(target: str, r: int, lora_alpha: float | None = None):
     """minilora's ``LoraConfig`` for a target on a GPT: "qv" adapts Wq and Wv inside the fused
     c_attn (``enable_lora``); "c_attn" the whole c_attn; "all" every attention and MLP matrix."""
-    from minilora.lora import LoraConfig
+    from minilora.peft import LoraConfig
 
     alpha = r if lora_alpha is None else lora_alpha
     if target == "qv":
@@ -182,7 +182,7 @@ def lora_config(target: str, r: int, lora_alpha: float | None = None):
 def minilora_count(model, r: int, target: str) -> tuple:
     """(trainable, all) as minilora's ``PeftModel.get_nb_trainable_parameters`` reports them after
     injecting the adapters into ``model`` (a minilora GPT); the model is restored afterwards."""
-    from minilora.lora import get_peft_model
+    from minilora.peft import get_peft_model
 
     flags = [(p, p.requires_grad) for p in model.parameters()]
     peft_model = get_peft_model(model, lora_config(target, r))

@@ -163,7 +163,7 @@ def qlora_model(spec: ft.RunSpec, base: GPT, double_quant: bool = True):
     model = _copy(base)
     quantize_model(model, double_quant=double_quant)
     minilora.manual_seed(spec.seed)
-    from minilora.lora import get_peft_model
+    from minilora.peft import get_peft_model
 
     return get_peft_model(model, ft.lora_config(spec))
 

@@ -18,7 +18,7 @@ f = m / ||W + ΔW||_c (one factor per output feature):
 
 which is ``dora_output`` below. The norm is treated as a constant in the backward pass
 (paper sec. 4.3, as PEFT): gradients reach m through f and A, B through the LoRA
-term only, so no (out, in) gradient is ever formed. ``LoRALinear`` (minilora/lora.py)
+term only, so no (out, in) gradient is ever formed. ``LoRALinear`` (minilora/peft/lora.py)
 calls into this module for each adapter made with ``LoraConfig(use_dora=True)``;
 the derivation and the parameter count are in ``docs/dora.md``.
 """

@@ -149,17 +149,16 @@ def write_adapter(folder, config: dict, tensors: dict) -> None:
     save_folder(folder, CONFIG_NAME, config, WEIGHTS_NAME, tensors)
 
 
-def read_adapter(folder) -> tuple:
+def read_adapter(folder, methods) -> tuple:
     """``(config dict, safetensors Header)`` of an adapter folder: the config read and checked as
-    strict JSON with a known ``peft_type``, the weights file's header checked, the two from one
-    save. The weights themselves are read later, against the adapter the config implies."""
-    from minilora.peft.model import METHODS
-
+    strict JSON with a ``peft_type`` among ``methods`` (the wrapper's, ``PeftModel``'s), the weights
+    file's header checked, the two from one save. The weights themselves are read later, against
+    the adapter the config implies."""
     config_path = Path(folder) / CONFIG_NAME
     config, header = read_folder(folder, CONFIG_NAME, WEIGHTS_NAME, "an adapter folder")
     peft_type = config.get("peft_type")
     if peft_type is None:
         raise ConfigError(f"{config_path} has no 'peft_type': it is not a PEFT adapter config")
-    if not isinstance(peft_type, str) or peft_type not in METHODS:
-        raise ConfigError(f"{config_path}: unknown PEFT method {peft_type!r} (peft_type); minilora knows: {', '.join(METHODS)}")
+    if not isinstance(peft_type, str) or peft_type not in methods:
+        raise ConfigError(f"{config_path}: unknown PEFT method {peft_type!r} (peft_type); minilora knows: {', '.join(methods)}")
     return config, header

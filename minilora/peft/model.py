@@ -42,15 +42,15 @@ import numpy
 from minilora import backend as B
 from minilora import nn
 from minilora.errors import ConfigError, LoadError, MismatchError, SaveError
+from minilora.loading import load_checked
+from minilora.peft import files
+from minilora.peft.files import CONFIG_NAME, WEIGHTS_NAME
 from minilora.tuner import EMBEDDING_LAYER_NAMES, embedding_is_targeted
-
-CONFIG_NAME = "adapter_config.json"
-WEIGHTS_NAME = "adapter_model.safetensors"
 
 # peft_type -> (module, config class, tuner class): imported on first use, so that
 # each method stays in its own file and this one imports none of them.
 METHODS = {
-    "LORA": ("minilora.lora", "LoraConfig", "LoraModel"),  # with use_dora=True: DoRA (minilora/peft/dora.py)
+    "LORA": ("minilora.peft.lora", "LoraConfig", "LoraModel"),  # with use_dora=True: DoRA (minilora/peft/dora.py)
     "IA3": ("minilora.peft.ia3", "IA3Config", "IA3Model"),
     "PROMPT_TUNING": ("minilora.peft.prompt_tuning", "PromptTuningConfig", "PromptTuningModel"),
     "PREFIX_TUNING": ("minilora.peft.prefix_tuning", "PrefixTuningConfig", "PrefixTuningModel"),
@@ -196,8 +196,6 @@ class PeftModel(nn.Module):
         save id (``minilora.io.save_folder``). ``save_embedding_layers`` is PEFT's: with "auto"
         (or True), an adapter whose target_modules name ``lm_head`` or ``embed_tokens`` also
         writes that layer's base weight (``<name>.base_layer.weight``)."""
-        from minilora.peft import files
-
         names = list(selected_adapters or self.peft_config)
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
@@ -256,8 +254,6 @@ class PeftModel(nn.Module):
     def _load_adapter_weights(self, adapter_name: str, model_id, header, allow_nonfinite: bool) -> None:
         """Read the saved arrays into the adapter: every key and shape checked against the
         adapter as built (``load_checked``) before any data is read."""
-        from minilora.loading import load_checked
-
         expected = {k: tuple(v.shape) for k, v in self.base_model.adapter_state_dict(adapter_name).items()}
         embeddings = self._embedding_weights()  # what PEFT's save_embedding_layers may have written too
         path = Path(model_id) / WEIGHTS_NAME
@@ -297,9 +293,7 @@ def _config_must_fit(model_id):
 
 def _read(model_id, is_trainable: bool) -> tuple:
     """``(config, safetensors header)`` of an adapter folder, both checked (``minilora/peft/files.py``)."""
-    from minilora.peft import files
-
-    config_dict, header = files.read_adapter(model_id)
+    config_dict, header = files.read_adapter(model_id, METHODS)
     config_cls, _ = _method(config_dict["peft_type"])
     source = Path(model_id) / CONFIG_NAME
     config = files.config_from_dict(config_cls, config_dict, source=source)

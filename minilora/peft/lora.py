@@ -19,11 +19,15 @@ The names follow Hugging Face PEFT (``LoraConfig``, ``get_peft_model``,
 file format, so what a student learns here carries over unchanged.
 
 This file holds the layer (``LoRALinear``), its configuration (``LoraConfig``) and
-the injection into a model (``LoraModel``). The bookkeeping LoRA shares with the other
-methods that wrap layers -- adapters by name, modules_to_save, mixed batches, merging
-and unloading every layer -- is ``BaseTuner``, in ``minilora/tuner.py``; the user-facing
-wrapper with saving, loading and parameter counts is ``minilora.peft.PeftModel`` (also
-importable from here).
+the injection into a model (``LoraModel``); DoRA's variant of the update is ``dora.py``
+beside it. LoRA is one method among the methods of ``minilora/peft/``, as in PEFT. The
+bookkeeping it shares with the other methods that wrap layers -- adapters by name,
+modules_to_save, mixed batches, merging and unloading every layer -- is ``BaseTuner``,
+in ``minilora/tuner.py``. The user-facing wrapper with saving, loading and parameter
+counts, ``PeftModel`` and ``get_peft_model`` (``peft/model.py``), builds on this file,
+never the reverse; a user imports all of it from ``minilora.peft``, as from ``peft``:
+
+    from minilora.peft import LoraConfig, get_peft_model
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from dataclasses import dataclass, field
 from minilora import backend as B
 from minilora import nn
 from minilora.nn import functional as F
+from minilora.peft import dora  # DoRA's math, for the adapters made with use_dora
 from minilora.quant import NF4Linear  # a 4-bit base layer (QLoRA): docs/qlora.md
 from minilora.tensor import Tensor, cat, no_grad
 from minilora.tuner import (  # BASE, ModulesToSaveWrapper and target_matches: importable from here too
@@ -684,12 +689,4 @@ def _peft_key(name: str, adapter_name: str):
     return None
 
 
-# The user-facing wrapper lives in minilora/peft/model.py (shared by every method);
-# it is re-exported here so that `from minilora.lora import PeftModel, get_peft_model` works.
-from minilora.peft.model import PeftModel, get_peft_model  # noqa: E402
-# DoRA's math (use_dora), called by LoRALinear; imported last because importing minilora.peft
-# imports this module.
-from minilora.peft import dora  # noqa: E402
-
-__all__ = ["LoRALinear", "LoraConfig", "LoraModel", "PeftModel", "get_peft_model", "ModulesToSaveWrapper", "target_matches",
-           "BASE"]
+__all__ = ["LoRALinear", "LoraConfig", "LoraModel", "ModulesToSaveWrapper", "target_matches", "BASE"]
