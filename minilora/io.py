@@ -37,9 +37,8 @@ import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
-from minilora.errors import OutputFolderError
-
-SAVE_ID_KEY = "minilora_save_id"
+from minilora.errors import LoadError, OutputFolderError
+from minilora.loading import SAVE_ID_KEY, read_config  # reading is below writing: the save id is checked there
 
 
 def remove_leftovers(target: Path) -> None:
@@ -136,9 +135,6 @@ def _umask() -> int:
 def output_kind(folder) -> str | None:
     """The kind of output the marker in ``folder`` records ("verify report", ...), or None if it has
     none (or one that is not a readable marker: then the folder is not provably ours)."""
-    from minilora.errors import LoadError
-    from minilora.loading import read_config  # loading imports this module: imported on call
-
     marker = Path(folder) / OUTPUT_MARKER
     if not os.path.lexists(marker):
         return None

@@ -75,8 +75,8 @@ import numpy
 
 from minilora.errors import (ConfigError, FileAccessError, InterruptedSaveError, LoadError, MismatchError,
                              MissingFileError, NotRegularFileError, WeightsError)
-from minilora.io import SAVE_ID_KEY  # in config JSON and in safetensors metadata: see minilora/io.py
 
+SAVE_ID_KEY = "minilora_save_id"  # binds a folder save's two files, in config JSON and safetensors metadata (io.py)
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; 1 MiB leaves room and stops /dev/zero-like files
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on its header
 
