@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 
 def _pretrain(args) -> int:
     from minilora.pretrain import pretrain
 
-    log = pretrain(out=args.out, max_steps=args.steps, seed=args.seed, progress=not args.no_progress, arch=args.arch,
-                   resume=not args.restart, positions=args.positions, batch_size=args.batch_size)
-    print(f"saved to {args.out or 'the shipped folder'}: validation loss {log['val_loss']:.4f} nats/byte after {log['train']['max_steps']} steps "
+    for flag, value, least in (("--steps", args.steps, 1), ("--seed", args.seed, 0), ("--positions", args.positions, 1),
+                               ("--batch-size", args.batch_size, 1)):
+        if value < least:  # checked here too, so that the message names the flag
+            print(f"minilora pretrain: {flag} must be an integer >= {least}, got {value}", file=sys.stderr)
+            return 1
+    try:
+        log = pretrain(out=args.out, max_steps=args.steps, seed=args.seed, progress=not args.no_progress, arch=args.arch,
+                       resume=not args.restart, positions=args.positions, batch_size=args.batch_size)
+    except (OSError, ValueError) as err:
+        print(f"minilora pretrain: {err}", file=sys.stderr)
+        return 1
+    print(f"saved to {log['out']}: validation loss {log['val_loss']:.4f} nats/byte after {log['train']['max_steps']} steps "
           f"in {log['wall_seconds'] / 60:.1f} min")
     return 0
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is so that its ``finally`` blocks clean up (as after Ctrl-C)."""
+
+
+def _terminate(signum, frame):
+    raise Terminated
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="train the base model from scratch on the prose corpus")
     p.add_argument("--arch", choices=list(ARCHS), default="gpt", help="GPT-2 or the LLaMA-style twin (default %(default)s)")
-    p.add_argument("--out", default=None, help="the folder to write (default: the shipped checkpoint of --arch)")
+    p.add_argument("--out", default=None, help="the folder to write: new, empty or an earlier run's, outside the "
+                                                "installed package (default: ./pretrain-<arch>)")
     p.add_argument("--steps", type=int, default=BASE_TRAIN.max_steps, help="optimizer steps (default %(default)s)")
     p.add_argument("--positions", type=int, default=POSITIONS,
                    help="byte positions the model sees, and the length of its training windows (default %(default)s)")
@@ -50,11 +69,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args)
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("\nterminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,9 @@ parent of the four content errors, so ``except CheckpointError`` keeps catching 
 and so does ``except ValueError``. ``FileNotFoundError`` keeps catching a missing file.
 
 Saving has one error of its own: ``SaveError`` (a ValueError), raised before anything is
-written when there is nothing sensible to write (an adapter that was merged away).
+written when there is nothing sensible to write (an adapter that was merged away). A command's
+``--out`` folder that minilora will not write into (not empty, and not its own earlier output:
+``minilora.io.replacing_output_folder``) is an ``OutputFolderError`` (an OSError).
 """
 
 from __future__ import annotations
@@ -71,5 +73,10 @@ class SaveError(ValueError):
     """A save refused before anything was written (e.g. an adapter with no weights left to save)."""
 
 
+class OutputFolderError(OSError):
+    """An output folder refused before anything was written: a file, another program's folder, the
+    installed package (``minilora.io``; the message names the folder and what would be accepted)."""
+
+
 __all__ = ["LoadError", "CheckpointError", "ConfigError", "WeightsError", "MismatchError",
-           "InterruptedSaveError", "FileAccessError", "MissingFileError", "NotRegularFileError", "SaveError"]
+           "InterruptedSaveError", "FileAccessError", "MissingFileError", "NotRegularFileError", "SaveError", "OutputFolderError"]

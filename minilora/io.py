@@ -17,6 +17,13 @@ id the config does not carry are an interrupted save, reported as
 ``InterruptedSaveError`` naming the folder; weights without an id were written by
 another tool (PEFT, transformers, safetensors by hand), accepted. Files the save does
 not write are never touched.
+
+A command's output folder (``--out`` of ``verify``, ``pretrain`` ...) is held to a stricter
+rule, since the user names it: minilora writes only into a folder that is new, empty, or
+marked as an earlier output of the same command (``OUTPUT_MARKER``), and refuses anything
+else -- naming the folder, touching nothing. ``replacing_output_folder`` writes a whole new
+output beside the old one and swaps it in at the end (a report); ``claim_output_folder``
+marks a folder that a command then fills as it goes (a resumable run).
 See docs/files.md.
 """
 
@@ -24,11 +31,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
-SAVE_ID_KEY = "minilora_save_id"
+from minilora.errors import LoadError, OutputFolderError
+from minilora.loading import SAVE_ID_KEY, read_config  # reading is below writing: the save id is checked there
 
 
 def remove_leftovers(target: Path) -> None:
@@ -52,9 +62,7 @@ def _stage(target: Path, write) -> str:
     os.close(fd)
     try:
         write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it an ordinary file's mode
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it an ordinary file's mode
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
@@ -108,3 +116,142 @@ def save_folder(folder, config_name: str, config: dict, weights_name: str, tenso
         folder / config_name: lambda tmp: Path(tmp).write_text(text),
     })
     return save_id
+
+
+# ---------------------------------------------------------------------------
+# output folders: where a command's --out may write
+# ---------------------------------------------------------------------------
+
+OUTPUT_MARKER = ".minilora-output.json"  # in each folder a command wrote: {"kind": "verify report", ...}
+_LEFTOVERS = (".partial-", ".old-")  # .<name>.partial-<pid>-<random>: a run's staging; .old-: the output it replaces
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def output_kind(folder) -> str | None:
+    """The kind of output the marker in ``folder`` records ("verify report", ...), or None if it has
+    none (or one that is not a readable marker: then the folder is not provably ours)."""
+    marker = Path(folder) / OUTPUT_MARKER
+    if not os.path.lexists(marker):
+        return None
+    try:
+        kind = read_config(marker, "an output marker", max_bytes=4096).get("kind")
+    except LoadError:
+        return None
+    return kind if isinstance(kind, str) else None
+
+
+def check_output_folder(out, kind: str) -> Path:
+    """``out`` as an absolute path, if a command writing a ``kind`` may write there: a folder that
+    does not exist yet, an empty folder, or one whose marker says it holds an earlier ``kind``.
+    Anything else is an ``OutputFolderError`` naming the folder; nothing is created or changed."""
+    out = Path(out).expanduser().absolute()
+    out = out.parent.resolve() / out.name if out.name not in ("", ".", "..") else out.resolve()
+    if not os.path.lexists(out):
+        return out
+    if not out.is_dir():
+        raise OutputFolderError(f"{out} is a file, not a folder; the {kind} goes into a folder: name a new or empty one")
+    if not any(os.scandir(out)):
+        return out
+    found = output_kind(out)
+    if found == kind:
+        return out
+    why = (f"it holds minilora's {found}, not a {kind}" if found else
+           f"it is not empty, and holds no earlier {kind} of minilora's (no {OUTPUT_MARKER} in it)")
+    raise OutputFolderError(f"refusing to write a {kind} into {out}: {why}. Nothing was changed; "
+                            f"name a new or empty folder")
+
+
+def _write_marker(folder: Path, kind: str) -> None:
+    from minilora import __version__
+
+    text = json.dumps({"kind": kind, "minilora": __version__}) + "\n"
+    atomic_write(folder / OUTPUT_MARKER, lambda tmp: Path(tmp).write_text(text))
+
+
+def claim_output_folder(out, kind: str) -> Path:
+    """Check ``out`` (``check_output_folder``), create it (and its parents; modes from the umask) and
+    mark it as a ``kind``; return its absolute path. For a command that fills the folder as it goes
+    and may be resumed from what it left there (``minilora pretrain``): each file it writes is
+    written atomically (``atomic_write``)."""
+    out = check_output_folder(out, kind)
+    out.mkdir(parents=True, exist_ok=True)
+    if output_kind(out) != kind:
+        _write_marker(out, kind)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_output_leftovers(out: Path, kind: str) -> list:
+    """Delete what killed runs left beside ``out``: ``.<name>.partial-<pid>-*`` (a run's unfinished
+    output) and ``.<name>.old-<pid>-*`` (the output it was replacing), each only if it is marked as a
+    ``kind`` (or empty) and its process is gone. Returns the paths removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(out.parent))
+    except FileNotFoundError:
+        return removed
+    for entry in entries:
+        for tag in _LEFTOVERS:
+            head = f".{out.name}{tag}"
+            if not entry.name.startswith(head):
+                continue
+            pid = entry.name[len(head):].partition("-")[0]
+            if not pid.isdigit() or (int(pid) != os.getpid() and _alive(int(pid))):
+                continue  # not one of ours, or a run still going
+            path = Path(entry.path)
+            if entry.is_dir(follow_symlinks=False) and (not any(os.scandir(path)) or output_kind(path) == kind):
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+    return removed
+
+
+@contextmanager
+def replacing_output_folder(out, kind: str):
+    """Write a ``kind`` (a report, an export) into ``out`` as one piece::
+
+        with replacing_output_folder("verify-report", "verify report") as tmp:
+            (tmp / "README.md").write_text(...)       # everything goes into tmp
+
+    ``out`` is checked first (``check_output_folder``: new, empty, or an earlier ``kind``; else
+    refused with nothing touched), and the leftovers of killed runs beside it are removed. The
+    block writes into a new folder beside ``out`` (``.<name>.partial-<pid>-<random>``, marked at
+    once, modes from the umask); when it ends without an error, that folder takes ``out``'s place
+    (an earlier output is removed only then), and on an error it is deleted. A run killed
+    outright (SIGKILL) leaves its partial folder, which the next run removes."""
+    out = check_output_folder(out, kind)
+    if os.path.lexists(out) and Path.cwd().resolve().is_relative_to(out.resolve()):
+        raise OutputFolderError(f"refusing to replace {out}: it is the current folder (or holds it); "
+                                f"run from elsewhere or name another folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_output_leftovers(out, kind)
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    staging = out.with_name(f".{out.name}.partial-{tag}")
+    os.mkdir(staging)  # 0o777 less the umask, as any folder the user makes
+    try:
+        _write_marker(staging, kind)
+        yield staging
+        check_output_folder(out, kind)  # again: something may have been put there while the block ran
+        if os.path.lexists(out) and any(os.scandir(out)):
+            old = out.with_name(f".{out.name}.old-{tag}")
+            os.replace(out, old)
+            os.replace(staging, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(staging, out)  # a rename over an empty folder is atomic
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise

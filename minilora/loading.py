@@ -39,7 +39,18 @@ corpus caches), and a new model's loader calls the same ones:
 ``read_folder(folder, config_name, weights_name)``
     Both files of a folder save: there, the config read, the header read, and the two
     from one save (the save id of ``minilora.io``) -- what a model's ``from_pretrained``
-    calls before it computes its expected shapes.
+    calls before it computes its expected shapes. A checkpoint too large for one file
+    (transformers' ``model.safetensors.index.json`` and its shards) is read the same way:
+    the index checked, then every shard's header (``Shards``).
+
+``load_model(header, layout, dtype=...)``
+    The one loader of Hugging Face model files (GPT-2, LLaMA, BERT): a ``Layout`` says how
+    the model names its parameters (their shapes, the base model's prefix, the buffers,
+    the layer pattern); the file's naming is detected (a bare base model's file lacks the
+    prefix), every name and shape checked, an unexpected layer named with the config's
+    layer count, then the data read shard by shard, cast to ``dtype`` and only then checked
+    finite (a bfloat16 weight of 1e5 is inf in float16). ``check_model_state`` is the same
+    check for arrays already in memory (a transformers model's ``state_dict()``).
 
 The data is read with plain ``os`` reads, never ``safetensors``' own loader: under a
 memory limit that loader can fail with a Rust panic that escapes ``except Exception``.
@@ -49,6 +60,7 @@ key or field.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -56,14 +68,15 @@ import re
 import stat
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy
 
 from minilora.errors import (ConfigError, FileAccessError, InterruptedSaveError, LoadError, MismatchError,
                              MissingFileError, NotRegularFileError, WeightsError)
-from minilora.io import SAVE_ID_KEY  # in config JSON and in safetensors metadata: see minilora/io.py
 
+SAVE_ID_KEY = "minilora_save_id"  # binds a folder save's two files, in config JSON and safetensors metadata (io.py)
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few KiB; 1 MiB leaves room and stops /dev/zero-like files
 MAX_HEADER_BYTES = 100 << 20  # safetensors' own limit on its header
 
@@ -150,6 +163,28 @@ def _read_exactly(fd: int, offset: int, n: int, path, what: str) -> bytearray:
         buf[done:done + len(chunk)] = chunk
         done += len(chunk)
     return buf
+
+
+def check_sha256(file, expected: str, remedy: str) -> None:
+    """Refuse a file whose sha256 is not ``expected``: a WeightsError naming the file, both digests and
+    ``remedy`` (what to do about it). For files minilora ships or installs, whose content is known."""
+    file = Path(file)
+    if not file.is_file():
+        raise MissingFileError(f"{file} is missing; {remedy}")
+    st = file.stat()
+    got = _sha256(str(file), st.st_size, st.st_mtime_ns)
+    if got != expected:
+        raise WeightsError(f"{file}: sha256 {got} differs from the expected {expected}; {remedy}")
+
+
+@lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The file's sha256, computed once per (path, size, modification time): 90 MB take ~0.2 s."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------
@@ -273,6 +308,17 @@ class Header:
     metadata: dict  # "__metadata__": str -> str
     data_start: int  # 8 + header length
     identity: tuple  # (device, inode, size, mtime_ns) of the file the header was read from
+
+
+@dataclass(frozen=True)
+class Shards:
+    """The checked headers of a checkpoint split over several files by an index
+    (``model.safetensors.index.json``); ``path`` and ``tensors`` cover them all, as a Header's do."""
+
+    path: str  # the index file
+    tensors: dict  # name -> TensorInfo, over every shard
+    shards: tuple  # (Header, ...), one per file, in file-name order
+    metadata: dict  # {}: an index carries no save id
 
 
 def read_header(path) -> Header:
@@ -445,15 +491,68 @@ def read_folder(folder, config_name: str, weights_name: str, what: str = "a chec
         except (LoadError, OSError):
             pass
         raise MissingFileError(f"{config_path} not found ({holds}){hint}")
-    if not os.path.lexists(weights_path):
+    index_path = folder / (weights_name + INDEX_SUFFIX)
+    if not os.path.lexists(weights_path) and not os.path.lexists(index_path):
         pickled = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt"))
         note = (f" (found {', '.join(pickled)}: minilora reads only safetensors -- pickle files can run code)"
                 if pickled else "")
-        raise MissingFileError(f"{weights_path} not found{note}")
+        raise MissingFileError(f"{weights_path} not found{note}, nor {index_path.name} (a sharded checkpoint's index)")
     config = read_config(config_path, f"the {config_name} of {what}")
-    header = read_header(weights_path)
-    check_same_save(config, config_path, header)
+    header = read_header(weights_path) if os.path.lexists(weights_path) else read_shards(index_path)
+    for one in getattr(header, "shards", (header,)):
+        check_same_save(config, config_path, one)
     return config, header
+
+
+INDEX_SUFFIX = ".index.json"  # model.safetensors.index.json: transformers' list of a sharded checkpoint's files
+
+
+def read_shards(index_path) -> Shards:
+    """The index of a sharded checkpoint and every shard's header, checked: the index is strict JSON
+    with a ``weight_map`` {tensor name: file name}, each file a plain name beside the index; each
+    shard's header is checked as ``read_header`` checks one, and holds exactly the tensors the index
+    maps to it (none missing, none extra, none in two shards). No tensor data is read."""
+    index_path = Path(index_path)
+    index = read_config(index_path, "a safetensors index", max_bytes=MAX_HEADER_BYTES)
+    weight_map = index.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise ConfigError(f"{index_path}: weight_map must be a non-empty object {{tensor name: file name}}, "
+                          f"got a JSON {json_type_name(weight_map)}")
+    files = {}
+    for name, file in weight_map.items():
+        if not isinstance(file, str) or Path(file).name != file or file in (".", "..") or not file.endswith(".safetensors"):
+            raise ConfigError(f"{index_path}: weight_map[{name!r}] = {file!r} is not the name of a .safetensors file "
+                              f"beside the index")
+        files.setdefault(file, set()).add(name)
+    headers, tensors = [], {}
+    for file in sorted(files):
+        if not os.path.lexists(index_path.parent / file):
+            raise MissingFileError(f"{index_path}: weight_map names {file}, which is not in {index_path.parent}")
+        header = read_header(index_path.parent / file)
+        held = set(header.tensors)
+        for names, problem in ((files[file] - held, f"the index maps to {file}, which does not hold"),
+                               (held - files[file], f"{file} holds, which the index does not map to it")):
+            if names:
+                raise MismatchError(f"{index_path}: tensors {problem}: {', '.join(sorted(names)[:6])}"
+                                    f"{' ...' if len(names) > 6 else ''}")
+        headers.append(header)
+        tensors.update(header.tensors)
+    return Shards(str(index_path), tensors, tuple(headers), {})
+
+
+def load_weights(header, expected: dict, **kwargs) -> dict:
+    """``load_checked`` over one file's Header or a sharded checkpoint's Shards: for shards, every name
+    and shape is checked against ``expected`` first (one message for all), then each shard is read
+    in turn, checked as one file is."""
+    if isinstance(header, Header):
+        return load_checked(header.path, expected, header=header, **kwargs)
+    names = {k: kwargs[k] for k in ("buffers", "optional", "implied", "what", "hint") if k in kwargs}
+    check_names_and_shapes(header, expected, **names)
+    out = {}
+    for shard in header.shards:
+        part = {k: v for k, v in expected.items() if k in shard.tensors}
+        out.update(load_checked(shard.path, part, header=shard, **{**kwargs, "optional": set(part)}))
+    return out
 
 
 
@@ -476,3 +575,70 @@ def check_same_save(config: dict, config_path, header: Header) -> None:
         f"{os.path.basename(str(config_path))} has {ours!r}. A save into this folder was interrupted between writing "
         f"its two files; save again (or restore the folder from a copy). If you replaced "
         f"{os.path.basename(str(config_path))} on purpose, set its {SAVE_ID_KEY} to {theirs!r}")
+
+
+# ---------------------------------------------------------------------------
+# one loader for every Hugging Face model
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How a model names its parameters in Hugging Face's files and state dicts (what ``load_model``
+    and ``check_model_state`` need). Patterns are written without the base model's prefix."""
+
+    shapes: dict  # {key: shape} of every parameter, named as the model with its head saves it
+    prefix: str  # the base model's prefix ("transformer.", "model.", "bert."), absent from a bare base model's keys
+    source: str  # the config the shapes come from ("path/config.json"), for messages
+    implied: str  # its fields that set the shapes, for messages: "config.json (n_embd=16, n_layer=2, ...)"
+    what: str  # the model, for messages: "minilora's GPT"
+    optional: frozenset = frozenset()  # keys that may be absent (a tied head, BERT's pooler)
+    buffers: str = ""  # regex of the tensors that are no parameters (old causal masks, position ids): dropped
+    layer: str = ""  # regex whose group 1 is a layer index, e.g. r"h\.(\d+)\."
+    layers: tuple = ("", 0)  # the config's layer-count field and its value, e.g. ("n_layer", 12)
+
+    def naming(self, names) -> dict:
+        """``check_names_and_shapes``' keywords for a file (or state dict) holding ``names``, in its own
+        naming -- with the prefix, or without it if no name has it -- and ``ours``: its key -> ours."""
+        bare = bool(self.prefix) and not any(n.startswith(self.prefix) for n in names)
+        prefix = re.escape(self.prefix)
+        inner = (lambda key: key.removeprefix(self.prefix)) if bare else (lambda key: key)
+        field, count = self.layers
+
+        def hint(key):  # an unexpected layer: the config's count is the likely cause
+            layer = re.match(rf"(?:{prefix})?{self.layer}", key) if self.layer else None
+            return f": {self.source} says {field}={count}" if layer and int(layer[1]) >= count else ""
+
+        return dict(expected={inner(k): v for k, v in self.shapes.items()},
+                    optional={inner(k) for k in self.optional},
+                    buffers=[re.compile(rf"(?:{prefix})?(?:{self.buffers})")] if self.buffers else [],
+                    implied=self.implied, what=self.what, hint=hint,
+                    ours={inner(k): k for k in self.shapes})
+
+
+def check_layer_count(header, count: int, field: str, per_layer: int, what: str, source: str) -> None:
+    """Refuse a config whose layer count the file cannot hold (a billion, say) before the key list
+    of so many layers is built."""
+    if count > len(header.tensors):
+        raise MismatchError(f"{header.path} does not fit {what}: {source} says {field}={count}, "
+                            f"but the file holds {len(header.tensors)} tensors ({per_layer} a layer)")
+
+
+def load_model(header, layout: Layout, *, dtype=None, allow_nonfinite: bool = False) -> dict:
+    """``{key: array}`` of a model's parameters from its file (a Header, or Shards), keyed as
+    ``layout.shapes``: the file's naming detected, every name and shape checked, buffers dropped,
+    the data read (shard by shard), cast to ``dtype`` and then checked finite (module docstring)."""
+    naming = layout.naming(header.tensors)
+    ours = naming.pop("ours")
+    tensors = load_weights(header, naming.pop("expected"), **naming, dtype=dtype, allow_nonfinite=allow_nonfinite)
+    return {ours[k]: v for k, v in tensors.items() if k in ours}
+
+
+def check_model_state(tensors: dict, layout: Layout, source: str) -> dict:
+    """``load_model``'s checks for arrays in memory (``{name: array}``, e.g. a transformers model's
+    state dict), named ``source`` in messages; returns them keyed as ``layout.shapes``."""
+    infos = {k: TensorInfo("", tuple(v.shape), 0, 0) for k, v in tensors.items()}
+    naming = layout.naming(infos)
+    ours = naming.pop("ours")
+    check_names_and_shapes(Header(source, infos, {}, 0, ()), naming.pop("expected"), **naming)
+    return {ours[k]: v for k, v in tensors.items() if k in ours}

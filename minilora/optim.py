@@ -3,6 +3,11 @@
 Each optimizer keeps state only for parameters that require a gradient -- so a
 LoRA model, with its base frozen, carries AdamW moments for the adapter alone.
 That is where most of LoRA's memory saving comes from (docs/lora.md).
+
+Training in float16 is mixed precision, as practice does it (docs/training.md): Adam
+keeps a float32 *master* copy of every float16 parameter and float32 moments, steps
+the master, and rounds it into the parameter; ``GradScaler`` scales the loss so that
+float16 gradients do not underflow, and unscales them in float32.
 """
 
 from __future__ import annotations
@@ -108,6 +113,14 @@ class Adam(Optimizer):
 
     ``m <- b1 m + (1-b1) g``; ``v <- b2 v + (1-b2) g^2``;
     ``p <- p - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``.
+
+    A parameter narrower than float32 (float16) is stepped through a float32 master copy
+    (``state["master"]``), with float32 moments, and gets the master rounded to its dtype after
+    each step: in float16 itself, ``eps`` = 1e-8 rounds to 0 -- so a gradient that is 0 makes
+    ``m / (sqrt(v) + eps)`` = 0/0 = NaN -- and an update smaller than half the spacing of
+    float16 around a weight (2.4e-4 to 4.9e-4 of it) would be rounded away, step after step
+    (Micikevicius et al., 2018, "Mixed Precision Training", sec. 3.1). A float16 parameter
+    changed from outside between steps (a load) is taken as the new master.
     """
 
     decoupled = False
@@ -124,13 +137,13 @@ class Adam(Optimizer):
         for group in self.param_groups:
             lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
             for p in self._params_with_grad(group):
-                g = p.grad
                 if not p.data.flags.c_contiguous:
                     p.data = xp.ascontiguousarray(p.data)  # the update works on flat views of it
                 state = self.state.get(p)
                 if state is None:
-                    zeros = lambda: xp.zeros(p.data.shape, dtype=p.data.dtype)  # noqa: E731  (row-major, like p)
-                    state = self.state[p] = {"step": 0, "exp_avg": zeros(), "exp_avg_sq": zeros()}
+                    state = self.state[p] = self._new_state(p)
+                weights = self._master(p, state)  # p.data itself, or its float32 master copy
+                g = p.grad.astype(weights.dtype, copy=False)
                 state["step"] += 1
                 t = state["step"]
                 decay = 1.0
@@ -138,10 +151,33 @@ class Adam(Optimizer):
                     if self.decoupled:  # AdamW: shrink the weights directly (Loshchilov & Hutter, 2019)
                         decay = 1 - lr * wd
                     else:
-                        g = g + wd * p.data
+                        g = g + wd * weights
                 c = math.sqrt(1 - b2**t)
-                _adam_update(p.data.reshape(-1), xp.ascontiguousarray(g).reshape(-1), state["exp_avg"].reshape(-1),
+                _adam_update(weights.reshape(-1), xp.ascontiguousarray(g).reshape(-1), state["exp_avg"].reshape(-1),
                              state["exp_avg_sq"].reshape(-1), b1, b2, eps * c, lr * c / (1 - b1**t), decay)
+                if weights is not p.data:
+                    p.data[...] = weights  # the master, rounded to the parameter's dtype
+
+    @staticmethod
+    def _new_state(p) -> dict:
+        """Zero moments (row-major, like p), float32 at least; a float32 master copy of a narrower p."""
+        xp = B.xp
+        dtype = xp.promote_types(p.data.dtype, xp.float32)
+        state = {"step": 0, "exp_avg": xp.zeros(p.data.shape, dtype=dtype), "exp_avg_sq": xp.zeros(p.data.shape, dtype=dtype)}
+        if dtype != p.data.dtype:
+            state["master"] = p.data.astype(dtype)
+        return state
+
+    @staticmethod
+    def _master(p, state):
+        """The array the step updates: p's master copy if it has one, else p's own data. Where p was
+        changed from outside since the last step (its value is no longer the master rounded), the
+        master takes p's value -- element by element, on the device, without a sync."""
+        master = state.get("master")
+        if master is None:
+            return p.data
+        B.xp.copyto(master, p.data, where=master.astype(p.data.dtype) != p.data)
+        return master
 
 
 def _adam_update(p, g, m, v, b1, b2, eps_c, step_size, decay=1.0):
@@ -191,6 +227,24 @@ class AdamW(Adam):
         super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
+def grad_norm(parameters, norm_type: float = 2.0) -> Tensor:
+    """The joint norm of all gradients, ``||(||g_1||_p, ..., ||g_n||_p)||_p`` (0 without any), a 0-d
+    Tensor on the device -- what ``clip_grad_norm_`` returns, without clipping."""
+    xp = B.xp
+    if isinstance(parameters, Tensor):
+        parameters = [parameters]
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return Tensor(0.0)
+    if norm_type == math.inf:
+        total = xp.stack([xp.abs(g).max() for g in grads]).max()
+    elif norm_type == 2.0:  # sum of squares as a dot product: no temporary the size of g
+        total = xp.sqrt(xp.stack([xp.vdot(g.ravel(), g.ravel()) for g in grads]).sum())
+    else:
+        total = xp.stack([(xp.abs(g) ** norm_type).sum() for g in grads]).sum() ** (1.0 / norm_type)
+    return Tensor(xp.asarray(total, dtype=grads[0].dtype))
+
+
 def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_if_nonfinite: bool = False) -> Tensor:
     """Scale all gradients together so that their joint norm is at most ``max_norm``:
 
@@ -205,21 +259,65 @@ def clip_grad_norm_(parameters, max_norm: float, norm_type: float = 2.0, error_i
     xp = B.xp
     if isinstance(parameters, Tensor):
         parameters = [parameters]
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return Tensor(0.0)
-    if norm_type == math.inf:
-        total = xp.stack([xp.abs(g).max() for g in grads]).max()
-    elif norm_type == 2.0:  # sum of squares as a dot product: no temporary the size of g
-        total = xp.sqrt(xp.stack([xp.vdot(g.ravel(), g.ravel()) for g in grads]).sum())
-    else:
-        total = xp.stack([(xp.abs(g) ** norm_type).sum() for g in grads]).sum() ** (1.0 / norm_type)
+    parameters = list(parameters)
+    total = grad_norm(parameters, norm_type).data
     if error_if_nonfinite and not math.isfinite(float(total)):
         raise RuntimeError(f"the total norm of gradients is {float(total)}; clipping cannot make it finite")
     scale = xp.minimum(max_norm / (total + 1e-6), 1.0)
-    for g in grads:
-        g *= scale
-    return Tensor(xp.asarray(total, dtype=grads[0].dtype))
+    for p in parameters:
+        if p.grad is not None:
+            p.grad *= scale
+    return Tensor(total)
+
+
+class GradScaler:
+    """Dynamic loss scaling for float16 training, with ``torch.amp.GradScaler``'s rule
+    (Micikevicius et al., 2018, "Mixed Precision Training", sec. 3.2).
+
+    float16 holds magnitudes from about 6e-8 (subnormal) to 65,504. A loss's gradients are
+    small -- a mean over B x T tokens divides them by thousands -- and many would round to
+    zero in float16. So backward starts from ``scale`` instead of 1 (``seed``), which
+    multiplies every gradient by it, and ``unscale_`` takes each gradient to float32 and
+    divides the scale out there, where small values are safe. If a scaled gradient
+    overflowed (inf or NaN), ``update(False)`` halves the scale and the step must be skipped;
+    after ``growth_interval`` steps without overflow the scale doubles. It starts at
+    2**15, the largest power of two float16 holds (torch starts at 2**16 because it scales
+    a float32 loss), and never exceeds it; below 1 it no longer scales anything up, so a
+    gradient that still overflows is not finite at all -- ``update`` raises then.
+    """
+
+    def __init__(self, init_scale: float = 2.0**15, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000, max_scale: float = 2.0**15):
+        self.scale, self.good_steps = float(init_scale), 0
+        self.growth_factor, self.backoff_factor = growth_factor, backoff_factor
+        self.growth_interval, self.max_scale = growth_interval, max_scale
+
+    def seed(self, loss: Tensor):
+        """The gradient to start ``loss.backward`` from: ``scale``, in the loss's dtype."""
+        return B.xp.full_like(loss.data, self.scale)
+
+    def unscale_(self, parameters) -> None:
+        """Each gradient as float32, divided by the scale."""
+        for p in parameters:
+            if p.grad is not None:
+                p.grad = p.grad.astype(B.xp.float32) * (1.0 / self.scale)
+
+    def update(self, finite: bool) -> None:
+        """After a step's gradients were found ``finite`` (then the step ran) or not (then it was skipped)."""
+        if finite:
+            self.good_steps += 1
+            if self.good_steps == self.growth_interval:
+                self.scale, self.good_steps = min(self.scale * self.growth_factor, self.max_scale), 0
+            return
+        self.scale, self.good_steps = self.scale * self.backoff_factor, 0
+        if self.scale < 1.0:
+            raise FloatingPointError("the gradient is not finite even without loss scaling")
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "good_steps": self.good_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.good_steps = float(state["scale"]), int(state["good_steps"])
 
 
 def warmup_cosine_lr(step: int, max_lr: float, warmup_steps: int, total_steps: int, min_lr: float = 0.0) -> float:

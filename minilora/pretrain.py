@@ -1,10 +1,13 @@
 """The base model every experiment starts from: a small GPT-2 pre-trained on English prose.
 
 LoRA adapts a *pretrained* model, so minilora ships one (``minilora/checkpoints/base``,
-Hugging Face's GPT-2 format, under 4 MB) and ``load_base()`` reads it offline.
-``minilora pretrain`` re-creates it from scratch:
+Hugging Face's GPT-2 format, under 4 MB) and ``load_base()`` reads it offline, after
+checking its sha256 against the one recorded here (``SHIPPED_SHA256``): every claim
+measures on it, so a changed file is an error, never a silent other model.
+``minilora pretrain`` re-creates it from scratch, into a folder of its own (never into
+the installed package):
 
-    minilora pretrain --out minilora/checkpoints/base      # the shipped settings
+    minilora pretrain --out runs/base      # the shipped settings; without --out: ./pretrain-gpt
 
 It trains a byte-level GPT-2 (4 layers, 4 heads, width 128, 128 positions, 0.84M
 parameters) on the docstrings of Python's standard library (``minilora.data``),
@@ -18,10 +21,10 @@ so that the two bases differ in architecture alone. ``--positions 512 --batch-si
 either with 512 positions on windows of 512 bytes (the same bytes per step): the E2E benchmark's
 bases, ``checkpoints/base_512`` and ``llama_base_512`` (``load_base(positions=512)``).
 
-A run is resumable: every evaluation writes the training state
-(``minilora.train.save_training_state``) to ``training-checkpoint.safetensors`` in the output
-folder, and running the same command again continues from it with the losses the
-uninterrupted run would have had.
+A run is resumable: every evaluation writes the training state (``minilora.train.save_training_state``) to
+``training-checkpoint.safetensors`` in the output folder, and running the same command
+again continues from it with the losses the uninterrupted run would have had. The output
+folder must be new, empty or an earlier run's (``minilora.io.claim_output_folder``).
 """
 
 from __future__ import annotations
@@ -37,13 +40,27 @@ import numpy as np
 
 import minilora
 from minilora.data import build_corpus, eval_batches, get_batch
-from minilora.io import atomic_write
+from minilora.errors import OutputFolderError
+from minilora.io import atomic_write, claim_output_folder
+from minilora.loading import check_sha256
 from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
 from minilora.tensor import float32
 from minilora.train import TrainConfig, evaluate_loss, train
 
-BASE_DIR = Path(__file__).parent / "checkpoints" / "base"
-LLAMA_BASE_DIR = Path(__file__).parent / "checkpoints" / "llama_base"
+PACKAGE_DIR = Path(__file__).parent
+CHECKPOINTS = PACKAGE_DIR / "checkpoints"
+BASE_DIR = CHECKPOINTS / "base"
+LLAMA_BASE_DIR = CHECKPOINTS / "llama_base"
+
+# The sha256 of each shipped base's model.safetensors, by its folder in minilora/checkpoints:
+# load_base() refuses a file that differs. A new shipped base is one line here.
+SHIPPED_SHA256 = {
+    "base": "4e82b00ba908d6c25eab41672e603885e0bdb8b29602704193318a57c8efc8d9",
+    "llama_base": "a17db96c88ea9cce98987c7d3aae4b1b8707dae45e3e0662d116c521c4badfad",
+    "base_512": "1d9112967e5a110eec6ca201e1245b345616ccb09a18c3d96a31d1329f90de3e",
+    "llama_base_512": "c6d216814dd9133d557c358be7acbeb32cc54b88fbd9482349371f0ea06a69ef",
+}
+RUN = "pretrain run"  # the kind of output folder pretrain writes (minilora.io.OUTPUT_MARKER)
 
 # The shipped model's shape: small enough to fine-tune in minutes on two CPU cores,
 # large enough to have learned English spelling and some syntax.
@@ -65,7 +82,7 @@ def base_config(arch: str, positions: int = POSITIONS):
     table, LLaMA's RoPE range); everything else as the shipped base."""
     if arch not in ARCHS:
         raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    if not isinstance(positions, int) or positions < 1:
+    if not isinstance(positions, int) or isinstance(positions, bool) or positions < 1:
         raise ValueError(f"positions must be a positive int, got {positions!r}")
     config = ARCHS[arch][1]
     return replace(config, **{"block_size" if arch == "gpt" else "max_position_embeddings": positions})
@@ -90,17 +107,21 @@ def prose_val_loss(model, corpus=None, batch_size: int = 32) -> float:
 
 def pretrain(out: str | os.PathLike | None = None, max_steps: int = BASE_TRAIN.max_steps, seed: int = 0,
              batch_size: int = BATCH_SIZE, progress: bool = True, arch: str = "gpt", resume: bool = True,
-             positions: int = POSITIONS) -> dict:
+             positions: int = POSITIONS, log=print) -> dict:
     """Train the base model of ``arch`` ("gpt" or "llama") with ``positions`` byte positions from
-    scratch, on windows of that length, and save it to ``out`` (default: the shipped folder); returns
-    the log it writes. With ``resume``, a training checkpoint left in ``out`` by an interrupted run is
-    continued rather than started over."""
-    model_config = base_config(arch, positions)
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"pretrain: batch_size must be a positive int, got {batch_size!r}")
-    model_cls, _, default_out = ARCHS[arch]
-    out = Path(out if out is not None else default_out)
-    out.mkdir(parents=True, exist_ok=True)
+    scratch, on windows of that length, and save it to ``out``
+    (default: ``./pretrain-<arch>``, said through ``log``); returns the log it writes. With
+    ``resume``, a training checkpoint left in ``out`` by an interrupted run is continued rather
+    than started over. ``out`` must be new, empty or an earlier run's, and outside the package."""
+    model_config = base_config(arch, positions)  # checks both
+    for name, value, least in (("max_steps", max_steps, 1), ("seed", seed, 0), ("batch_size", batch_size, 1)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < least:
+            raise ValueError(f"pretrain: {name} must be an integer >= {least}, got {value!r}")
+    model_cls = ARCHS[arch][0]
+    default = out is None
+    out = claim_output_folder(check_outside_package(out if out is not None else f"pretrain-{arch}"), RUN)
+    if default:
+        log(f"pretrain: no output folder given; writing to {out}")
     corpus = build_corpus("prose")
     T = positions
     minilora.manual_seed(seed)
@@ -120,8 +141,9 @@ def pretrain(out: str | os.PathLike | None = None, max_steps: int = BASE_TRAIN.m
     val_loss = prose_val_loss(model, corpus, batch_size)
     model.save_pretrained(out)
     os.remove(out / CHECKPOINT_NAME)
-    log = {
+    record = {
         "command": "minilora pretrain " + " ".join(sys.argv[2:]) if sys.argv[1:2] == ["pretrain"] else "pretrain()",
+        "out": str(out),
         "seed": seed,
         "arch": arch,
         "model": asdict(model_config),
@@ -135,9 +157,34 @@ def pretrain(out: str | os.PathLike | None = None, max_steps: int = BASE_TRAIN.m
         "curve": {"step": [r["step"] for r in history.steps[::25]], "loss": [r["loss"] for r in history.steps[::25]],
                   "evals": history.evals},
     }
-    text = json.dumps(log, indent=1, allow_nan=False)
+    text = json.dumps(record, indent=1, allow_nan=False)
     atomic_write(out / "pretrain_log.json", lambda tmp: Path(tmp).write_text(text))
-    return log
+    return record
+
+
+def check_outside_package(out) -> Path:
+    """``out``, if it is not inside the installed package: the shipped bases live there, and a
+    run writing over one would change the model every claim measures."""
+    inside = Path(out).expanduser().absolute().resolve().is_relative_to(PACKAGE_DIR.resolve())
+    if inside:
+        raise OutputFolderError(f"refusing to write into {Path(out).absolute()}: it is inside the installed minilora "
+                                f"package ({PACKAGE_DIR}), whose shipped bases every claim measures; name a folder "
+                                f"outside it (and to ship a new base, copy it in and record its sha256 in "
+                                f"minilora.pretrain.SHIPPED_SHA256)")
+    return Path(out)
+
+
+def check_shipped(folder) -> None:
+    """If ``folder`` is one of the shipped bases (``minilora/checkpoints/<name>``), its weights'
+    sha256 must be the one ``SHIPPED_SHA256`` records: a WeightsError names the file and both."""
+    folder = Path(folder).resolve()
+    if folder.parent != CHECKPOINTS.resolve():
+        return  # a base of the user's own
+    expected = SHIPPED_SHA256.get(folder.name)
+    if expected is None:
+        raise FileNotFoundError(f"{folder} is not a base minilora ships (SHIPPED_SHA256 lists {', '.join(SHIPPED_SHA256)})")
+    check_sha256(folder / "model.safetensors", expected, "the shipped base was changed (a pretrain run written "
+                 "into the package, a damaged install): reinstall minilora, or restore minilora/checkpoints from git")
 
 
 def base_dir(arch: str = "gpt", positions: int = POSITIONS) -> Path:
@@ -151,13 +198,14 @@ def base_dir(arch: str = "gpt", positions: int = POSITIONS) -> Path:
 
 def load_base(dtype=float32, path: str | os.PathLike | None = None, arch: str = "gpt", positions: int = POSITIONS):
     """The shipped pre-trained base model of ``arch`` ("gpt": a GPT, "llama": a LlamaForCausalLM)
-    with ``positions`` positions (128 or 512), offline, from Hugging Face's format; or the one
-    in the folder ``path``."""
-    base_config(arch, positions)  # checks both
-    path = Path(path if path is not None else base_dir(arch, positions))
+    with ``positions`` positions (128 or 512), offline, from Hugging Face's format, its sha256
+    checked (``check_shipped``); or the base in the folder ``path``."""
+    path = Path(path if path is not None else base_dir(arch, positions))  # base_dir checks arch and positions
     if not (path / "model.safetensors").exists():
         raise FileNotFoundError(f"no base model at {path}: re-create it with `minilora pretrain --arch {arch} "
-                                f"--positions {positions} --out {path}` (docs/base_model.md gives each base's settings)")
+                                f"--positions {positions} --out <a folder>`, then copy it there "
+                                f"(docs/base_model.md gives each base's settings)")
+    check_shipped(path)
     return ARCHS[arch][0].from_pretrained(path, dtype=dtype)
 
 

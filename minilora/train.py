@@ -10,6 +10,12 @@ holds state for the trainable ones alone.
 returns a dict of figures (e.g. ``{"val_loss": 1.9}``). Runs are deterministic:
 one ``seed`` fixes the initial weights drawn after it, dropout and the batch order.
 
+A non-finite loss stops the run before the step's update, so a NaN never reaches the
+weights or AdamW's moments; the message tells a batch with nothing to learn from (every
+target -100) from divergence. A model in float16 trains in mixed precision, as practice
+does it: float32 master weights and AdamW moments, float16 compute, and dynamic loss
+scaling (``optim.GradScaler``), whose overflowing steps are skipped (docs/training.md).
+
 Runs are resumable. With ``checkpoint_path``, every evaluation writes the whole
 training state -- the weights, AdamW's moments and step counts, the step reached,
 both random generators' states (batches and dropout) and the history so far -- in one
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +40,8 @@ import minilora
 from minilora import backend as B
 from minilora.io import atomic_write
 from minilora.nn import Module
-from minilora.optim import AdamW, WarmupCosine, clip_grad_norm_
+from minilora.optim import AdamW, GradScaler, WarmupCosine, clip_grad_norm_, grad_norm
+from minilora.tensor import Tensor
 
 
 @dataclass
@@ -71,7 +79,29 @@ class TrainHistory:
 
 
 class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite: training stops rather than corrupting the weights."""
+    """The loss (or, unscaled, a gradient) became NaN or infinite: training stops before the update."""
+
+
+def half_precision(model: Module) -> bool:
+    """Whether the model trains parameters narrower than float32 (float16): then in mixed precision."""
+    return any(p.requires_grad and p.dtype.kind == "f" and p.dtype.itemsize < 4 for p in model.parameters())
+
+
+def non_finite_loss(value: float, step: int, first_step: int, lr: float, targets, model: Module) -> NonFiniteLossError:
+    """The error for a loss of NaN or inf at ``step``, saying which of the usual causes it is."""
+    ids = None if targets is None else B.to_numpy(targets.data if isinstance(targets, Tensor) else targets)
+    if ids is not None and ids.size and not (ids != -100).any():
+        return NonFiniteLossError(
+            f"the loss is {value} at step {step}: the batch has no target to learn from (every label is -100, "
+            f"the ignore_index), so its mean is 0/0. Check the batches (a prompt filling the whole window leaves "
+            f"no answer token); nothing was updated.")
+    half = (" The model computes in float16, whose largest value is 65,504: a logit or the loss may have overflowed; "
+            "train in float32 to tell." if half_precision(model) else "")
+    if step == first_step:
+        return NonFiniteLossError(f"the loss is {value} at step {step}, before any update of this run: the model's "
+                                  f"weights or the batch give it, not the learning rate.{half}")
+    return NonFiniteLossError(f"the loss became {value} at step {step} (lr {lr:.3g}); training stopped before updating "
+                              f"the weights. Try a lower learning rate or stronger gradient clipping.{half}")
 
 
 def param_groups(model: Module, weight_decay: float) -> list:
@@ -102,9 +132,12 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
         optimizer = AdamW(param_groups(model, config.weight_decay), lr=config.lr, betas=config.betas)
     schedule = WarmupCosine(optimizer, config.warmup_steps, config.max_steps, config.min_lr_ratio)
     history = TrainHistory(config=asdict(config))
+    trained = [p for p in model.parameters() if p.requires_grad]
+    scaler = GradScaler() if half_precision(model) else None  # mixed precision (docs/training.md)
     first_step, seconds_before = 0, 0.0
     if config.resume and config.checkpoint_path and Path(config.checkpoint_path).exists():
-        first_step, seconds_before = load_training_state(config.checkpoint_path, model, optimizer, schedule, rng, history)
+        first_step, seconds_before = load_training_state(config.checkpoint_path, model, optimizer, schedule, rng, history,
+                                                         scaler)
     start = time.perf_counter()
     model.train()
     bar = tqdm(range(first_step, config.max_steps), desc=config.desc, disable=not config.progress, leave=False,
@@ -113,25 +146,36 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
         x, y = batches(rng)
         _, loss = model(x, targets=y)
         optimizer.zero_grad()
-        loss.backward()
-        if config.grad_clip:
-            loss_value, grad_norm = B.read_scalars(loss.data, clip_grad_norm_(model.parameters(), config.grad_clip).data)
-        else:
-            (loss_value,), grad_norm = B.read_scalars(loss.data), float("nan")
+        loss.backward(None if scaler is None else scaler.seed(loss))
+        if scaler is not None:
+            scaler.unscale_(trained)  # float32 gradients, the scale divided out
+        norm = clip_grad_norm_(trained, config.grad_clip) if config.grad_clip else grad_norm(trained)
         # The step's one sync (on a GPU): loss and gradient norm come to the host together, here,
         # before the update -- so divergence is caught at the step it happens, and a NaN never
         # reaches the weights or AdamW's moments.
-        if not math.isfinite(loss_value):
-            raise NonFiniteLossError(
-                f"the loss became {loss_value} at step {step} (lr {optimizer.param_groups[0]['lr']:.3g}); "
-                f"training stopped. Try a lower learning rate or stronger gradient clipping."
-            )
+        loss_value, grad_norm_value = B.read_scalars(loss.data, norm.data)
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
-        for allocate in allocators:
-            allocate(step)
+        if not math.isfinite(loss_value):
+            raise non_finite_loss(loss_value, step, first_step, lr, y, model)
+        finite = math.isfinite(grad_norm_value)
+        if scaler is not None:  # a scaled float16 gradient overflowed: skip the step, lower the scale
+            try:
+                scaler.update(finite)
+            except FloatingPointError as err:
+                raise NonFiniteLossError(f"at step {step}, with a finite loss ({loss_value:.4g}): {err}; training "
+                                         "stopped before updating the weights") from None
+        elif not finite:
+            raise NonFiniteLossError(f"the gradient norm became {grad_norm_value} at step {step}, with a finite loss "
+                                     f"({loss_value:.4g}); training stopped before updating the weights")
+        if finite:
+            optimizer.step()
+            for allocate in allocators:  # on the step's gradients; a skipped step has none to read
+                allocate(step)
         schedule.step()
-        history.steps.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})
+        row = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm_value}
+        if not finite:
+            row["skipped"] = True  # the loss scale was too large for this step's gradients
+        history.steps.append(row)
         bar.set_postfix(loss=f"{loss_value:.3f}")
         last = step == config.max_steps - 1
         if not (last or (config.eval_interval and (step + 1) % config.eval_interval == 0)):
@@ -145,7 +189,7 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
             bar.set_postfix({"loss": f"{loss_value:.3f}", **{f"eval {k}": f"{v:.3f}" for k, v in row.items() if k != "step"}})
         if config.checkpoint_path:
             history.seconds = seconds_before + time.perf_counter() - start
-            save_training_state(config.checkpoint_path, model, optimizer, step + 1, rng, history)
+            save_training_state(config.checkpoint_path, model, optimizer, step + 1, rng, history, scaler)
     bar.close()
     model.eval()
     B.synchronize()  # on a GPU the last update may still be queued: the run's time includes it
@@ -200,17 +244,20 @@ def load_checkpoint(model: Module, path: str, allow_nonfinite: bool = False) -> 
 # ---------------------------------------------------------------------------
 
 _OPTIMIZER = "optimizer."  # key prefix of AdamW's moments in the checkpoint: optimizer.<param name>.exp_avg
+_ADAM_STATE = ("exp_avg", "exp_avg_sq", "master")  # the arrays of a parameter's AdamW state (master: float16's)
 _NOT_COMPARED = ("progress", "desc", "resume")  # settings a resumed run may change
 
 
-def save_training_state(path: str, model: Module, optimizer, next_step: int, batch_rng, history: TrainHistory) -> None:
+def save_training_state(path: str, model: Module, optimizer, next_step: int, batch_rng, history: TrainHistory,
+                        scaler: GradScaler | None = None) -> None:
     """Everything a run needs to continue where it is, in one safetensors file, atomically.
 
     Tensors: the weights under their names (tied ones once), and each trained
-    parameter's AdamW moments as ``optimizer.<name>.exp_avg`` / ``.exp_avg_sq``.
-    Metadata (JSON): ``step`` (the next step to run), each parameter's AdamW step
-    count, the states of the batch generator and of minilora's generator (dropout),
-    the training config, and the history so far (losses, evaluations, seconds).
+    parameter's AdamW moments as ``optimizer.<name>.exp_avg`` / ``.exp_avg_sq`` (and a
+    float16 parameter's float32 master copy as ``.master``). Metadata (JSON): ``step``
+    (the next step to run), each parameter's AdamW step count, the states of the batch
+    generator and of minilora's generator (dropout), the loss scaler's, the training
+    config, and the history so far (losses, evaluations, seconds).
     """
     from safetensors.numpy import save_file
 
@@ -221,20 +268,31 @@ def save_training_state(path: str, model: Module, optimizer, next_step: int, bat
         state = optimizer.state.get(p)
         if state:
             adam_steps[name] = state["step"]
-            for key in ("exp_avg", "exp_avg_sq"):
-                tensors[f"{_OPTIMIZER}{name}.{key}"] = np.ascontiguousarray(B.to_numpy(state[key]))
+            for key in _ADAM_STATE:
+                if key in state:
+                    tensors[f"{_OPTIMIZER}{name}.{key}"] = np.ascontiguousarray(B.to_numpy(state[key]))
     meta = {
         "step": next_step,
         "adam_steps": adam_steps,
         "batch_rng": batch_rng.bit_generator.state,
         "minilora_rng": B.rng().bit_generator.state,
+        "loss_scaler": scaler.state_dict() if scaler is not None else None,
         "config": history.config,
         "history": {"steps": history.steps, "evals": history.evals, "seconds": history.seconds},
     }
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={k: json.dumps(v) for k, v in meta.items()}))
 
 
-def load_training_state(path: str, model: Module, optimizer, schedule, batch_rng, history: TrainHistory) -> tuple:
+def _same_setting(key: str, now, then) -> bool:
+    """Whether a setting of the resumed run equals the checkpoint's; a path is compared resolved
+    (``pt2/ckpt`` and ``$PWD/pt2/ckpt`` are one file)."""
+    if key == "checkpoint_path" and now is not None and isinstance(then, str):
+        return os.path.realpath(now) == os.path.realpath(then)
+    return json.loads(json.dumps(now)) == then
+
+
+def load_training_state(path: str, model: Module, optimizer, schedule, batch_rng, history: TrainHistory,
+                        scaler: GradScaler | None = None) -> tuple:
     """Put the state ``save_training_state`` wrote back into the model, optimizer, schedule, generators
     and history; returns (the next step, the seconds already spent). The training config must be
     the one the checkpoint was written with (progress and desc aside), or a ValueError names the fields."""
@@ -246,21 +304,23 @@ def load_training_state(path: str, model: Module, optimizer, schedule, batch_rng
                          f"minilora); delete it to start over")
     meta = {k: json.loads(v) for k, v in header.metadata.items() if k != "format"}
     saved, current = meta["config"], history.config
-    differ = [k for k in current if k not in _NOT_COMPARED and json.loads(json.dumps(current[k])) != saved.get(k)]
+    differ = [k for k in current if k not in _NOT_COMPARED and not _same_setting(k, current[k], saved.get(k))]
     if differ:
         raise ValueError(f"{path} was written by a run with other settings: "
                          + ", ".join(f"{k}={saved.get(k)!r} there, {current[k]!r} now" for k in differ)
                          + "; resume with the same settings or delete the checkpoint to start over")
     named = dict(model.named_parameters())
     moments = {f"{_OPTIMIZER}{name}.{key}": tuple(named[name].shape) if name in named else None
-               for name in meta["adam_steps"] for key in ("exp_avg", "exp_avg_sq")}
+               for name in meta["adam_steps"] for key in _ADAM_STATE}
     tensors = load_checked(path, {name: tuple(p.shape) for name, p in named.items()}, header=header, buffers=moments,
                            implied=f"the {type(model).__name__} being trained", what=f"this {type(model).__name__}")
     model.load_state_dict({k: v for k, v in tensors.items() if k in named}, strict=False)  # a tied weight is saved once
     for name, count in meta["adam_steps"].items():
         p = named[name]
         optimizer.state[p] = {"step": count, **{key: B.xp.asarray(tensors[f"{_OPTIMIZER}{name}.{key}"])
-                                                for key in ("exp_avg", "exp_avg_sq")}}
+                                                for key in _ADAM_STATE if f"{_OPTIMIZER}{name}.{key}" in tensors}}
+    if scaler is not None and meta.get("loss_scaler"):
+        scaler.load_state_dict(meta["loss_scaler"])
     batch_rng.bit_generator.state = meta["batch_rng"]
     B.rng().bit_generator.state = meta["minilora_rng"]
     schedule.last_step = meta["step"]

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -76,9 +77,15 @@ from minilora.tensor import Tensor, cat, no_grad
 BASE = "__base__"  # in a mixed-adapter batch: the rows that use no adapter (PEFT's name)
 
 
+# --- which modules a config names: PEFT 0.21's rules, one function each ------------------------
+
+ALL_LINEAR = "all-linear"  # PEFT's shorthand for target_modules: every linear layer but the output layer
+EMBEDDING_LAYER_NAMES = ("embed_tokens", "lm_head")  # PEFT's: wrapped, their base weights go into the adapter's file
+
+
 def target_matches(target_modules, name: str) -> bool:
-    """PEFT's matching rule: a string is a regex that must match the whole name;
-    a list matches a name equal to an entry or ending in ``"." + entry``."""
+    """PEFT's rule for ``target_modules`` (and ``exclude_modules``): a string is a regex that must
+    match the whole name; a list matches a name equal to an entry or ending in ``"." + entry``."""
     if isinstance(target_modules, str):
         return re.fullmatch(target_modules, name) is not None
     return any(name == t or name.endswith("." + t) for t in target_modules)
@@ -121,6 +128,31 @@ def check_layers_fields(config) -> None:
                          f"regex string ({config.target_modules!r}); put the layers in the regex instead")
     if pattern and layers is None:
         raise ValueError(f"{name}.layers_pattern={pattern!r} is set but layers_to_transform is not: say which layers")
+
+
+def saved_matches(modules_to_save, name: str) -> bool:
+    """PEFT's rule for ``modules_to_save``: a name that ends with an entry, *without* a dot -- so
+    ``"norm"`` names LLaMA's ``model.norm`` and every ``input_layernorm`` and ``post_attention_layernorm``."""
+    return any(name.endswith(entry) for entry in modules_to_save or [])
+
+
+def excluded(config, name: str) -> bool:
+    r"""Whether a module ``target_modules`` matches is kept out all the same, as PEFT does: named by
+    ``exclude_modules`` (``target_modules``' rule), or inside a module to save -- PEFT matches
+    ``(^|.*\.)entry($|\..*)`` there (entry as a regex), so no adapter is put into a module trained in full."""
+    exclude = getattr(config, "exclude_modules", None)
+    if exclude and target_matches(exclude, name):
+        return True
+    return any(re.match(rf"(^|.*\.){entry}($|\..*)", name) for entry in getattr(config, "modules_to_save", None) or [])
+
+
+def embedding_is_targeted(config, names) -> bool:
+    """PEFT's ``save_embedding_layers="auto"``: whether ``target_modules`` names an embedding layer
+    (a list holding "embed_tokens" or "lm_head", or a regex matching a module of ``names`` so named)."""
+    targets = getattr(config, "target_modules", None)
+    if isinstance(targets, str) and targets.lower() != ALL_LINEAR:
+        return any(re.fullmatch(targets, n) for n in names if re.match(rf"(.*\.)?({'|'.join(EMBEDDING_LAYER_NAMES)})$", n))
+    return bool(targets) and any(e in targets for e in EMBEDDING_LAYER_NAMES)
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
@@ -608,34 +640,63 @@ class BaseTuner(nn.Module):
             raise ValueError(f"{type(config).__name__}.{field} is None and there is no default for {model_type}; {hint}")
         setattr(config, field, list(defaults[model_type]))
 
-    def _find_targets(self, targets, accepted: tuple, config=None) -> list:
-        """The names of the modules ``targets`` matches (``target_matches``) -- within the config's
-        ``layers_to_transform``, if it has one -- each of which must be one of ``accepted``; if none
-        matches, the error lists the ones there are."""
-        names = []
+    def _find_targets(self, config, accepted: tuple) -> list:
+        """The names of the modules ``config.target_modules`` matches (``target_matches``) -- within the
+        config's ``layers_to_transform``, if it has one -- and that are not ``excluded``, each of which
+        must be one of ``accepted``; if none matches, the error lists
+        the ones there are. ``"all-linear"`` becomes the list of them (``_all_linear``), as in PEFT."""
+        if isinstance(config.target_modules, str) and config.target_modules.lower() == ALL_LINEAR:
+            config.target_modules = self._all_linear(config, accepted)
+        targets = config.target_modules
+        names, left_out, excluding = [], [], False
         for name, module in self.model.named_modules():
             if not name or self._is_own_submodule(name):
                 continue
-            if target_matches(targets, name) and (config is None or in_transformed_layers(config, name)):
-                if not isinstance(module, accepted):
-                    raise ValueError(f"target {name!r} is a {type(module).__name__}; {self.method} adapts Linear "
-                                     f"layers only (check target_modules={targets!r})")
-                names.append(name)
+            if excluded(config, name):  # checked first, on every module, as PEFT does
+                excluding = True
+                if target_matches(targets, name):
+                    left_out.append(name)
+                continue
+            if not (target_matches(targets, name) and in_transformed_layers(config, name)):
+                continue
+            if not isinstance(module, accepted):
+                raise ValueError(f"target {name!r} is a {type(module).__name__}; {self.method} adapts Linear "
+                                 f"layers only (check target_modules={targets!r})")
+            names.append(name)
+        if not names and left_out:
+            raise ValueError(f"target_modules={targets!r} matches only modules that exclude_modules or modules_to_save "
+                             f"leave out: {', '.join(left_out)}")
         if not names:
             linears = [n for n, m in self.model.named_modules() if isinstance(m, accepted) and not self._is_own_submodule(n)]
             layers = getattr(config, "layers_to_transform", None)
             within = f" in layers_to_transform={layers!r}" if layers is not None else ""
-            raise ValueError(f"target_modules={targets!r} matches no module of {type(self.model).__name__}{within}. "
-                             f"Its Linear layers are: {', '.join(linears)}")
+            raise ValueError(f"target_modules={targets!r} matches no module of {type(self.model).__name__}{within} "
+                             f"(a list names modules or their dotted suffixes, a string is a regex matching a whole "
+                             f"name, {ALL_LINEAR!r} every linear layer). Its Linear layers are: {', '.join(linears)}")
+        if getattr(config, "exclude_modules", None) and not excluding:
+            warnings.warn(f"exclude_modules={config.exclude_modules!r} excluded no module; check that it is set as meant")
         return names
+
+    def _all_linear(self, config, accepted: tuple) -> list:
+        """PEFT's ``"all-linear"``: every linear layer, a wrapper layer already there included, but the
+        model's output layer (``lm_head``) or, for ``task_type="SEQ_CLS"``, its classification head."""
+        if hasattr(self.model, "lm_head"):
+            heads = {"lm_head"}
+        elif getattr(config, "task_type", None) == "SEQ_CLS":
+            heads = {next((h for h in ("score", "classifier") if hasattr(self.model, h)), None)}
+        else:
+            heads = set()
+        return sorted(n for n, m in self.model.named_modules()  # linear: not an embedding, nor one wrapped
+                      if n and isinstance(m, accepted) and not isinstance(getattr(m, "base_layer", m), nn.Embedding)
+                      and not self._is_own_submodule(n) and n not in heads)
 
     def _wrap_module_to_save(self, target: str, adapter_name: str, undo: list, optional: bool = False) -> None:
         """Give adapter ``adapter_name`` its own trained copy of every module ``target`` matches
         (an ``optional`` target -- a task's head name the model may not use -- may match none)."""
         matches = [n for n, m in self.model.named_modules()
-                   if n and target_matches([target], n) and not isinstance(m, (self.layer_type, ModulesToSaveWrapper))
+                   if n and saved_matches([target], n) and not isinstance(m, (self.layer_type, ModulesToSaveWrapper))
                    and not self._is_own_submodule(n)]
-        wrapped = [n for n, m in self._modules_to_save() if target_matches([target], n)]
+        wrapped = [n for n, m in self._modules_to_save() if saved_matches([target], n)]
         if not matches and not wrapped and optional:
             return
         if not matches and not wrapped:  # a module another adapter wrapped already matches too
@@ -645,7 +706,7 @@ class BaseTuner(nn.Module):
                 continue
             self._replace(name, ModulesToSaveWrapper(self.model.get_submodule(name), adapter_name), undo)
         for name, module in self._modules_to_save():
-            if target_matches([target], name) and adapter_name not in module.modules_to_save:
+            if saved_matches([target], name) and adapter_name not in module.modules_to_save:
                 module.update(adapter_name)
                 undo.append(lambda module=module: module.modules_to_save.__delitem__(adapter_name))
 
@@ -861,4 +922,4 @@ class BaseTuner(nn.Module):
             array[...] = B.xp.asarray(tensors[key])
 
 
-__all__ = ["BASE", "BaseTuner", "ModulesToSaveWrapper", "target_matches", "set_submodule"]
+__all__ = ["BASE", "BaseTuner", "ModulesToSaveWrapper", "target_matches", "saved_matches", "excluded", "set_submodule"]

@@ -6,7 +6,8 @@
 Each claim is a module in ``minilora/experiments`` with ``run(ctx) -> ClaimResult``.
 The report is written into a temporary folder beside ``--out`` and renamed into
 place only when every claim has finished, so an interrupted or failed run never
-leaves a report that looks complete.
+leaves a report that looks complete; ``--out`` must be new, empty or an earlier
+report (``minilora.io.replacing_output_folder``), or it is refused, untouched.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ import importlib
 import json
 import os
 import platform
-import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import minilora
 from minilora import backend
 from minilora.experiments import tuning
 from minilora.experiments.common import Context
+from minilora.io import replacing_output_folder
 from minilora.report import render_readme, render_table
 
 # The claims, in the article's order: (key, module).
@@ -74,27 +74,19 @@ def run_claims(ctx: Context, keys=None, log=print) -> list:
 
 
 BASES = ("toy", "minilm")
+REPORT = "verify report"  # the kind of output folder verify writes (minilora.io.OUTPUT_MARKER)
 
 
 def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = True, log=print, bases=BASES) -> list:
     """Run the claims and write the report to ``out`` (README.md, plots, results.json). ``bases``: the base
     models that the claims measured on both use (the toy GPT, all-MiniLM-L6-v2); the other claims use the toy."""
-    out = Path(out).resolve()
-    parent = out.parent
-    if not parent.exists():
-        raise OSError(f"cannot write the report to {out}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise OSError(f"cannot write the report to {out}: {parent} is not writable")
-    if out.exists() and not out.is_dir():
-        raise OSError(f"cannot write the report to {out}: it exists and is not a folder")
     unknown = sorted(set(only or []) - {k for k, _ in CLAIMS})
     if unknown:
         raise ValueError(f"unknown claims {unknown}; claims: {', '.join(k for k, _ in CLAIMS)}")
     bases = tuple(bases)
     if not bases or set(bases) - set(BASES):
         raise ValueError(f"unknown bases {sorted(set(bases) - set(BASES)) or '(none given)'}; bases: {', '.join(BASES)}")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-    try:
+    with replacing_output_folder(out, REPORT) as tmp:
         start = time.perf_counter()
         ctx = Context(out=str(tmp), quick=quick, seed=seed, progress=progress, bases=bases)
         tuning.CACHE_READS.update(runs=0, training_seconds=0.0)
@@ -113,10 +105,7 @@ def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = 
         (tmp / "results.json").write_text(json.dumps(
             {"meta": meta, "claims": {r.key: _claim_json(r) for r in results}}, indent=1, default=_jsonable))
         (tmp / "README.md").write_text(render_readme(results, meta))
-        _replace_folder(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    out = Path(out).absolute()
     log("")
     log(render_table(results))
     log(f"\nreport: {out / 'README.md'}")
@@ -141,21 +130,18 @@ def _jsonable(value):
     return str(value)
 
 
-def _replace_folder(new: Path, out: Path) -> None:
-    """Move the finished report into place; an older report at ``out`` is removed only after."""
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(new, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(new, out)
+def names(text: str | None) -> list | None:
+    """A comma-separated command-line list (``--only params,rank``), blanks dropped; None stays None."""
+    return None if text is None else [name.strip() for name in text.split(",") if name.strip()]
 
 
 def main_verify(args) -> int:
     try:
-        verify(args.out, quick=args.quick, seed=args.seed, only=args.only.split(",") if args.only else None,
-               progress=not args.no_progress, bases=args.bases.split(","))
+        only = names(args.only)
+        if only == []:
+            raise ValueError(f"--only {args.only!r} names no claim; claims: {', '.join(k for k, _ in CLAIMS)}")
+        verify(args.out, quick=args.quick, seed=args.seed, only=only, progress=not args.no_progress,
+               bases=names(args.bases))
     except (OSError, ValueError) as err:
         print(f"minilora verify: {err}", file=sys.stderr)
         return 1

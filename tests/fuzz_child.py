@@ -6,15 +6,21 @@ prints one line ``{"i": i, "start": true}`` before the load and one with its out
 so that the parent can attribute a hang or a crash to the job that was running. A job is
 
     {"op": "gpt", "path": folder}                          GPT.from_pretrained
+    {"op": "gpt16", "path": folder}                        the same, cast to float16
     {"op": "checkpoint", "path": file}                     train.load_checkpoint onto a fresh GPT
     {"op": "adapter", "path": folder}                      PeftModel.from_pretrained onto a fresh GPT
     {"op": "load_adapter", "path": folder, "good": folder} load_adapter onto a PeftModel holding
                                                            ``good``; after a refusal the model must be
                                                            as it was and ``good`` must load under the
                                                            same name (a retry)
+    {"op": "run_cache", "path": folder}                    experiments.tuning.cached_run of the run the folder
+                                                           caches (``run_spec()``, ``RUN_KEY``): read, never trained
+    {"op": "verify_out", "path": folder}                   minilora.io.replacing_output_folder(folder, "verify report")
+    {"op": "pretrain_out", "path": folder}                 minilora.io.claim_output_folder(folder, "pretrain run")
 
-An outcome is "ok", "error" (one of minilora.errors, with its type and message), or
-"broken" (anything else: another exception type, or a failed load that changed the model).
+An outcome is "ok", "error" (one of minilora.errors, with its type and message; for the
+output folders an OutputFolderError or another OSError), or "broken" (anything else:
+another exception type, or a failed load that changed the model).
 """
 
 import json
@@ -24,11 +30,26 @@ import sys
 import traceback
 
 
+RUN_KEY = "fuzz"  # the cached run's key; its spec is run_spec()
+
+
+def run_spec():
+    from minilora.experiments.finetune import RunSpec
+
+    return RunSpec("cls", "lora", "Wq+Wv", 2, steps=3)
+
+
+def not_cached():
+    raise AssertionError("the run cache trained the run instead of reading its file")
+
+
 def main() -> None:
     request = json.loads(sys.stdin.read())
     import numpy as np
 
-    from minilora.errors import LoadError
+    from minilora import io
+    from minilora.errors import LoadError, OutputFolderError
+    from minilora.experiments import tuning
     from minilora.models import GPT, GPTConfig
     from minilora.peft import PeftModel
     from minilora.train import load_checkpoint
@@ -53,6 +74,16 @@ def main() -> None:
         try:
             if job["op"] == "gpt":
                 GPT.from_pretrained(job["path"])
+            elif job["op"] == "gpt16":
+                GPT.from_pretrained(job["path"], dtype=np.float16)
+            elif job["op"] == "run_cache":
+                os.environ["MINILORA_RUN_CACHE"] = job["path"]
+                tuning.cached_run(run_spec(), RUN_KEY, not_cached)
+            elif job["op"] == "verify_out":
+                with io.replacing_output_folder(job["path"], "verify report") as staging:
+                    (staging / "README.md").write_text("a report")
+            elif job["op"] == "pretrain_out":
+                io.claim_output_folder(job["path"], "pretrain run")
             elif job["op"] == "checkpoint":
                 load_checkpoint(GPT(tiny), job["path"])
             elif job["op"] == "adapter":
@@ -61,7 +92,7 @@ def main() -> None:
                 model = PeftModel.from_pretrained(GPT(tiny).eval(), job["good"])
                 before = state(model)
                 model.load_adapter(job["path"], "fuzz")
-        except LoadError as err:
+        except (LoadError, OutputFolderError) as err:
             result.update(outcome="error", type=type(err).__name__, message=str(err))
             if model is not None:
                 if not same(state(model), before):
@@ -71,6 +102,9 @@ def main() -> None:
                         model.load_adapter(job["good"], "fuzz")  # the retry under the same name
                     except BaseException as retry:  # noqa: BLE001 -- reported, whatever it is
                         result.update(outcome="broken", message=f"the retry failed: {type(retry).__name__}: {retry}")
+        except OSError as err:  # an output folder's own refusal (a file where a folder goes), from the OS
+            kind = "error" if job["op"].endswith("_out") else "broken"
+            result.update(outcome=kind, type=type(err).__name__, message=str(err))
         except BaseException as err:  # noqa: BLE001 -- a PanicException is a BaseException; report it
             result.update(outcome="broken", type=type(err).__name__, message=traceback.format_exc()[-2000:])
         print(json.dumps(result), flush=True)

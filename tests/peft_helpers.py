@@ -21,6 +21,7 @@ from bert_helpers import padded_batch, tiny_hf, torch_inputs
 from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM, bert_hf, llama_hf
 from minilora.models import to_transformers as gpt_to_transformers
 from minilora.tuner import TunerLayer
+from tolerances import bound
 
 V, N_POS, C, N_LAYER, N_HEAD = 61, 16, 16, 2, 2
 TINY = GPTConfig(vocab_size=V, block_size=N_POS, n_layer=N_LAYER, n_head=N_HEAD, n_embd=C)
@@ -125,6 +126,15 @@ def peft_adapter(hf_model, config_cls, peft_cls: str, fields: dict, seed=1):
 def peft_logits(model, x):
     with torch.no_grad():
         return model(torch.tensor(x)).logits.numpy()
+
+
+def logit_tol(dtype, expected, config=TINY) -> float:
+    """How far two evaluations of a GPT's logits may lie apart: in float64 1e-12 (measured ~2e-15); in
+    float32 tolerances.py's bound, whose widest reduction is the MLP's 4 n_embd inputs, chained through
+    the layers and the head, relative to the largest logit."""
+    if np.dtype(dtype) == np.float64:
+        return 1e-12
+    return bound(4 * config.n_embd, config.n_layer + 1, float(np.max(np.abs(expected))), dtype)
 
 
 def max_err(a, b) -> float:

@@ -18,6 +18,7 @@ import torch.nn.functional as TF
 
 import minilora as ml
 import minilora.nn.functional as F
+from tolerances import assert_close, unit_roundoff
 
 DTYPES = [numpy.bool_, numpy.uint8, numpy.int8, numpy.int16, numpy.int32, numpy.int64,
           numpy.float16, numpy.float32, numpy.float64]
@@ -61,7 +62,10 @@ def assert_same(ours, theirs, what):
     assert not isinstance(ours, Exception), f"{what}: minilora raises {ours!r}, torch gives {theirs.dtype}"
     assert TORCH[numpy.dtype(ours.dtype)] == theirs.dtype, f"{what}: minilora {ours.dtype}, torch {theirs.dtype}"
     expected = theirs.numpy().astype(numpy.float64)
-    numpy.testing.assert_allclose(ours.numpy().astype(numpy.float64), expected, rtol=1e-3, err_msg=what)
+    # The operands are small integers every dtype holds exactly, and each op rounds its result once: the two
+    # libraries differ by at most that rounding on each side, 2 u of the result's dtype (0 for integers and bools).
+    rtol = 2 * unit_roundoff(ours.dtype) if numpy.dtype(ours.dtype).kind == "f" else 0.0
+    numpy.testing.assert_allclose(ours.numpy().astype(numpy.float64), expected, rtol=rtol, atol=0, err_msg=what)
 
 
 @pytest.mark.parametrize("shapes", [((3,), (3,)), ((3,), ()), ((), (3,)), ((), ())], ids=["nd-nd", "nd-0d", "0d-nd", "0d-0d"])
@@ -127,13 +131,35 @@ PRODUCTS = {  # name: (minilora, torch, shapes of the operands)
 }
 
 
+def product_rounding(name: str, arrays) -> tuple:
+    """``(n, depth, scale)`` of tolerances.py's bound for one product of PRODUCTS on ``arrays``: n is the inner
+    dimension, the scale the size of what is summed -- for a product |a| @ |b| (+ |bias|), where the result may
+    cancel; for layer norm the centred inputs over their standard deviation, times the gain, plus the bias
+    (normalising divides every absolute error by the deviation); for attention the largest score, whose
+    rounding exp turns into a relative error of the weights, plus one, times the largest value."""
+    a = [numpy.abs(x.astype(numpy.float64)) for x in arrays]
+    if name == "layer_norm":
+        x = arrays[0].astype(numpy.float64)
+        centred = numpy.abs(x - x.mean(-1, keepdims=True)) / x.std(-1, keepdims=True)
+        return x.shape[-1], 3, float(centred.max() * a[1].max() + a[2].max())  # mean, variance, normalisation
+    if name == "scaled_dot_product_attention":
+        scores = a[0] @ numpy.swapaxes(a[1], -1, -2) / numpy.sqrt(a[0].shape[-1])
+        return a[0].shape[-1], 3, float((1 + scores.max()) * a[2].max())  # scores, softmax, weighted sum
+    if name.startswith("linear"):
+        total = a[0] @ a[1].T + (a[2] if len(a) > 2 else 0)
+    else:
+        total = a[0] @ a[1]
+    return a[0].shape[-1], 1, float(numpy.max(total))
+
+
 @pytest.mark.parametrize("name", PRODUCTS)
 def test_products_refuse_mixed_dtypes_naming_both_as_torch(name):
     ours_fn, torch_fn, shapes = PRODUCTS[name]
     arrays = [rng.standard_normal(s) for s in shapes]
     same = [a.astype(numpy.float32) for a in arrays]
-    numpy.testing.assert_allclose(ours_fn(*map(ml.tensor, same)).numpy(),
-                                  torch_fn(*map(torch.tensor, same)).numpy(), rtol=1e-5, atol=1e-6)
+    n, depth, scale = product_rounding(name, same)
+    assert_close(ours_fn(*map(ml.tensor, same)).numpy(), torch_fn(*map(torch.tensor, same)).numpy(),
+                 n=n, depth=depth, scale=scale, what=name)
     for odd in range(len(arrays)):  # one operand in float64, the others in float32
         mixed = [a.astype(numpy.float64 if i == odd else numpy.float32) for i, a in enumerate(arrays)]
         with pytest.raises(RuntimeError):

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,6 +29,7 @@ from minilora.experiments import tuning
 from minilora.experiments.common import FAILS, HOLDS, PARTLY, Context
 from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
 from minilora.tasks import code_corpus, docstring_package_task
+from tolerances import assert_close
 
 TINY = GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 
@@ -136,6 +139,38 @@ def test_failed_runs_are_named_and_left_out_of_the_mean():
     assert sens.spread(rows, ["Wq+Wv r=2", "full"], "accuracy")["means"] == {"full": 0.5}
 
 
+class RunsCode:
+    """A pickle that, unpickled, writes a file: what a run cache file must never be able to do."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "code ran"))
+
+
+def test_the_run_cache_never_unpickles_and_refuses_a_damaged_file_naming_it(tmp_path, monkeypatch):
+    """The run cache read its files with pickle.loads: a file put in the cache folder ran code. It is
+    now a checked safetensors file (tuning.read_run); anything else is an error naming it."""
+    import pickle
+
+    from minilora.errors import LoadError
+
+    monkeypatch.setenv("MINILORA_RUN_CACHE", str(tmp_path / "cache"))
+    run = ft.RunResult(spec(), [1.0, 0.5], {"accuracy": 0.5, "loss": float("nan")}, 10, 9.0,
+                       {"w": np.ones((2, 3), dtype=np.float32)}, {"accuracy": 0.25})
+    tuning.cached_run(spec(), "key", lambda: run)
+    (path,) = (tmp_path / "cache").iterdir()
+    again = tuning.cached_run(spec(), "key", lambda: pytest.fail("trained instead of reading the cache"))
+    assert again.losses == run.losses and again.val == run.val and np.array_equal(again.state["w"], run.state["w"])
+    assert again.final["accuracy"] == 0.5 and math.isnan(again.final["loss"])  # a diverged figure comes back as NaN
+    marker = tmp_path / "pwned"
+    path.write_bytes(pickle.dumps(RunsCode(marker)))
+    with pytest.raises(LoadError, match=re.escape(str(path))):
+        tuning.cached_run(spec(), "key", lambda: pytest.fail("trained instead of refusing"))
+    assert not marker.exists()
+
+
 def test_runs_read_from_the_cache_are_counted_and_the_report_says_so(tmp_path, monkeypatch):
     from minilora.report import _cache_sentence
 
@@ -209,8 +244,11 @@ def test_reference_matches_minilora_float32(corpus):
     s = spec(task="code", target="c_attn", r=4, steps=6, lr=1e-2)
     data = ft.CodeData(corpus, 4, block=32, eval_windows=8)
     ours, theirs = ft.finetune(s, base, data), ref.torch_finetune(s, base, data)
-    assert _rel_err(ours.losses, theirs["losses"]) < 1e-4
-    assert ours.final["loss"] == pytest.approx(theirs["final"]["loss"], rel=1e-4)
+    # float32 on both sides (tolerances.py): the widest reduction is the softmax over the 256 bytes, through 2
+    # layers and the head, over 6 steps whose errors add: 2 x 6 x 3 x gamma_256 = 5.5e-4 of the loss.
+    n, depth = TINY.vocab_size, s.steps * (TINY.n_layer + 1)
+    assert_close(ours.losses, theirs["losses"], n=n, depth=depth, what="losses")
+    assert_close(ours.final["loss"], theirs["final"]["loss"], n=n, depth=depth + 1, what="final validation loss")
 
 
 def test_reference_refuses_what_peft_cannot_express():

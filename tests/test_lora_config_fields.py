@@ -70,8 +70,7 @@ FIELDS = {
     "layers_to_transform": IMPLEMENTED + ": test_peft_methods.py, here",
     "layers_pattern": IMPLEMENTED + ": test_peft_methods.py, here",
     "lora_bias": IMPLEMENTED + ": test_peft_methods.py, here",
-    # issue #19's work (exclude_modules with PEFT's rule): implemented there, refused until then
-    "exclude_modules": "issue #19: implemented or refused, the lead reconciles at merge",
+    "exclude_modules": IMPLEMENTED + " (target_modules' rule, as PEFT's code): test_peft_rules.py",
     # methods and initialisations minilora does not implement
     "megatron_config": REFUSED, "trainable_token_indices": REFUSED, "loftq_config": REFUSED, "eva_config": REFUSED,
     "corda_config": REFUSED, "lora_ga_config": REFUSED, "velora_config": REFUSED, "alora_invocation_tokens": REFUSED,

@@ -47,21 +47,13 @@ from minilora import Tensor, manual_seed, nn
 from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
 from minilora.peft import BASE, LoraConfig, LoRALinear, PeftModel, get_peft_model
 from peft_helpers import assert_refused_as_tied, merges_into_tied_head, untie_head
+from tolerances import gamma, unit_roundoff  # Higham's bounds, shared by the tests
 
 pytestmark = pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning")
 
 DTYPES = st.sampled_from([np.float32, np.float64])
 FAST = settings(max_examples=30, deadline=None)  # one layer: milliseconds an example
 GPT_SETTINGS = settings(max_examples=15, deadline=None)  # a small GPT: tens of milliseconds
-
-
-def unit_roundoff(dtype) -> float:
-    return float(np.finfo(dtype).eps) / 2
-
-
-def gamma(n: int, dtype) -> float:
-    u = unit_roundoff(dtype)
-    return n * u / (1 - n * u)
 
 
 def with_reference(n: int, dtype, absolute) -> np.ndarray:

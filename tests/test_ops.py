@@ -26,10 +26,14 @@ from op_table import (
     relative_error,
     torch_run,
 )
+from tolerances import unit_roundoff
 
 TORCH_TOL = 1e-10  # float64 against float64: only rounding separates the two libraries
 FD_TOL = 1e-6  # central differences with h = 1e-6 are good to about 1e-10; leave room
-FLOAT32_TOL = 1e-2  # float32 against float64: loose on purpose (see the test)
+# float32 against float64, relative to the largest value compared: loose on purpose (see the test). An op's
+# float32 result carries its inputs' rounding (u = 6e-8 each) times the op's condition number, which in the
+# tails is large: sigmoid(8)'s complement, 1 + erf(-4/sqrt 2) keep ~3e-3 of their value, as in PyTorch's float32.
+FLOAT32_TOL = 1e-2
 
 ops = pytest.mark.parametrize("op", OPS, ids=str)
 
@@ -188,8 +192,9 @@ def test_dropout_mask_statistics(p):
     dropped = (y == 0).mean()
     # the dropped fraction is binomial: within 5 standard deviations of p
     assert abs(dropped - p) < 5 * (p * (1 - p) / n) ** 0.5, f"dropped {dropped:.4f}, expected {p}"
-    # survivors are scaled by 1/(1-p), so that the expectation is unchanged
-    numpy.testing.assert_allclose(y[y != 0], 1 / (1 - p), rtol=1e-6)
+    # survivors are scaled by 1/(1-p), so that the expectation is unchanged; in float32 that scale is rounded,
+    # and the product with 1 rounded once more: within 2 u of the exact 1/(1-p) (tests/tolerances.py)
+    numpy.testing.assert_allclose(y[y != 0], 1 / (1 - p), rtol=2 * unit_roundoff(y.dtype))
 
 
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
@@ -201,7 +206,8 @@ def test_dropout_backward_uses_the_forward_mask(dtype):
     y.backward(ml.tensor(g))
     mask = y.numpy() / x.numpy()  # 0 or 1/(1-p), read off the forward output
     assert y.dtype == dtype and x.grad.dtype == dtype
-    numpy.testing.assert_allclose(x.grad, g * mask, rtol=1e-6)
+    # g times the rounded scale, against g times the scale read back as fl(fl(x s) / x): at most 4 roundings in all
+    numpy.testing.assert_allclose(x.grad, g * mask, rtol=4 * unit_roundoff(dtype))
     assert 0 < (mask == 0).sum() < mask.size
 
 

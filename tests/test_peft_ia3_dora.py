@@ -500,14 +500,16 @@ def test_an_adapter_for_another_width_is_refused_naming_key_and_shapes(name, tmp
     assert_unchanged(model, before)
 
 
-def test_an_unsupported_ia3_setting_is_refused(tmp_path):
+def test_an_ia3_config_that_its_weights_do_not_fit_is_refused(tmp_path):
+    """exclude_modules is honoured (PEFT's rule, tests/test_peft_rules.py): a config edited to exclude a layer
+    whose vector the file holds is a mismatch, and leaves the model as it was."""
     minilora_adapter(tiny_gpt(), "ia3-gpt2-defaults").save_pretrained(tmp_path)
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     config["exclude_modules"] = ["h.0.attn.c_attn"]
     (tmp_path / "adapter_config.json").write_text(json.dumps(config))
     model = tiny_gpt()
     before = snapshot(model)
-    with pytest.raises(ValueError, match=r"cannot honour these settings: exclude_modules=\['h.0.attn.c_attn'\]"):
+    with pytest.raises(ValueError, match=r"unexpected key 'base_model\.model\.transformer\.h\.0\.attn\.c_attn\.ia3_l'"):
         PeftModel.from_pretrained(model, tmp_path)
     assert_unchanged(model, before)
 

@@ -63,6 +63,149 @@ def test_a_non_finite_loss_stops_training_with_a_clear_message():
         tiny_run(seed=0, steps=20, lr=1e12, grad_clip=0.0)
 
 
+def lora_run(dtype, steps, batches, lr=1e-2, seed=0):
+    """A LoRA adapter (r=2 on c_attn) on a tiny GPT of ``dtype``, trained ``steps`` steps."""
+    from minilora.peft import LoraConfig, get_peft_model
+
+    minilora.manual_seed(seed)
+    model = get_peft_model(GPT(TINY, dtype=dtype), LoraConfig(r=2, target_modules=["c_attn"]))
+    config = TrainConfig(max_steps=steps, warmup_steps=2, lr=lr, eval_interval=0, seed=seed, progress=False)
+    return model, lambda: train(model, batches, config)
+
+
+DATA = np.random.default_rng(0).integers(0, 256, size=4096).astype(np.uint8)
+
+
+def byte_batches(rng):
+    return get_batch(DATA, 2, 16, rng)
+
+
+def trained_arrays(model) -> dict:
+    return {n: p.data.copy() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_float16_training_is_mixed_precision_and_follows_float32():
+    """The issue's case: in float16 every run failed at step 1 ("try a lower learning rate", even at 1e-6) and
+    left lora_A all NaN -- AdamW's eps = 1e-8 is 0 in float16, and B's zero gradient made 0/0. Now float16
+    computes, AdamW steps float32 master weights with float32 moments, and the loss is scaled."""
+    m16, run16 = lora_run(np.float16, 20, byte_batches)
+    m32, run32 = lora_run(np.float32, 20, byte_batches)
+    h16, h32 = run16(), run32()
+    assert all(np.isfinite(p.data).all() for p in m16.parameters())
+    assert not any(r.get("skipped") for r in h16.steps)
+    # Error model. float16's unit roundoff is u = 2^-11 = 4.9e-4; the float16 forward rounds each of the
+    # ~10 operations of a block (projections, softmax, GELU, layer norms, residual adds) on the path to the
+    # loss, for 1 block here plus the embedding and head: ~30 roundings, each <= u relative, so the loss of
+    # the same weights differs by <= 30 u = 1.5e-2 of it. The trained weights differ by the rounding of each
+    # update into float16, which changes the loss by far less at lr 1e-2 over 20 steps (measured: 4e-4).
+    u = 2.0**-11
+    assert np.max(np.abs(np.array(h16.losses) - h32.losses) / np.array(h32.losses)) <= 30 * u
+    from minilora.optim import AdamW
+
+    trained = [p for p in m16.parameters() if p.requires_grad]
+    assert {p.dtype for p in trained} == {np.dtype(np.float16)}  # the model stays float16
+    opt = AdamW(trained)
+    _, loss = m16(DATA[None, :16], DATA[None, 1:17])
+    loss.backward()
+    opt.step()
+    assert {k: v.dtype for k, v in opt.state[trained[0]].items() if k != "step"} == {
+        "exp_avg": np.float32, "exp_avg_sq": np.float32, "master": np.float32}
+
+
+def test_an_overflowing_scaled_gradient_skips_the_step_and_halves_the_scale(monkeypatch):
+    """GradScaler's rule (torch.amp's): an inf or NaN in the scaled float16 gradients skips the update and
+    halves the scale; a gradient that overflows even unscaled (scale below 1) stops the run."""
+    from minilora.optim import GradScaler
+
+    scales = []
+    real_seed = GradScaler.seed
+
+    def seed(self, loss):  # the first step's scaled gradients overflow
+        scales.append(self.scale)
+        return real_seed(self, loss) * (np.inf if len(scales) == 1 else 1)
+
+    monkeypatch.setattr(GradScaler, "seed", seed)
+    model, run = lora_run(np.float16, 3, byte_batches)
+    before = trained_arrays(model)
+    history = run()
+    assert [r.get("skipped", False) for r in history.steps] == [True, False, False]
+    assert scales == [2.0**15, 2.0**14, 2.0**14]
+    assert any(not np.array_equal(before[n], a) for n, a in trained_arrays(model).items())  # the later steps ran
+
+    scaler = GradScaler(init_scale=2.0)
+    scaler.update(False)
+    with pytest.raises(FloatingPointError, match="not finite even without loss scaling"):
+        scaler.update(False)
+
+
+def test_a_float16_adamw_step_on_a_zero_gradient_changes_nothing():
+    """B = 0 makes A's first gradient exactly 0: the step must leave A as it is (it gave 0/0 = NaN)."""
+    from minilora.optim import AdamW
+
+    p = minilora.nn.Parameter(np.ones((2, 3), dtype=np.float16))
+    p.grad = np.zeros((2, 3), dtype=np.float16)
+    AdamW([p], lr=1e-6, weight_decay=0.0).step()
+    assert np.array_equal(p.data, np.ones((2, 3), dtype=np.float16))
+
+
+def test_a_non_finite_loss_changes_no_weight_in_any_dtype_and_says_why():
+    """A batch whose every target is -100 gives the loss 0/0: the message says there is nothing to learn
+    from (it said "try a lower learning rate"), and the weights are those of the step before."""
+    def batches_emptied_after(steps):
+        calls = []
+
+        def batches(rng):
+            x, y = byte_batches(rng)
+            calls.append(1)
+            return (x, np.full_like(y, -100)) if len(calls) > steps else (x, y)
+
+        return batches
+
+    for dtype in (np.float32, np.float16):
+        before, run = lora_run(dtype, 3, batches_emptied_after(3))
+        run()
+        expected = trained_arrays(before)
+        model, run = lora_run(dtype, 6, batches_emptied_after(3))
+        with pytest.raises(NonFiniteLossError, match=r"the loss is nan at step 3: the batch has no target to learn from "
+                                                     r"\(every label is -100"):
+            run()
+        got = trained_arrays(model)
+        assert all(np.array_equal(got[n], expected[n]) for n in expected), dtype
+
+
+def test_a_loss_that_is_not_finite_before_any_update_does_not_blame_the_learning_rate():
+    minilora.manual_seed(0)
+    model = GPT(TINY)
+    model.transformer.ln_f.weight.data[0] = np.inf
+    with pytest.raises(NonFiniteLossError, match=r"the loss is nan at step 0, before any update of this run: the "
+                                                 r"model's weights or the batch give it, not the learning rate"):
+        train(model, byte_batches, TrainConfig(max_steps=2, warmup_steps=1, progress=False))
+
+
+def test_a_resumed_float16_run_reaches_the_losses_of_an_uninterrupted_one(tmp_path):
+    """The master weights and the loss scale are part of the training state."""
+    def run(path, stop_at=None):
+        calls = []
+
+        def batches(rng):
+            if len(calls) == stop_at:
+                raise Interrupted
+            calls.append(1)
+            return byte_batches(rng)
+
+        model, _ = lora_run(np.float16, 6, batches)
+        config = TrainConfig(max_steps=6, warmup_steps=2, lr=1e-2, eval_interval=2, seed=0, progress=False,
+                             checkpoint_path=str(path), resume=True)
+        return model, train(model, batches, config)
+
+    whole, expected = run(tmp_path / "a.safetensors")
+    with pytest.raises(Interrupted):
+        run(tmp_path / "b.safetensors", stop_at=5)
+    resumed, history = run(tmp_path / "b.safetensors")
+    assert history.losses == expected.losses
+    assert all(np.array_equal(a, b) for a, b in zip(trained_arrays(resumed).values(), trained_arrays(whole).values()))
+
+
 def test_only_parameters_that_require_grad_are_trained():
     minilora.manual_seed(0)
     model = GPT(TINY)

@@ -87,27 +87,84 @@ def cached_run(spec, key: str, train):
     """``train()``'s RunResult for ``spec``, kept on disk when the environment variable
     ``MINILORA_RUN_CACHE`` names a folder: a run is deterministic given its spec and its base model
     and data (``key``, e.g. their sha256), so a report can be rendered again, or its claims run in
-    separate commands, without training again. Without the variable: ``train()``."""
+    separate commands, without training again. Without the variable: ``train()``.
+
+    A run is one safetensors file, ``<sha256 of key and spec>.safetensors``: the trained weights as
+    tensors, the figures as JSON in its metadata (``minilora_run``), written atomically. It is read
+    as any file minilora did not write itself (``minilora.loading``, never pickle): a damaged or
+    foreign file is an error of ``minilora.errors`` naming it -- delete it to train the run again."""
     import hashlib
     import os
-    import pickle
     from pathlib import Path
 
     folder = os.environ.get("MINILORA_RUN_CACHE")
     if not folder:
         return train()
-    path = Path(folder) / (hashlib.sha256(f"{key}|{spec!r}".encode()).hexdigest()[:32] + ".pkl")
-    if path.exists():
-        result = pickle.loads(path.read_bytes())
+    path = Path(folder) / (hashlib.sha256(f"{key}|{spec!r}".encode()).hexdigest()[:32] + ".safetensors")
+    if os.path.lexists(path):
+        result = read_run(path, spec)
         CACHE_READS["runs"] += 1  # the report says how much of it was read back, not trained (verify.py)
-        CACHE_READS["training_seconds"] += float(getattr(result, "seconds", 0.0))
+        CACHE_READS["training_seconds"] += float(result.seconds)
         return result
     result = train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(result))
-    os.replace(tmp, path)
+    write_run(path, result)
     return result
+
+
+_RUN_KEY = "minilora_run"  # the safetensors metadata key holding a cached run's figures (JSON)
+_RUN_FIELDS = {"losses": "list", "final": "dict", "val": "dict", "trainable": "int", "seconds": "float"}
+
+
+def _figure(value):
+    """A figure for JSON: NaN (a diverged run's) as null, which strict JSON can hold."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def write_run(path, result) -> None:
+    """``result`` (a RunResult) as one safetensors file, atomically (``cached_run``)."""
+    import json
+    from pathlib import Path
+
+    from safetensors.numpy import save_file
+
+    from minilora.io import atomic_write
+
+    figures = {"spec": repr(result.spec), "losses": [_figure(v) for v in result.losses],
+               "final": {k: _figure(v) for k, v in result.final.items()}, "val": {k: _figure(v) for k, v in result.val.items()},
+               "trainable": int(result.trainable), "seconds": float(result.seconds)}
+    tensors = {name: np.ascontiguousarray(array) for name, array in result.state.items()}
+    meta = {"format": "pt", _RUN_KEY: json.dumps(figures, allow_nan=False)}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=meta))
+
+
+def read_run(path, spec):
+    """The RunResult ``write_run`` wrote for ``spec``, every part checked (``minilora.loading``)."""
+    from minilora.errors import ConfigError
+    from minilora.experiments.finetune import RunResult
+    from minilora.loading import json_matches, load_checked, parse_json, read_header
+
+    header = read_header(path)
+    remedy = "; delete it to train the run again"
+    if _RUN_KEY not in header.metadata:
+        raise ConfigError(f"{path} is no run of minilora's run cache (no {_RUN_KEY} in its metadata){remedy}")
+    figures = parse_json(header.metadata[_RUN_KEY].encode(), f"{path} ({_RUN_KEY})")
+    if not isinstance(figures, dict) or figures.get("spec") != repr(spec):
+        raise ConfigError(f"{path} holds another run than {spec!r}{remedy}")
+    for field, annotation in _RUN_FIELDS.items():
+        value = figures.get(field)
+        entries = value.values() if isinstance(value, dict) else value if isinstance(value, list) else []
+        if not json_matches(value, annotation) or not all(json_matches(v, "float | None") for v in entries):
+            raise ConfigError(f"{path}: {_RUN_KEY}[{field!r}]={value!r} is not a {annotation} of numbers{remedy}")
+    state = load_checked(path, {name: info.shape for name, info in header.tensors.items()}, header=header,
+                         implied="the run cache", what="a cached run")
+
+    def numbers(values):
+        return [float("nan") if v is None else v for v in values]
+
+    return RunResult(spec, numbers(figures["losses"]), dict(zip(figures["final"], numbers(figures["final"].values()))),
+                     figures["trainable"], float(figures["seconds"]), state,
+                     dict(zip(figures["val"], numbers(figures["val"].values()))))
 
 
 def describe_failures(rows: dict) -> list:

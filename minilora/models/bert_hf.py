@@ -16,9 +16,10 @@ differs between files is only
    pre-training heads ``cls.*`` of a ``BertForPreTraining`` file, which these models do
    not have.
 
-The file is checked from its header first -- every key, shape and dtype against
-``config.json`` -- and only then are the arrays read (``minilora.loading.load_checked``,
-the loader every model shares); a problem is one error of ``minilora.errors`` naming the
+The file (or each shard of a sharded checkpoint) is checked from its header first -- every
+key, shape and dtype against ``config.json`` (``layout``) -- and only then are the arrays
+read, cast and checked finite (``minilora.loading.load_model``, the loader GPT-2 and LLaMA
+share); a problem is one error of ``minilora.errors`` naming the
 file, the key and the shapes. Saving writes both files under temporary names bound by one
 save id and renames them into place (``minilora.io.save_folder``).
 
@@ -34,9 +35,9 @@ from pathlib import Path
 import numpy
 
 from minilora import backend as B
-from minilora.errors import ConfigError, MissingFileError
+from minilora.errors import ConfigError
 from minilora.io import save_folder
-from minilora.loading import check_same_save, json_matches, load_checked, read_config, read_header
+from minilora.loading import Layout, check_layer_count, check_model_state, json_matches, load_model, read_folder
 from minilora.models.bert import GELU_EXACT, GELU_TANH, BertConfig, BertForSequenceClassification, BertModel
 from minilora.tensor import float32
 
@@ -145,69 +146,56 @@ def _num_labels(model):
     return model.num_labels if isinstance(model, BertForSequenceClassification) else None
 
 
-def _our_name(key: str, classifier: bool):
-    """A file key as the model's key (prefix added or removed), or None for a key that is skipped."""
-    bare = key[len(PREFIX):] if key.startswith(PREFIX) else key
-    if bare in SKIPPED_BUFFERS or bare.startswith(SKIPPED_HEADS):
-        return None
-    if key.startswith("classifier."):
-        return key if classifier else None  # a bare encoder leaves the classifier out
-    return PREFIX + bare if classifier else bare
-
-
-def _expected_in_file(config: BertConfig, num_labels, header, config_source: str, what: str) -> dict:
-    """``load_checked``'s arguments for a model of ``config`` (with a classifier of ``num_labels``
-    classes, or none): every key in the file's own naming (with the ``bert.`` prefix or without:
-    the file decides), its shape, and what may be absent (the pooler, the classifier) or present
-    besides (the integer buffers, pre-training heads, and a classifier the model does not have)."""
-    prefixed = any(name.startswith(PREFIX) for name in header.tensors)
-    encoder = {(PREFIX if prefixed else "") + k: v for k, v in encoder_shapes(config).items()}
-    optional = {k for k in encoder if ".pooler." in f".{k}"}
-    head = {k: v for k, v in file_shapes(config, num_labels).items() if k.startswith("classifier.")}
-    expected = {**encoder, **head}
-    skipped = "|".join(re.escape(b) for b in SKIPPED_BUFFERS) + "|" + "|".join(re.escape(h) + ".*" for h in SKIPPED_HEADS)
-    buffers = [re.compile(rf"({re.escape(PREFIX)})?({skipped})")]
-    if not head:  # an encoder loading a classifier's file: its head is left out
-        buffers.append(re.compile(r"classifier\..*"))
+def layout(config: BertConfig, num_labels: int | None, config_source: str = CONFIG_NAME, what: str = "minilora's BERT") -> Layout:
+    """How a model of ``config`` (with a classifier of ``num_labels`` classes, or none) names its
+    parameters in a file (``minilora.loading.Layout``), keyed as a classifier keys them: the ``bert.``
+    prefix, which a bare encoder's file lacks; what may be absent (the pooler, and the classifier a
+    bare encoder's file has none of) and present besides (the integer buffers, pre-training heads,
+    and a classifier the model does not have)."""
+    shapes = file_shapes(config, num_labels) if num_labels is not None else {
+        PREFIX + k: v for k, v in encoder_shapes(config).items()}
+    skipped = [re.escape(b) for b in SKIPPED_BUFFERS] + [re.escape(h) + ".*" for h in SKIPPED_HEADS]
+    if num_labels is None:  # an encoder loading a classifier's file: its head is left out
+        skipped.append(r"classifier\..*")
     implied = (f"{config_source} (vocab_size={config.vocab_size}, hidden_size={config.hidden_size}, "
                f"num_hidden_layers={config.num_hidden_layers}, intermediate_size={config.intermediate_size})")
-    return dict(expected=expected, optional=optional | set(head), buffers=buffers, implied=implied, what=what)
+    optional = {k for k in shapes if ".pooler." in k or k.startswith("classifier.")}
+    return Layout(shapes, PREFIX, config_source, implied, what, optional=frozenset(optional), buffers="|".join(skipped),
+                  layer=r"encoder\.layer\.(\d+)\.", layers=("num_hidden_layers", config.num_hidden_layers))
+
+
+def _ours(tensors: dict, classifier: bool) -> dict:
+    """Arrays keyed as ``layout`` keys them, keyed as the model does (an encoder has no ``bert.``)."""
+    return tensors if classifier else {k.removeprefix(PREFIX): v for k, v in tensors.items()}
 
 
 def from_pretrained(path, cls=BertModel, dtype=float32, num_labels: int | None = None, allow_nonfinite: bool = False):
     """A ``cls`` (``BertModel`` or ``BertForSequenceClassification``), in eval mode as transformers
-    returns it, from a Hugging Face BERT folder. ``num_labels`` (classifier only): None takes the
-    file's (2 for a bare encoder's file, transformers' default).
+    returns it, from a Hugging Face BERT folder (one file or shards). ``num_labels`` (classifier
+    only): None takes the file's (2 for a bare encoder's file, transformers' default).
 
     Read through ``minilora.loading``: ``config.json`` checked field by field, then the header
-    of ``model.safetensors`` against the shapes the config implies, then the weights (NaN or inf
-    refused unless ``allow_nonfinite``). Errors: ``minilora.errors``."""
-    folder = Path(path)
-    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    if not folder.is_dir():
-        raise MissingFileError(f"from_pretrained: {folder} is not a folder (expected one holding {CONFIG_NAME} and {WEIGHTS_NAME})")
-    hf_config = read_config(config_file, "a BERT config.json")
+    of the weights against the shapes the config implies, then the weights, cast to ``dtype`` and
+    checked finite (NaN or inf refused unless ``allow_nonfinite``). Errors: ``minilora.errors``."""
+    config_file = Path(path) / CONFIG_NAME
+    if cls not in (BertModel, BertForSequenceClassification):
+        raise TypeError(f"from_pretrained: cls must be BertModel or BertForSequenceClassification, got {cls!r}")
+    if cls is BertModel and num_labels is not None:
+        raise ValueError("from_pretrained: num_labels is for BertForSequenceClassification; a BertModel has no classifier")
+    hf_config, header = read_folder(path, CONFIG_NAME, WEIGHTS_NAME, "a BERT checkpoint folder")
     config = config_from_hf(hf_config, str(config_file))
-    if cls is BertForSequenceClassification:
+    classifier = cls is BertForSequenceClassification
+    if classifier:
         architectures = hf_config.get("architectures") or []
         saved = num_labels_from_hf(hf_config, str(config_file)) if "BertForSequenceClassification" in architectures else None
         if num_labels is not None and saved is not None and num_labels != saved:
             raise ConfigError(f"{config_file}: the saved classifier has {saved} labels, but num_labels={num_labels} was asked for")
         num_labels = num_labels or saved or 2
-    elif cls is BertModel:
-        if num_labels is not None:
-            raise ValueError("from_pretrained: num_labels is for BertForSequenceClassification; a BertModel has no classifier")
-    else:
-        raise TypeError(f"from_pretrained: cls must be BertModel or BertForSequenceClassification, got {cls!r}")
-    header = read_header(weights_file)
-    check_same_save(hf_config, config_file, header)
-    classifier = cls is BertForSequenceClassification
-    expected = _expected_in_file(config, num_labels if classifier else None, header, str(config_file), f"minilora's {cls.__name__}")
-    tensors = load_checked(weights_file, **expected, header=header, dtype=numpy.dtype(dtype), allow_nonfinite=allow_nonfinite)
-    state = {_our_name(k, classifier): v for k, v in tensors.items()}
-    state.pop(None, None)  # the buffers and heads that are no parameters
+    check_layer_count(header, config.num_hidden_layers, "num_hidden_layers", 16, f"minilora's {cls.__name__}", str(config_file))
+    tensors = load_model(header, layout(config, num_labels if classifier else None, str(config_file), f"minilora's {cls.__name__}"),
+                         dtype=numpy.dtype(dtype), allow_nonfinite=allow_nonfinite)
     model = cls(config, num_labels=num_labels, dtype=dtype) if classifier else cls(config, dtype=dtype)
-    model.load_state_dict(state, strict=False)  # the pooler and classifier may be new; everything else was checked
+    model.load_state_dict(_ours(tensors, classifier), strict=False)  # the pooler and classifier may be new; the rest was checked
     return model.eval()
 
 
@@ -264,16 +252,16 @@ def from_transformers(hf_model):
     """A minilora ``BertModel`` (or ``BertForSequenceClassification``) with the weights of a transformers one, in its dtype."""
     import torch
 
-    classifier = type(hf_model).__name__ == "BertForSequenceClassification"
-    config = config_from_hf(hf_model.config.to_dict(), f"{type(hf_model).__name__}.config")
+    name = type(hf_model).__name__
+    classifier = name == "BertForSequenceClassification"
+    config = config_from_hf(hf_model.config.to_dict(), f"{name}.config")
     tensors = {}
     for key, t in hf_model.state_dict().items():
-        name = _our_name(key, classifier)
-        if name is not None:
-            t = t.detach().cpu()
-            tensors[name] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+        t = t.detach().cpu()
+        tensors[key] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    num_labels = hf_model.config.num_labels if classifier else None
+    tensors = check_model_state(tensors, layout(config, num_labels, f"{name}.config", f"minilora's {name}"), f"{name}.state_dict()")
     dtype = next(iter(tensors.values())).dtype
-    model = (BertForSequenceClassification(config, hf_model.config.num_labels, dtype=dtype) if classifier
-             else BertModel(config, dtype=dtype))
-    model.load_state_dict(tensors)
+    model = BertForSequenceClassification(config, num_labels, dtype=dtype) if classifier else BertModel(config, dtype=dtype)
+    model.load_state_dict(_ours(tensors, classifier))
     return model.eval()

@@ -1,10 +1,10 @@
 """Hugging Face GPT-2 checkpoints in and out of minilora's ``GPT``.
 
 A checkpoint is a folder with ``config.json`` (a ``transformers.GPT2Config``)
-and ``model.safetensors``, read with ``safetensors.numpy`` -- never pickle, which
-can run code. The names already agree (``transformer.h.0.attn.c_attn.weight`` is
-the same parameter on both sides); what differs, as nanoGPT's ``from_pretrained``
-also handles:
+and ``model.safetensors`` (or, sharded, ``model.safetensors.index.json`` and its
+files), read through ``minilora/loading.py`` -- never pickle, which can run code.
+The names already agree (``transformer.h.0.attn.c_attn.weight`` is the same
+parameter on both sides); what differs, as nanoGPT's ``from_pretrained`` also handles:
 
 1. HF's four projections are ``Conv1D`` modules that store W as (in, out) and
    compute ``x @ W + b``; minilora's ``Linear`` stores (out, in), as
@@ -17,7 +17,8 @@ also handles:
 
 Everything is checked before anything is loaded or written (``minilora/loading.py``:
 the config's JSON types, then the weights' header against the shapes the config
-implies, then the data); a problem is one of the errors of ``minilora/errors.py``
+implies -- ``layout`` -- then the data, cast, then checked finite: ``loading.load_model``,
+the loader LLaMA and BERT share); a problem is one of the errors of ``minilora/errors.py``
 (all of them ``CheckpointError``s or ``OSError``s) naming the file, the key and both
 shapes. Saving writes to temporary files in the target folder and renames them into
 place, both files bound by one save id (``minilora/io.py``), so a failed or killed save
@@ -29,7 +30,6 @@ and transformers when called (test-time dependencies, not the package's).
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy
@@ -37,14 +37,14 @@ import numpy
 from minilora import backend as B
 from minilora.errors import CheckpointError, ConfigError, MismatchError  # noqa: F401  (CheckpointError: its old home)
 from minilora.io import save_folder
-from minilora.loading import json_matches, load_checked, read_folder
+from minilora.loading import Layout, check_layer_count, check_model_state, json_matches, load_model, read_folder
 from minilora.models.gpt import GPT, GPTConfig
 from minilora.tensor import float32
 
 CONV1D_WEIGHTS = tuple(f"{name}.weight" for name in GPT.hf_conv1d)
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh approximation, under its two HF names
-_BUFFER = re.compile(r"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
-_LAYER = re.compile(r"^transformer\.h\.(\d+)\.")
+_BUFFER = r"h\.\d+\.attn\.(bias|masked_bias)"  # old checkpoints' causal-mask buffers (after the prefix)
+_LAYER = r"h\.(\d+)\."
 CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 
 # The JSON type of each field config_from_hf reads (a bool is not an int, NaN is refused when parsing)
@@ -171,47 +171,30 @@ def hf_shapes(config: GPTConfig) -> dict:
     return shapes
 
 
-def state_from_hf(tensors: dict, config: GPTConfig, source: str = WEIGHTS_NAME, config_source: str = CONFIG_NAME) -> dict:
-    """HF tensors (name -> NumPy array) as minilora's state dict: prefixes added, Conv1D weights transposed.
-
-    Checks every key and shape against ``config`` first and raises one MismatchError listing the problems.
-    """
-    expected = hf_shapes(config)
+def layout(config: GPTConfig, config_source: str = CONFIG_NAME) -> Layout:
+    """How a GPT2LMHeadModel with this config names its parameters (``minilora.loading.Layout``): every
+    HF key and shape, an optional tied ``lm_head.weight``, the old causal-mask buffers, and the
+    ``transformer.`` prefix that a bare GPT2Model's keys lack."""
     implied = (f"{config_source} (vocab_size={config.vocab_size}, n_positions={config.block_size}, "
                f"n_embd={config.n_embd}, n_layer={config.n_layer})")
-    found, present, problems, lm_head = {}, set(), [], None  # present: expected names seen, whatever their shape
-    for key, array in tensors.items():
-        name = key if key.startswith("transformer.") or key == "lm_head.weight" else "transformer." + key
-        if name == "lm_head.weight":
-            lm_head = array
-            continue
-        if _BUFFER.match(name):
-            continue  # the old causal-mask buffers: not parameters
-        if name not in expected:
-            layer = _LAYER.match(name)
-            hint = f": {config_source} says n_layer={config.n_layer}" if layer and int(layer[1]) >= config.n_layer else ""
-            problems.append(f"unexpected key {key!r}{hint}")
-        elif name in present:
-            problems.append(f"key {key!r} appears twice (with and without the 'transformer.' prefix)")
-        elif tuple(array.shape) != expected[name]:
-            problems.append(f"key {key!r} has shape {tuple(array.shape)}, but {implied} implies {expected[name]}")
-        else:
-            found[name] = array
-        present.add(name)
-    missing = [name for name in expected if name not in present]
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}"
-                        f" ({implied})")
-    wte = found.get("transformer.wte.weight")
-    if lm_head is not None and wte is not None:
-        if tuple(lm_head.shape) != wte.shape:
-            problems.append(f"key 'lm_head.weight' has shape {tuple(lm_head.shape)}, but the tied embedding has {wte.shape}")
-        elif not numpy.array_equal(lm_head, wte):
-            problems.append("key 'lm_head.weight' differs from 'transformer.wte.weight'; minilora's GPT ties them")
-    if problems:
-        raise MismatchError(f"{source} does not fit minilora's GPT:\n  " + "\n  ".join(problems))
+    shapes = {**hf_shapes(config), "lm_head.weight": (config.vocab_size, config.n_embd)}
+    return Layout(shapes, "transformer.", config_source, implied, "minilora's GPT", optional=frozenset({"lm_head.weight"}),
+                  buffers=_BUFFER, layer=_LAYER, layers=("n_layer", config.n_layer))
+
+
+def state_from_hf(tensors: dict, config: GPTConfig, config_source: str = CONFIG_NAME, source: str | None = None) -> dict:
+    """HF tensors as minilora's state dict: Conv1D weights transposed, the head tied to the embedding.
+
+    ``tensors`` is keyed as ``layout`` keys them: read by ``loading.load_model``, or checked here
+    (``source``: where they came from) by the same rules."""
+    if source is not None:
+        tensors = check_model_state(tensors, layout(config, config_source), source)
+    lm_head, wte = tensors.pop("lm_head.weight", None), tensors["transformer.wte.weight"]
+    if lm_head is not None and not numpy.array_equal(lm_head, wte):
+        raise MismatchError(f"{source or config_source}: key 'lm_head.weight' differs from 'transformer.wte.weight'; "
+                            "minilora's GPT ties them")
     # (in, out) -> (out, in), made contiguous: a transposed view would be copied in Fortran order
-    state = {name: (numpy.ascontiguousarray(array.T) if name.endswith(CONV1D_WEIGHTS) else array) for name, array in found.items()}
+    state = {name: (numpy.ascontiguousarray(array.T) if name.endswith(CONV1D_WEIGHTS) else array) for name, array in tensors.items()}
     state["lm_head.weight"] = state["transformer.wte.weight"]  # tied: the same Parameter on our side
     return state
 
@@ -244,45 +227,16 @@ def state_to_hf(model: GPT) -> dict:
 def from_pretrained(path, dtype=float32, dropout: float | None = None, allow_nonfinite: bool = False) -> GPT:
     """A ``GPT`` (in eval mode, as transformers returns it) from a Hugging Face GPT-2 checkpoint folder.
 
-    Reads ``config.json`` (checked field by field), then the header of ``model.safetensors``
-    (checked against the shapes the config implies), then the weights; NaN or inf in a
-    weight is refused unless ``allow_nonfinite=True``. Errors: ``minilora.errors``."""
-    folder = Path(path)
-    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    hf_config, header = read_folder(folder, CONFIG_NAME, WEIGHTS_NAME, "a GPT-2 checkpoint folder")
+    Reads ``config.json`` (checked field by field), then the header of ``model.safetensors`` (or of
+    each shard of a sharded checkpoint), checked against the shapes the config implies, then the
+    weights, cast to ``dtype``; NaN or inf in a weight -- also one the cast made, a bfloat16 1e5 in
+    float16 -- is refused unless ``allow_nonfinite=True``. Errors: ``minilora.errors``."""
+    config_file = Path(path) / CONFIG_NAME
+    hf_config, header = read_folder(path, CONFIG_NAME, WEIGHTS_NAME, "a GPT-2 checkpoint folder")
     config = config_from_hf(hf_config, str(config_file), dropout)
-    tensors = load_checked(weights_file, **_expected_in_file(config, header, str(config_file)),
-                           header=header, allow_nonfinite=allow_nonfinite)
-    state = state_from_hf(tensors, config, str(weights_file), str(config_file))
-    return _build(config, state, dtype)
-
-
-def _expected_in_file(config: GPTConfig, header, config_source: str) -> dict:
-    """``load_checked``'s arguments for this config: every key in the file's own naming (with the
-    ``transformer.`` prefix or, for a bare GPT2Model, without), its HF shape, the old causal-mask
-    buffers and an optional tied ``lm_head.weight``.
-
-    A config whose ``n_layer`` exceeds the number of tensors in the file (a billion,
-    say) is refused before its key list is even built; the shapes themselves are
-    compared by ``load_checked``, before the model is allocated."""
-    C, L = config.n_embd, config.n_layer
-    implied = (f"{config_source} (vocab_size={config.vocab_size}, n_positions={config.block_size}, "
-               f"n_embd={C}, n_layer={L})")
-    if L > len(header.tensors):
-        raise MismatchError(f"{header.path} does not fit minilora's GPT: {config_source} says n_layer={L}, "
-                            f"but the file holds {len(header.tensors)} tensors (12 a layer)")
-    bare = not any(name.startswith("transformer.") for name in header.tensors)
-    rename = (lambda name: name.removeprefix("transformer.")) if bare else (lambda name: name)
-    expected = {rename(name): shape for name, shape in hf_shapes(config).items()}
-    expected["lm_head.weight"] = (config.vocab_size, C)
-
-    def hint(key):
-        layer = _LAYER.match(key if key.startswith("transformer.") else "transformer." + key)
-        return f": {config_source} says n_layer={L}" if layer and int(layer[1]) >= L else ""
-
-    buffer = re.compile(_BUFFER.pattern.replace("^transformer\\.", "^" if bare else "^transformer\\."))
-    return dict(expected=expected, optional={"lm_head.weight"}, buffers=[buffer], implied=implied,
-                what="minilora's GPT", hint=hint)
+    check_layer_count(header, config.n_layer, "n_layer", 12, "minilora's GPT", str(config_file))
+    tensors = load_model(header, layout(config, str(config_file)), dtype=numpy.dtype(dtype), allow_nonfinite=allow_nonfinite)
+    return _build(config, state_from_hf(tensors, config, str(config_file)), dtype)
 
 
 def _build(config: GPTConfig, state: dict, dtype) -> GPT:
@@ -333,5 +287,5 @@ def from_transformers(hf_model, dropout: float | None = None) -> GPT:
         t = t.detach().cpu()
         tensors[name] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
     dtype = tensors["transformer.wte.weight" if "transformer.wte.weight" in tensors else "wte.weight"].dtype
-    state = state_from_hf(tensors, config, f"{type(hf_model).__name__}.state_dict()", f"{type(hf_model).__name__}.config")
+    state = state_from_hf(tensors, config, f"{type(hf_model).__name__}.config", f"{type(hf_model).__name__}.state_dict()")
     return _build(config, state, dtype)

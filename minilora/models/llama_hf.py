@@ -1,7 +1,8 @@
 """Hugging Face LLaMA checkpoints in and out of minilora's ``LlamaForCausalLM``.
 
 A checkpoint is a folder with ``config.json`` (a ``transformers.LlamaConfig``) and
-``model.safetensors``, read with ``safetensors.numpy`` (never pickle). The names and
+``model.safetensors`` (or a sharded checkpoint's index and files), read through
+``minilora/loading.py`` (never pickle). The names and
 layouts agree one to one -- every LLaMA projection is a ``torch.nn.Linear``, stored
 (out, in) as minilora's -- so, unlike GPT-2 (``hf.py``), nothing is transposed.
 What needs care is the config:
@@ -18,14 +19,14 @@ What needs care is the config:
 
 Files are read through ``minilora/loading.py``, as GPT's are: the config as strict JSON
 with every field's type checked, then the weights' header against the names and shapes
-the config implies, and only then the data. Every problem is one of the errors of
+the config implies (``layout``), and only then the data, cast to the dtype asked for and
+then checked finite (``loading.load_model``, the loader GPT-2 and BERT share). Every problem is one of the errors of
 ``minilora/errors.py`` (a ``CheckpointError`` or an ``OSError``) naming the file, the field
 or key, and both shapes. Saving is atomic, both files bound by one save id (``minilora.io.save_folder``).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy
@@ -33,13 +34,13 @@ import numpy
 from minilora import backend as B
 from minilora.errors import CheckpointError, ConfigError, MismatchError
 from minilora.io import save_folder
-from minilora.loading import json_matches, load_checked, read_folder
+from minilora.loading import Layout, check_layer_count, check_model_state, json_matches, load_model, read_folder
 from minilora.models.hf import CONFIG_NAME, WEIGHTS_NAME
 from minilora.models.llama import LlamaConfig, LlamaForCausalLM
 from minilora.tensor import float32
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
-_BUFFER = re.compile(r"^model\.(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq$")  # old checkpoints' RoPE buffer
+_LAYER = r"layers\.(\d+)\."
+_BUFFER = r"(layers\.\d+\.self_attn\.)?rotary_emb\.inv_freq"  # old checkpoints' RoPE buffer (after the prefix)
 
 # The JSON type of each field config_from_hf reads (a bool is not an int; NaN is refused when parsing)
 _INT, _NUM, _BOOL, _DICT = ("int", "an integer"), ("float", "a number"), ("bool", "true or false"), ("dict | None", "an object or null")
@@ -170,43 +171,30 @@ def hf_shapes(config: LlamaConfig) -> dict:
     return shapes
 
 
-def state_from_hf(tensors: dict, config: LlamaConfig, source: str = WEIGHTS_NAME, config_source: str = CONFIG_NAME) -> dict:
-    """HF tensors (name -> NumPy array) as minilora's state dict, after checking every key and shape
-    against ``config``; one CheckpointError lists all the problems."""
-    expected = hf_shapes(config)
-    implied = _implied(config, config_source)
-    found, present, problems, tied_head = {}, set(), [], None
-    for key, array in tensors.items():
-        name = key if key.startswith("model.") or key == "lm_head.weight" else "model." + key  # a bare LlamaModel
-        if _BUFFER.match(name):
-            continue
-        if name == "lm_head.weight" and config.tie_word_embeddings:
-            tied_head = array
-            continue
-        if name not in expected:
-            layer = _LAYER.match(name)
-            hint = (f": {config_source} says num_hidden_layers={config.num_hidden_layers}"
-                    if layer and int(layer[1]) >= config.num_hidden_layers else "")
-            problems.append(f"unexpected key {key!r}{hint}")
-        elif name in present:
-            problems.append(f"key {key!r} appears twice (with and without the 'model.' prefix)")
-        elif tuple(array.shape) != expected[name]:
-            problems.append(f"key {key!r} has shape {tuple(array.shape)}, but {implied} implies {expected[name]}")
-        else:
-            found[name] = array
-        present.add(name)
-    missing = [name for name in expected if name not in present]
-    if missing:
-        problems.append(f"missing keys ({len(missing)}): {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} ({implied})")
-    embed = found.get("model.embed_tokens.weight")
-    if tied_head is not None and embed is not None and not (tied_head.shape == embed.shape and numpy.array_equal(tied_head, embed)):
-        problems.append("key 'lm_head.weight' differs from 'model.embed_tokens.weight', but "
-                        f"{config_source} says tie_word_embeddings=true")
-    if problems:
-        raise MismatchError(f"{source} does not fit minilora's LLaMA:\n  " + "\n  ".join(problems))
+def layout(config: LlamaConfig, config_source: str = CONFIG_NAME) -> Layout:
+    """How a LlamaForCausalLM with this config names its parameters (``minilora.loading.Layout``): every
+    key and shape, ``lm_head.weight`` (optional when tied), old checkpoints' rotary buffers, and the
+    ``model.`` prefix that a bare LlamaModel's keys lack."""
+    shapes = {**hf_shapes(config), "lm_head.weight": (config.vocab_size, config.hidden_size)}
+    return Layout(shapes, "model.", config_source, _implied(config, config_source), "minilora's LLaMA",
+                  optional=frozenset({"lm_head.weight"} if config.tie_word_embeddings else ()), buffers=_BUFFER,
+                  layer=_LAYER, layers=("num_hidden_layers", config.num_hidden_layers))
+
+
+def state_from_hf(tensors: dict, config: LlamaConfig, config_source: str = CONFIG_NAME, source: str | None = None) -> dict:
+    """HF tensors as minilora's state dict (the head tied to the embedding if the config says so).
+
+    ``tensors`` is keyed as ``layout`` keys them: read by ``loading.load_model``, or checked here
+    (``source``: where they came from) by the same rules."""
+    if source is not None:
+        tensors = check_model_state(tensors, layout(config, config_source), source)
     if config.tie_word_embeddings:
-        found["lm_head.weight"] = found["model.embed_tokens.weight"]  # the same Parameter on our side
-    return found
+        head, embed = tensors.pop("lm_head.weight", None), tensors["model.embed_tokens.weight"]
+        if head is not None and not numpy.array_equal(head, embed):
+            raise MismatchError(f"{source or config_source}: key 'lm_head.weight' differs from 'model.embed_tokens.weight', "
+                                f"but {config_source} says tie_word_embeddings=true")
+        tensors["lm_head.weight"] = embed  # the same Parameter on our side
+    return tensors
 
 
 def state_to_hf(model: LlamaForCausalLM) -> dict:
@@ -231,39 +219,16 @@ def state_to_hf(model: LlamaForCausalLM) -> dict:
 
 
 def from_pretrained(path, dtype=float32, allow_nonfinite: bool = False) -> LlamaForCausalLM:
-    """A ``LlamaForCausalLM`` (in eval mode) from a Hugging Face LLaMA checkpoint folder: the config
-    checked field by field, the weights' header against the shapes it implies, then the data
-    (NaN or inf refused unless ``allow_nonfinite``). Errors: ``minilora.errors``."""
-    folder = Path(path)
-    config_file, weights_file = folder / CONFIG_NAME, folder / WEIGHTS_NAME
-    hf_config, header = read_folder(folder, CONFIG_NAME, WEIGHTS_NAME, "a LLaMA checkpoint folder")
+    """A ``LlamaForCausalLM`` (in eval mode) from a Hugging Face LLaMA checkpoint folder (one file or
+    shards): the config checked field by field, the weights' header against the shapes it implies,
+    then the data, cast to ``dtype`` and checked finite (NaN or inf refused unless
+    ``allow_nonfinite``). Errors: ``minilora.errors``."""
+    config_file = Path(path) / CONFIG_NAME
+    hf_config, header = read_folder(path, CONFIG_NAME, WEIGHTS_NAME, "a LLaMA checkpoint folder")
     config = config_from_hf(hf_config, str(config_file))
-    tensors = load_checked(weights_file, **_expected_in_file(config, header, str(config_file)),
-                           header=header, allow_nonfinite=allow_nonfinite)
-    return _build(config, state_from_hf(tensors, config, str(weights_file), str(config_file)), dtype)
-
-
-def _expected_in_file(config: LlamaConfig, header, config_source: str) -> dict:
-    """``load_checked``'s arguments for this config: every key in the file's own naming (with the
-    ``model.`` prefix or, for a bare LlamaModel, without) and its shape, an optional
-    ``lm_head.weight`` when tied, and old checkpoints' rotary buffers. A config with more layers
-    than the file has tensors is refused before its key list is built."""
-    L = config.num_hidden_layers
-    if L > len(header.tensors):
-        raise MismatchError(f"{header.path} does not fit minilora's LLaMA: {config_source} says num_hidden_layers={L}, "
-                            f"but the file holds {len(header.tensors)} tensors (9 a layer)")
-    bare = not any(name.startswith("model.") for name in header.tensors)
-    rename = (lambda name: name if name == "lm_head.weight" else name.removeprefix("model.")) if bare else (lambda name: name)
-    expected = {rename(name): shape for name, shape in hf_shapes(config).items()}
-    expected["lm_head.weight"] = (config.vocab_size, config.hidden_size)
-
-    def hint(key):
-        layer = _LAYER.match(key if key.startswith("model.") else "model." + key)
-        return f": {config_source} says num_hidden_layers={L}" if layer and int(layer[1]) >= L else ""
-
-    buffer = re.compile(_BUFFER.pattern.replace("^model\\.", "^" if bare else "^model\\."))
-    return dict(expected=expected, optional={"lm_head.weight"} if config.tie_word_embeddings else set(),
-                buffers=[buffer], implied=_implied(config, config_source), what="minilora's LLaMA", hint=hint)
+    check_layer_count(header, config.num_hidden_layers, "num_hidden_layers", 9, "minilora's LLaMA", str(config_file))
+    tensors = load_model(header, layout(config, str(config_file)), dtype=numpy.dtype(dtype), allow_nonfinite=allow_nonfinite)
+    return _build(config, state_from_hf(tensors, config, str(config_file)), dtype)
 
 
 def _implied(config: LlamaConfig, config_source: str) -> str:
@@ -320,4 +285,4 @@ def from_transformers(hf_model) -> LlamaForCausalLM:
         t = t.detach().cpu()
         tensors[key] = (t.float() if t.dtype == torch.bfloat16 else t).numpy()
     dtype = next(iter(tensors.values())).dtype
-    return _build(config, state_from_hf(tensors, config, f"{name}.state_dict()", f"{name}.config"), dtype)
+    return _build(config, state_from_hf(tensors, config, f"{name}.config", f"{name}.state_dict()"), dtype)

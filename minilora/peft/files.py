@@ -81,9 +81,9 @@ _INFORMATIONAL = {"peft_version", "auto_mapping", "revision", "base_model_name_o
 
 # What the entries of PEFT's list and dict fields must be (their own JSON type is checked against
 # the config class's annotation). Dict fields are keyed by a regex of module names.
-_ENTRIES = {"target_modules": "str", "modules_to_save": "str", "feedforward_modules": "str",
+_ENTRIES = {"target_modules": "str", "exclude_modules": "str", "modules_to_save": "str", "feedforward_modules": "str",
             "enable_lora": "bool | list", "rank_pattern": "int", "alpha_pattern": "float"}
-_REGEX_FIELDS = ("target_modules", "feedforward_modules")  # a string here is a regex, matched in full
+_REGEX_FIELDS = ("target_modules", "exclude_modules", "feedforward_modules")  # a string here is a regex, matched in full
 
 
 def check_types(config_cls, data: dict, source) -> None:

@@ -56,6 +56,7 @@ class IA3Config:
     """What to rescale, with PEFT's field names and defaults."""
 
     target_modules: list | str | None = None  # names or suffixes (list), or one regex (str); None: PEFT's (GPT-2: c_attn, mlp.c_proj; LLaMA: k_proj, v_proj, down_proj)
+    exclude_modules: list | str | None = None  # modules kept out of target_modules, matched by the same rule
     feedforward_modules: list | str | None = None  # targets whose *input* is scaled (a subset); None: mlp.c_proj (GPT-2), down_proj (LLaMA)
     fan_in_fan_out: bool = False  # True for GPT-2, whose HF layers (Conv1D) store W as (in, out); set automatically
     modules_to_save: list | None = None  # modules trained in full beside the vectors (e.g. a classifier head)
@@ -71,7 +72,7 @@ class IA3Config:
     def validate(self) -> None:
         """PEFT's check: listed feedforward modules must be listed targets too (a feedforward
         module that is no target would silently get no vector)."""
-        for name in ("target_modules", "feedforward_modules"):
+        for name in ("target_modules", "exclude_modules", "feedforward_modules"):
             value = getattr(self, name)
             if isinstance(value, (set, tuple)):
                 setattr(self, name, sorted(value))
@@ -228,7 +229,7 @@ class IA3Model(BaseTuner):
         config.validate()  # the defaults filled in, and any edit since the config was made, checked too
 
     def _target_names(self, config: IA3Config) -> list:
-        return self._find_targets(config.target_modules, (nn.Linear, IA3Linear))
+        return self._find_targets(config, (nn.Linear, IA3Linear))
 
     def _new_layer(self, name: str, module, config: IA3Config) -> IA3Linear:
         return IA3Linear(module, is_feedforward(config.feedforward_modules, name))

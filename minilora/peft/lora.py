@@ -535,14 +535,17 @@ class LoraConfig:
     lora_alpha: float = 8  # the update is scaled by lora_alpha / r (or / sqrt(r) with use_rslora)
     lora_dropout: float = 0.0  # dropout on the adapter's input x (not on the frozen path)
     target_modules: list | str | None = None  # names, name suffixes (list) or one regex (str); None: PEFT's default
-                                              # for the model (GPT-2: c_attn; BERT: query, value; LLaMA: q_proj, v_proj)
+                                              # for the model (GPT-2: c_attn; BERT: query, value; LLaMA: q_proj, v_proj);
+                                              # "all-linear": every Linear but the output layer (PEFT's shorthand)
+    exclude_modules: list | str | None = None  # modules kept out of target_modules, matched by the same rule
     bias: str = "none"  # "none" | "all" (train every bias) | "lora_only" (train the biases of adapted layers)
     use_rslora: bool = False  # rank-stabilised LoRA (Kalajdzievas, 2023): scale by alpha / sqrt(r)
     init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B = 0; "gaussian": A ~ N(0, 1/r); False: both random;
                                           # "pissa" / "pissa_niter_K" / "olora": B A from W's SVD or QR, W the residual
     rank_pattern: dict = field(default_factory=dict)  # {regex of module name: r} overriding r for some layers
     alpha_pattern: dict = field(default_factory=dict)  # {regex of module name: alpha}
-    modules_to_save: list | None = None  # modules trained in full beside the adapter (e.g. a classifier head)
+    modules_to_save: list | None = None  # modules trained in full beside the adapter (e.g. a classifier head); an entry
+                                         # names every module whose name ends with it, dot or not (PEFT's rule)
     # "SEQ_CLS" adds the classification head ("classifier" or "score") to modules_to_save, as PEFT does
     fan_in_fan_out: bool = False  # True for GPT-2, whose HF layers (Conv1D) store W as (in, out); set automatically
     use_dora: bool = False  # DoRA (weight-decomposed LoRA); see minilora/peft/dora.py
@@ -591,8 +594,9 @@ class LoraConfig:
         for pattern, value in self.alpha_pattern.items():
             if value < 0:
                 raise ValueError(f"LoraConfig.alpha_pattern[{pattern!r}] must be >= 0, got {value!r}")
-        if isinstance(self.target_modules, (set, tuple)):
-            self.target_modules = sorted(self.target_modules)
+        for name in ("target_modules", "exclude_modules"):
+            if isinstance(getattr(self, name), (set, tuple)):
+                setattr(self, name, sorted(getattr(self, name)))
         if self.enable_lora is not None:
             lists = self.enable_lora.values() if isinstance(self.enable_lora, dict) else [self.enable_lora]
             if not all(isinstance(lst, (list, tuple)) and any(lst) for lst in lists):
@@ -676,8 +680,7 @@ class LoraModel(BaseTuner):
         self._fill_default(config, "target_modules", DEFAULT_TARGET_MODULES)
 
     def _target_names(self, config: LoraConfig) -> list:
-        accepted = (nn.Linear, NF4Linear, nn.Embedding, LoRALinear, LoRAEmbedding)
-        return self._find_targets(config.target_modules, accepted, config)
+        return self._find_targets(config, (nn.Linear, NF4Linear, nn.Embedding, LoRALinear, LoRAEmbedding))
 
     def _new_layer(self, name: str, module, config: LoraConfig):
         return LoRAEmbedding(module) if isinstance(module, nn.Embedding) else LoRALinear(module)

@@ -298,7 +298,7 @@ class LycorisModel(BaseTuner):
         self._fill_default(config, "target_modules", DEFAULT_TARGET_MODULES)
 
     def _target_names(self, config) -> list:
-        names = self._find_targets(config.target_modules, (nn.Linear, self.layer_type), config)
+        names = self._find_targets(config, (nn.Linear, self.layer_type))
         conv1d = [n for n in names if is_hf_conv1d(self.model, n)]
         if conv1d:
             raise TypeError(f"{self.method} cannot adapt {conv1d[0]}: in Hugging Face's GPT-2 it is a Conv1D layer "

@@ -45,6 +45,7 @@ from minilora.errors import ConfigError, LoadError, MismatchError, SaveError
 from minilora.loading import load_checked
 from minilora.peft import files
 from minilora.peft.files import CONFIG_NAME, WEIGHTS_NAME
+from minilora.tuner import EMBEDDING_LAYER_NAMES, embedding_is_targeted
 
 # peft_type -> (module, config class, tuner class): imported on first use, so that
 # each method stays in its own file and this one imports none of them.
@@ -205,12 +206,14 @@ class PeftModel(nn.Module):
 
     # --- PEFT's files -----------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory, selected_adapters=None,
+    def save_pretrained(self, save_directory, selected_adapters=None, save_embedding_layers="auto",
                         path_initial_model_for_weight_conversion=None) -> None:
         """Write each adapter as PEFT does: the default one in ``save_directory``, any other
         in ``save_directory/<name>``. Every adapter is checked before anything is written;
         each folder's two files are written to temporary names, then renamed, bound by one
-        save id (``minilora.io.save_folder``).
+        save id (``minilora.io.save_folder``). ``save_embedding_layers`` is PEFT's: with "auto"
+        (or True), an adapter whose target_modules name ``lm_head`` or ``embed_tokens`` also
+        writes that layer's base weight (``<name>.base_layer.weight``).
 
         ``path_initial_model_for_weight_conversion`` (PEFT's argument): the folder where a PiSSA
         or OLoRA adapter was saved before training. The adapter is then written as a plain LoRA
@@ -239,6 +242,9 @@ class PeftModel(nn.Module):
                 raise SaveError(f"save_pretrained: adapter {name!r} has no weights left in the model (merge_and_unload() "
                                 "folded it into the base weights, or unload() removed it); nothing was written -- "
                                 "save the merged base model (GPT.save_pretrained) instead")
+            if save_embedding_layers is True or (save_embedding_layers == "auto" and embedding_is_targeted(
+                    self.peft_config[name], [n for n, _ in self.get_base_model().named_modules()])):
+                tensors.update({k: numpy.ascontiguousarray(B.to_numpy(p.data)) for k, p in self._embedding_weights().items()})
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
             writes.append((folder, config, tensors))
         for folder, config, tensors in writes:
@@ -296,9 +302,22 @@ class PeftModel(nn.Module):
         """Read the saved arrays into the adapter: every key and shape checked against the
         adapter as built (``load_checked``) before any data is read."""
         expected = {k: tuple(v.shape) for k, v in self.base_model.adapter_state_dict(adapter_name).items()}
-        tensors = load_checked(Path(model_id) / WEIGHTS_NAME, expected, header=header, allow_nonfinite=allow_nonfinite,
+        embeddings = self._embedding_weights()  # what PEFT's save_embedding_layers may have written too
+        path = Path(model_id) / WEIGHTS_NAME
+        tensors = load_checked(path, {**expected, **{k: tuple(p.shape) for k, p in embeddings.items()}},
+                               optional=set(embeddings), header=header, allow_nonfinite=allow_nonfinite,
                                implied="the model", what="this model")
         self.base_model.load_adapter_state_dict(adapter_name, tensors)
+        for key, p in embeddings.items():
+            if key in tensors:
+                _load_embedding_weight(p, tensors[key], key, path, self.base_model)
+
+    def _embedding_weights(self) -> dict:
+        """``{PEFT key: Parameter}`` of the base weight of every wrapped layer named as an embedding
+        layer (``lm_head``, ``embed_tokens``): what PEFT's ``save_embedding_layers`` writes."""
+        layers = self.base_model.named_layers() if hasattr(self.base_model, "named_layers") else []
+        return {f"base_model.model.{name}.base_layer.weight": layer.base_layer.weight for name, layer in layers
+                if name.rpartition(".")[2] in EMBEDDING_LAYER_NAMES}
 
 
 # The config fields that set how much an adapter allocates. Each is the width or the row count
@@ -335,6 +354,23 @@ def _read(model_id, is_trainable: bool) -> tuple:
                                     f"{header.path} (the largest is {largest}): the file cannot hold such an adapter")
     config.inference_mode = not is_trainable
     return config, header
+
+
+def _load_embedding_weight(p, saved, key: str, path, tuner) -> None:
+    """A base weight saved beside the adapter (PEFT's ``save_embedding_layers``): equal to the model's,
+    nothing to do; different, it replaces it as PEFT's load does -- a new array, so that a failed load
+    can put the old one back -- with a warning that names what changes with it (a tied embedding)."""
+    import warnings
+
+    saved = B.xp.asarray(saved, dtype=p.data.dtype)
+    if bool(B.xp.array_equal(saved, p.data)):
+        return
+    name = key.removeprefix("base_model.model.").removesuffix(".base_layer.weight")
+    tied = [other for other, _ in dict(tuner.named_layers())[name].tied_to]
+    also = f"; it is tied to {', '.join(tied)}, which changes with it" if tied else ""
+    warnings.warn(f"{path}: {key} differs from the model's {name} weight; loaded as PEFT loads it, replacing the "
+                  f"model's{also}")
+    p.data = saved
 
 
 def _batch_size(args, kwargs):

@@ -211,7 +211,7 @@ class VeraModel(BaseTuner):
         self._fill_default(config, "target_modules", DEFAULT_TARGET_MODULES)
 
     def _target_names(self, config: VeraConfig) -> list:
-        return self._find_targets(config.target_modules, (nn.Linear, VeraLinear), config)
+        return self._find_targets(config, (nn.Linear, VeraLinear))
 
     def inject_adapter(self, adapter_name: str, config: VeraConfig) -> None:
         """Draw the adapter's projections at the largest in and out of its targets, then add it."""
