@@ -104,7 +104,6 @@ class Exercise:
     number: str  # "1.2"
     solution: str  # the solution cell's source, with nbgrader's markers
     tests: list  # the sources of its autograded test cells
-    points: float
 
     @property
     def hidden(self) -> str:
@@ -119,11 +118,9 @@ def exercises(path) -> list:
     found = {}
     for cell in cells:
         if nbgrader(cell).get("solution") and cell.cell_type == "code":
-            found[exercise_number(cell)] = Exercise(exercise_number(cell), cell.source, [], 0.0)
+            found[exercise_number(cell)] = Exercise(exercise_number(cell), cell.source, [])
         elif nbgrader(cell).get("grade"):
-            exercise = found[exercise_number(cell)]
-            exercise.tests.append(cell.source)
-            exercise.points += float(nbgrader(cell).get("points", 0))
+            found[exercise_number(cell)].tests.append(cell.source)
     return list(found.values())
 
 

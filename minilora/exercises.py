@@ -33,10 +33,10 @@ class ExerciseError(AssertionError):
     """An exercise that is not solved (yet): the message names it and says what it expects."""
 
 
-def _number_and_name(exercise: str) -> tuple:
-    """"3.1 lora_forward (differentiable)" -> ("3.1", "lora_forward")."""
+def _function(exercise: str) -> str:
+    """The function an exercise's label names: "3.1 lora_forward (differentiable)" -> "lora_forward"."""
     words = exercise.split()
-    return words[0], (words[1] if len(words) > 1 else "your function")
+    return words[1] if len(words) > 1 else "your function"
 
 
 def fail(exercise: str, problem: str):
@@ -57,7 +57,7 @@ def result_of(exercise: str, compute, expects: str, parts: tuple = ()):
     """``compute()`` (the student's function on the test's inputs), with everything that can go
     wrong inside it reported as an ExerciseError in the exercise's words. ``parts`` names the items
     of a tuple the function must return, e.g. ``("y", "P")``."""
-    number, name = _number_and_name(exercise)
+    name = _function(exercise)
     try:
         result = compute()
     except ExerciseError:

@@ -18,8 +18,10 @@ Then ``nbgrader autograde`` runs once per assignment on several submissions:
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nbformat
@@ -111,11 +113,20 @@ def submission(release: dict, sources: dict) -> dict:
     return nb
 
 
+def autograde(root: Path, names: list) -> None:
+    for name in names:
+        timeout = [f"--Execute.timeout={STUCK_TIMEOUT}"] if name == "02_transformer" else []
+        nbgrader_command(root, "autograde", name, *timeout)
+        nbgrader_command(root, "generate_feedback", name)
+
+
 @pytest.fixture(scope="module")
 def graded(course):
     """Every assignment autograded (one nbgrader autograde each) and its feedback generated.
-    Returns {(student, assignment): {exercise: (score, max score, [messages of its test cells' errors])}}
-    and the error outputs of the reference submissions' other cells."""
+    Returns {(student, assignment): {exercise: (score, max score, [messages of its test cells' errors])}},
+    the error outputs of the reference submissions' other cells, and the course folder that graded
+    each assignment: half of them are graded in a copy of the course folder, at the same time
+    (nbgrader grades one notebook at a time, and its gradebook is one SQLite file)."""
     from nbgrader.api import Gradebook
 
     catalogue = by_exercise()
@@ -135,17 +146,19 @@ def graded(course):
                 folder.mkdir(parents=True, exist_ok=True)
                 nbformat.write(submission(release, sources), folder / path.name)
                 students.setdefault(name, []).append(student)
-        timeout = [f"--Execute.timeout={STUCK_TIMEOUT}"] if name == "02_transformer" else []
-        nbgrader_command(course, "autograde", name, *timeout)
-        nbgrader_command(course, "generate_feedback", name)
+    halves = {course: list(COURSE)[0::2], course.with_name(course.name + "-copy"): list(COURSE)[1::2]}
+    shutil.copytree(course, list(halves)[1])
+    with ThreadPoolExecutor(len(halves)) as pool:
+        list(pool.map(autograde, halves, halves.values()))
+    folder_of = {name: root for root, names in halves.items() for name in names}
     results, errors_elsewhere = {}, {}
-    with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id="minilora") as gradebook:
-        for name, notebooks in COURSE.items():
+    for name, notebooks in COURSE.items():
+        with Gradebook(f"sqlite:///{folder_of[name] / 'gradebook.db'}", course_id="minilora") as gradebook:
             for path in notebooks:
                 for student in students[name]:
                     scores = {g.name: (g.auto_score, g.max_score) for g in
                               gradebook.find_submission_notebook(path.stem, name, student).grades}
-                    graded_nb = nbformat.read(course / "autograded" / student / name / path.name, as_version=4)
+                    graded_nb = nbformat.read(folder_of[name] / "autograded" / student / name / path.name, as_version=4)
                     found = results.setdefault((student, name), {})
                     for cell in graded_nb.cells:
                         messages = [o.evalue for o in cell.get("outputs", []) if o.output_type == "error"]
@@ -154,11 +167,11 @@ def graded(course):
                             found[exercise_number(cell)] = (score, top, messages)
                         elif student == "reference" and messages:
                             errors_elsewhere.setdefault(path.name, []).append(messages)
-    return results, errors_elsewhere
+    return results, errors_elsewhere, folder_of
 
 
 def test_the_reference_solutions_get_full_marks_and_every_cell_runs(graded):
-    results, errors_elsewhere = graded
+    results, errors_elsewhere, _ = graded
     for name in COURSE:
         for number, (score, top, messages) in results[("reference", name)].items():
             assert score == top > 0 and not messages, f"{name}: exercise {number} scored {score} of {top}: {messages}"
@@ -168,7 +181,7 @@ def test_the_reference_solutions_get_full_marks_and_every_cell_runs(graded):
 
 @pytest.mark.parametrize("student", ["composite-1", "composite-2"])
 def test_one_catalogue_mistake_in_every_exercise_scores_zero_with_its_message(graded, student):
-    results, _ = graded
+    results, _, _ = graded
     catalogue = by_exercise()
     k = int(student[-1]) - 1
     for name in COURSE:
@@ -178,23 +191,24 @@ def test_one_catalogue_mistake_in_every_exercise_scores_zero_with_its_message(gr
             assert messages and mistake.message in messages[0], f"{student}, exercise {number}: {messages}"
 
 
-def test_a_syntax_error_and_an_endless_loop_score_zero_and_the_rest_is_graded(graded, course):
-    results, _ = graded
+def test_a_syntax_error_and_an_endless_loop_score_zero_and_the_rest_is_graded(graded):
+    results, _, folder_of = graded
     stuck = results[("stuck", "02_transformer")]
     assert stuck["2.2"][0] == stuck["2.2"][1] > 0, stuck["2.2"]
     assert stuck["2.1"][0] == 0 and "did the cell that defines causal_self_attention run?" in stuck["2.1"][2][0]
     assert stuck["2.3"][0] == 0 and "exercise 2.3 cross_entropy was interrupted" in stuck["2.3"][2][0], stuck["2.3"]
-    graded_nb = nbformat.read(course / "autograded" / "stuck" / "02_transformer" / "02_transformer.ipynb", as_version=4)
+    graded_nb = nbformat.read(folder_of["02_transformer"] / "autograded" / "stuck" / "02_transformer" / "02_transformer.ipynb",
+                              as_version=4)
     solution_errors = [o.ename for c in graded_nb.cells if nbgrader(c).get("grade_id") == "ex2_1_attention"
                        for o in c.outputs if o.output_type == "error"]
     assert solution_errors == ["SyntaxError"]  # shown where the student made it
 
 
-def test_the_feedback_names_each_mistake(graded, course):
-    catalogue = by_exercise()
+def test_the_feedback_names_each_mistake(graded):
+    catalogue, folder_of = by_exercise(), graded[2]
     for name, notebooks in COURSE.items():
         for path in notebooks:
-            page = (course / "feedback" / "composite-1" / name / path.with_suffix(".html").name).read_text(encoding="utf-8")
+            page = (folder_of[name] / "feedback" / "composite-1" / name / path.with_suffix(".html").name).read_text(encoding="utf-8")
             text = re.sub(r"<[^>]+>", "", page).replace("&#39;", "'").replace("&quot;", '"').replace("&amp;", "&")
             text = text.replace("&lt;", "<").replace("&gt;", ">")
             for exercise in exercises(path):
