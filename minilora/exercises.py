@@ -80,8 +80,9 @@ def result_of(exercise: str, compute, expects: str, parts: tuple = ()):
     return result
 
 
-def _shape_problem(got: numpy.ndarray, want: numpy.ndarray) -> str:
-    problem = f"got shape {got.shape} instead of {want.shape}"
+def _shape_problem(got: numpy.ndarray, want: numpy.ndarray, expects: str) -> str:
+    # the expected shape once: in the words of the exercise if they give it, else here
+    problem = f"got shape {got.shape}" + ("" if str(want.shape) in expects else f" instead of {want.shape}")
     if got.size == want.size and got.squeeze().shape == want.squeeze().shape:
         problem += " (the same number of values: an axis of size 1 added or dropped? keepdims?)"
     elif got.shape == want.shape[::-1]:
@@ -107,7 +108,7 @@ def check(exercise: str, compute, expected, expects: str, atol: float = 1e-6, rt
         if got.shape == wrong.shape and numpy.allclose(got, wrong, rtol=rtol, atol=atol) and not right:
             fail(exercise, f"{words}; expected {expects}")
     if got.shape != want.shape:
-        fail(exercise, f"expected {expects}; {_shape_problem(got, want)}")
+        fail(exercise, f"expected {expects}; {_shape_problem(got, want, expects)}")
     if not numpy.isfinite(got).all():
         fail(exercise, f"expected {expects}; got NaN or infinite values")
     bad = numpy.abs(got - want) > atol + rtol * numpy.abs(want)

@@ -67,6 +67,12 @@ def test_check_names_the_exercise_and_what_it_expected(compute, message):
     assert isinstance(err.value, AssertionError)  # nbgrader counts it as a failed test
 
 
+def test_the_expected_shape_is_said_once():
+    with pytest.raises(ExerciseError) as err:
+        check("9.1 f", lambda: np.zeros((3, 2)), np.zeros((2, 3)), expects="a matrix of shape (N, out) = (2, 3)")
+    assert str(err.value) == "exercise 9.1 f: expected a matrix of shape (N, out) = (2, 3); got shape (3, 2) (transposed?)"
+
+
 def test_check_passes_a_solution(capsys):
     check("9.1 f", lambda: [2.0, 4.0 + 1e-9], [2.0, 4.0], expects="twice x", mistakes={"x": [1.0, 2.0]})
     check_true("9.2 g", lambda: True, expects="a property")
