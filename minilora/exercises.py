@@ -23,7 +23,6 @@ library function the exercise re-implements is swapped for one that raises
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import numpy
@@ -197,28 +196,24 @@ def graph_nodes(root) -> list:
     return nodes
 
 
-def _resolve(dotted: str) -> tuple:
-    """"minilora.tensor.Tensor.backward" -> (the class Tensor, "backward"): the object that holds
-    the attribute, and its name."""
-    parts = dotted.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            owner = importlib.import_module(".".join(parts[:cut]))
-        except ImportError:
-            continue
-        for attribute in parts[cut:-1]:
-            owner = getattr(owner, attribute)
-        getattr(owner, parts[-1])  # fails now, with the name, if there is no such thing
-        return owner, parts[-1]
-    raise ValueError(f"forbid: {dotted!r} is not a module attribute (give its full dotted path)")
+def _bound_at(function) -> tuple:
+    """Where ``function`` is defined, as (the module or class that holds it, its name), read off its
+    ``__module__`` and ``__qualname__``: ``Tensor.backward`` -> (the class Tensor, "backward")."""
+    owner = sys.modules.get(getattr(function, "__module__", None))
+    *path, name = getattr(function, "__qualname__", "?").split(".")
+    for part in path:
+        owner = getattr(owner, part, None)
+    if getattr(owner, name, None) is not function:
+        raise ValueError(f"forbid: {function!r} is not a function of a module or a class")
+    return owner, name
 
 
 class forbid:
-    """``with forbid("1.2", "minilora.tensor.unbroadcast"):`` -- while the block runs, each of the
-    functions (full dotted paths; a method as ``"minilora.tensor.Tensor.backward"``; or a pair
-    ``(path, what the student would have written)`` to name it in the message) raises
-    ``ExerciseError("exercise 1.2 must not call unbroadcast ...")``, wherever it is bound: in its
-    module, in minilora's other modules, in the notebook's namespace (``__main__``) and in the
+    """``with forbid("1.2", unbroadcast):`` -- while the block runs, each of the functions (a
+    module's function, a class's method such as ``Tensor.backward``, or a pair ``(function, what
+    the student would have written)`` to name it in the message) raises
+    ``ExerciseError("exercise 1.2 must not call unbroadcast ...")``, wherever it is bound: where it
+    is defined, in minilora's other modules, in the notebook's namespace (``__main__``) and in the
     namespace of the code that opened the block (where the student's functions live). A call that
     the student's code caught and swallowed still fails the exercise when the block ends."""
 
@@ -228,9 +223,8 @@ class forbid:
         namespaces += [vars(m) for key, m in list(sys.modules.items())
                        if (key == "__main__" or key.startswith("minilora")) and hasattr(m, "__dict__")]
         for function in functions:
-            dotted, shown = (function, None) if isinstance(function, str) else function
-            owner, name = _resolve(dotted)
-            original = getattr(owner, name)
+            original, shown = function if isinstance(function, tuple) else (function, None)
+            owner, name = _bound_at(original)
             raiser = self._raiser(shown or (f"{owner.__name__}.{name}" if isinstance(owner, type) else name))
             self.swaps.append((owner, name, original, raiser))
             if not isinstance(owner, type):  # a function: every other name bound to it too

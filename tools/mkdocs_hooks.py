@@ -15,8 +15,8 @@
    highlighted by Pygments with an anchor per line (a folder: the list of its files). The site so holds the code it links to and
    works offline; MkDocs checks these links like any other (the pages are files of the site);
 3. builds the nav from the pages it found, in name order within SECTIONS: Home, the Course
-   (docs/course.md and the numbered notebooks), how minilora works (the other docs), and the
-   claims with their reports. A new page needs no edit anywhere.
+   (docs/course.md and the numbered notebooks), the claims with their reports, and how
+   minilora works (the other docs). A new page needs no edit anywhere.
 
 A link to something that does not exist is left as written: in a Markdown page MkDocs
 reports it (a warning, which ``--strict`` turns into a failed build); in a notebook, which
@@ -35,7 +35,6 @@ import tempfile
 from pathlib import Path, PurePosixPath
 
 import nbformat
-
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import TextLexer, get_lexer_for_filename
