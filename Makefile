@@ -61,15 +61,19 @@ gpu-check:
 notebooks: $(VENV)/.installed-test $(MINILM)
 	MINILORA_QUICK=0 $(PY) -m minilora.notebooks --execute-in-place
 
-# The documentation site in site/: README, docs/ and the notebooks (with their outputs), built
-# offline; --strict fails on a broken link (tools/mkdocs_hooks.py says how pages and source links work).
+# The documentation site in site/: README, docs/ and the notebooks (the claim reports with their
+# outputs, the course as students receive it), built offline with its own MathJax; --strict
+# fails on a broken link (tools/mkdocs_hooks.py says how pages and source links work).
 docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
-# The course's student versions (docs/course.md): nbgrader removes the solutions and outputs
-# of notebooks/01_*.ipynb ... 06_*.ipynb into build/exercises/release/minilora-course/.
+# The course as an nbgrader course folder (docs/course.md): build/exercises/ with its
+# nbgrader_config.py, one assignment per course notebook in source/ and its student version
+# (no solution, no hidden test, no output) in release/. NOTEBOOKS=02_transformer regenerates
+# that assignment alone; the others are left as they are.
+NOTEBOOKS ?=
 exercises: $(VENV)/.installed-course
-	$(PY) -m minilora.notebooks --exercises build/exercises
+	$(PY) -m minilora.notebooks --exercises build/exercises $(NOTEBOOKS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report gpu-check site .cache/mkdocs-jupyter build/exercises

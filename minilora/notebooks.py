@@ -4,25 +4,19 @@
 notebook is executed in a fresh kernel, in full mode unless MINILORA_QUICK=1, and its
 outputs are saved back into the file -- the outputs that are committed.
 
-``python -m minilora.notebooks --exercises DIR`` (what ``make exercises`` does): the
-numbered course notebooks (``notebooks/01_autograd.ipynb`` ...) are nbgrader source
-notebooks; nbgrader's ``generate_assignment`` writes their student versions -- solutions
-replaced by nbgrader's stub, outputs cleared -- to ``DIR/release/minilora-course/``.
-``DIR`` is an nbgrader course directory (``source/``, ``release/``, ``gradebook.db``), so
-an instructor can go on from there with nbgrader's other commands (docs/course.md).
+``python -m minilora.notebooks --exercises DIR [NAMES]`` (what ``make exercises`` does):
+``DIR`` becomes the course's nbgrader folder, one assignment per course notebook, with the
+student versions in ``DIR/release/`` (``minilora.course``; docs/course.md). Naming
+notebooks regenerates only their assignments.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
-NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
-ASSIGNMENT = "minilora-course"  # the nbgrader assignment that holds the course notebooks
+from minilora.course import NOTEBOOKS, assignments, make_exercises
 
 
 def execute(path: Path, timeout: int = 7200) -> None:
@@ -32,42 +26,6 @@ def execute(path: Path, timeout: int = 7200) -> None:
     nb = nbformat.read(path, as_version=4)
     NotebookClient(nb, timeout=timeout, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
     nbformat.write(nb, path)
-
-
-def course_notebooks(folder: Path = NOTEBOOKS) -> list:
-    """The numbered course notebooks, in order: ``01_autograd.ipynb`` ... (the claim notebooks have no number)."""
-    return sorted(folder.glob("[0-9][0-9]_*.ipynb"))
-
-
-def make_exercises(out: str | os.PathLike, notebooks=None) -> Path:
-    """Student versions of the course notebooks, made with nbgrader; returns the folder holding them.
-
-    ``out`` becomes an nbgrader course directory: the notebooks are copied to
-    ``out/source/minilora-course/`` and ``nbgrader generate_assignment`` writes the student
-    versions to ``out/release/minilora-course/`` (earlier versions there are replaced).
-    """
-    try:
-        import nbgrader  # noqa: F401
-    except ImportError:
-        raise RuntimeError("making the exercises needs nbgrader: pip install -e '.[course]' (make exercises does)") from None
-    root = Path(out).resolve()
-    notebooks = course_notebooks() if notebooks is None else [Path(p) for p in notebooks]
-    if not notebooks:
-        raise ValueError(f"no course notebook (NN_name.ipynb) in {NOTEBOOKS}")
-    source, release = root / "source" / ASSIGNMENT, root / "release" / ASSIGNMENT
-    for folder in (source, release):
-        shutil.rmtree(folder, ignore_errors=True)
-    source.mkdir(parents=True)
-    for path in notebooks:
-        shutil.copy2(path, source / path.name)
-    # nbgrader runs `alembic` (its database migrations) as a program: the venv's bin/ must be on PATH
-    env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", ""))
-    command = [sys.executable, "-m", "nbgrader", "generate_assignment", ASSIGNMENT, "--force",
-               f"--CourseDirectory.root={root}"]
-    done = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise RuntimeError(f"nbgrader generate_assignment failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
-    return release
 
 
 def main(argv=None) -> int:
@@ -81,10 +39,12 @@ def main(argv=None) -> int:
     if missing:
         parser.error(f"no such notebook: {', '.join(missing)}")
     if args.exercises:
-        course = [p for p in paths if p in course_notebooks()] if args.names else None
-        release = make_exercises(args.exercises, course)
-        print(f"student versions in {release}:")
-        print("\n".join(f"  {p.name}" for p in sorted(release.glob("*.ipynb"))))
+        chosen = [name for name, notebooks in assignments().items() if set(notebooks) & set(paths)]
+        if args.names and not chosen:
+            parser.error(f"no course notebook among {', '.join(args.names)}; the course has {', '.join(assignments())}")
+        release = make_exercises(args.exercises, chosen if args.names else None)
+        print(f"the course folder {release.parent} (nbgrader_config.py, source/, release/); student versions:")
+        print("\n".join(f"  {p.relative_to(release)}" for name in chosen for p in sorted((release / name).glob("*.ipynb"))))
         return 0
     if not args.execute_in_place:
         print("\n".join(str(p) for p in paths))

@@ -1,18 +1,29 @@
-"""The documentation site builds, offline, with no broken internal link, and has every page.
+"""The documentation site builds, offline, with no broken internal link, has every page, and typesets its math.
 
 ``mkdocs build --strict`` (what ``make docs`` runs) fails on a link to a page, file or
 anchor that does not exist; tools/mkdocs_hooks.py stages README, docs/ and notebooks/,
-builds the nav from them, and turns links to source files into pages of highlighted code.
-External links are not followed (CI is offline). One build, shared by the tests below.
+builds the nav from them (the Course first, the claims apart), shows the course notebooks
+as students receive them, copies MathJax into the site, and turns links to source files
+into pages of highlighted code. External links are not followed (CI is offline). One
+build, shared by the tests below; the last opens a course page in headless Chromium
+(Debian's package, installed by the test as root, as CI runs) and checks that its
+equations are typeset.
 """
 
+import functools
 import os
 import re
+import shutil
 import subprocess
 import sys
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import nbformat
 import pytest
+
+from minilora.course import course_notebooks, student_version
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -77,3 +88,93 @@ def test_links_are_rewritten_to_what_the_site_holds(tmp_path):
         "[t](../minilora/tensor.py.html#L-12) [f](../minilora/peft/index.html) [r](../index.md) "
         "[u](https://example.org/x.py) [a](#top)")
     assert (tmp_path / "minilora" / "tensor.py.html").exists() and (tmp_path / "minilora" / "peft" / "index.html").exists()
+
+
+def test_the_nav_has_the_course_first_and_the_claims_apart():
+    sections = [next(iter(entry)) for entry in mkdocs_hooks.nav()]
+    assert sections == ["Home", "Course", "Claims and reports", "How minilora works"]
+    assert all("/" not in title for title in sections)  # readable names, not folders
+    course = mkdocs_hooks.nav()[1]["Course"]
+    assert course == ["docs/course.md"] + [p.relative_to(ROOT).as_posix() for p in course_notebooks()]
+    claims = mkdocs_hooks.nav()[2]["Claims and reports"]
+    assert "docs/claims.md" in claims and "docs/report/full-run.md" in claims
+    assert "notebooks/rank_vs_accuracy.ipynb" in claims and not set(claims) & set(course)
+
+
+def test_course_pages_show_the_notebooks_as_students_receive_them(site):
+    for path in course_notebooks():
+        page = (site / "notebooks" / path.with_suffix(".html").name).read_text(encoding="utf-8")
+        assert "YOUR CODE HERE" in page and "BEGIN SOLUTION" not in page and "HIDDEN TESTS" not in page, path.name
+        code_cells = re.findall(r'class="jp-Cell jp-CodeCell([^"]*)"', page)
+        assert code_cells and all("jp-mod-noOutputs" in c for c in code_cells), f"{path.name} shows outputs"
+    claim_page = (site / "notebooks" / "rank_vs_accuracy.html").read_text(encoding="utf-8")
+    code_cells = re.findall(r'class="jp-Cell jp-CodeCell([^"]*)"', claim_page)
+    assert not all("jp-mod-noOutputs" in c for c in code_cells) and "<img" in claim_page, \
+        "a claim report keeps its committed outputs (its plots)"
+    # the folder page of notebooks/ links to the pages, never to a notebook's source (it holds the solutions)
+    assert not list((site / "notebooks").glob("*.ipynb.html"))
+
+
+def test_every_page_loads_mathjax_from_the_site(site):
+    for page in [site / "index.html", site / "docs" / "lora.html", site / "notebooks" / "03_lora_by_hand.html"]:
+        sources = re.findall(r'<script src="([^"]*MathJax[^"]*)"', page.read_text(encoding="utf-8"))
+        assert sources, f"{page.name} does not load MathJax"
+        for src in sources:
+            assert src and not src.startswith(("http:", "https:", "//")), f"{page.name}: MathJax from {src!r}"
+            assert (page.parent / src.partition("?")[0]).exists(), f"{page.name}: {src} is not in the site"
+    assert (site / "assets" / "mathjax" / "config" / "local" / "minilora.js").exists()
+
+
+# --- a course page in a real browser ------------------------------------------------------------
+
+INSTALL = ["apt-get", "install", "-y", "--no-install-recommends", "chromium"]
+CHROMIUM = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    """Debian's Chromium: installed here when missing, as root (CI runs as root); without root the
+    test is skipped, saying how to install it."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.skip(f"needs Debian's Chromium; as root: apt-get update && {' '.join(INSTALL)}")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    if subprocess.run(INSTALL, env=env, capture_output=True).returncode != 0:  # no package lists yet: fetch them
+        subprocess.run(["apt-get", "update"], env=env, capture_output=True, check=True)
+        subprocess.run(INSTALL, env=env, capture_output=True, check=True)
+    return shutil.which("chromium")
+
+
+class QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def math_in(nb) -> int:
+    """How many equations the Markdown cells of a notebook hold: $$...$$ and $...$."""
+    text = "\n".join(cell.source for cell in nb.cells if cell.cell_type == "markdown")
+    display = re.findall(r"\$\$.+?\$\$", text, flags=re.S)
+    return len(display) + len(re.findall(r"\$[^$]+?\$", re.sub(r"\$\$.+?\$\$", "", text, flags=re.S)))
+
+
+def test_a_course_page_typesets_its_equations_in_chromium(site, chromium, tmp_path):
+    path = ROOT / "notebooks" / "03_lora_by_hand.ipynb"
+    expected = math_in(student_version(nbformat.read(path, as_version=4)))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(site)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:  # --virtual-time-budget: the DOM is dumped once MathJax has had time to load and typeset
+        url = f"http://127.0.0.1:{server.server_address[1]}/notebooks/{path.stem}.html"
+        dom = subprocess.run([chromium, *CHROMIUM, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=30000",
+                              "--dump-dom", url], capture_output=True, text=True, timeout=180).stdout
+    finally:
+        server.shutdown()
+        server.server_close()
+    # MathJax 2 keeps each equation's TeX in a <script type="math/tex"> and shows its rendering beside it
+    assert expected > 50 and dom.count('<script type="math/tex') == expected, (expected, dom.count("math/tex"))
+    assert len(re.findall(r'<span class="MathJax[ "][^>]*id="MathJax-Element-\d+-Frame"', dom)) == expected
+    assert "Math Processing Error" not in dom and '<span class="MathJax_Error"' not in dom
+    visible = re.sub(r"<[^>]+>", "", re.sub(r"<(script|style)\b.*?</\1>", "", dom, flags=re.S))
+    assert "$$" not in visible and "\\frac" not in visible, "raw LaTeX left on the page"

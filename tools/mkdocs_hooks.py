@@ -5,14 +5,18 @@
 1. stages the pages into a temporary folder, laid out as in the repository, so that every
    relative link written for GitHub works unchanged: README.md becomes the home page
    (``index.md``), docs/**/*.md and notebooks/*.ipynb keep their paths (notebooks are
-   rendered, with their committed outputs, by mkdocs-jupyter);
+   rendered by mkdocs-jupyter: the claim reports with their committed outputs, the course
+   notebooks as students receive them -- nbgrader's student version, no solution, no
+   hidden test, no output); and copies MathJax (the ``jupyter-server-mathjax`` package's
+   copy: the site typesets its equations offline) to ``assets/mathjax/``;
 2. turns every relative link to a file of the repository that is not a page -- source code
    (``../minilora/tensor.py``), tests, pyproject.toml, a folder (``minilora/peft``) -- into a
    link to a generated HTML page (``minilora/tensor.py.html``) that shows that file,
    highlighted by Pygments with an anchor per line (a folder: the list of its files). The site so holds the code it links to and
    works offline; MkDocs checks these links like any other (the pages are files of the site);
-3. builds the nav from the pages it found: Home, then docs/ and notebooks/ in name order.
-   A new page needs no edit anywhere.
+3. builds the nav from the pages it found, in name order within SECTIONS: Home, the Course
+   (docs/course.md and the numbered notebooks), the claims with their reports, and how
+   minilora works (the other docs). A new page needs no edit anywhere.
 
 A link to something that does not exist is left as written: in a Markdown page MkDocs
 reports it (a warning, which ``--strict`` turns into a failed build); in a notebook, which
@@ -21,8 +25,8 @@ MkDocs does not check, this hook reports it the same way.
 
 from __future__ import annotations
 
+import fnmatch
 import html
-import json
 import logging
 import os
 import re
@@ -30,17 +34,26 @@ import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
 
+import nbformat
 from pygments import highlight
 from pygments.formatters import HtmlFormatter
 from pygments.lexers import TextLexer, get_lexer_for_filename
 from pygments.util import ClassNotFound
 
+from minilora.course import LINK, student_version
+
 log = logging.getLogger("mkdocs.hooks.minilora")
 
 ROOT = Path(__file__).resolve().parent.parent
-# [text](target) and ![alt](target), the target without spaces; an optional "title" after it
-LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s]+)((?:\s+\"[^\"]*\")?\))")
 IMAGES = {".png", ".jpg", ".jpeg", ".gif", ".svg", ".pdf"}
+COURSE = "notebooks/[0-9][0-9]_*.ipynb"  # the course notebooks: shown as students receive them
+# The nav's sections, in order: (title, patterns of the pages it holds); a page goes in the first that matches
+SECTIONS = [
+    ("Course", ["docs/course.md", COURSE]),
+    ("Claims and reports", ["docs/claims.md", "docs/report/*.md", "notebooks/*.ipynb"]),
+    ("How minilora works", ["docs/*.md"]),
+]
+MATHJAX = "assets/mathjax"  # where the site's copy of MathJax lies (mkdocs.yml loads it on every page)
 
 _staged: list = []  # temporary folders of this process's builds, removed after each build
 
@@ -148,7 +161,9 @@ class Stager:
                 if child.name.startswith((".", "__pycache__")) or child.suffix == ".pyc":
                     continue
                 child_path = child.relative_to(ROOT).as_posix()
-                if child.is_dir():
+                if child_path in self.page_paths:  # a page of the site (a notebook): its page, not its source
+                    dest = str(PurePosixPath(site_path(child_path)).with_suffix(".html"))
+                elif child.is_dir():
                     dest = self.folder_page(child_path)
                 elif _is_text(child):
                     dest = self.code_page(child_path)
@@ -173,25 +188,44 @@ class Stager:
         for repo_path in sorted(self.page_paths):
             dest = self.out / site_path(repo_path)
             dest.parent.mkdir(parents=True, exist_ok=True)
-            source = (ROOT / repo_path).read_text(encoding="utf-8")
             if repo_path.endswith(".ipynb"):
-                nb = json.loads(source)
-                for cell in nb["cells"]:
-                    if cell["cell_type"] == "markdown":
-                        cell["source"] = self.rewrite(repo_path, "".join(cell["source"]), in_notebook=True)
-                dest.write_text(json.dumps(nb), encoding="utf-8")
+                nb = nbformat.read(ROOT / repo_path, as_version=4)
+                if fnmatch.fnmatch(repo_path, COURSE):
+                    nb = student_version(nb)
+                for cell in nb.cells:
+                    if cell.cell_type == "markdown":
+                        cell.source = self.rewrite(repo_path, cell.source, in_notebook=True)
+                nbformat.write(nb, dest)
             else:
-                dest.write_text(self.rewrite(repo_path, source), encoding="utf-8")
+                dest.write_text(self.rewrite(repo_path, (ROOT / repo_path).read_text(encoding="utf-8")), encoding="utf-8")
+        shutil.copytree(mathjax_folder(), self.out / MATHJAX)
+        (self.out / MATHJAX / "config" / "local").mkdir()
+        shutil.copyfile(Path(__file__).with_name("mathjax-local.js"), self.out / MATHJAX / "config" / "local" / "minilora.js")
+        shutil.copyfile(Path(__file__).with_name("mathjax-config.js"), self.out / "assets" / "mathjax-config.js")
+
+
+def mathjax_folder() -> Path:
+    """MathJax 2.7 as the jupyter-server-mathjax package ships it (Jupyter's offline copy; its
+    LICENSE, Apache 2.0, is in the folder). Version 2 is what nbconvert's notebook pages configure."""
+    import jupyter_server_mathjax
+
+    return Path(jupyter_server_mathjax.__file__).parent / "static"
+
+
+def section(repo_path: str) -> str:
+    """The title of the nav section that holds a page (SECTIONS)."""
+    for title, patterns in SECTIONS:
+        if any(fnmatch.fnmatch(repo_path, pattern) for pattern in patterns):
+            return title
+    raise ValueError(f"{repo_path} matches no section of the nav (tools/mkdocs_hooks.py, SECTIONS)")
 
 
 def nav() -> list:
-    """Home, then a section per folder of pages, each in name order."""
-    sections: dict = {}
+    """Home, then the SECTIONS in order, each page titled by MkDocs (its first heading), in name order."""
+    sections: dict = {title: [] for title, _ in SECTIONS}
     for repo_path in pages()[1:]:
-        folder = PurePosixPath(repo_path).parent.as_posix()
-        sections.setdefault(folder, []).append(site_path(repo_path))  # titled by MkDocs: the page's first heading
-    names = {"docs": "Docs", "notebooks": "Notebooks"}
-    return [{"Home": "index.md"}] + [{names.get(f, f): entries} for f, entries in sections.items()]
+        sections[section(repo_path)].append(site_path(repo_path))
+    return [{"Home": "index.md"}] + [{title: entries} for title, entries in sections.items() if entries]
 
 
 def on_config(config):

@@ -8,7 +8,7 @@ loss by rank), plus two small sweeps on the classification task with LoRA on Wq+
 
 * **alpha** at r = 8: the update is scaled by alpha / r, so alpha acts much like a
   second learning rate for the adapter;
-* **rsLoRA** (Kalajdzievas, 2023) at a small and a large rank: scaling by
+* **rsLoRA** (Kalajdzievski, 2023) at a small and a large rank: scaling by
   alpha / sqrt(r) instead of alpha / r. Its alpha is chosen so that r = 8 gets the
   default scaling (2), i.e. alpha = 2 sqrt(8); then every rank takes update steps of
   the same size, where plain LoRA's steps shrink or grow with r.

@@ -3,8 +3,9 @@
     Hu, Shen, Wallis, Allen-Zhu, Li, Wang, Wang, Chen (2021).
     "LoRA: Low-Rank Adaptation of Large Language Models." arXiv:2106.09685.
 
-The whole idea is one line (the paper's eq. 3). A pretrained weight W (out x in)
-stays frozen; its update is constrained to a product of two thin matrices,
+The whole idea is one line (the paper's eq. 3, h = W0 x + B A x, with the update scaled
+by α / r as its §4.1 says). A pretrained weight W (out x in) stays frozen; its update is
+constrained to a product of two thin matrices,
 
     h = W x + ΔW x = W x + (α / r) · B A x,      B: (out x r),  A: (r x in),  r << min(in, out)
 
@@ -104,7 +105,7 @@ def randomized_svd(W, r: int, niter: int) -> tuple:
 class LoRALinear(TunerLayer):
     """A frozen ``nn.Linear`` plus trainable low-rank updates, one per named adapter.
 
-        y = x W^T + b + (α / r) · dropout(x) A^T B^T          (Hu et al., eq. 3)
+        y = x W^T + b + (α / r) · dropout(x) A^T B^T          (Hu et al., eq. 3; α / r from §4.1)
 
     ``lora_A[name]`` is a Linear(in -> r) (weight A, (r, in)), ``lora_B[name]`` a
     Linear(r -> out) (weight B, (out, r)), exactly PEFT's layout. Several adapters
@@ -539,7 +540,7 @@ class LoraConfig:
                                               # "all-linear": every Linear but the output layer (PEFT's shorthand)
     exclude_modules: list | str | None = None  # modules kept out of target_modules, matched by the same rule
     bias: str = "none"  # "none" | "all" (train every bias) | "lora_only" (train the biases of adapted layers)
-    use_rslora: bool = False  # rank-stabilised LoRA (Kalajdzievas, 2023): scale by alpha / sqrt(r)
+    use_rslora: bool = False  # rank-stabilised LoRA (Kalajdzievski, 2023): scale by alpha / sqrt(r)
     init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B = 0; "gaussian": A ~ N(0, 1/r); False: both random;
                                           # "pissa" / "pissa_niter_K" / "olora": B A from W's SVD or QR, W the residual
     rank_pattern: dict = field(default_factory=dict)  # {regex of module name: r} overriding r for some layers
