@@ -1,4 +1,4 @@
-"""Learning rates chosen on the validation split, and runs that failed.
+"""The rules of the runs: learning rates chosen on the validation split, and runs that failed.
 
 The LoRA paper tuned the learning rate per setting (Hu et al., 2021, appendix D). Here,
 for both base models:
@@ -20,6 +20,7 @@ reported by name and left out of every mean and spread, never averaged in silent
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -47,8 +48,6 @@ def nearest_setting_rate(rates: dict, spec, tuned_targets, default_target: str) 
 def with_rates(specs, rates, rate_for) -> list:
     """``specs`` with each missing learning rate (``lr=None``) set to ``rate_for(rates(), spec)``;
     ``rates`` is only called (it may train the selection's runs) when a rate is missing."""
-    import dataclasses
-
     if all(spec.lr is not None for spec in specs):
         return list(specs)
     chosen = rates()
@@ -78,44 +77,3 @@ def choose_rate(candidates: dict, key: str, higher_is_better: bool, baseline: fl
             sign = 1 if higher_is_better else -1
             return max(usable, key=lambda rate: (sign * table[rate][key], -rate)), table
     return min(table), table
-
-
-CACHE_READS = {"runs": 0, "training_seconds": 0.0}  # runs cached_run read back since verify() last reset it
-
-
-def cached_run(spec, key: str, train):
-    """``train()``'s RunResult for ``spec``, kept on disk when the environment variable
-    ``MINILORA_RUN_CACHE`` names a folder: a run is deterministic given its spec and its base model
-    and data (``key``, e.g. their sha256), so a report can be rendered again, or its claims run in
-    separate commands, without training again. Without the variable: ``train()``."""
-    import hashlib
-    import os
-    import pickle
-    from pathlib import Path
-
-    folder = os.environ.get("MINILORA_RUN_CACHE")
-    if not folder:
-        return train()
-    path = Path(folder) / (hashlib.sha256(f"{key}|{spec!r}".encode()).hexdigest()[:32] + ".pkl")
-    if path.exists():
-        result = pickle.loads(path.read_bytes())
-        CACHE_READS["runs"] += 1  # the report says how much of it was read back, not trained (verify.py)
-        CACHE_READS["training_seconds"] += float(getattr(result, "seconds", 0.0))
-        return result
-    result = train()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(pickle.dumps(result))
-    os.replace(tmp, path)
-    return result
-
-
-def describe_failures(rows: dict) -> list:
-    """Sentences naming each failed run of ``summarize``-style rows (``{setting: {"failed": {seed: why}}}``)."""
-    out = []
-    for name, row in rows.items():
-        for seed, why in row.get("failed", {}).items():
-            value = row.get("failed_values", {}).get(seed)
-            figure = f" ({value:.3f})" if value is not None and np.isfinite(value) else ""
-            out.append(f"{name} seed {seed}: {why}{figure}")
-    return out
