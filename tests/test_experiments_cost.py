@@ -16,7 +16,7 @@ from minilora.experiments.bases import gpt
 from minilora.experiments.bases.toy import BASE as TOY
 from minilora.experiments.claims import inference, memory, params
 from minilora.experiments.claims import time as speed
-from minilora.experiments.core import FAILS, HOLDS, PARTLY, Session, traced_step
+from minilora.experiments.core import FAILS, HOLDS, PARTLY, Session
 from minilora.models import GPT, GPTConfig
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -116,19 +116,10 @@ def test_count_grid_and_its_verdict_flip():
 # ---------------------------------------------------------------------------
 
 
-def measure_step_memory(config, batch, method):
-    def make():
-        model, trained = gpt.build(config, method)
-        x, y = gpt.random_batch(config, batch)
-        return model, trained, lambda: model(x, y)[1]
-
-    return traced_step(make)
-
-
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_measured_memory_equals_analytic(method):
     for batch in (1, 4):
-        measured = measure_step_memory(SMALL, batch, method)
+        measured = gpt.measure_step_memory(SMALL, batch, method)
         analytic = gpt.analytic_step_memory(SMALL, batch, method)
         assert measured["weights"] == analytic["weights"]
         assert measured["optimizer"] == analytic["optimizer"]
@@ -145,8 +136,8 @@ def test_full_fine_tuning_holds_16_bytes_a_parameter():
 
 
 def test_lora_saves_memory_where_weights_dominate():
-    full = measure_step_memory(WIDE_SMALL, 1, "full")
-    lora = measure_step_memory(WIDE_SMALL, 1, "lora")
+    full = gpt.measure_step_memory(WIDE_SMALL, 1, "full")
+    lora = gpt.measure_step_memory(WIDE_SMALL, 1, "lora")
     assert lora["peak"] < 0.5 * full["peak"]
 
 

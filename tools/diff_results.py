@@ -9,8 +9,9 @@ per base, ``figures`` and ``verdict``). Both are brought to one shape -- ``{clai
 value}}}`` -- and compared leaf by leaf:
 
 * a figure measured by a clock (``TIMED``: step and forward times, their ratios, swap and load
-  times) is left out, and so is provenance (``meta``, each claim's ``provenance``, the old
-  ``settings["seconds"]``);
+  times) is left out, and so is a verdict decided on one (``TIMED_VERDICTS``: reported beside);
+  so are provenance (``meta``, each claim's ``provenance``) and the old claims' ``settings`` (the
+  sizes behind the figures, which the new layout keeps in ``figures["settings"]``);
 * a figure the new layout moved is found where it went (``RENAMED``; a verdict or verdict part that
   was among the old figures is found in the new ``verdict``);
 * a figure only the new results hold (added so that the report renders from results.json alone)
@@ -32,10 +33,8 @@ import sys
 
 # Figures measured by a clock, by claim: a key of this name anywhere under the claim is a timing.
 TIMED = {
-    "time": {"results", "ratios", "worst_ratio", "ratio", "full", "lora", "repeats", "clock", "blas_threads", "step",
-             "forward", "backward", "optimizer", "steps", "parts"},
-    "inference": {"latency", "worst_merged_excess", "worst_merged_deviation", "worst_control_deviation",
-                  "unmerged_overhead", "latency"},
+    "time": {"ratios", "worst_ratio", "ratio", "full", "lora", "repeats", "clock", "blas_threads", "parts"},
+    "inference": {"latency", "worst_merged_excess", "worst_merged_deviation", "worst_control_deviation", "unmerged_overhead"},
     "depth_latency": {"latency", "overheads", "adapter_over_merged", "merged_excess", "lighter_adapter"},
     "modularity": {"set_adapter_seconds", "load_adapter_seconds", "full_checkpoint_load_seconds", "swap_speedup", "seconds"},
     "quantization": {"train_seconds", "step_time"},
@@ -109,10 +108,7 @@ def old_compatibility(claim: dict) -> dict:
     slots = {new: {"figures": {k: f[k][old] for k in ("summary", "untuned", "rates", "gaps") if old in f[k]}, "verdict": None}
              for old, new in arch.items()}
     for old, new in arch.items():
-        keys = {"PEFT's default targets": "default", "every linear layer": "all-linear"}
-        slots[new]["figures"]["gaps"] = {k: v for k, v in slots[new]["figures"]["gaps"].items()}
         slots[new]["figures"]["facts"] = {"val_loss": f["base_val_loss"][old]}
-        del keys
     if "minilm_gaps" in f:
         labels = {"default": "PEFT's default targets", "attention": "all attention"}
         slots["minilm"] = {"figures": {"gaps": {f"{labels[k.split(' r=')[0]]} r={k.split(' r=')[1]}": v

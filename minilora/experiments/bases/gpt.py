@@ -28,6 +28,7 @@ from minilora import backend as B
 from minilora.data import get_batch
 from minilora.experiments.bases import gpt_methods as methods
 from minilora.experiments.bases.protocol import CostSetting
+from minilora.experiments.core import traced_step
 from minilora.experiments.runs import Grid, RunResult, TaskGrid, metric, trained_state
 from minilora.models import GPT, GPTConfig
 from minilora.peft import LoraConfig, get_peft_model
@@ -470,15 +471,7 @@ class GPTBase:
         return CostSetting(model, batch, config.block_size, repeats, f"{model} batch {batch}", describe, facts)
 
     def cost_step(self, setting: CostSetting, method: str, session=None):
-        """``make()`` -> (model, trained parameters, loss_fn) of one training step on random token ids."""
-        config = self.cost_config(setting.model)
-
-        def make():
-            model, params = build(config, method)
-            x, y = random_batch(config, setting.batch)
-            return model, params, lambda: model(x, y)[1]
-
-        return make
+        return step_maker(self.cost_config(setting.model), setting.batch, method)
 
     def analytic_step_memory(self, setting: CostSetting, method: str, session=None) -> dict:
         return analytic_step_memory(self.cost_config(setting.model), setting.batch, method)
@@ -611,6 +604,21 @@ def build(config: GPTConfig, method: str, r: int = COST_RANK, seed: int = 0):
     if method == "lora":
         model = get_peft_model(model, cost_lora_config("qv", r))
     return model, [p for p in model.parameters() if p.requires_grad]
+
+
+def step_maker(config: GPTConfig, batch: int, method: str):
+    """``make()`` -> (model, trained parameters, loss_fn) of one training step of a GPT of ``config`` on random token ids."""
+    def make():
+        model, params = build(config, method)
+        x, y = random_batch(config, batch)
+        return model, params, lambda: model(x, y)[1]
+
+    return make
+
+
+def measure_step_memory(config: GPTConfig, batch: int, method: str) -> dict:
+    """The bytes of one AdamW step of a GPT of ``config`` (``core.traced_step``), named by config, batch and method."""
+    return {"config": config_name(config), "batch": batch, "method": method, **traced_step(step_maker(config, batch, method))}
 
 
 def random_batch(config: GPTConfig, batch: int, seed: int = 0):

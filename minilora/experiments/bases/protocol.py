@@ -44,6 +44,10 @@ Its updates (claim 6), its reference (claim 5), its facts
     ``PAPER_TARGET``, ``ALL_TARGET``  the LoRA paper's setting (Wq, Wv), and every linear layer it can adapt
     ``reference_finetune(spec, session)``  the same run in PyTorch + transformers + PEFT
     ``facts(session)``       sizes the report's prose quotes (parameters, classes, ...)
+
+The claims measured on the toy alone (7-12) also use what a GPT base adds (``gpt.GPTBase``):
+``data(spec, session)``, ``timed_models(quick)``, ``serving_variants(model)`` and its methods
+beside LoRA (``gpt_methods.py``). ``minilm.py`` adds ``probe(session)`` and ``count_rows``.
 """
 
 from __future__ import annotations
