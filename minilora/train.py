@@ -89,6 +89,13 @@ def param_groups(model: Module, weight_decay: float) -> list:
 
 def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=None, optimizer=None) -> TrainHistory:
     """Train ``model`` for ``config.max_steps`` steps on ``batches(rng)``; see the module docstring."""
+    # A method that acts between optimizer steps -- AdaLoRA's rank allocation -- is called after each step,
+    # before the gradients are zeroed, with the step's index (PEFT's update_and_allocate(global_step))
+    allocators = [m.update_and_allocate for m in model.modules() if callable(getattr(m, "update_and_allocate", None))]
+    if allocators and config.checkpoint_path:
+        raise ValueError("train: checkpoint_path cannot be used with an AdaLoRA model: its rank allocator's state "
+                         "(the sensitivity averages) is not part of a training checkpoint, so a resumed run would "
+                         "allocate differently; train without a checkpoint_path")
     minilora.manual_seed(config.seed)  # dropout masks
     rng = np.random.default_rng(config.seed)  # batch order
     if optimizer is None:
@@ -121,6 +128,8 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
             )
         lr = optimizer.param_groups[0]["lr"]
         optimizer.step()
+        for allocate in allocators:
+            allocate(step)
         schedule.step()
         history.steps.append({"step": step, "loss": loss_value, "lr": lr, "grad_norm": grad_norm})
         bar.set_postfix(loss=f"{loss_value:.3f}")

@@ -1,7 +1,7 @@
 """What every method that wraps layers of a model shares: the tuner's bookkeeping.
 
-LoRA (``peft/lora.py``), (IA)^3 (``peft/ia3.py``) and bottleneck adapters
-(``peft/adapters.py``) adapt a model in the same way. Each finds some of its modules
+LoRA (``peft/lora.py``), (IA)^3 (``peft/ia3.py``), bottleneck adapters (``peft/adapters.py``),
+AdaLoRA, VeRA, LoHa and LoKr adapt a model in the same way. Each finds some of its modules
 (the *targets*), puts every target inside a wrapper layer that keeps the module as
 ``base_layer`` and holds one small trained part per named adapter, and then keeps the
 books: which adapters exist, which one is used and trained, which batch row uses which,
@@ -25,15 +25,22 @@ What its wrapper layer (a subclass of ``TunerLayer``) gets from the base class:
 ``base_layer``; ``active_adapter``, ``disable_adapters`` and ``row_adapters`` (set by the
 tuner, read in forward); ``adapters`` (the names it holds, the keys of its ``adapter_dict``);
 ``merged_adapters`` and ``merged``; ``layer_name`` and ``tied_to`` (its name in the model and
-the other modules that hold its base layer's parameters, set by the tuner); and PEFT's
-``merge(safe_merge=False, adapter_names=None)``. What it provides: ``delete_adapter(name)``
+the other modules that hold its base layer's parameters, set by the tuner); PEFT's
+``merge(safe_merge=False, adapter_names=None)``; and ``forward``, which runs the base layer
+alone when adapters are disabled or merged and otherwise the layer's ``adapted_forward`` (or
+``_mixed_batch_forward``, one adapter per row). What it provides: those two, ``delete_adapter(name)``
 and, where the method can merge, ``merge_steps(names)`` (the merged parameters as new
 arrays, one ``MergeStep`` per adapter, computed before anything changes), ``check_merge``,
 ``unmerge()`` and ``check_unmerge()`` (a layer that cannot merge has no merged adapters, ever).
+A layer whose adapters add a weight update, y = x W^T + b + x ΔW^T (AdaLoRA, VeRA, LoHa, LoKr,
+LoRA on an Embedding), subclasses ``DeltaLayer``, which derives all of that from two methods:
+the update on the graph and ΔW as an array.
 
 What the tuner gets for free: ``peft_config`` and ``active_adapter``; ``inject_adapter``,
 which undoes its own changes on an error; ``modules_to_save`` (``ModulesToSaveWrapper``);
-``set_adapter``, ``disable_adapter``, ``mixed_batch``, ``delete_adapter``; ``merge_adapter``,
+``set_adapter``, ``disable_adapter``, ``mixed_batch``, ``delete_adapter``; the targets by name,
+within ``layers_to_transform`` (``_find_targets``); the biases a ``bias`` field trains and saves
+(``_mark_biases_trainable``, ``_bias_state_dict``); ``merge_adapter``,
 ``unmerge_adapter``, ``merge_and_unload``, ``unload``, with PEFT's ``safe_merge`` and
 ``adapter_names``; ``load_adapter_state_dict``. A method that cannot merge overrides the
 merging ones with errors that say why.
@@ -77,6 +84,45 @@ def target_matches(target_modules, name: str) -> bool:
     return any(name == t or name.endswith("." + t) for t in target_modules)
 
 
+def layer_index(name: str, layers_pattern=None):
+    """The index of the numbered block a module sits in (``transformer.h.3.attn.c_attn`` -> 3), by PEFT's
+    rule: the first ``<pattern>.<digits>.`` in the name, ``pattern`` any segment unless ``layers_pattern``
+    (a name or a list of names, e.g. "h" or "layers") says which; None when there is none."""
+    if not layers_pattern:
+        match = re.match(r".*?\.[^.]*\.(?P<idx>\d+)\.", name)
+    else:
+        patterns = [layers_pattern] if isinstance(layers_pattern, str) else layers_pattern
+        match = next(filter(None, (re.match(rf"(?:^|.*?\.){p}\.(?P<idx>\d+)\.", name) for p in patterns)), None)
+    return int(match.group("idx")) if match else None
+
+
+def in_transformed_layers(config, name: str) -> bool:
+    """``layers_to_transform`` (an index or a list of them, with ``layers_pattern``): whether module ``name``
+    sits in one of those blocks. PEFT applies it to the names a list of ``target_modules`` matches by suffix;
+    a name listed in full, or matched by a regex, is taken whatever its block."""
+    layers = getattr(config, "layers_to_transform", None)
+    if layers is None or layers == [] or isinstance(config.target_modules, str) or name in config.target_modules:
+        return True
+    index = layer_index(name, getattr(config, "layers_pattern", None))
+    return index is not None and (index == layers if isinstance(layers, int) else index in layers)
+
+
+def check_layers_fields(config) -> None:
+    """PEFT's checks on ``layers_to_transform`` / ``layers_pattern``, with the same rules for every method."""
+    name = type(config).__name__
+    layers, pattern = getattr(config, "layers_to_transform", None), getattr(config, "layers_pattern", None)
+    if layers is not None and not (isinstance(layers, int) and not isinstance(layers, bool) or
+                                   isinstance(layers, list) and all(isinstance(i, int) and not isinstance(i, bool) for i in layers)):
+        raise ValueError(f"{name}.layers_to_transform must be an int, a list of ints or None, got {layers!r}")
+    if pattern is not None and not (isinstance(pattern, str) or isinstance(pattern, list) and all(isinstance(p, str) for p in pattern)):
+        raise ValueError(f"{name}.layers_pattern must be a string, a list of strings or None, got {pattern!r}")
+    if isinstance(config.target_modules, str) and (layers is not None or pattern is not None):
+        raise ValueError(f"{name}: layers_to_transform and layers_pattern cannot be used when target_modules is a "
+                         f"regex string ({config.target_modules!r}); put the layers in the regex instead")
+    if pattern and layers is None:
+        raise ValueError(f"{name}.layers_pattern={pattern!r} is set but layers_to_transform is not: say which layers")
+
+
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     """Put ``module`` at ``name``; it takes its predecessor's place among the siblings, so
     a rolled-back injection or an ``unload()`` gives back the very tree it started from."""
@@ -90,6 +136,33 @@ def set_fan_in_fan_out(model: nn.Module, config) -> None:
     config records it."""
     if type(model).__name__ == "GPT" and not config.fan_in_fan_out:
         config.fan_in_fan_out = True
+
+
+# PEFT's defaults when target_modules is None, by model class, for LoRA and the methods built like it
+# (AdaLoRA, VeRA, LoHa, LoKr: PEFT keys them by model_type in peft/utils/constants.py, e.g.
+# TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING: "gpt2" -> c_attn, "bert" -> query and value
+# (the LoRA paper's Wq and Wv), "llama" -> q_proj and v_proj -- the same for all five methods)
+DEFAULT_TARGET_MODULES = {
+    "GPT": ["c_attn"],
+    "BertModel": ["query", "value"],
+    "BertForSequenceClassification": ["query", "value"],
+    "LlamaForCausalLM": ["q_proj", "v_proj"],
+}
+
+
+def pattern_value(patterns: dict, name: str, default):
+    """PEFT's ``rank_pattern`` / ``alpha_pattern`` rule: the value of the first key that, read as a
+    regex, matches the end of module ``name`` at a "." boundary; ``default`` if none does."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", name):
+            return value
+    return default
+
+
+def is_hf_conv1d(model: nn.Module, name: str) -> bool:
+    """Whether module ``name`` of ``model`` is a ``Conv1D`` in Hugging Face's twin of the model
+    (GPT-2's four projections: ``GPT.hf_conv1d``), which some PEFT methods treat apart."""
+    return name.endswith(tuple(getattr(model, "hf_conv1d", ())))
 
 
 # PEFT's task types that train a head in full beside any adapter: its
@@ -196,6 +269,28 @@ class TunerLayer(nn.Module):
         """The names of the adapters this layer holds."""
         return list(getattr(self, self.adapter_dict))
 
+    # --- forward -----------------------------------------------------------------------------
+
+    def forward(self, x):
+        """The base layer alone when adapters are disabled (a merged one taken out of W first, as
+        PEFT does), merged, or absent here; each row with its adapter in a mixed batch; otherwise
+        the active adapter's ``adapted_forward``."""
+        if self.disable_adapters:
+            if self.merged:
+                self.unmerge()
+            return self.base_layer(x)
+        if self.row_adapters is not None:
+            return self._mixed_batch_forward(x)
+        if self.merged or self.active_adapter not in self.adapters:
+            return self.base_layer(x)  # a merged update is already inside W
+        return self.adapted_forward(x, self.active_adapter)
+
+    def adapted_forward(self, x, adapter_name: str):
+        raise NotImplementedError
+
+    def _mixed_batch_forward(self, x):
+        raise NotImplementedError
+
     # --- merging (for a method whose layers can merge: LoRA, DoRA, IA3) ------------------------
 
     def adapters_to_merge(self, adapter_names=None) -> list:
@@ -260,6 +355,87 @@ class TunerLayer(nn.Module):
 
     def merge_steps(self, adapter_names) -> list:
         raise NotImplementedError(f"{type(self).__name__} cannot merge")
+
+
+class DeltaLayer(TunerLayer):
+    """A wrapper layer each of whose adapters adds a weight update to the base layer's output
+    (AdaLoRA, VeRA, LoHa, LoKr -- LoRA too, whose layer has its own copy of this with DoRA inside):
+
+        y = x W^T + b + x ΔW_a^T
+
+    A method provides two things: ``delta_output(x, name)``, ``x ΔW_a^T`` on the graph, computed the
+    way that method computes it (through the thin factors, or through ΔW itself), and
+    ``delta_weight(name)``, ΔW_a as an (out, in) array. This class makes of them the forward pass
+    (disabled, merged, active adapter, or one adapter per batch row), the merge W <- W + ΔW_a and
+    the unmerge W <- W - ΔW_a. ``adapter_parts`` names the dicts holding an adapter's parameters,
+    ``adapter_tables`` its plain per-adapter settings, which ``delete_adapter`` removes."""
+
+    adapter_parts = ()
+    adapter_tables = ()
+
+    def delta_output(self, x, adapter_name: str) -> Tensor:
+        raise NotImplementedError
+
+    def delta_weight(self, adapter_name: str):
+        raise NotImplementedError
+
+    def adapted_forward(self, x, adapter_name: str) -> Tensor:
+        return self.base_layer(x) + self.delta_output(x, adapter_name)  # x W^T + b + x ΔW^T, W frozen
+
+    def _mixed_batch_forward(self, x) -> Tensor:
+        """Each batch row with its own adapter (``"__base__"``: none): each adapter's update on its
+        rows only, then every row put back in its place."""
+        y = self.base_layer(x)  # (B, ..., out)
+        groups = group_rows(self.row_adapters)
+        if not any(name in self.adapters for name in groups):
+            return y
+        if len(groups) == 1:  # every row uses one adapter: no need to split the batch
+            return y + self.delta_output(x, self.row_adapters[0])
+        if len(x.shape) < 2 or x.shape[0] != len(self.row_adapters):  # e.g. GPT-2's wpe: positions (T,), not rows
+            raise ValueError(f"a mixed batch needs a batched input to {self.layer_name}, got shape {x.shape} for "
+                             f"{len(self.row_adapters)} rows")
+        pieces = []
+        for name, rows in groups.items():
+            idx = B.xp.asarray(rows)
+            if name in self.adapters:
+                pieces.append(self.delta_output(x[idx], name))  # (rows, ..., out)
+            else:
+                pieces.append(Tensor(B.xp.zeros((len(rows),) + y.shape[1:], dtype=y.dtype)))
+        return y + in_row_order(pieces, groups.values())
+
+    @no_grad()
+    def merge_steps(self, adapter_names) -> list:
+        """W + ΔW after each adapter in turn, as new arrays."""
+        W = self.base_layer.weight.data
+        steps = []
+        for name in adapter_names:
+            W = W + self.delta_weight(name).astype(W.dtype)
+            steps.append(MergeStep(name, {"weight": W}))
+        return steps
+
+    @no_grad()
+    def unmerge(self) -> None:
+        """W <- W - ΔW for every merged adapter, last merged first."""
+        self.check_unmerge()
+        while self.merged_adapters:
+            W = self.base_layer.weight
+            W.data = W.data - self.delta_weight(self.merged_adapters.pop()).astype(W.dtype)
+
+    def check_unmerge(self) -> None:
+        if self.merged_adapters:
+            self.check_untied("unmerge from")
+
+    def delete_adapter(self, adapter_name: str) -> None:
+        if adapter_name in self.merged_adapters:
+            raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
+        for part in self.adapter_parts:
+            registry = getattr(self, part)
+            if adapter_name in registry:
+                del registry[adapter_name]
+        for table in self.adapter_tables:
+            getattr(self, table).pop(adapter_name, None)
+        if self.active_adapter == adapter_name:
+            self.active_adapter = None
 
 
 class ModulesToSaveWrapper(nn.Module):
@@ -416,21 +592,24 @@ class BaseTuner(nn.Module):
             raise ValueError(f"{type(config).__name__}.{field} is None and there is no default for {model_type}; {hint}")
         setattr(config, field, list(defaults[model_type]))
 
-    def _find_targets(self, targets, accepted: tuple) -> list:
-        """The names of the modules ``targets`` matches (``target_matches``), each of which must
-        be one of ``accepted``; if none matches, the error lists the ones there are."""
+    def _find_targets(self, targets, accepted: tuple, config=None) -> list:
+        """The names of the modules ``targets`` matches (``target_matches``) -- within the config's
+        ``layers_to_transform``, if it has one -- each of which must be one of ``accepted``; if none
+        matches, the error lists the ones there are."""
         names = []
         for name, module in self.model.named_modules():
             if not name or self._is_own_submodule(name):
                 continue
-            if target_matches(targets, name):
+            if target_matches(targets, name) and (config is None or in_transformed_layers(config, name)):
                 if not isinstance(module, accepted):
                     raise ValueError(f"target {name!r} is a {type(module).__name__}; {self.method} adapts Linear "
                                      f"layers only (check target_modules={targets!r})")
                 names.append(name)
         if not names:
             linears = [n for n, m in self.model.named_modules() if isinstance(m, accepted) and not self._is_own_submodule(n)]
-            raise ValueError(f"target_modules={targets!r} matches no module of {type(self.model).__name__}. "
+            layers = getattr(config, "layers_to_transform", None)
+            within = f" in layers_to_transform={layers!r}" if layers is not None else ""
+            raise ValueError(f"target_modules={targets!r} matches no module of {type(self.model).__name__}{within}. "
                              f"Its Linear layers are: {', '.join(linears)}")
         return names
 
@@ -612,7 +791,51 @@ class BaseTuner(nn.Module):
             keep = m.modules_to_save[m.active_adapter] if use_copy and m.active_adapter in m.modules_to_save else m.original_module
             set_submodule(self.model, name, keep)
 
+    # --- biases trained beside the adapter (a config's ``bias`` field) -------------------------
+
+    def _mark_biases_trainable(self, adapter_name: str) -> None:
+        """PEFT's ``bias`` rule: ``"<method>_only"`` trains the bias of every layer holding the
+        adapter, ``"all"`` every bias of the model -- but a modules_to_save wrapper's, whose frozen
+        original stays frozen and whose active copy BaseTuner.set_adapter trains in full."""
+        bias = getattr(self.peft_config[adapter_name], "bias", "none")
+        if bias.endswith("_only"):
+            for _, layer in self.adapter_layers():
+                if adapter_name in layer.adapters and layer.base_layer.bias is not None:
+                    layer.base_layer.bias.requires_grad_(True)
+        elif bias == "all":
+            for name, p in self.model.named_parameters():
+                if name.endswith("bias") and ".original_module." not in name and ".modules_to_save." not in name:
+                    p.requires_grad_(True)
+
+    def _bias_state_dict(self, adapter_name: str) -> dict:
+        """The biases an adapter's file holds, by PEFT's rule: ``"<method>_only"``, the base-layer bias
+        of every wrapper layer; ``"all"``, every key ending in ".bias" but other adapters' -- which,
+        beside a modules_to_save copy, includes the frozen original's bias and the copy's bias a second
+        time, as "<module>.modules_to_save.bias". The same keys are written and read, so that either
+        side loads the other's file."""
+        bias = getattr(self.peft_config[adapter_name], "bias", "none")
+        state = self.model.state_dict()
+        out = {}
+        if bias.endswith("_only"):
+            for name, _ in self.adapter_layers():
+                if f"{name}.base_layer.bias" in state:
+                    out[f"base_model.model.{name}.base_layer.bias"] = state[f"{name}.base_layer.bias"]
+        elif bias == "all":
+            others = [a for a in self.peft_config if a != adapter_name]
+            for name, t in state.items():
+                if not name.endswith(".bias") or any(f".modules_to_save.{a}." in name for a in others):
+                    continue
+                out["base_model.model." + name.replace(f".modules_to_save.{adapter_name}.", ".modules_to_save.")] = t
+        return out
+
     # --- the adapter's weights ---------------------------------------------------------------
+
+    def _modules_to_save_state_dict(self, adapter_name: str) -> dict:
+        """Each modules_to_save copy of the adapter under its original module's name (PEFT drops the
+        adapter's name: ``ln_f.modules_to_save.default.weight`` is saved as ``ln_f.weight``)."""
+        marker = f".modules_to_save.{adapter_name}."
+        return {"base_model.model." + name.replace(marker, "."): t
+                for name, t in self.model.state_dict().items() if marker in name}
 
     @no_grad()
     def load_adapter_state_dict(self, adapter_name: str, tensors: dict) -> None:

@@ -10,14 +10,16 @@ identity update. Each test file imports torch with ``pytest.importorskip`` befor
 
 import copy
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pytest
 import torch
 
 import minilora
-from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
+from bert_helpers import padded_batch, tiny_hf, torch_inputs
+from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM, bert_hf, llama_hf
+from minilora.models import to_transformers as gpt_to_transformers
 from minilora.tuner import TunerLayer
 
 V, N_POS, C, N_LAYER, N_HEAD = 61, 16, 16, 2, 2
@@ -201,3 +203,59 @@ def assert_unchanged(model, before: dict) -> None:
     assert [p[:5] for p in after["params"]] == [p[:5] for p in before["params"]]
     for (name, *_, new), (_, *_, old) in zip(after["params"], before["params"]):
         assert new.tobytes() == old.tobytes(), f"{name} changed"
+
+
+# --- the three bases, for the tests that run one adapter on each ------------------------------
+
+
+@dataclass
+class Base:
+    """A tiny base in minilora and transformers, its inputs, and how each side computes logits and loss."""
+
+    name: str
+
+    def pair(self):
+        """``(minilora model, transformers model)`` with the same float64 weights."""
+        if self.name == "gpt":
+            return tiny_gpt(), gpt_to_transformers(tiny_gpt())
+        if self.name == "llama":
+            return tiny_llama(), llama_hf.to_transformers(tiny_llama())
+        hf = tiny_hf("BertForSequenceClassification")
+        return bert_hf.from_transformers(hf), tiny_hf("BertForSequenceClassification")
+
+    def ours(self, model, labels=False):
+        """``(logits, loss)`` of a minilora model (loss: next-token, or the classifier's)."""
+        if self.name == "bert":
+            batch = padded_batch([7, 3, 5])
+            return model(batch[0], batch[2], batch[1], labels=np.array([2, 0, 1]) if labels else None)
+        x = ids(seed=4)
+        targets = np.concatenate([x[:, 1:], np.full((x.shape[0], 1), -100)], axis=1) if labels else None
+        return model(x, targets)
+
+    def theirs(self, model, labels=False):
+        """The transformers model's output (``.logits``, ``.loss``) on the same inputs."""
+        if self.name == "bert":
+            batch = padded_batch([7, 3, 5])
+            return model(**torch_inputs(*batch), labels=torch.tensor([2, 0, 1]) if labels else None)
+        x = torch.tensor(ids(seed=4))
+        return model(input_ids=x, labels=x if labels else None)
+
+
+BASES = {name: Base(name) for name in ("gpt", "bert", "llama")}
+
+
+def causal_lm_loss(logits, labels, vocab_size, ignore_index=-100, **kwargs):
+    """transformers' next-token loss (``ForCausalLMLoss``: labels shifted by one) without its upcast
+    to float32, so that a float64 model gives a float64 loss."""
+    shifted = torch.nn.functional.pad(labels, (0, 1), value=ignore_index)[..., 1:]
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, vocab_size), shifted.reshape(-1), ignore_index=ignore_index)
+
+
+@contextmanager
+def float64_transformers():
+    """transformers' LLaMA and its causal-LM loss computed in the model's float64 throughout."""
+    from transformers.loss import loss_utils
+
+    with llama_in_float64(), pytest.MonkeyPatch.context() as mp:
+        mp.setitem(loss_utils.LOSS_MAPPING, "ForCausalLM", causal_lm_loss)
+        yield

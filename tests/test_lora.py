@@ -519,9 +519,10 @@ def test_a_missing_or_truncated_weights_file_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize("field, value, error", [
-    ("layers_to_transform", [0], r"minilora cannot honour these settings: layers_to_transform=\[0\]"),
-    ("lora_bias", True, r"minilora cannot honour these settings: lora_bias=True"),
-    ("init_lora_weights", "olora", r"init_lora_weights must be True, False, 'gaussian' or 'pissa', got 'olora'"),
+    ("trainable_token_indices", [0], r"minilora cannot honour these settings: trainable_token_indices=\[0\]"),
+    ("target_parameters", ["mlp.c_fc.weight"], r"minilora cannot honour these settings: target_parameters="),
+    ("init_lora_weights", "corda", r"init_lora_weights must be True, False, 'gaussian', 'pissa', 'pissa_niter_K' "
+                                   r"\(K an int >= 0\), or 'olora', got 'corda'"),
     ("bias", "sometimes", r"LoraConfig.bias must be 'none', 'all' or 'lora_only', got 'sometimes'"),
     ("peft_type", "NOT_A_METHOD", r"unknown PEFT method 'NOT_A_METHOD'"),
 ])

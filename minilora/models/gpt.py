@@ -293,6 +293,11 @@ class GenerationMixin:
 class GPT(GenerationMixin, nn.Module):
     """GPT-2: token + position embeddings, ``n_layer`` blocks, a final LayerNorm, and a head tied to ``wte``."""
 
+    # The projections Hugging Face stores as ``Conv1D`` (W as (in, out)); minilora's are nn.Linear.
+    # Checkpoints transpose them (``models/hf.py``), and PEFT treats them apart (``fan_in_fan_out``;
+    # LoHa and LoKr refuse them): a module name ending in one of these is such a layer.
+    hf_conv1d = ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+
     def __init__(self, config: GPTConfig, dtype=None):
         super().__init__()
         self.config = config

@@ -41,7 +41,7 @@ from minilora.loading import json_matches, load_checked, read_folder
 from minilora.models.gpt import GPT, GPTConfig
 from minilora.tensor import float32
 
-CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+CONV1D_WEIGHTS = tuple(f"{name}.weight" for name in GPT.hf_conv1d)
 GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # GPT-2's tanh approximation, under its two HF names
 _BUFFER = re.compile(r"^transformer\.h\.\d+\.attn\.(bias|masked_bias)$")
 _LAYER = re.compile(r"^transformer\.h\.(\d+)\.")

@@ -10,6 +10,7 @@ from minilora.nn.layers import (
     Linear,
     ModuleDict,
     ModuleList,
+    ParameterDict,
     ReLU,
     RMSNorm,
     Sequential,
@@ -20,5 +21,5 @@ from minilora.nn.module import Module, Parameter
 
 __all__ = [
     "functional", "init", "reference", "Module", "Parameter", "Linear", "Embedding", "LayerNorm", "RMSNorm", "Dropout",
-    "GELU", "SiLU", "ReLU", "Tanh", "Identity", "Sequential", "ModuleList", "ModuleDict",
+    "GELU", "SiLU", "ReLU", "Tanh", "Identity", "Sequential", "ModuleList", "ModuleDict", "ParameterDict",
 ]

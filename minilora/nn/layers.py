@@ -208,37 +208,50 @@ class ModuleList(Module):
         return iter(self._modules.values())
 
 
-class ModuleDict(Module):
-    """A dict of modules by name."""
+class _NamedDict(Module):
+    """What ModuleDict and ParameterDict share: entries by name, kept in one of the Module's registries."""
 
-    def __init__(self, modules=None):
+    registry = "_modules"
+
+    def __init__(self, entries=None):
         super().__init__()
-        for name, m in (modules or {}).items():
-            self[name] = m
+        for name, entry in (entries or {}).items():
+            self[name] = entry
 
     def __getitem__(self, name):
-        return self._modules[name]
+        return getattr(self, self.registry)[name]
 
-    def __setitem__(self, name, module):
-        self.add_module(name, module)
+    def __setitem__(self, name, entry):
+        setattr(self, name, entry)
 
     def __delitem__(self, name):
         delattr(self, name)
 
     def __contains__(self, name):
-        return name in self._modules
+        return name in getattr(self, self.registry)
 
     def __len__(self):
-        return len(self._modules)
+        return len(getattr(self, self.registry))
 
     def __iter__(self):
-        return iter(self._modules)
+        return iter(getattr(self, self.registry))
 
     def keys(self):
-        return self._modules.keys()
+        return getattr(self, self.registry).keys()
 
     def values(self):
-        return self._modules.values()
+        return getattr(self, self.registry).values()
 
     def items(self):
-        return self._modules.items()
+        return getattr(self, self.registry).items()
+
+
+class ModuleDict(_NamedDict):
+    """A dict of modules by name (``torch.nn.ModuleDict``)."""
+
+
+class ParameterDict(_NamedDict):
+    """A dict of parameters by name (``torch.nn.ParameterDict``): the vector of adapter "default"
+    is then called ``ia3_l.default``, as in PEFT."""
+
+    registry = "_parameters"

@@ -34,7 +34,7 @@ PEFT_COMMON = {
     "base_model_name_or_path": None, "revision": None, "inference_mode": False,
 }
 
-# Fields of PEFT's LoraConfig (0.21.2) beyond the common ones, with PEFT's defaults.
+# Fields of each method's PEFT config (0.21.2) beyond the common ones, with PEFT's defaults.
 PEFT_FIELDS = {
     "LORA": {
         "r": 8, "target_modules": None, "exclude_modules": None, "lora_alpha": 8, "lora_dropout": 0.0,
@@ -58,7 +58,22 @@ PEFT_FIELDS = {
     # IA3Config (0.21.2)
     "IA3": {"target_modules": None, "exclude_modules": None, "feedforward_modules": None, "fan_in_fan_out": False,
             "modules_to_save": None, "init_ia3_weights": True},
+    # VeraConfig (0.21.2)
+    "VERA": {"r": 256, "target_modules": None, "projection_prng_key": 0, "save_projection": True, "vera_dropout": 0.0,
+             "d_initial": 0.1, "fan_in_fan_out": False, "bias": "none", "modules_to_save": None, "init_weights": True,
+             "layers_to_transform": None, "layers_pattern": None},
 }
+# AdaLoraConfig (0.21.2) is a LoraConfig with its own fields added, and rank_pattern None by default
+PEFT_FIELDS["ADALORA"] = {**PEFT_FIELDS["LORA"], "rank_pattern": None, "target_r": 8, "init_r": 12, "tinit": 0,
+                          "tfinal": 0, "deltaT": 1, "beta1": 0.85, "beta2": 0.85, "orth_reg_weight": 0.5,
+                          "total_step": None}
+# LoHaConfig and LoKrConfig (0.21.2), both LycorisConfigs
+PEFT_FIELDS["LOHA"] = {"rank_pattern": {}, "alpha_pattern": {}, "r": 8, "alpha": 8, "rank_dropout": 0.0,
+                       "module_dropout": 0.0, "use_effective_conv2d": False, "target_modules": None,
+                       "exclude_modules": None, "init_weights": True, "layers_to_transform": None,
+                       "layers_pattern": None, "modules_to_save": None}
+PEFT_FIELDS["LOKR"] = {**PEFT_FIELDS["LOHA"], "decompose_both": False, "decompose_factor": -1,
+                       "rank_dropout_scale": False}
 
 # Fields that describe where a file came from; their values never change behaviour.
 _INFORMATIONAL = {"peft_version", "auto_mapping", "revision", "base_model_name_or_path", "task_type",
@@ -81,7 +96,7 @@ def check_types(config_cls, data: dict, source) -> None:
         if not json_matches(value, annotation):
             raise ConfigError(f"{source}: {f.name}={value!r} is a JSON {json_type_name(value)}, "
                               f"where {config_cls.__name__} accepts {annotation}")
-        entries = _ENTRIES.get(f.name)
+        entries = getattr(config_cls, "json_entries", {}).get(f.name, _ENTRIES.get(f.name))
         items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
         for key, entry in items:
             if entries and not json_matches(entry, entries):

@@ -96,29 +96,6 @@ def is_feedforward(feedforward_modules, name: str) -> bool:
     return any(name.endswith(f) for f in feedforward_modules)
 
 
-class ParameterDict(nn.Module):
-    """``torch.nn.ParameterDict``'s minimum: parameters by name, so that the vector of adapter
-    "default" is called ``ia3_l.default``, as in PEFT."""
-
-    def __getitem__(self, name):
-        return self._parameters[name]
-
-    def __setitem__(self, name, param):
-        setattr(self, name, param)
-
-    def __delitem__(self, name):
-        delattr(self, name)
-
-    def __contains__(self, name):
-        return name in self._parameters
-
-    def __iter__(self):
-        return iter(self._parameters)
-
-    def __len__(self):
-        return len(self._parameters)
-
-
 # ---------------------------------------------------------------------------
 # the layer
 # ---------------------------------------------------------------------------
@@ -136,7 +113,7 @@ class IA3Linear(TunerLayer):
     def __init__(self, base_layer: nn.Linear, is_feedforward: bool):
         super().__init__(base_layer)  # base_layer, active_adapter, merged_adapters, ... (tuner.TunerLayer)
         self.is_feedforward = is_feedforward  # one choice per layer, shared by its adapters (as in PEFT)
-        self.ia3_l = ParameterDict()
+        self.ia3_l = nn.ParameterDict()  # the vector of adapter "default" is ia3_l.default, as in PEFT
 
     def update_layer(self, adapter_name: str, init_ia3_weights: bool = True) -> None:
         if adapter_name in self.ia3_l:
@@ -152,16 +129,9 @@ class IA3Linear(TunerLayer):
         if self.active_adapter is None:
             self.active_adapter = adapter_name
 
-    def forward(self, x):
-        if self.disable_adapters:
-            if self.merged:  # PEFT's behaviour: disabling a merged adapter takes it out of W first
-                self.unmerge()
-            return self.base_layer(x)
-        if self.row_adapters is not None:
-            return self._mixed_batch_forward(x)
-        if self.merged or self.active_adapter not in self.ia3_l:
-            return self.base_layer(x)
-        l = self.ia3_l[self.active_adapter].flatten()  # (in,) or (out,)
+    # ``forward`` is TunerLayer's: the base layer when disabled or merged, mixed batches, or this
+    def adapted_forward(self, x, adapter_name: str):
+        l = self.ia3_l[adapter_name].flatten()  # (in,) or (out,)
         if self.is_feedforward:
             return self.base_layer(x * l)  # W (l ⊙ x) + b
         return self.base_layer(x) * l  # l ⊙ (W x + b): the bias is scaled too

@@ -18,9 +18,11 @@ The names follow Hugging Face PEFT (``LoraConfig``, ``get_peft_model``,
 ``lora_A``/``lora_B``, ``merge_and_unload`` ...), and adapters are saved in PEFT's
 file format, so what a student learns here carries over unchanged.
 
-This file holds the layer (``LoRALinear``), its configuration (``LoraConfig``) and
-the injection into a model (``LoraModel``); DoRA's variant of the update is ``dora.py``
-beside it. LoRA is one method among the methods of ``minilora/peft/``, as in PEFT. The
+This file holds the layers (``LoRALinear``, and ``LoRAEmbedding`` for an embedding
+table), their configuration (``LoraConfig``, every field of PEFT's implemented or refused)
+and the injection into a model (``LoraModel``, with the PiSSA / OLoRA starts and their
+conversion into a plain adapter); DoRA's variant of the update is ``dora.py`` beside it,
+and LoRA+'s optimizer ``loraplus.py``. LoRA is one method among the methods of ``minilora/peft/``, as in PEFT. The
 bookkeeping it shares with the other methods that wrap layers -- adapters by name,
 modules_to_save, mixed batches, merging and unloading every layer -- is ``BaseTuner``,
 in ``minilora/tuner.py``. The user-facing wrapper with saving, loading and parameter
@@ -34,7 +36,6 @@ from __future__ import annotations
 
 import copy
 import math
-import re
 from dataclasses import dataclass, field
 
 from minilora import backend as B
@@ -45,13 +46,17 @@ from minilora.quant import NF4Linear  # a 4-bit base layer (QLoRA): docs/qlora.m
 from minilora.tensor import Tensor, cat, no_grad
 from minilora.tuner import (  # BASE, ModulesToSaveWrapper and target_matches: importable from here too
     BASE,
+    DEFAULT_TARGET_MODULES,
     BaseTuner,
     MergeStep,
     ModulesToSaveWrapper,
+    DeltaLayer,
     TunerLayer,
+    check_layers_fields,
     check_new_name,
     group_rows,
     in_row_order,
+    pattern_value,
     set_fan_in_fan_out,
     set_submodule,
     target_matches,
@@ -59,6 +64,36 @@ from minilora.tuner import (  # BASE, ModulesToSaveWrapper and target_matches: i
 
 NF4_MERGE_ERROR = ("cannot merge into a 4-bit NF4 weight: W + ΔW would have to be re-quantized, which rounds most "
                    "of ΔW away and makes unmerging inexact; merge_and_unload() returns a dense model instead")
+
+
+
+def pissa_niter(init_lora_weights) -> int | None:
+    """K of "pissa_niter_K" (None for "pissa": the full SVD)."""
+    return None if init_lora_weights == "pissa" else int(init_lora_weights.removeprefix("pissa_niter_"))
+
+
+def randomized_svd(W, r: int, niter: int) -> tuple:
+    """The top-r singular triplets of W (m, n), approximately: ``(U (m, r), S (r,), Vh (r, n))``.
+
+    Halko, Martinsson, Tropp (2011), Algorithm 4.4 -- torch.svd_lowrank's, with q = r as PEFT
+    calls it: a Gaussian (n, r) test matrix G gives Y = W G, whose span nears W's top-r left
+    singular space with every power iteration Y <- W (W^T Y) (each step re-orthonormalized by a
+    QR, so small singular values are not lost to rounding); with Q an orthonormal basis of it,
+    the SVD of the small r x n matrix Q^T W = Ũ S Vh gives U = Q Ũ. The subspace error shrinks
+    like (σ_{r+1} / σ_r)^(2 niter + 1). (torch transposes a wide W first; the span it finds is
+    the same in exact arithmetic.) G comes from minilora's seeded generator: the elements differ
+    from PEFT's, the invariants do not (tests/test_lora_config_fields.py)."""
+    m, n = W.shape
+    wide = m < n
+    A = W.T if wide else W  # (m', n'), m' >= n'
+    Q, _ = B.xp.linalg.qr(A @ B.xp.asarray(B.rng().standard_normal((A.shape[1], r)).astype(A.dtype)))
+    for _ in range(niter):
+        Q, _ = B.xp.linalg.qr(A.T @ Q)
+        Q, _ = B.xp.linalg.qr(A @ Q)
+    U, S, Vh = B.xp.linalg.svd(Q.T @ A, full_matrices=False)  # (r, r), (r,), (r, n')
+    U = Q @ U  # (m', r)
+    return (Vh.T, S, U.T) if wide else (U, S, Vh)
+
 
 # ---------------------------------------------------------------------------
 # the layer
@@ -82,7 +117,8 @@ class LoRALinear(TunerLayer):
 
     An adapter made with ``use_dora`` also has a trained magnitude m, (out,)
     (``lora_magnitude_vector[name].weight``), and adds DoRA's update instead
-    (``adapter_output``; the math is in ``minilora/peft/dora.py``).
+    (``adapter_output``; the math is in ``minilora/peft/dora.py``). One made with
+    ``lora_bias`` has a trained bias b_B in ``lora_B`` too: the update is s (B A x + b_B).
     """
 
     adapter_dict = "lora_A"
@@ -94,10 +130,11 @@ class LoRALinear(TunerLayer):
         self.lora_dropout = nn.ModuleDict()
         self.lora_magnitude_vector = nn.ModuleDict()  # DoRA's m, for the adapters made with use_dora (peft/dora.py)
         self._dora_norms = {}  # a merged DoRA adapter's ||W + ΔW||_c, which unmerging needs
-        self.r, self.lora_alpha, self.scaling, self.enable_lora = {}, {}, {}, {}
+        self.r, self.lora_alpha, self.scaling, self.enable_lora, self.lora_bias = {}, {}, {}, {}, {}
 
     def update_layer(self, adapter_name: str, r: int, lora_alpha: float, lora_dropout: float = 0.0,
-                     use_rslora: bool = False, init_lora_weights=True, enable_lora=None, use_dora: bool = False) -> None:
+                     use_rslora: bool = False, init_lora_weights=True, enable_lora=None, use_dora: bool = False,
+                     lora_bias: bool = False) -> None:
         """Add adapter ``adapter_name``: create A and B, and initialise them (and DoRA's m, with ``use_dora``)."""
         if adapter_name in self.lora_A:
             raise ValueError(f"this layer already has an adapter named {adapter_name!r}")
@@ -109,7 +146,8 @@ class LoRALinear(TunerLayer):
         k = sum(enable_lora) if enable_lora is not None else 1  # how many slices get an update
         dtype = self.base_layer.weight.dtype
         self.lora_A[adapter_name] = nn.Linear(self.in_features, k * r, bias=False, dtype=dtype)
-        self.lora_B[adapter_name] = nn.Linear(r, k * self.out_features // slices, bias=False, dtype=dtype)
+        self.lora_B[adapter_name] = nn.Linear(r, k * self.out_features // slices, bias=lora_bias, dtype=dtype)
+        self.lora_bias[adapter_name] = lora_bias
         self.lora_dropout[adapter_name] = nn.Dropout(lora_dropout) if lora_dropout > 0 else nn.Identity()
         self.r[adapter_name], self.lora_alpha[adapter_name] = r, lora_alpha
         # The scaling alpha / r keeps the update's size steady as r changes, so alpha need not be
@@ -128,10 +166,13 @@ class LoRALinear(TunerLayer):
         A, Bw = self.lora_A[adapter_name].weight, self.lora_B[adapter_name].weight
         if init_lora_weights is False:  # keep nn.Linear's random init for both: a non-zero update (for tests)
             return
-        if init_lora_weights == "pissa":
+        if init_lora_weights == "olora" or str(init_lora_weights).startswith("pissa"):
             if isinstance(self.base_layer, NF4Linear):  # the residual W - B A would need re-quantizing
-                raise ValueError("init_lora_weights='pissa' needs a dense base layer, not a 4-bit NF4Linear")
-            self._pissa_init(adapter_name)
+                raise ValueError(f"init_lora_weights={init_lora_weights!r} needs a dense base layer, not a 4-bit NF4Linear")
+            if init_lora_weights == "olora":
+                self._olora_init(adapter_name)
+            else:  # "pissa", or "pissa_niter_K": a randomized SVD with K subspace iterations
+                self._pissa_init(adapter_name, niter=pissa_niter(init_lora_weights))
             return
         if init_lora_weights == "gaussian":
             nn.init.normal_(A, std=1 / self.r[adapter_name])
@@ -140,16 +181,37 @@ class LoRALinear(TunerLayer):
         # B = 0 makes B A = 0: training starts exactly from the pretrained model,
         # while A is random so that B's gradient (g^T (A x)) is not zero (docs/lora.md).
         nn.init.zeros_(Bw)
+        if self.lora_bias[adapter_name]:
+            nn.init.zeros_(self.lora_B[adapter_name].bias)
 
-    def _pissa_init(self, adapter_name: str) -> None:
+    def _pissa_init(self, adapter_name: str, niter: int | None = None) -> None:
         """PiSSA (Meng et al., 2024): B A = the top-r singular part of W (divided by the scaling),
-        and W is replaced by the residual, so the adapted layer starts at the same output."""
+        and W is replaced by the residual, so the adapted layer starts at the same output. With
+        ``niter``, the top-r part comes from a randomized SVD (``randomized_svd``), as PEFT's
+        "pissa_niter_K" (faster on large W; the residual absorbs whatever it misses)."""
         W = self.base_layer.weight
         r, s = self.r[adapter_name], self.scaling[adapter_name]
-        U, S, Vh = B.xp.linalg.svd(W.data, full_matrices=False)  # W = U diag(S) Vh
+        if niter is None:
+            U, S, Vh = B.xp.linalg.svd(W.data, full_matrices=False)  # W = U diag(S) Vh
+        else:
+            U, S, Vh = randomized_svd(W.data, r, niter)
         root = B.xp.sqrt(S[:r] / s)  # split each singular value evenly between B and A
-        self.lora_A[adapter_name].weight.data = (root[:, None] * Vh[:r]).astype(W.dtype)  # (r, in)
-        self.lora_B[adapter_name].weight.data = (U[:, :r] * root[None, :]).astype(W.dtype)  # (out, r)
+        self._replace_by_residual(adapter_name, root[:, None] * Vh[:r], U[:, :r] * root[None, :])
+
+    def _olora_init(self, adapter_name: str) -> None:
+        """OLoRA (Büyükakyüz, 2024, arXiv:2406.01775): W = Q R (QR decomposition); B = the first r
+        columns of Q (orthonormal), A = the first r rows of R, and W is replaced by W - s B A, so
+        the adapted layer starts at the same output. As PEFT, A and B are not divided by s."""
+        Q, R = B.xp.linalg.qr(self.base_layer.weight.data)  # (out, k), (k, in), k = min(out, in)
+        r = self.r[adapter_name]
+        self._replace_by_residual(adapter_name, R[:r], Q[:, :r])
+
+    def _replace_by_residual(self, adapter_name: str, A, Bm) -> None:
+        """Set A (r, in) and B (out, r), then W <- W - s B A (from the very A and B stored, so that
+        W_res + s B A == W to rounding)."""
+        W = self.base_layer.weight
+        self.lora_A[adapter_name].weight.data = B.xp.ascontiguousarray(A).astype(W.dtype)  # (r, in)
+        self.lora_B[adapter_name].weight.data = B.xp.ascontiguousarray(Bm).astype(W.dtype)  # (out, r)
         W.data = (W.data - self._delta_weight_data(adapter_name)).astype(W.dtype)  # the residual
 
     # --- the update ---------------------------------------------------------------
@@ -161,7 +223,10 @@ class LoRALinear(TunerLayer):
         h = F.linear(self.lora_dropout[adapter_name](x), A)  # (..., k r): down to the low-rank space
         # Scale the thin (..., r) activation rather than the wide output: same result, fewer multiplies.
         h = h * s
-        return F.linear(h, self.lora_B_full(adapter_name))  # (..., out): back up
+        out = F.linear(h, self.lora_B_full(adapter_name))  # (..., out): back up
+        if self.lora_bias[adapter_name]:  # s (B A x + b_B)
+            out = out + self.lora_B[adapter_name].bias * s
+        return out
 
     def lora_B_full(self, adapter_name: str) -> Tensor:
         """B as it acts on the whole output, (out, k r): ``lora_B`` itself for a plain adapter.
@@ -265,8 +330,10 @@ class LoRALinear(TunerLayer):
 
     @no_grad()
     def merge_steps(self, adapter_names) -> list:
-        """W after each adapter in turn, as new arrays: W + ΔW, or DoRA's m ⊙ (W + ΔW) / ||W + ΔW||_c."""
+        """W after each adapter in turn, as new arrays: W + ΔW, or DoRA's m ⊙ (W + ΔW) / ||W + ΔW||_c
+        (and b + s b_B for an adapter with a lora_bias)."""
         W = self.base_layer.weight.data
+        b = self.base_layer.bias.data if self.base_layer.bias is not None else None  # changed by a lora_bias only
         W_base = None  # for DoRA: W without any merged update, whose norm the forward pass takes
         steps = []
         for name in adapter_names:
@@ -279,6 +346,9 @@ class LoRALinear(TunerLayer):
             else:
                 W = W + delta
                 steps.append(MergeStep(name, {"weight": W}))
+            if self.lora_bias[name]:  # b <- b + s b_B
+                b = b + self.scaling[name] * self.lora_B[name].bias.data.astype(b.dtype)
+                steps[-1].params["bias"] = b
         return steps
 
     def remember_merge(self, step: MergeStep) -> None:
@@ -291,6 +361,10 @@ class LoRALinear(TunerLayer):
         names = [name for name in adapter_names if name in self.lora_A]
         if names and isinstance(self.base_layer, NF4Linear):
             raise RuntimeError(NF4_MERGE_ERROR)
+        for name in names:
+            if self.lora_bias[name] and self.base_layer.bias is None:
+                raise RuntimeError(f"cannot merge adapter {name!r} into {self.layer_name}: it has a lora_bias, and "
+                                   "the layer has no bias to fold it into (PEFT's rule); keep it unmerged")
         super().check_merge(names)
 
     @no_grad()
@@ -302,6 +376,9 @@ class LoRALinear(TunerLayer):
             W = self.base_layer.weight
             W.data = self._without_update(W.data, name)
             self._dora_norms.pop(name, None)
+            if self.lora_bias[name]:
+                b = self.base_layer.bias
+                b.data = b.data - self.scaling[name] * self.lora_B[name].bias.data.astype(b.dtype)
 
     def check_unmerge(self) -> None:
         """Refuse, before anything changes, an unmerge that cannot be done: a DoRA magnitude with
@@ -334,7 +411,7 @@ class LoRALinear(TunerLayer):
             del registry[adapter_name]
         if adapter_name in self.lora_magnitude_vector:
             del self.lora_magnitude_vector[adapter_name]
-        for table in (self.r, self.lora_alpha, self.scaling, self.enable_lora):
+        for table in (self.r, self.lora_alpha, self.scaling, self.enable_lora, self.lora_bias):
             table.pop(adapter_name, None)
         if self.active_adapter == adapter_name:
             self.active_adapter = None
@@ -342,6 +419,60 @@ class LoRALinear(TunerLayer):
     def extra_repr(self) -> str:
         return ", ".join(f"{n}: r={self.r[n]}, alpha={self.lora_alpha[n]}" for n in self.lora_A) + (
             f", active={self.active_adapter!r}" if self.active_adapter else "")
+
+
+class LoRAEmbedding(DeltaLayer):
+    """A frozen ``nn.Embedding`` plus low-rank updates of its table, one per named adapter
+    (PEFT's ``lora.Embedding``):
+
+        y = E[x] + s · (A^T)[x] B^T          A: (r, num_embeddings),  B: (embedding_dim, r)
+
+    Looking up row x of a table is multiplying the one-hot vector of x by it, so an embedding
+    is a Linear from a one-hot input and this is LoRA's eq. 3 on it: the table gains
+    ΔE = s (B A)^T, (num_embeddings, embedding_dim). A is looked up like the table itself
+    (with its padding row, whose gradient is zero). As in loralib and PEFT, A starts at zero
+    and B ~ N(0, 1) -- the other way round from a Linear's, with the same effect: ΔE = 0 at the
+    start, and B's gradient (which needs A x != 0) is zero only for the first step. The
+    parameters are ``lora_embedding_A.<adapter>`` and ``lora_embedding_B.<adapter>``, PEFT's names.
+    """
+
+    adapter_dict = "lora_embedding_A"
+    adapter_parts = ("lora_embedding_A", "lora_embedding_B")
+    adapter_tables = ("r", "lora_alpha", "scaling")
+
+    def __init__(self, base_layer: nn.Embedding):
+        super().__init__(base_layer)
+        self.lora_embedding_A = nn.ParameterDict()
+        self.lora_embedding_B = nn.ParameterDict()
+        self.r, self.lora_alpha, self.scaling = {}, {}, {}
+
+    in_features = property(lambda self: self.base_layer.num_embeddings)
+    out_features = property(lambda self: self.base_layer.embedding_dim)
+
+    def update_layer(self, adapter_name: str, r: int, lora_alpha: float, use_rslora: bool = False,
+                     init_lora_weights=True) -> None:
+        if adapter_name in self.lora_embedding_A:
+            raise ValueError(f"this layer already has an adapter named {adapter_name!r}")
+        self.r[adapter_name], self.lora_alpha[adapter_name] = r, lora_alpha
+        self.scaling[adapter_name] = lora_alpha / math.sqrt(r) if use_rslora else lora_alpha / r
+        dtype, rng = self.base_layer.weight.dtype, B.rng()
+        # PEFT: every init but False gives A = 0, B ~ N(0, 1) on an Embedding (its PiSSA, OLoRA and
+        # "gaussian" inits are for Linear layers); False keeps both random
+        A = rng.standard_normal((r, self.in_features)) if init_lora_weights is False else B.xp.zeros((r, self.in_features))
+        self.lora_embedding_A[adapter_name] = nn.Parameter(B.xp.asarray(A).astype(dtype))
+        self.lora_embedding_B[adapter_name] = nn.Parameter(rng.standard_normal((self.out_features, r)).astype(dtype))
+        if self.active_adapter is None:
+            self.active_adapter = adapter_name
+
+    def delta_output(self, idx, adapter_name: str) -> Tensor:
+        """``s · (A^T)[idx] B^T``, (..., embedding_dim): A's columns looked up, then up through B."""
+        after_A = F.embedding(idx, self.lora_embedding_A[adapter_name].T, self.base_layer.padding_idx)  # (..., r)
+        return F.linear(after_A, self.lora_embedding_B[adapter_name]) * self.scaling[adapter_name]
+
+    @no_grad()
+    def delta_weight(self, adapter_name: str):
+        """ΔE = s (B A)^T, (num_embeddings, embedding_dim)."""
+        return (self.lora_embedding_B[adapter_name].data @ self.lora_embedding_A[adapter_name].data).T * self.scaling[adapter_name]
 
 
 # ---------------------------------------------------------------------------
@@ -360,13 +491,17 @@ class LoraConfig:
                                               # for the model (GPT-2: c_attn; BERT: query, value; LLaMA: q_proj, v_proj)
     bias: str = "none"  # "none" | "all" (train every bias) | "lora_only" (train the biases of adapted layers)
     use_rslora: bool = False  # rank-stabilised LoRA (Kalajdzievas, 2023): scale by alpha / sqrt(r)
-    init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B = 0; "gaussian": A ~ N(0, 1/r); "pissa"; False: both random
+    init_lora_weights: bool | str = True  # True: A Kaiming-uniform, B = 0; "gaussian": A ~ N(0, 1/r); False: both random;
+                                          # "pissa" / "pissa_niter_K" / "olora": B A from W's SVD or QR, W the residual
     rank_pattern: dict = field(default_factory=dict)  # {regex of module name: r} overriding r for some layers
     alpha_pattern: dict = field(default_factory=dict)  # {regex of module name: alpha}
     modules_to_save: list | None = None  # modules trained in full beside the adapter (e.g. a classifier head)
     # "SEQ_CLS" adds the classification head ("classifier" or "score") to modules_to_save, as PEFT does
     fan_in_fan_out: bool = False  # True for GPT-2, whose HF layers (Conv1D) store W as (in, out); set automatically
     use_dora: bool = False  # DoRA (weight-decomposed LoRA); see minilora/peft/dora.py
+    lora_bias: bool = False  # a trained bias in lora_B too: the update is s (B A x + b_B)
+    layers_to_transform: list | int | None = None  # only the targets in these numbered blocks (h.<i>, layers.<i> ...)
+    layers_pattern: list | str | None = None  # the name of the block list ("h", "layers"); None: any
     # minilora's addition, after loralib's MergedLinear: adapt only some of the equal
     # slices of a fused projection, e.g. [True, False, True] = Wq and Wv inside GPT-2's
     # c_attn, each with its own rank-r pair -- the setting of the LoRA paper's tables.
@@ -392,10 +527,17 @@ class LoraConfig:
             raise ValueError(f"LoraConfig.lora_dropout must lie in [0, 1), got {self.lora_dropout!r}")
         if self.bias not in ("none", "all", "lora_only"):
             raise ValueError(f"LoraConfig.bias must be 'none', 'all' or 'lora_only', got {self.bias!r}")
-        if self.init_lora_weights not in (True, False, "gaussian", "pissa"):
-            raise ValueError(
-                f"LoraConfig.init_lora_weights must be True, False, 'gaussian' or 'pissa', got {self.init_lora_weights!r}"
-            )
+        init = self.init_lora_weights
+        niter = init.removeprefix("pissa_niter_") if isinstance(init, str) else ""
+        if init not in (True, False, "gaussian", "pissa", "olora") and not niter.isdigit():
+            raise ValueError(f"LoraConfig.init_lora_weights must be True, False, 'gaussian', 'pissa', 'pissa_niter_K' "
+                             f"(K an int >= 0), or 'olora', got {init!r}")
+        if self.lora_bias not in (True, False):
+            raise ValueError(f"LoraConfig.lora_bias must be True or False, got {self.lora_bias!r}")
+        if self.lora_bias and (init not in (True, False) or self.use_dora):  # PEFT's rule
+            raise ValueError(f"LoraConfig.lora_bias=True works with init_lora_weights=True or False and without DoRA "
+                             f"(PEFT's rule), got init_lora_weights={init!r}, use_dora={self.use_dora}")
+        check_layers_fields(self)
         for pattern, value in {**self.rank_pattern}.items():
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"LoraConfig.rank_pattern[{pattern!r}] must be a positive int, got {value!r}")
@@ -408,8 +550,9 @@ class LoraConfig:
             lists = self.enable_lora.values() if isinstance(self.enable_lora, dict) else [self.enable_lora]
             if not all(isinstance(lst, (list, tuple)) and any(lst) for lst in lists):
                 raise ValueError(f"LoraConfig.enable_lora must enable at least one slice of each list, got {self.enable_lora}")
-            if self.init_lora_weights == "pissa" or self.use_dora:
-                raise ValueError("LoraConfig.enable_lora works with plain LoRA only (not with pissa or use_dora)")
+            if self.init_lora_weights not in (True, False, "gaussian") or self.use_dora or self.lora_bias:
+                raise ValueError("LoraConfig.enable_lora works with plain LoRA only (not with pissa, olora, use_dora "
+                                 "or lora_bias)")
 
     # --- PEFT's file has no enable_lora: save its equivalent ------------------------------
 
@@ -449,35 +592,18 @@ class LoraConfig:
     def enable_lora_for(self, module_name: str):
         """The slice list for one module (None: a plain, unsliced adapter)."""
         if isinstance(self.enable_lora, dict):
-            return _pattern_value(self.enable_lora, module_name, None)
+            return pattern_value(self.enable_lora, module_name, None)
         return self.enable_lora
 
     def rank_and_alpha(self, module_name: str) -> tuple:
         """r and alpha for one module: a matching ``rank_pattern``/``alpha_pattern`` entry wins (PEFT's rule)."""
-        return (_pattern_value(self.rank_pattern, module_name, self.r),
-                _pattern_value(self.alpha_pattern, module_name, self.lora_alpha))
-
-
-def _pattern_value(patterns: dict, name: str, default):
-    for pattern, value in patterns.items():
-        if re.match(rf"(.*\.)?({pattern})$", name):
-            return value
-    return default
+        return (pattern_value(self.rank_pattern, module_name, self.r),
+                pattern_value(self.alpha_pattern, module_name, self.lora_alpha))
 
 
 # ---------------------------------------------------------------------------
 # injection into a model
 # ---------------------------------------------------------------------------
-
-# PEFT's defaults when target_modules is None, by model class (PEFT keys them by model_type in
-# peft/utils/constants.py, TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING: "gpt2" -> c_attn,
-# "bert" -> query and value (the LoRA paper's Wq and Wv), "llama" -> q_proj and v_proj)
-DEFAULT_TARGET_MODULES = {
-    "GPT": ["c_attn"],
-    "BertModel": ["query", "value"],
-    "BertForSequenceClassification": ["query", "value"],
-    "LlamaForCausalLM": ["q_proj", "v_proj"],
-}
 
 
 class LoraModel(BaseTuner):
@@ -493,7 +619,7 @@ class LoraModel(BaseTuner):
 
     method = "LoRA"
     prefix = "lora_"
-    layer_type = LoRALinear
+    layer_type = (LoRALinear, LoRAEmbedding)
 
     # --- finding and wrapping the targets -------------------------------------------
 
@@ -503,37 +629,42 @@ class LoraModel(BaseTuner):
         self._fill_default(config, "target_modules", DEFAULT_TARGET_MODULES)
 
     def _target_names(self, config: LoraConfig) -> list:
-        return self._find_targets(config.target_modules, (nn.Linear, NF4Linear, LoRALinear))
+        accepted = (nn.Linear, NF4Linear, nn.Embedding, LoRALinear, LoRAEmbedding)
+        return self._find_targets(config.target_modules, accepted, config)
 
-    def _new_layer(self, name: str, module, config: LoraConfig) -> LoRALinear:
-        return LoRALinear(module)
+    def _new_layer(self, name: str, module, config: LoraConfig):
+        return LoRAEmbedding(module) if isinstance(module, nn.Embedding) else LoRALinear(module)
 
-    def _update_layer(self, name: str, layer: LoRALinear, adapter_name: str, config: LoraConfig) -> None:
+    def _update_layer(self, name: str, layer, adapter_name: str, config: LoraConfig) -> None:
         r, alpha = config.rank_and_alpha(name)
-        layer.update_layer(adapter_name, r, alpha, config.lora_dropout, config.use_rslora,
-                           config.init_lora_weights, config.enable_lora_for(name), config.use_dora)
+        if isinstance(layer, LoRAEmbedding):
+            unsupported = [f for f, on in (("use_dora", config.use_dora), ("lora_bias", config.lora_bias),
+                                           ("enable_lora", config.enable_lora_for(name) is not None)) if on]
+            if unsupported:  # PEFT refuses lora_bias here too; DoRA on an Embedding minilora does not implement
+                raise ValueError(f"{name!r} is an Embedding; LoRA on an Embedding takes none of {', '.join(unsupported)}")
+            layer.update_layer(adapter_name, r, alpha, config.use_rslora, config.init_lora_weights)
+            return
+        layer.update_layer(adapter_name, r, alpha, config.lora_dropout, config.use_rslora, config.init_lora_weights,
+                           config.enable_lora_for(name), config.use_dora, config.lora_bias)
 
     def lora_layers(self) -> list:
-        """Every ``(name, LoRALinear)`` of the model."""
-        return self.adapter_layers()
+        """Every ``(name, LoRALinear)`` of the model (its LoRA Embedding layers: ``adapter_layers()``)."""
+        return [(n, m) for n, m in self.adapter_layers() if isinstance(m, LoRALinear)]
 
     def _mark_trainable(self, adapter_name: str) -> None:
-        """Train the adapter's A and B (and DoRA's m), and the biases its config asks for."""
-        config = self.peft_config[adapter_name]
-        for _, module in self.lora_layers():
-            if adapter_name in module.lora_A:
-                module.lora_A[adapter_name].weight.requires_grad_(True)
-                module.lora_B[adapter_name].weight.requires_grad_(True)
-                if adapter_name in module.lora_magnitude_vector:
-                    module.lora_magnitude_vector[adapter_name].weight.requires_grad_(True)
-                if config.bias == "lora_only" and module.base_layer.bias is not None:
-                    module.base_layer.bias.requires_grad_(True)
-        if config.bias == "all":
-            for name, p in self.model.named_parameters():
-                # a modules_to_save wrapper keeps its original frozen and trains only the active
-                # copy (in full, by BaseTuner.set_adapter), as PEFT's wrapper does
-                if name.endswith("bias") and ".original_module." not in name and ".modules_to_save." not in name:
-                    p.requires_grad_(True)
+        """Train the adapter's A and B (and DoRA's m, and the lora_bias), and the biases its config asks for."""
+        for _, module in self.adapter_layers():
+            if adapter_name not in module.adapters:
+                continue
+            if isinstance(module, LoRAEmbedding):
+                module.lora_embedding_A[adapter_name].requires_grad_(True)
+                module.lora_embedding_B[adapter_name].requires_grad_(True)
+                continue
+            module.lora_A[adapter_name].requires_grad_(True)
+            module.lora_B[adapter_name].requires_grad_(True)  # its weight, and its bias with lora_bias
+            if adapter_name in module.lora_magnitude_vector:
+                module.lora_magnitude_vector[adapter_name].weight.requires_grad_(True)
+        self._mark_biases_trainable(adapter_name)  # bias="lora_only" or "all" (BaseTuner)
 
     # --- merging into a 4-bit base --------------------------------------------------------
 
@@ -566,6 +697,10 @@ class LoraModel(BaseTuner):
         if len(adapters) == 1:
             combination_type = "linear"  # PEFT's rule
         configs = [self.peft_config[a] for a in adapters]
+        if any(a in m.adapters for _, m in self.adapter_layers() if isinstance(m, LoRAEmbedding) for a in adapters):
+            raise ValueError("add_weighted_adapter does not combine adapters on Embedding layers in minilora")
+        if any(c.lora_bias for c in configs):
+            raise ValueError("add_weighted_adapter does not combine adapters with a lora_bias")
         if any(c.enable_lora is not None for c in configs):
             raise ValueError("add_weighted_adapter does not combine enable_lora adapters")
         if any(c.use_dora for c in configs):  # a DoRA update depends on W through its norm: not a sum of ΔW_i
@@ -628,7 +763,6 @@ class LoraModel(BaseTuner):
 
         Arrays are the live parameter arrays, except an ``enable_lora`` layer's B, which is
         exported in PEFT's layout: (out, k r) with zero blocks (docs/lora.md, section 6)."""
-        config = self.peft_config[adapter_name]
         out = {}
         for name, t in self.model.state_dict().items():
             key = _peft_key(name, adapter_name)
@@ -638,22 +772,46 @@ class LoraModel(BaseTuner):
         for name, m in self.lora_layers():
             if m.enable_lora.get(adapter_name) is not None:
                 out[f"base_model.model.{name}.lora_B.weight"] = m.full_lora_B(adapter_name)
-        if config.bias == "lora_only":
-            lora_layer_names = {n for n, m in self.lora_layers()}
-            for name, t in self.model.state_dict().items():
-                if name.endswith(".base_layer.bias") and name.rpartition(".base_layer")[0] in lora_layer_names:
-                    out["base_model.model." + name] = t
-        elif config.bias == "all":
-            # PEFT's rule: every key ending in ".bias" but other adapters' -- which, beside a
-            # modules_to_save copy, includes the frozen original's bias and the copy's bias a
-            # second time, as "<module>.modules_to_save.bias". The same keys are written and read
-            # here, so that either side loads the other's file.
-            others = [a for a in self.peft_config if a != adapter_name]
-            for name, t in self.model.state_dict().items():
-                if not name.endswith(".bias") or any(f".modules_to_save.{a}." in name for a in others):
-                    continue
-                out["base_model.model." + name.replace(f".modules_to_save.{adapter_name}.", ".modules_to_save.")] = t
+        out.update(self._bias_state_dict(adapter_name))  # bias="lora_only" or "all" (BaseTuner)
         return out
+
+    # --- PiSSA / OLoRA as a plain LoRA adapter on the original base --------------------------
+
+    @no_grad()
+    def converted_state_dict(self, adapter_name: str, initial: dict) -> tuple:
+        """``(config fields, {PEFT key: array})``: the adapter, trained from a PiSSA or OLoRA start,
+        as a LoRA adapter of rank 2r for the *original* W (PEFT's ``subtract_mutated_init``).
+
+        PiSSA and OLoRA replace W by W_res = W - s B0 A0. After training, the model computes
+        W_res + s B A = W + s (B A - B0 A0), and B A - B0 A0 = [B | -B0] [A ; A0]: a rank-2r update
+        of W itself. ``initial`` is the adapter as it was before training (its saved arrays, keyed
+        as ``adapter_state_dict``). The scaling is kept by doubling lora_alpha with r (or, with
+        rsLoRA, multiplying it by sqrt 2); a lora_bias becomes b_B - b_B0; modules_to_save copies
+        and trained biases are kept as they are (PEFT's conversion leaves them out of the file)."""
+        config = self.peft_config[adapter_name]
+        if config.use_dora or config.enable_lora is not None:
+            raise ValueError("save_pretrained(path_initial_model_for_weight_conversion=...) converts plain LoRA "
+                             "adapters (PiSSA, OLoRA) only, not DoRA or enable_lora ones")
+        if config.use_rslora and (config.rank_pattern or config.alpha_pattern):
+            raise ValueError("save_pretrained(path_initial_model_for_weight_conversion=...) is not supported for "
+                             "use_rslora=True with rank_pattern or alpha_pattern: doubling r and alpha cannot keep "
+                             "alpha / sqrt(r) for every layer (PEFT's rule)")
+        tensors = {}
+        for key, array in self.adapter_state_dict(adapter_name).items():
+            start = B.xp.asarray(initial[key])
+            if key.endswith((".lora_A.weight", ".lora_embedding_A")):
+                tensors[key] = B.xp.concatenate([array, start], axis=0)  # [A ; A0], (2r, in)
+            elif key.endswith((".lora_B.weight", ".lora_embedding_B")):
+                tensors[key] = B.xp.concatenate([array, -start], axis=1)  # [B | -B0], (out, 2r)
+            elif key.endswith(".lora_B.bias"):
+                tensors[key] = array - start
+            else:
+                tensors[key] = array
+        fields = {"init_lora_weights": True, "r": 2 * config.r,
+                  "lora_alpha": config.lora_alpha * (math.sqrt(2) if config.use_rslora else 2),
+                  "rank_pattern": {k: 2 * v for k, v in config.rank_pattern.items()},
+                  "alpha_pattern": {k: 2 * v for k, v in config.alpha_pattern.items()}}
+        return fields, tensors
 
     @no_grad()
     def load_adapter_state_dict(self, adapter_name: str, tensors: dict) -> None:
@@ -682,7 +840,10 @@ def _peft_key(name: str, adapter_name: str):
     marker = f".lora_magnitude_vector.{adapter_name}.weight"
     if name.endswith(marker):  # DoRA's m: PEFT saves it without the ".weight"
         return name[: -len(marker)] + ".lora_magnitude_vector"
+    for part in (".lora_embedding_A.", ".lora_embedding_B."):  # an Embedding's pair: parameters, no ".weight"
+        if name.endswith(part + adapter_name):
+            return name[: -len(adapter_name) - 1]
     return None
 
 
-__all__ = ["LoRALinear", "LoraConfig", "LoraModel", "ModulesToSaveWrapper", "target_matches", "BASE"]
+__all__ = ["LoRALinear", "LoRAEmbedding", "LoraConfig", "LoraModel", "ModulesToSaveWrapper", "target_matches", "BASE"]

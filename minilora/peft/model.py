@@ -54,6 +54,10 @@ METHODS = {
     "PROMPT_TUNING": ("minilora.peft.prompt_tuning", "PromptTuningConfig", "PromptTuningModel"),
     "PREFIX_TUNING": ("minilora.peft.prefix_tuning", "PrefixTuningConfig", "PrefixTuningModel"),
     "BOTTLENECK": ("minilora.peft.adapters", "BottleneckConfig", "BottleneckModel"),  # ours: PEFT has none
+    "ADALORA": ("minilora.peft.adalora", "AdaLoraConfig", "AdaLoraModel"),
+    "VERA": ("minilora.peft.vera", "VeraConfig", "VeraModel"),
+    "LOHA": ("minilora.peft.lycoris", "LoHaConfig", "LoHaModel"),  # LoHa and LoKr share lycoris.py
+    "LOKR": ("minilora.peft.lycoris", "LoKrConfig", "LoKrModel"),
 }
 
 
@@ -188,11 +192,18 @@ class PeftModel(nn.Module):
 
     # --- PEFT's files -----------------------------------------------------------------------
 
-    def save_pretrained(self, save_directory, selected_adapters=None) -> None:
+    def save_pretrained(self, save_directory, selected_adapters=None,
+                        path_initial_model_for_weight_conversion=None) -> None:
         """Write each adapter as PEFT does: the default one in ``save_directory``, any other
         in ``save_directory/<name>``. Every adapter is checked before anything is written;
         each folder's two files are written to temporary names, then renamed, bound by one
-        save id (``minilora.io.save_folder``)."""
+        save id (``minilora.io.save_folder``).
+
+        ``path_initial_model_for_weight_conversion`` (PEFT's argument): the folder where a PiSSA
+        or OLoRA adapter was saved before training. The adapter is then written as a plain LoRA
+        adapter of rank 2r for the original base model (``LoraModel.converted_state_dict``),
+        which can be used, mixed and unloaded like any other. The initial folder is read, not
+        changed (PEFT rewrites its config)."""
         names = list(selected_adapters or self.peft_config)
         unknown = [n for n in names if n not in self.peft_config]
         if unknown:
@@ -200,17 +211,40 @@ class PeftModel(nn.Module):
         if not names:
             raise SaveError("save_pretrained: this model holds no adapter to save (merge_and_unload() or unload() "
                             "removed it); save the returned base model instead")
+        if path_initial_model_for_weight_conversion is not None and len(names) != 1:
+            raise ValueError(f"save_pretrained: path_initial_model_for_weight_conversion converts one adapter at a "
+                             f"time; name it with selected_adapters (adapters: {sorted(self.peft_config)})")
         writes = []
         for name in names:
-            tensors = {k: numpy.ascontiguousarray(B.to_numpy(v)) for k, v in self.base_model.adapter_state_dict(name).items()}
+            config = files.config_to_dict(self.peft_config[name])
+            tensors = self.base_model.adapter_state_dict(name)
+            if path_initial_model_for_weight_conversion is not None:
+                fields, tensors = self._converted(name, path_initial_model_for_weight_conversion)
+                config.update(fields)
+            tensors = {k: numpy.ascontiguousarray(B.to_numpy(v)) for k, v in tensors.items()}
             if not tensors:
                 raise SaveError(f"save_pretrained: adapter {name!r} has no weights left in the model (merge_and_unload() "
                                 "folded it into the base weights, or unload() removed it); nothing was written -- "
                                 "save the merged base model (GPT.save_pretrained) instead")
             folder = Path(save_directory) if name == "default" else Path(save_directory) / name
-            writes.append((folder, files.config_to_dict(self.peft_config[name]), tensors))
+            writes.append((folder, config, tensors))
         for folder, config, tensors in writes:
             files.write_adapter(folder, config, tensors)
+
+    def _converted(self, adapter_name: str, initial_folder) -> tuple:
+        """``(config fields, tensors)`` of a PiSSA/OLoRA adapter as plain LoRA, from the adapter saved
+        in ``initial_folder`` before training (its keys and shapes checked against this one's)."""
+        if not hasattr(self.base_model, "converted_state_dict"):
+            raise ValueError(f"save_pretrained: path_initial_model_for_weight_conversion converts LoRA adapters "
+                             f"(PiSSA, OLoRA); adapter {adapter_name!r} is {self.peft_config[adapter_name].peft_type}")
+        config, header = files.read_adapter(initial_folder, METHODS)
+        if config["peft_type"] != "LORA":
+            raise ConfigError(f"{Path(initial_folder) / CONFIG_NAME}: the initial adapter must be a LoRA adapter, "
+                              f"got peft_type {config['peft_type']!r}")
+        expected = {k: tuple(v.shape) for k, v in self.base_model.adapter_state_dict(adapter_name).items()}
+        initial = load_checked(Path(initial_folder) / WEIGHTS_NAME, expected, header=header,
+                               implied=f"adapter {adapter_name!r}", what=f"adapter {adapter_name!r}")
+        return self.base_model.converted_state_dict(adapter_name, initial)
 
     @classmethod
     def from_pretrained(cls, model: nn.Module, model_id, adapter_name: str = "default", is_trainable: bool = False,
@@ -257,7 +291,8 @@ class PeftModel(nn.Module):
 # The config fields that set how much an adapter allocates. Each is the width or the row count
 # of some tensor the adapter's file stores, so none can exceed the largest dimension the file
 # declares; checked before the adapter is built, so that `r: 1000000000` is refused before
-# anything is allocated for it.
+# anything is allocated for it. A config class may name its own (``size_fields``): AdaLoRA's
+# is init_r; LoKr's r sizes no tensor when its factors are kept whole.
 SIZE_FIELDS = ("r", "rank_pattern", "num_virtual_tokens", "token_dim", "encoder_hidden_size", "bottleneck_size")
 
 
@@ -279,7 +314,7 @@ def _read(model_id, is_trainable: bool) -> tuple:
     source = Path(model_id) / CONFIG_NAME
     config = files.config_from_dict(config_cls, config_dict, source=source)
     largest = max((d for t in header.tensors.values() for d in t.shape), default=0)
-    for field in SIZE_FIELDS:
+    for field in getattr(config, "size_fields", SIZE_FIELDS):
         value = getattr(config, field, None)
         for size in (value.values() if isinstance(value, dict) else [value]):
             if isinstance(size, int) and size > largest:
