@@ -151,7 +151,8 @@ def render_claim(key: str, claim: dict, module, folder: Path, where: str) -> dic
     for name, slot in claim["bases"].items():
         body += [f"### On {slot['title']}", "", f"**Verdict on {slot['in_text']}: {slot['verdict']['verdict']}.** "
                  f"{parts[name]['body'].strip()}", ""]
-    comparison = _rendering(where, lambda: module.render_comparison(claim)) if hasattr(module, "render_comparison") else ""
+    compared = hasattr(module, "render_comparison") and len(claim["bases"]) > 1
+    comparison = _rendering(where, lambda: module.render_comparison(claim)) if compared else ""
     if comparison:
         body += ["### The bases compared", "", comparison.strip()]
     return {"figure": " · ".join(f"{slot['short']}: {parts[name]['figure']}" for name, slot in claim["bases"].items()),

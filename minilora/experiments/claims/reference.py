@@ -180,8 +180,6 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
 
 
 def render_comparison(claim: dict) -> str:
-    if len(claim["bases"]) < 2:
-        return ""
     return compare_verdicts(claim) + (
         " On both bases the two libraries start from the same weights and draw the same batches; what differs is "
         "float32 rounding, which grows with the model (a MiniLM layer sums over 384 and 1,536 inputs where the toy's "
