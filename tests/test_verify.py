@@ -17,6 +17,7 @@ import copy
 import importlib.util
 import json
 import os
+import shutil
 import warnings
 
 import pytest
@@ -39,8 +40,8 @@ def tasks():
             code_corpus(max_bytes=40_000))
 
 
-@pytest.fixture
-def tiny_verify(tasks, monkeypatch):
+@pytest.fixture(scope="module")
+def tiny_verify(tasks):
     """verify on a tiny toy base: small cost models, claim 4's grid at 2 steps, the tiny tasks and model."""
     toy = tiny_toy()
     toy.cost_models = {"wide": GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=128),
@@ -55,20 +56,27 @@ def tiny_verify(tasks, monkeypatch):
         s.seed, s.progress = kw.pop("seed"), kw.pop("progress")
         return s
 
-    monkeypatch.setattr(verify, "Session", lambda **kw: session(**kw) if kw else original())
-    with registered(toy):
+    with pytest.MonkeyPatch.context() as patch, registered(toy):
+        patch.setattr(verify, "Session", lambda **kw: session(**kw) if kw else original())
         yield lambda out, **kw: verify.verify(out, quick=True, bases=("toy",), progress=False, log=lambda *a: None, **kw)
+
+
+@pytest.fixture(scope="module")
+def verified(tiny_verify, tmp_path_factory):
+    """(folder, results) of ``verify --quick --only params,memory,accuracy --bases toy`` on the tiny toy."""
+    folder = tmp_path_factory.mktemp("verified") / "report"
+    return folder, tiny_verify(folder, only=["params", "memory", "accuracy"])
 
 
 def files(folder) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
-def test_report_rerenders_what_verify_wrote(tiny_verify, tmp_path):
-    results = tiny_verify(tmp_path / "verified", only=["params", "memory", "accuracy"])
+def test_report_rerenders_what_verify_wrote(verified, tmp_path):
+    folder, results = verified
     assert list(results["claims"]) == ["params", "memory", "accuracy"]
-    assert cli(["report", str(tmp_path / "verified" / "results.json"), "--out", str(tmp_path / "again")]) == 0
-    written, again = files(tmp_path / "verified"), files(tmp_path / "again")
+    assert cli(["report", str(folder / "results.json"), "--out", str(tmp_path / "again")]) == 0
+    written, again = files(folder), files(tmp_path / "again")
     assert written.keys() == again.keys() and {"README.md", "results.json", "params.png", "memory.png",
                                                "accuracy_vs_rank.png", "code_loss_vs_rank.png"} <= written.keys()
     assert all(written[name] == again[name] for name in written), [n for n in written if written[n] != again[n]]
@@ -87,9 +95,8 @@ def damaged(path, bad, change) -> str:
     return str(bad)
 
 
-def test_a_bad_results_file_names_the_file_and_the_field_and_writes_nothing(tiny_verify, tmp_path, capsys):
-    tiny_verify(tmp_path / "verified", only=["params", "accuracy"])
-    good = tmp_path / "verified" / "results.json"
+def test_a_bad_results_file_names_the_file_and_the_field_and_writes_nothing(verified, tmp_path, capsys):
+    good = verified[0] / "results.json"
     cut = tmp_path / "cut.json"
     cut.write_text(good.read_text()[:5000])
     cases = {
@@ -114,14 +121,17 @@ def test_a_bad_results_file_names_the_file_and_the_field_and_writes_nothing(tiny
     assert err.startswith("minilora report: ") and str(cut) in err and err.count("\n") == 1
 
 
-def test_merge_measures_only_the_claims_named(tiny_verify, tmp_path):
-    first = tiny_verify(tmp_path / "report", only=["params"])
-    merged = tiny_verify(tmp_path / "report", only=["memory"], merge=tmp_path / "report" / "results.json")
-    assert list(merged["claims"]) == ["params", "memory"]
-    assert merged["claims"]["params"] == first["claims"]["params"]  # kept as it was, its provenance too
-    assert merged["claims"]["memory"]["provenance"]["command"].endswith(f"--merge {tmp_path / 'report' / 'results.json'}")
+def test_merge_measures_only_the_claims_named(tiny_verify, verified, tmp_path):
+    folder, first = verified
+    shutil.copytree(folder, tmp_path / "report")
+    merged = tiny_verify(tmp_path / "report", only=["params"], merge=tmp_path / "report" / "results.json")
+    assert list(merged["claims"]) == ["params", "memory", "accuracy"]
+    for key in ("memory", "accuracy"):  # kept as they were, their provenance too
+        assert merged["claims"][key] == first["claims"][key]
+    assert merged["claims"]["params"]["provenance"]["command"].endswith(f"--merge {tmp_path / 'report' / 'results.json'}")
+    assert merged["claims"]["params"]["provenance"]["date"] >= first["claims"]["params"]["provenance"]["date"]
     assert len(merged["meta"]["commands"]) == 2
-    assert "## 1. Trainable parameters" in (tmp_path / "report" / "README.md").read_text()
+    assert "## 4. Comparable performance" in (tmp_path / "report" / "README.md").read_text()
     with pytest.raises(ValueError, match="quick mode with seed 0, this run is full"):
         verify.verify(tmp_path / "x", quick=False, only=["params"], merge=tmp_path / "report" / "results.json", log=lambda *a: None)
 
