@@ -8,12 +8,10 @@
 """
 
 from minilora.experiments.core import provenance
-from minilora.experiments.core.judging import (FAILS, HOLDS, PARTLY, VERDICTS, combine, compare_verdicts, from_parts, judge,
-                                               verdicts_differ_text)
+from minilora.experiments.core.judging import FAILS, HOLDS, PARTLY, combine, compare_verdicts, judge, verdicts_differ_text
 from minilora.experiments.core.session import Session
 from minilora.experiments.core.timing import blas_threads, clock, no_gc, now, time_rounds, time_steps
 from minilora.experiments.core.tracing import traced, traced_step
 
-__all__ = ["FAILS", "HOLDS", "PARTLY", "VERDICTS", "Session", "blas_threads", "clock", "combine", "compare_verdicts",
-           "from_parts", "judge", "no_gc", "now", "provenance", "time_rounds", "time_steps", "traced", "traced_step",
-           "verdicts_differ_text"]
+__all__ = ["FAILS", "HOLDS", "PARTLY", "Session", "blas_threads", "clock", "combine", "compare_verdicts", "judge", "no_gc",
+           "now", "provenance", "time_rounds", "time_steps", "traced", "traced_step", "verdicts_differ_text"]

@@ -9,7 +9,6 @@ measured, and a re-rendered report reads both back.
 from __future__ import annotations
 
 HOLDS, PARTLY, FAILS = "holds", "partly", "does not hold"
-VERDICTS = (HOLDS, PARTLY, FAILS)
 
 
 def judge(value: float, holds: float, partly: float, higher_is_better: bool = True) -> str:
@@ -34,11 +33,6 @@ def combine(*verdicts: str) -> str:
     if all(v == FAILS for v in verdicts):
         return FAILS
     return PARTLY
-
-
-def from_parts(parts: dict, **judged) -> dict:
-    """The verdict dict of a claim judged in ``parts`` (``{part: verdict}``), with the figures it judged on."""
-    return {"verdict": combine(*parts.values()), "parts": parts, **judged}
 
 
 def verdicts_differ_text(verdicts: dict) -> str:
