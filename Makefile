@@ -54,9 +54,11 @@ report: $(VENV)/.installed-core $(MINILM)
 test: $(VENV)/.installed-test $(MINILM)
 	$(PY) -m pytest -q
 
-# Speed and memory against PyTorch eager, side by side in one process (not a test).
+# Speed and memory against PyTorch eager, side by side in one process (not a test); then serving
+# many adapters and the exported ONNX graph (benchmarks/serving.py, docs/serving.md).
 bench: $(VENV)/.installed-test
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/serving.py
 
 # On a machine with a CUDA GPU: the suite, `verify --quick` and the bench's GPU section on the
 # GPU (about 8 minutes; logs in gpu-check/; docs/performance.md). It installs nothing: GPU_PY is

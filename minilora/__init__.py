@@ -50,8 +50,8 @@ from minilora.tensor import (
 __version__ = "0.1.0"
 
 # The packages ``minilora.<name>`` reaches without an import of its own, as ``torch.nn`` does.
-SUBMODULES = ("nn", "optim", "models", "peft", "quant", "data", "tasks", "train", "pretrain", "experiments",
-              "exercises")
+SUBMODULES = ("nn", "optim", "models", "peft", "quant", "data", "tasks", "nlg_metrics", "train", "pretrain",
+              "experiments", "exercises", "export")
 
 
 def __getattr__(name):

@@ -10,14 +10,14 @@ def _pretrain(args) -> int:
     from minilora.pretrain import pretrain
 
     log = pretrain(out=args.out, max_steps=args.steps, seed=args.seed, progress=not args.no_progress, arch=args.arch,
-                   resume=not args.restart)
+                   resume=not args.restart, positions=args.positions, batch_size=args.batch_size)
     print(f"saved to {args.out or 'the shipped folder'}: validation loss {log['val_loss']:.4f} nats/byte after {log['train']['max_steps']} steps "
           f"in {log['wall_seconds'] / 60:.1f} min")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from minilora.pretrain import ARCHS, BASE_TRAIN
+    from minilora.pretrain import ARCHS, BASE_TRAIN, BATCH_SIZE, POSITIONS
 
     parser = argparse.ArgumentParser(prog="minilora", description="LoRA from first principles, measured.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", choices=list(ARCHS), default="gpt", help="GPT-2 or the LLaMA-style twin (default %(default)s)")
     p.add_argument("--out", default=None, help="the folder to write (default: the shipped checkpoint of --arch)")
     p.add_argument("--steps", type=int, default=BASE_TRAIN.max_steps, help="optimizer steps (default %(default)s)")
+    p.add_argument("--positions", type=int, default=POSITIONS,
+                   help="byte positions the model sees, and the length of its training windows (default %(default)s)")
+    p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="windows per step (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--restart", action="store_true",

@@ -14,10 +14,14 @@ hash, wall time and the validation loss reached (also recorded in docs/base_mode
 ``minilora pretrain --arch llama`` trains a LLaMA-style twin (``LLAMA_BASE_CONFIG``:
 RMSNorm, RoPE, SwiGLU, 2 key/value heads for 4 query heads, 0.84M parameters) with
 the same corpus, steps, schedule, batch and seed, into ``minilora/checkpoints/llama_base``,
-so that the two bases differ in architecture alone. A run is resumable: every
-evaluation writes the training state (``minilora.train.save_training_state``) to
-``training-checkpoint.safetensors`` in the output folder, and running the same command
-again continues from it with the losses the uninterrupted run would have had.
+so that the two bases differ in architecture alone. ``--positions 512 --batch-size 8`` trains
+either with 512 positions on windows of 512 bytes (the same bytes per step): the E2E benchmark's
+bases, ``checkpoints/base_512`` and ``llama_base_512`` (``load_base(positions=512)``).
+
+A run is resumable: every evaluation writes the training state
+(``minilora.train.save_training_state``) to ``training-checkpoint.safetensors`` in the output
+folder, and running the same command again continues from it with the losses the
+uninterrupted run would have had.
 """
 
 from __future__ import annotations
@@ -53,6 +57,20 @@ LLAMA_BASE_CONFIG = LlamaConfig(vocab_size=256, hidden_size=128, intermediate_si
                                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                                 rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=True)
 ARCHS = {"gpt": (GPT, BASE_CONFIG, BASE_DIR), "llama": (LlamaForCausalLM, LLAMA_BASE_CONFIG, LLAMA_BASE_DIR)}
+POSITIONS = 128  # the shipped bases' context; the E2E benchmark's bases (base_512, llama_base_512) see 512
+
+
+def base_config(arch: str, positions: int = POSITIONS):
+    """The shipped architecture of ``arch`` with ``positions`` byte positions (GPT's learned position
+    table, LLaMA's RoPE range); everything else as the shipped base."""
+    if arch not in ARCHS:
+        raise ValueError(f"arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if not isinstance(positions, int) or positions < 1:
+        raise ValueError(f"positions must be a positive int, got {positions!r}")
+    config = ARCHS[arch][1]
+    return replace(config, **{"block_size" if arch == "gpt" else "max_position_embeddings": positions})
+
+
 CHECKPOINT_NAME = "training-checkpoint.safetensors"
 
 # How it was trained (see pretrain_log.json for the figures it reached).
@@ -71,17 +89,20 @@ def prose_val_loss(model, corpus=None, batch_size: int = 32) -> float:
 
 
 def pretrain(out: str | os.PathLike | None = None, max_steps: int = BASE_TRAIN.max_steps, seed: int = 0,
-             batch_size: int = BATCH_SIZE, progress: bool = True, arch: str = "gpt", resume: bool = True) -> dict:
-    """Train the base model of ``arch`` ("gpt" or "llama") from scratch and save it to ``out``
-    (default: the shipped folder); returns the log it writes. With ``resume``, a training
-    checkpoint left in ``out`` by an interrupted run is continued rather than started over."""
-    if arch not in ARCHS:
-        raise ValueError(f"pretrain: arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    model_cls, model_config, default_out = ARCHS[arch]
+             batch_size: int = BATCH_SIZE, progress: bool = True, arch: str = "gpt", resume: bool = True,
+             positions: int = POSITIONS) -> dict:
+    """Train the base model of ``arch`` ("gpt" or "llama") with ``positions`` byte positions from
+    scratch, on windows of that length, and save it to ``out`` (default: the shipped folder); returns
+    the log it writes. With ``resume``, a training checkpoint left in ``out`` by an interrupted run is
+    continued rather than started over."""
+    model_config = base_config(arch, positions)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"pretrain: batch_size must be a positive int, got {batch_size!r}")
+    model_cls, _, default_out = ARCHS[arch]
     out = Path(out if out is not None else default_out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = build_corpus("prose")
-    T = model_config.block_size
+    T = positions
     minilora.manual_seed(seed)
     model = model_cls(model_config)
     config = replace(BASE_TRAIN, max_steps=max_steps, seed=seed, progress=progress,
@@ -119,18 +140,25 @@ def pretrain(out: str | os.PathLike | None = None, max_steps: int = BASE_TRAIN.m
     return log
 
 
-def load_base(dtype=float32, path: str | os.PathLike | None = None, arch: str = "gpt"):
-    """The shipped pre-trained base model of ``arch`` ("gpt": a GPT, "llama": a LlamaForCausalLM),
-    offline, from Hugging Face's format."""
-    if arch not in ARCHS:
-        raise ValueError(f"load_base: arch must be one of {', '.join(ARCHS)}, got {arch!r}")
-    model_cls, _, default_path = ARCHS[arch]
-    path = Path(path if path is not None else default_path)
+def base_dir(arch: str = "gpt", positions: int = POSITIONS) -> Path:
+    """The shipped folder of the base of ``arch`` with ``positions`` positions: ``checkpoints/base``
+    and ``llama_base`` (128 positions, every claim), ``base_512`` and ``llama_base_512`` (512
+    positions, the E2E benchmark, whose examples run to 545 bytes)."""
+    base_config(arch, positions)  # checks both
+    folder = ARCHS[arch][2]
+    return folder if positions == POSITIONS else folder.with_name(f"{folder.name}_{positions}")
+
+
+def load_base(dtype=float32, path: str | os.PathLike | None = None, arch: str = "gpt", positions: int = POSITIONS):
+    """The shipped pre-trained base model of ``arch`` ("gpt": a GPT, "llama": a LlamaForCausalLM)
+    with ``positions`` positions (128 or 512), offline, from Hugging Face's format; or the one
+    in the folder ``path``."""
+    base_config(arch, positions)  # checks both
+    path = Path(path if path is not None else base_dir(arch, positions))
     if not (path / "model.safetensors").exists():
-        raise FileNotFoundError(
-            f"no base model at {path}: re-create it with `minilora pretrain --arch {arch} --out {path}`"
-        )
-    return model_cls.from_pretrained(path, dtype=dtype)
+        raise FileNotFoundError(f"no base model at {path}: re-create it with `minilora pretrain --arch {arch} "
+                                f"--positions {positions} --out {path}` (docs/base_model.md gives each base's settings)")
+    return ARCHS[arch][0].from_pretrained(path, dtype=dtype)
 
 
 def base_log(path: str | os.PathLike = BASE_DIR) -> dict:

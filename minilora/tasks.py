@@ -1,7 +1,8 @@
-"""Downstream tasks for fine-tuning a byte-level GPT with LoRA, built from the standard library.
+"""Downstream tasks for fine-tuning a byte-level GPT with LoRA: two built from the standard library,
+and the E2E NLG data set, the LoRA paper's own GPT-2 benchmark.
 
-Two tasks, both pure NumPy in and out, so that minilora's GPT and Hugging
-Face's ``GPT2LMHeadModel`` are trained and scored by the same code:
+All pure NumPy in and out, so that minilora's GPT and Hugging Face's
+``GPT2LMHeadModel`` are trained and scored by the same code:
 
 1. **Which package is this docstring from?** (:func:`docstring_package_task`)
    A K-way classification framed as language modelling. Each row is::
@@ -16,6 +17,17 @@ Face's ``GPT2LMHeadModel`` are trained and scored by the same code:
    :func:`next_token_accuracy`) A model pretrained on docstrings is adapted to
    source code; progress is next-token loss and accuracy on held-out files.
 
+3. **E2E NLG: a restaurant's meaning representation -> a sentence.** (:func:`e2e_task`)
+   Novikova, Dušek, Rieser (2017), shipped in ``minilora/data_files/e2e`` (CC BY-SA 4.0).
+   A row is ``MR + SEPARATOR + reference + b"\n"``, e.g.::
+
+       name[Alimentum], area[city centre], familyFriendly[no]
+       => Alimentum is not a family-friendly place, located in city centre.
+
+   The loss is on the reference and the end marker ``\n``; the model writes for the test
+   set's MRs until it emits ``\n`` (``minilora.models.decoding``), and the sentences are
+   scored against every reference of their MR (``minilora.nlg_metrics``).
+
 Targets follow nanoGPT, not Hugging Face: ``targets[b, t]`` is what
 ``logits[b, t]`` should predict (already shifted), ``-100`` where there is
 nothing to predict. With torch, take
@@ -25,12 +37,18 @@ do not pass them as HF's ``labels=``, which shifts a second time.
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from minilora.data import Corpus, build_corpus, file_docstrings, stdlib_files
+from minilora.errors import MismatchError
+from minilora.loading import check_regular_file
 
 SEPARATOR = b"\n=> "  # between the prompt and the label byte
 LABEL_BYTES = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # class k answers with LABEL_BYTES[k]
@@ -314,3 +332,108 @@ def next_token_accuracy(logits, targets, ignore_index: int = IGNORE_INDEX) -> fl
         raise ValueError(f"every target equals ignore_index={ignore_index}; there is nothing to score")
     predicted = np.argmax(logits, axis=-1)
     return float(np.mean(predicted[keep] == targets[keep]))
+
+
+# ----------------------------------------------------------------------------
+# Task 3: E2E NLG, meaning representation -> sentence (the LoRA paper's GPT-2 benchmark)
+# ----------------------------------------------------------------------------
+
+E2E_DIR = Path(__file__).parent / "data_files" / "e2e"
+# The two files of the E2E data set shipped with minilora (CC BY-SA 4.0: E2E_DIR/README.md), and
+# their sha256, checked at every load.
+E2E_SHA256 = {
+    "devset.csv": "fc26b78cdb849c80545f513b223d1e051138b43882eeb79e3eb153e689c864f9",
+    "testset_w_refs.csv": "edc8db685e39bb9824d5bd70c18b1c9b0412d14b527aa960e2d1c8251ee15ccd",
+}
+E2E_END = b"\n"  # the end marker: a reference never holds a newline, so decoding stops at the first one
+E2E_VAL_MRS = 55  # a tenth of the development set's 547 MRs (and their references) for validation
+
+
+@dataclass(frozen=True, eq=False)
+class E2ETask:
+    """The E2E data set as minilora trains and scores on it.
+
+    The official training set (42k pairs) is not shipped; the development set's pairs are split by
+    meaning representation (MR) into training and validation -- no MR on both sides -- and the test
+    set is grouped by MR, each with all its references, in the order its 630 MRs first appear in the
+    file. A training row is ``prompt(mr) + reference + E2E_END`` (see :meth:`row`); the loss is taken
+    on the reference and the end marker only.
+    """
+
+    train: tuple  # ((mr, ref), ...): the development set's pairs whose MR is not held out
+    val: tuple  # ((mr, ref), ...): the pairs of E2E_VAL_MRS held-out MRs
+    test_mrs: tuple  # (mr, ...): the test set's distinct MRs, in first-appearance order
+    test_refs: tuple  # ((ref, ...), ...): every reference of each test MR, in file order
+    meta: dict = field(repr=False)
+
+    @staticmethod
+    def prompt(mr: str) -> bytes:
+        """What the model reads before it writes: ``mr + SEPARATOR`` as UTF-8 bytes."""
+        return mr.encode("utf-8") + SEPARATOR
+
+    @staticmethod
+    def row(mr: str, ref: str) -> bytes:
+        """A whole training example: ``prompt(mr) + ref + E2E_END``."""
+        return E2ETask.prompt(mr) + ref.encode("utf-8") + E2E_END
+
+    def batch(self, pairs, block_size: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(x, targets)``, each (B, T) int64, for ``pairs`` of (mr, ref): rows right-padded to the
+        longest (T <= block_size), targets -100 but on the reference's bytes and the end marker.
+
+        A row longer than block_size + 1 bytes is cut to its first block_size + 1 (in the development
+        set, rows reach 545 bytes: at 512 positions a few references lose their last bytes)."""
+        rows = [np.frombuffer(self.row(mr, ref), dtype=np.uint8)[: block_size + 1] for mr, ref in pairs]
+        T = max(len(r) for r in rows) - 1
+        x = np.full((len(rows), T), PAD_TOKEN, dtype=np.int64)
+        targets = np.full((len(rows), T), IGNORE_INDEX, dtype=np.int64)
+        for b, ((mr, _), r) in enumerate(zip(pairs, rows)):
+            x[b, : len(r) - 1] = r[:-1]
+            start = len(self.prompt(mr)) - 1  # the separator's last byte predicts the reference's first
+            targets[b, start : len(r) - 1] = r[start + 1 :]
+        return x, targets
+
+    def batches(self, pairs, batch_size: int, block_size: int):
+        """``pairs`` in order, ``batch_size`` at a time (the last batch may be smaller), as ``batch`` lays them out."""
+        for i in range(0, len(pairs), batch_size):
+            yield self.batch(pairs[i : i + batch_size], block_size)
+
+    def epoch_batches(self, batch_size: int, block_size: int, rng: np.random.Generator):
+        """One pass over the training pairs in an order drawn from ``rng``, in batches of ``batch_size``."""
+        return self.batches([self.train[j] for j in rng.permutation(len(self.train))], batch_size, block_size)
+
+
+def read_e2e_csv(name: str, folder=E2E_DIR) -> list:
+    """The (mr, ref) rows of one of the shipped E2E files, after checking its sha256.
+
+    A file whose hash differs from the one recorded in ``E2E_SHA256`` is refused with an error
+    naming the file and both hashes: every figure minilora reports on E2E rests on these bytes."""
+    if name not in E2E_SHA256:
+        raise ValueError(f"unknown E2E file {name!r}; the shipped files are {', '.join(E2E_SHA256)}")
+    path = Path(folder) / name
+    check_regular_file(path, "an E2E data file")
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()
+    if digest != E2E_SHA256[name]:
+        raise MismatchError(f"{path}: sha256 {digest}, expected {E2E_SHA256[name]} -- the file is not the E2E data "
+                            f"minilora ships (restore it from the repository)")
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8"), newline=""))
+    return [(row["mr"], row["ref"]) for row in reader]
+
+
+def e2e_task(val_mrs: int = E2E_VAL_MRS, seed: int = 0, folder=E2E_DIR) -> E2ETask:
+    """The E2E task (see ``E2ETask``): ``val_mrs`` of the development set's MRs, drawn with
+    ``np.random.default_rng(seed)``, and their pairs for validation, the others' for training."""
+    dev = read_e2e_csv("devset.csv", folder)
+    dev_mrs = list(dict.fromkeys(mr for mr, _ in dev))
+    if isinstance(val_mrs, bool) or not isinstance(val_mrs, int) or not 1 <= val_mrs < len(dev_mrs):
+        raise ValueError(f"val_mrs must be an int in [1, {len(dev_mrs) - 1}], got {val_mrs!r}")
+    held_out = {dev_mrs[i] for i in np.random.default_rng(seed).permutation(len(dev_mrs))[:val_mrs]}
+    train = tuple(pair for pair in dev if pair[0] not in held_out)
+    val = tuple(pair for pair in dev if pair[0] in held_out)
+    refs: dict = defaultdict(list)  # mr -> its references; a dict keeps first-appearance order
+    for mr, ref in read_e2e_csv("testset_w_refs.csv", folder):
+        refs[mr].append(ref)
+    meta = {"val_mrs": val_mrs, "seed": seed, "train_mrs": len(dev_mrs) - val_mrs, "train_pairs": len(train),
+            "val_pairs": len(val), "test_mrs": len(refs), "test_pairs": sum(len(r) for r in refs.values()),
+            "separator": SEPARATOR.decode(), "end": E2E_END.decode(), "sha256": dict(E2E_SHA256)}
+    return E2ETask(train, val, tuple(refs), tuple(tuple(r) for r in refs.values()), meta)

@@ -513,7 +513,23 @@ class BaseTuner(nn.Module):
 
     def adapter_layers(self) -> list:
         """Every ``(name, wrapper layer)`` of the model."""
-        return [(n, m) for n, m in self.model.named_modules() if isinstance(m, self.layer_type)]
+        return [(n, m) for n, m in self._outer_modules() if isinstance(m, self.layer_type)]
+
+    def _outer_modules(self) -> list:
+        """``named_modules()`` of the model, in its order, but not looking inside a wrapper layer:
+        its parts -- a few modules per adapter -- are never walked, so that finding the layers (every
+        forward of a mixed batch does) costs the same with one adapter loaded or a hundred."""
+        found, seen, todo = [], set(), [("", self.model)]
+        while todo:
+            name, module = todo.pop()
+            if id(module) in seen:
+                continue
+            seen.add(id(module))
+            found.append((name, module))
+            if not isinstance(module, self.layer_type):
+                children = [(f"{name}.{n}" if name else n, c) for n, c in module._modules.items() if c is not None]
+                todo.extend(reversed(children))  # popped in order: depth first, as named_modules
+        return found
 
     def named_layers(self) -> list:
         """``adapter_layers()``, each layer told its name and the other modules that hold its base
@@ -534,7 +550,7 @@ class BaseTuner(nn.Module):
 
     def _wrappers(self) -> list:
         """The modules that read ``active_adapter``, ``disable_adapters`` and ``row_adapters``."""
-        return [m for m in self.model.modules() if isinstance(m, (self.layer_type, ModulesToSaveWrapper))]
+        return [m for _, m in self._outer_modules() if isinstance(m, (self.layer_type, ModulesToSaveWrapper))]
 
     # --- adding an adapter ------------------------------------------------------------------
 

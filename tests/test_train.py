@@ -16,7 +16,8 @@ from safetensors.numpy import load_file
 import minilora
 from minilora.data import ByteTokenizer, build_corpus, get_batch
 from minilora.models import GPT, GPTConfig
-from minilora.pretrain import BASE_CONFIG, BASE_DIR, LLAMA_BASE_CONFIG, LLAMA_BASE_DIR, base_log, load_base, prose_val_loss
+from minilora.pretrain import (BASE_CONFIG, BASE_DIR, LLAMA_BASE_CONFIG, LLAMA_BASE_DIR, base_config, base_dir, base_log,
+                               load_base, prose_val_loss)
 from minilora.train import NonFiniteLossError, TrainConfig, atomic_write, save_checkpoint, train
 
 TINY = GPTConfig(vocab_size=256, block_size=16, n_layer=1, n_head=2, n_embd=16)
@@ -165,40 +166,58 @@ def test_the_llama_base_has_the_gpt_base_s_budget_and_its_own_command(tmp_path):
         pretrain(out=tmp_path, arch="bert")
 
 
+def test_pretrain_takes_the_context_and_the_batch_of_the_e2e_bases(tmp_path):
+    from minilora.cli import build_parser
+    from minilora.pretrain import pretrain
+
+    args = build_parser().parse_args(["pretrain", "--arch", "llama", "--positions", "512", "--batch-size", "8"])
+    assert (args.positions, args.batch_size) == (512, 8)
+    log = pretrain(out=tmp_path, max_steps=1, batch_size=2, positions=24, arch="llama", progress=False)
+    assert log["model"]["max_position_embeddings"] == 24 and log["train"]["batch_size"] == 2
+    assert load_base(path=tmp_path, arch="llama", positions=24).config == base_config("llama", 24)
+    with pytest.raises(ValueError, match="positions must be a positive int, got 0"):
+        pretrain(out=tmp_path, positions=0)
+
+
 # ---------------------------------------------------------------------------
 # the shipped base model
 # ---------------------------------------------------------------------------
 
 
-ARCHS = {"gpt": (BASE_CONFIG, BASE_DIR), "llama": (LLAMA_BASE_CONFIG, LLAMA_BASE_DIR)}
+# the shipped bases: (arch, positions) -> (config, folder); the 512-position ones serve the E2E benchmark
+BASES = {("gpt", 128): (BASE_CONFIG, BASE_DIR), ("llama", 128): (LLAMA_BASE_CONFIG, LLAMA_BASE_DIR),
+         ("gpt", 512): (base_config("gpt", 512), BASE_DIR.with_name("base_512")),
+         ("llama", 512): (base_config("llama", 512), LLAMA_BASE_DIR.with_name("llama_base_512"))}
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_the_base_model_ships_in_the_package_and_loads_offline(arch):
-    config, folder = ARCHS[arch]
+@pytest.mark.parametrize("arch,positions", BASES)
+def test_the_base_model_ships_in_the_package_and_loads_offline(arch, positions):
+    config, folder = BASES[arch, positions]
+    assert base_dir(arch, positions) == folder
     assert (folder / "model.safetensors").stat().st_size <= 10 * 2**20
     assert not (folder / "training-checkpoint.safetensors").exists()  # a finished run leaves none
-    model = load_base(arch=arch)
-    assert model.config == config
+    model = load_base(arch=arch, positions=positions)
+    assert model.config == config and model.config.block_size == positions
     assert model.num_parameters() == config.num_parameters()
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_the_base_model_reaches_its_recorded_validation_loss(arch):
-    log = base_log(ARCHS[arch][1])
+@pytest.mark.parametrize("arch,positions", BASES)
+def test_the_base_model_reaches_its_recorded_validation_loss(arch, positions):
+    log = base_log(BASES[arch, positions][1])
     assert log.get("arch", "gpt") == arch  # the GPT base's log predates the field
+    assert log["model"].get("block_size", log["model"].get("max_position_embeddings")) == positions
     corpus = build_corpus("prose")
     assert corpus.sha256 == log["corpus"]["sha256"], "the prose corpus differs from the one the model was trained on"
-    loss = prose_val_loss(load_base(arch=arch), corpus)
+    loss = prose_val_loss(load_base(arch=arch, positions=positions), corpus)
     assert math.isfinite(loss)
     assert abs(loss - log["val_loss"]) <= 0.02 * log["val_loss"], (loss, log["val_loss"])
     # and it is far below the unigram entropy of the bytes: the model has learned English
     assert loss < 0.6 * math.log(256)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_the_base_model_generates_text(arch):
-    model = load_base(arch=arch)
+@pytest.mark.parametrize("arch,positions", BASES)
+def test_the_base_model_generates_text(arch, positions):
+    model = load_base(arch=arch, positions=positions)
     tok = ByteTokenizer()
     prompt = tok.encode("Return the ")[None]
     out = model.generate(prompt, max_new_tokens=60, temperature=0.8, top_k=40, seed=0)

@@ -20,6 +20,11 @@ adapters):
 * ``forward`` takes a ``KVCache`` of keys and values of earlier positions, as
   Hugging Face's ``past_key_values``: generation grows it one token at a time,
   and prefix tuning passes a trainable one (gradients flow into it).
+
+and one for batches of prompts of different lengths, left-padded to one length
+(``minilora/models/decoding.py``): ``forward`` takes Hugging Face's
+``attention_mask``, 1 for a real token and 0 for padding, from which each token's
+position and the keys it may attend to follow (``padding_mask``).
 """
 
 from __future__ import annotations
@@ -133,6 +138,11 @@ class KVCache:
         """Keep only the first ``length`` positions (e.g. to reuse a prompt's cache)."""
         self.layers = [(k[:, :, :length], v[:, :, :length]) for k, v in self.layers]
 
+    def select(self, rows) -> None:
+        """Keep only the batch rows ``rows`` (an index array), e.g. when some sequences have finished
+        (Hugging Face's ``batch_select_indices``)."""
+        self.layers = [(k[rows], v[rows]) for k, v in self.layers]
+
 
 def check_kv_cache(kv_cache, who: str, layers: tuple, heads: tuple, layout: str) -> int:
     """P, the positions ``kv_cache`` holds, after checking that it is a KVCache, empty or holding one
@@ -167,6 +177,31 @@ def causal_mask(T: int, S: int):
     return _causal_masks[key]
 
 
+def padding_mask(attention_mask, batch: int, past: int, new: int, who: str) -> tuple:
+    """What Hugging Face's ``attention_mask`` (B, P + T) -- 1 for a real token, 0 for padding, over the
+    P cached positions and the T new ones -- means for the T new tokens: the boolean attention mask
+    (B, 1, T, P + T), True where a query may attend, and each new token's position (B, T), a host array.
+
+    A token's position counts the real tokens before it, so a prompt left-padded by k positions gets
+    the positions it would have alone (Hugging Face's ``generate`` derives ``position_ids`` from the
+    mask the same way). A query sees the real keys up to itself -- and itself even when it is padding,
+    so that a padding row's softmax has something to normalise: its output is never read, and the real
+    queries give its key probability exactly 0, so no real row's result depends on the padding."""
+    real = numpy.asarray(backend.to_numpy(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask))
+    if real.shape != (batch, past + new):
+        raise ValueError(f"{who}: attention_mask must have shape (B, cached + new positions) = {(batch, past + new)}, "
+                         f"got {real.shape}")
+    if not numpy.isin(real, (0, 1)).all():
+        raise ValueError(f"{who}: attention_mask must hold 0 (padding) and 1 (a real token) only, "
+                         f"got {sorted(set(real[~numpy.isin(real, (0, 1))].tolist()))[:5]}")
+    real = real.astype(bool)
+    query = numpy.arange(past, past + new)[:, None]  # (T, 1): the new tokens' slots in the cache
+    key = numpy.arange(past + new)[None, :]  # (1, S)
+    allowed = (key <= query) & (real[:, None, :] | (key == query))  # (B, T, S)
+    positions = numpy.maximum(numpy.cumsum(real, axis=1) - 1, 0)[:, past:]  # (B, T); padding takes position 0
+    return backend.xp.asarray(allowed[:, None]), positions
+
+
 # ---------------------------------------------------------------------------
 # the model
 # ---------------------------------------------------------------------------
@@ -184,7 +219,8 @@ class CausalSelfAttention(nn.Module):
         self.attn_dropout = nn.Dropout(config.dropout)  # on the attention probabilities, inside F.sdpa
         self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, kv_cache: KVCache | None = None):
+    def forward(self, x, kv_cache: KVCache | None = None, attn_mask=None):
+        """``attn_mask``: None for the causal mask, or the (B, 1, T, S) one of ``padding_mask``."""
         B, T, C = x.shape  # batch, new positions, n_embd
         nh, hs = self.n_head, C // self.n_head
         q, k, v = self.c_attn(x).split(C, dim=2)  # 3 x (B, T, C)
@@ -195,7 +231,9 @@ class CausalSelfAttention(nn.Module):
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nh, S, hs), S = P + T
         S = k.shape[2]
         p = self.attn_dropout.p if self.training else 0.0
-        if S == T:  # no past: the plain lower-triangular mask
+        if attn_mask is not None:  # padded rows: the mask says it all
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)  # (B, nh, T, hs)
+        elif S == T:  # no past: the plain lower-triangular mask
             y = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)  # (B, nh, T, hs)
         else:  # a past of P positions: query i sees keys 0..P+i
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S), dropout_p=p)  # (B, nh, T, hs)
@@ -228,8 +266,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, eps=1e-5, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, kv_cache: KVCache | None = None):
-        x = x + self.attn(self.ln_1(x), kv_cache)  # (B, T, C)
+    def forward(self, x, kv_cache: KVCache | None = None, attn_mask=None):
+        x = x + self.attn(self.ln_1(x), kv_cache, attn_mask)  # (B, T, C)
         x = x + self.mlp(self.ln_2(x))  # (B, T, C)
         return x
 
@@ -328,7 +366,8 @@ class GPT(GenerationMixin, nn.Module):
             else:
                 nn.init.normal_(p, std=0.02)
 
-    def forward(self, idx=None, targets=None, *, inputs_embeds=None, kv_cache: KVCache | None = None):
+    def forward(self, idx=None, targets=None, *, inputs_embeds=None, kv_cache: KVCache | None = None,
+                attention_mask=None):
         """Logits (B, T, V) at every position, and the mean cross-entropy against ``targets`` (or None).
 
         ``idx``: int token ids (B, T), a NumPy/backend array or a Tensor; or instead
@@ -337,6 +376,8 @@ class GPT(GenerationMixin, nn.Module):
         shifted, as nanoGPT; Hugging Face's ``labels`` are shifted inside), -100 = ignore.
         ``kv_cache``: the keys and values of P earlier positions; the new tokens take
         positions P .. P+T-1, and the cache is extended with them in place.
+        ``attention_mask``: (B, P+T), 1 for a real token and 0 for (left) padding, over the cached
+        and the new positions (Hugging Face's); positions then count real tokens only (``padding_mask``).
         """
         if (idx is None) == (inputs_embeds is None):
             raise ValueError("GPT.forward: pass exactly one of idx (token ids) and inputs_embeds")
@@ -354,10 +395,13 @@ class GPT(GenerationMixin, nn.Module):
                 f"GPT.forward: {P} cached + {T} new positions = {P + T} exceed block_size={self.config.block_size} "
                 f"(the number of learned positions); crop the input"
             )
-        pos_emb = self.transformer.wpe(numpy.arange(P, P + T))  # (T, C): positions P .. P+T-1, made on the host (F._ids)
+        mask, positions = None, numpy.arange(P, P + T)  # (T,): positions P .. P+T-1, made on the host (F._ids)
+        if attention_mask is not None:
+            mask, positions = padding_mask(attention_mask, B, P, T, "GPT.forward")  # (B, 1, T, P+T), (B, T)
+        pos_emb = self.transformer.wpe(positions)  # (T, C) or (B, T, C)
         x = self.transformer.drop(tok_emb + pos_emb)  # (B, T, C)
         for block in self.transformer.h:
-            x = block(x, kv_cache)  # (B, T, C)
+            x = block(x, kv_cache, mask)  # (B, T, C)
         x = self.transformer.ln_f(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
         return logits, lm_loss(logits, targets, "GPT.forward")

@@ -32,7 +32,7 @@ import numpy
 
 from minilora import backend
 from minilora import nn
-from minilora.models.gpt import GenerationMixin, KVCache, _as_ids, causal_mask, check_kv_cache, lm_loss
+from minilora.models.gpt import GenerationMixin, KVCache, _as_ids, causal_mask, check_kv_cache, lm_loss, padding_mask
 from minilora.nn import functional as F
 from minilora.tensor import Tensor, float32
 
@@ -135,16 +135,24 @@ class LlamaRotaryEmbedding(nn.Module):
         self.max_positions = config.max_position_embeddings
         self._tables = {}
 
-    def forward(self, start: int, length: int, dtype) -> tuple:
-        """cos and sin, each (length, head_dim), for positions start .. start+length-1."""
+    def forward(self, positions, dtype) -> tuple:
+        """cos and sin for ``positions``: each (T, head_dim) for positions (T,) shared by the batch,
+        (B, 1, T, head_dim) -- one per row, broadcast over the heads -- for positions (B, T)."""
+        cos, sin = self.tables(dtype)
+        positions = backend.xp.asarray(positions)
+        if positions.ndim == 2:
+            return cos[positions][:, None], sin[positions][:, None]  # (B, 1, T, hd) each
+        return cos[positions], sin[positions]  # (T, hd) each
+
+    def tables(self, dtype) -> tuple:
+        """cos and sin for every position, each (max_position_embeddings, head_dim)."""
         key = (numpy.dtype(dtype).str, backend.name)
         if key not in self._tables:
             angles = numpy.arange(self.max_positions, dtype=numpy.float64)[:, None] * self.inv_freq  # (T_max, hd/2)
             angles = numpy.concatenate([angles, angles], axis=1)  # (T_max, hd): theta_i in both halves
             self._tables[key] = (backend.xp.asarray(numpy.cos(angles), dtype=dtype),
                                  backend.xp.asarray(numpy.sin(angles), dtype=dtype))
-        cos, sin = self._tables[key]
-        return cos[start : start + length], sin[start : start + length]  # (T, hd) each
+        return self._tables[key]
 
 
 class LlamaAttention(nn.Module):
@@ -161,7 +169,8 @@ class LlamaAttention(nn.Module):
         self.v_proj = nn.Linear(C, self.num_key_value_heads * hd, bias=False)  # and V
         self.o_proj = nn.Linear(self.num_heads * hd, C, bias=False)
 
-    def forward(self, x, cos, sin, kv_cache: KVCache | None = None):
+    def forward(self, x, cos, sin, kv_cache: KVCache | None = None, attn_mask=None):
+        """``attn_mask``: None for the causal mask, or the (B, 1, T, S) one of ``padding_mask``."""
         B, T, C = x.shape  # batch, new positions, hidden_size
         nh, kv, hd = self.num_heads, self.num_key_value_heads, self.head_dim
         q = self.q_proj(x).view(B, T, nh, hd).transpose(1, 2)  # (B, nh, T, hd)
@@ -172,7 +181,9 @@ class LlamaAttention(nn.Module):
         if kv_cache is not None:
             k, v = kv_cache.update(self.layer_idx, k, v)  # (B, kv, S, hd), S = P + T: the grouped heads, once
         S = k.shape[2]
-        if S == T:  # no past: the plain lower-triangular mask
+        if attn_mask is not None:  # padded rows: the mask says it all
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, enable_gqa=True)  # (B, nh, T, hd)
+        elif S == T:  # no past: the plain lower-triangular mask
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # (B, nh, T, hd)
         else:  # a past of P positions: query i sees keys 0..P+i
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(T, S), enable_gqa=True)  # (B, nh, T, hd)
@@ -206,8 +217,8 @@ class LlamaDecoderLayer(nn.Module):
         self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, x, cos, sin, kv_cache: KVCache | None = None):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache)  # (B, T, C)
+    def forward(self, x, cos, sin, kv_cache: KVCache | None = None, attn_mask=None):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, kv_cache, attn_mask)  # (B, T, C)
         x = x + self.mlp(self.post_attention_layernorm(x))  # (B, T, C)
         return x
 
@@ -240,12 +251,15 @@ class LlamaForCausalLM(GenerationMixin, nn.Module):
             else:
                 nn.init.normal_(p, std=self.config.initializer_range)
 
-    def forward(self, idx=None, targets=None, *, inputs_embeds=None, kv_cache: KVCache | None = None):
+    def forward(self, idx=None, targets=None, *, inputs_embeds=None, kv_cache: KVCache | None = None,
+                attention_mask=None):
         """Logits (B, T, V) at every position, and the mean cross-entropy against ``targets`` (or None).
 
         The arguments mean what they mean in ``GPT.forward``: ``idx`` (B, T) token ids or
         ``inputs_embeds`` (B, T, C); ``targets`` (B, T) already shifted, -100 ignored;
-        ``kv_cache`` holds P earlier positions, the new tokens take positions P .. P+T-1.
+        ``kv_cache`` holds P earlier positions, the new tokens take positions P .. P+T-1;
+        ``attention_mask`` (B, P+T) marks padding with 0, and each row's RoPE positions then
+        count its real tokens only (``padding_mask`` in gpt.py).
         """
         c = self.config
         if (idx is None) == (inputs_embeds is None):
@@ -262,9 +276,12 @@ class LlamaForCausalLM(GenerationMixin, nn.Module):
         if P + T > c.max_position_embeddings:
             raise ValueError(f"LlamaForCausalLM.forward: {P} cached + {T} new positions = {P + T} exceed "
                              f"max_position_embeddings={c.max_position_embeddings}; crop the input")
-        cos, sin = self.model.rotary_emb(P, T, x.dtype)  # (T, hd) each: positions P .. P+T-1
+        mask, positions = None, numpy.arange(P, P + T)  # (T,): positions P .. P+T-1
+        if attention_mask is not None:
+            mask, positions = padding_mask(attention_mask, B, P, T, "LlamaForCausalLM.forward")  # (B, 1, T, S), (B, T)
+        cos, sin = self.model.rotary_emb(positions, x.dtype)  # (T, hd) or (B, 1, T, hd) each
         for layer in self.model.layers:
-            x = layer(x, cos, sin, kv_cache)  # (B, T, C)
+            x = layer(x, cos, sin, kv_cache, mask)  # (B, T, C)
         x = self.model.norm(x)  # (B, T, C)
         logits = self.lm_head(x)  # (B, T, V)
         return logits, lm_loss(logits, targets, "LlamaForCausalLM.forward")

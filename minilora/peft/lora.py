@@ -42,6 +42,7 @@ from minilora import backend as B
 from minilora import nn
 from minilora.nn import functional as F
 from minilora.peft import dora  # DoRA's math, for the adapters made with use_dora
+from minilora.peft import gathered  # many adapters in one batch: BGMV and SGMV
 from minilora.quant import NF4Linear  # a 4-bit base layer (QLoRA): docs/qlora.md
 from minilora.tensor import Tensor, cat, no_grad
 from minilora.tuner import (  # BASE, ModulesToSaveWrapper and target_matches: importable from here too
@@ -129,6 +130,7 @@ class LoRALinear(TunerLayer):
         self.lora_B = nn.ModuleDict()
         self.lora_dropout = nn.ModuleDict()
         self.lora_magnitude_vector = nn.ModuleDict()  # DoRA's m, for the adapters made with use_dora (peft/dora.py)
+        self.lora_arrow = nn.ModuleDict()  # a router adapter's per-token routing among others (peft/arrow.py)
         self._dora_norms = {}  # a merged DoRA adapter's ||W + ΔW||_c, which unmerging needs
         self.r, self.lora_alpha, self.scaling, self.enable_lora, self.lora_bias = {}, {}, {}, {}, {}
 
@@ -301,18 +303,33 @@ class LoRALinear(TunerLayer):
         return y + self.adapter_output(x, self.active_adapter, y)
 
     def adapter_output(self, x, adapter_name: str, y) -> Tensor:
-        """What the adapter adds to the base output ``y``: LoRA's update, or DoRA's (minilora/peft/dora.py)."""
+        """What the adapter adds to the base output ``y``: LoRA's update, DoRA's (minilora/peft/dora.py),
+        or for an Arrow router the routed mixture of other adapters' updates (minilora/peft/arrow.py)."""
+        if adapter_name in self.lora_arrow:
+            return self.lora_arrow[adapter_name](self, x)
         if adapter_name in self.lora_magnitude_vector:
             return dora.dora_output(self, x, adapter_name, y)
         return self.lora_output(x, adapter_name)
 
+    # How a mixed batch computes its updates: "bgmv" or "sgmv" (gathered: peft/gathered.py), or
+    # "loop" (one pair of products per adapter, on its rows). Set per layer, e.g. to compare them.
+    mixed_batch_kernel = "bgmv"
+
     def _mixed_batch_forward(self, x, names) -> Tensor:
-        """Each batch row with its own adapter (or ``"__base__"`` for none): run the update of
-        each adapter on its rows only, then put the rows back in their original order."""
+        """Each batch row with its own adapter (or ``"__base__"`` for none). Plain LoRA updates
+        are gathered (``mixed_batch_kernel``); a DoRA adapter, a lora_bias, an active dropout or the "loop"
+        kernel runs the update of each adapter on its rows only, then puts the rows back in order."""
         y = self.base_layer(x)  # (B, ..., out)
-        groups = group_rows(names)
-        if not any(name in self.lora_A for name in groups):
+        used = [name for name in dict.fromkeys(names) if name in self.lora_A]  # the adapters this layer holds
+        if not used:
             return y
+        kernel = self.mixed_batch_kernel
+        if kernel not in (*gathered.KERNELS, "loop"):
+            raise ValueError(f"mixed_batch_kernel must be one of {[*gathered.KERNELS, 'loop']}, got {kernel!r}")
+        if kernel != "loop" and all(self._gatherable(name) for name in used):
+            adapters, idx = self._adapter_stack(used, names)
+            return y + gathered.KERNELS[kernel](x, adapters, idx)
+        groups = group_rows(names)
         pieces = []
         for name, rows in groups.items():
             idx = B.xp.asarray(rows)
@@ -321,6 +338,30 @@ class LoRALinear(TunerLayer):
             else:  # "__base__", or an adapter this layer does not have: no update
                 pieces.append(Tensor(B.xp.zeros((len(rows),) + y.shape[1:], dtype=y.dtype)))
         return y + in_row_order(pieces, groups.values())
+
+    def _gatherable(self, adapter_name: str) -> bool:
+        """Whether the adapter's update is the plain product s B A x a gathered kernel computes
+        (DoRA's and a router's are not, a lora_bias adds s b_B, which the kernels do not carry, and a
+        dropout in training draws its own mask per adapter)."""
+        if adapter_name in self.lora_magnitude_vector or adapter_name in self.lora_arrow:
+            return False
+        if self.lora_bias[adapter_name]:
+            return False
+        return not (self.training and isinstance(self.lora_dropout[adapter_name], nn.Dropout))
+
+    def _adapter_stack(self, used: list, names: list) -> tuple:
+        """(the stack of the ``used`` adapters, each row's index in it); rows of any other name
+        take a zero slot at the end (peft/gathered.py)."""
+        As = [self.lora_A[name].weight for name in used]
+        Bs = [self.lora_B_full(name) for name in used]
+        scalings = [self.scaling[name] for name in used]
+        slot = {name: k for k, name in enumerate(used)}
+        if len(slot) < len(set(names)):  # some rows use no update here
+            dtype = As[0].dtype
+            As.append(Tensor(B.xp.zeros((1, self.in_features), dtype=dtype)))
+            Bs.append(Tensor(B.xp.zeros((self.out_features, 1), dtype=dtype)))
+            scalings.append(0.0)
+        return gathered.stack_adapters(As, Bs, scalings), [slot.get(name, len(used)) for name in names]
 
     # --- merging ------------------------------------------------------------------
 
@@ -359,6 +400,10 @@ class LoRALinear(TunerLayer):
         """Refuse, before anything changes, a merge that cannot be done: into a 4-bit weight, into
         a tied one, or twice."""
         names = [name for name in adapter_names if name in self.lora_A]
+        routers = [name for name in names if name in self.lora_arrow]
+        if routers:
+            raise RuntimeError(f"cannot merge {routers[0]!r} into {self.layer_name}: an Arrow router weighs its experts "
+                               "token by token, so it has no one ΔW to fold into W")
         if names and isinstance(self.base_layer, NF4Linear):
             raise RuntimeError(NF4_MERGE_ERROR)
         for name in names:
@@ -409,6 +454,8 @@ class LoRALinear(TunerLayer):
             raise RuntimeError(f"adapter {adapter_name!r} is merged; unmerge it before deleting it")
         for registry in (self.lora_A, self.lora_B, self.lora_dropout):
             del registry[adapter_name]
+        if adapter_name in self.lora_arrow:
+            del self.lora_arrow[adapter_name]
         if adapter_name in self.lora_magnitude_vector:
             del self.lora_magnitude_vector[adapter_name]
         for table in (self.r, self.lora_alpha, self.scaling, self.enable_lora, self.lora_bias):

@@ -133,12 +133,25 @@ class PeftModel(nn.Module):
         with self.base_model.mixed_batch(adapter_names):
             return self.base_model(*args, **kwargs)
 
-    def generate(self, *args, **kwargs):
+    def generate(self, *args, adapter_names=None, **kwargs):
+        """The wrapped model's ``generate``. ``adapter_names``: one adapter name (or ``"__base__"``)
+        per row of the prompts, as in ``forward``; every step of the generation -- the prompt's
+        pass and each new token's, through the KV cache, whose keys and values each row computed
+        with its own adapter -- is a mixed batch (PEFT's ``generate(adapter_names=...)``)."""
         # a method that changes the input rather than the layers (prompt and prefix tuning)
         # generates through its tuner, which puts the virtual tokens in front
         if hasattr(self.base_model, "generate"):
+            if adapter_names is not None:
+                raise ValueError(f"generate: adapter_names is not supported by {self.active_peft_config.peft_type}, "
+                                 "whose adapters change the input rather than the layers")
             return self.base_model.generate(*args, **kwargs)
-        return self.get_base_model().generate(*args, **kwargs)
+        if adapter_names is None:
+            return self.get_base_model().generate(*args, **kwargs)
+        batch = _batch_size(args, kwargs)
+        if batch is not None and len(adapter_names) != batch:
+            raise ValueError(f"adapter_names has {len(adapter_names)} entries for a batch of {batch} prompts")
+        with self.base_model.mixed_batch(adapter_names):
+            return self.get_base_model().generate(*args, **kwargs)
 
     def get_nb_trainable_parameters(self) -> tuple:
         """(trainable, all) parameter counts, each parameter once, as PEFT counts them."""

@@ -133,21 +133,23 @@ class PrefixTuningModel(PromptLearningModel):
         return [(kv[2 * layer].unsqueeze(0).expand(shape), kv[2 * layer + 1].unsqueeze(0).expand(shape))  # (B, nh, P, hs)
                 for layer in range(L)]
 
-    def forward(self, idx=None, targets=None, *, inputs_embeds=None, kv_cache=None):
+    def forward(self, idx=None, targets=None, *, inputs_embeds=None, kv_cache=None, attention_mask=None):
         """Logits (B, T, V) of the real tokens and the loss against ``targets`` (as ``GPT.forward``).
 
         The prefix goes in as the model's KVCache, so the tokens take positions P..P+T-1.
         A ``kv_cache`` passed in is filled with the prefix if empty (then kept for the next
         generation step), and used as it is if not: it holds the prefix already.
+        ``attention_mask`` covers the caller's tokens only; the prefix is always attended.
         """
-        if self.disabled or (kv_cache is not None and len(kv_cache)):
-            return self.model(idx, targets, inputs_embeds=inputs_embeds, kv_cache=kv_cache)
         batch, T = input_shape(idx, inputs_embeds)
+        attention_mask = self.virtual_mask(attention_mask, batch)
+        if self.disabled or (kv_cache is not None and len(kv_cache)):
+            return self.model(idx, targets, inputs_embeds=inputs_embeds, kv_cache=kv_cache, attention_mask=attention_mask)
         self.check_length(T)
         cache = kv_cache if kv_cache is not None else KVCache()  # a fresh one each call: forward extends it
         for layer, (k, v) in enumerate(self.get_prompt(batch)):
             cache.update(layer, k, v)  # the empty cache takes the prefix as its first P positions
-        return self.model(idx, targets, inputs_embeds=inputs_embeds, kv_cache=cache)
+        return self.model(idx, targets, inputs_embeds=inputs_embeds, kv_cache=cache, attention_mask=attention_mask)
 
 
 __all__ = ["PrefixTuningConfig", "PrefixEncoder", "PrefixTuningModel"]

@@ -26,6 +26,8 @@ import dataclasses
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+import numpy
+
 from minilora import backend as B
 from minilora import nn
 from minilora.models.gpt import KVCache, sample_next
@@ -177,6 +179,16 @@ class PromptLearningModel(nn.Module):
                 f"(the real tokens take positions {P}..{P + T - 1}); use at most {block_size - P} in all"
             )
         return P
+
+    def virtual_mask(self, attention_mask, batch: int):
+        """The model's ``attention_mask`` for the caller's one: the caller's (B, T) covers its own
+        tokens, and the P virtual tokens stand before them, attended by every row (PEFT prepends the
+        same ones). None stays None."""
+        if attention_mask is None or self.disabled:
+            return attention_mask
+        mask = B.to_numpy(attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask)
+        P = self.active_peft_config.num_virtual_tokens
+        return numpy.concatenate([numpy.ones((batch, P), dtype=mask.dtype), mask], axis=1)  # (B, P+T)
 
     # --- merging is impossible ----------------------------------------------------------
 

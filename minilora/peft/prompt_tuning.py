@@ -127,16 +127,18 @@ class PromptTuningModel(PromptLearningModel):
                 )
         return PromptEmbedding(config, self.model.transformer.wte)
 
-    def forward(self, idx=None, targets=None, *, inputs_embeds=None, kv_cache=None):
+    def forward(self, idx=None, targets=None, *, inputs_embeds=None, kv_cache=None, attention_mask=None):
         """Logits (B, P+T, V) -- the first P rows the virtual positions' -- and the loss, as PEFT returns them.
 
         ``targets`` (B, T) are shifted as in ``GPT.forward``; the virtual positions get -100.
         A non-empty ``kv_cache`` already holds the prompt (generation after the first step):
-        the input then goes to the model as it is.
+        the input then goes to the model as it is. ``attention_mask`` covers the caller's tokens
+        only; the virtual tokens are always attended.
         """
-        if self.disabled or (kv_cache is not None and len(kv_cache)):
-            return self.model(idx, targets, inputs_embeds=inputs_embeds, kv_cache=kv_cache)
         batch, T = input_shape(idx, inputs_embeds)
+        attention_mask = self.virtual_mask(attention_mask, batch)
+        if self.disabled or (kv_cache is not None and len(kv_cache)):
+            return self.model(idx, targets, inputs_embeds=inputs_embeds, kv_cache=kv_cache, attention_mask=attention_mask)
         P = self.check_length(T)
         if inputs_embeds is None:
             ids = B.xp.asarray(idx.data if isinstance(idx, Tensor) else idx)
@@ -150,7 +152,7 @@ class PromptTuningModel(PromptLearningModel):
                 raise ValueError(f"prompt tuning: targets must have the input's shape (B, T) = {(batch, T)}, got {targets.shape}")
             ignore = B.xp.full((batch, P), -100, dtype=targets.dtype)
             targets = B.xp.concatenate([ignore, targets], axis=1)  # (B, P+T): the virtual positions predict nothing
-        return self.model(inputs_embeds=x, targets=targets, kv_cache=kv_cache)
+        return self.model(inputs_embeds=x, targets=targets, kv_cache=kv_cache, attention_mask=attention_mask)
 
 
 __all__ = ["PromptTuningConfig", "PromptEmbedding", "PromptTuningModel", "BYTE_TOKENIZER"]

@@ -1,0 +1,105 @@
+"""Generated sentences scored against several references each, with the field's own libraries.
+
+A data-to-text test set such as E2E's gives each input (a meaning representation, MR) several
+human references; a system writes one sentence per input. minilora computes the field's scores
+with the libraries the field uses -- it does not re-implement them:
+
+* **BLEU** and **chrF**: ``sacrebleu`` (Post, 2018), corpus-level, every sentence against all
+  references of its MR (``sacrebleu.corpus_bleu(hypotheses, reference_streams(references))``:
+  MRs with fewer references fill their missing streams with None, as sacrebleu allows). Its
+  signature (tokenizer, smoothing, casing, number of references, version) is recorded beside the
+  scores, so a figure can be compared only with figures computed the same way.
+* **ROUGE-L**: ``rouge-score`` (Google's re-implementation of ROUGE-1.5.5), the F-measure
+  (beta = 1) of the longest common subsequence against each reference, the best reference kept,
+  averaged over MRs. The E2E challenge's script (e2e-metrics, which the LoRA paper's Table 3
+  used) computes ROUGE-L with the COCO caption code instead: PTB tokenisation, beta = 1.2 (recall
+  weighs more), and the best precision and best recall taken over the references separately
+  before they are combined. The two agree in kind, not in value: compare ROUGE-L figures only
+  within one implementation.
+
+Intervals: a bootstrap over MRs (``bootstrap_interval``), the 95% percentile interval of the
+corpus score over resamples of the test MRs with replacement. BLEU and chrF are corpus
+statistics, not means, so each resample re-computes them from the MRs' summed n-gram counts
+(sacrebleu's own ``--confidence`` resampling does the same, through the same two methods).
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+import numpy as np
+
+N_BOOTSTRAP = 1000  # resamples of the test MRs for an interval
+LEVEL = 0.95
+
+
+def reference_streams(references) -> list:
+    """sacrebleu's layout of multi-reference data: stream j holds each MR's j-th reference, or None
+    where an MR has fewer than j + 1. ``references``: one sequence of references per hypothesis."""
+    references = [list(refs) for refs in references]
+    empty = [i for i, refs in enumerate(references) if not refs]
+    if empty:
+        raise ValueError(f"every hypothesis needs at least one reference; entry {empty[0]} has none")
+    width = max(len(refs) for refs in references)
+    return [[refs[j] if j < len(refs) else None for refs in references] for j in range(width)]
+
+
+def bootstrap_interval(stats, statistic, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, level: float = LEVEL) -> list:
+    """The ``level`` percentile interval of ``statistic(stats[rows].sum(0))`` over ``n_bootstrap``
+    resamples of the rows (the MRs) with replacement. ``stats``: (N, k), one row of additive
+    statistics per MR (n-gram counts, or a score to average: then ``statistic`` divides by N)."""
+    stats = np.asarray(stats, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    values = [statistic(stats[rng.integers(0, len(stats), len(stats))].sum(0)) for _ in range(n_bootstrap)]
+    tail = 100 * (1 - level) / 2
+    return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def _sacrebleu_scores(metric, hypotheses, streams, n_bootstrap: int, seed: int) -> dict:
+    """A sacrebleu metric's corpus score, its interval over MRs and its signature.
+
+    ``_extract_corpus_statistics`` and ``_compute_score_from_stats`` are the two steps of sacrebleu's
+    own ``corpus_score`` and of its bootstrap (``sacrebleu.significance``): per-MR counts, and a score
+    from summed counts -- so the score is ``corpus_score``'s (tests/test_nlg_metrics.py checks it)."""
+    stats = np.array(metric._extract_corpus_statistics(hypotheses, streams), dtype=np.float64)  # (N, k): counts per MR
+
+    def score(counts):
+        return float(metric._compute_score_from_stats(counts).score)
+
+    return {"score": score(stats.sum(0)), "interval": bootstrap_interval(stats, score, n_bootstrap, seed),
+            "signature": metric.get_signature().format()}
+
+
+def rouge_l(hypotheses, references) -> np.ndarray:
+    """Each hypothesis's ROUGE-L F-measure (rouge-score, beta = 1, no stemming) against its best reference, (N,)."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
+    return np.array([scorer.score_multi(list(refs), hyp)["rougeL"].fmeasure for hyp, refs in zip(hypotheses, references)])
+
+
+def score_corpus(hypotheses, references, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0) -> dict:
+    """BLEU, chrF and ROUGE-L (each 0-100) of ``hypotheses`` (one string per MR) against ``references``
+    (all references of each MR), each with a bootstrap interval over MRs, and the libraries' signatures.
+
+    An empty hypothesis is a sentence with no words: it matches nothing and lowers every score."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    hypotheses = list(hypotheses)
+    references = [list(refs) for refs in references]
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} reference sets: one hypothesis per MR")
+    bad = [i for i, h in enumerate(hypotheses) if not isinstance(h, str)]
+    if bad:
+        raise TypeError(f"hypotheses must be strings; entry {bad[0]} is {type(hypotheses[bad[0]]).__name__}")
+    streams = reference_streams(references)
+    rouge = 100 * rouge_l(hypotheses, references)  # (N,)
+    return {
+        "bleu": _sacrebleu_scores(BLEU(), hypotheses, streams, n_bootstrap, seed),
+        "chrf": _sacrebleu_scores(CHRF(), hypotheses, streams, n_bootstrap, seed),
+        "rouge_l": {"score": float(rouge.mean()),
+                    "interval": bootstrap_interval(rouge[:, None], lambda s: float(s[0]) / len(rouge), n_bootstrap, seed),
+                    "signature": f"rouge-score {metadata.version('rouge-score')}: rougeL F1, best reference, no stemmer, mean over MRs"},
+        "n_mrs": len(hypotheses),
+        "n_bootstrap": n_bootstrap,
+    }
