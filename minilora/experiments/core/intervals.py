@@ -91,11 +91,13 @@ def percentile_interval(samples, level: float = LEVEL) -> list:
     return [float(np.quantile(samples, tail, method="lower")), float(np.quantile(samples, 1 - tail, method="higher"))]
 
 
-def mean_difference_interval(new, reference, level: float = LEVEL) -> list | None:
+def mean_difference_interval(new, reference, level: float = LEVEL, fixed_reference: bool = False) -> list | None:
     """The interval of mean(new) - mean(reference) over ``(seeds, rows)`` arrays, rows paired; ``None`` when
-    either rests on one run (no spread between seeds to draw from: the verdict is "inconclusive (one run)")."""
+    either rests on one run (no spread between seeds to draw from: the verdict is "inconclusive (one run)").
+    ``fixed_reference``: the reference is no run but one fixed model (the untuned base), which varies by its
+    rows alone."""
     new, reference = np.asarray(new, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    if min(len(new), len(reference)) < 2:
+    if len(new) < 2 or (len(reference) < 2 and not fixed_reference):
         return None
     reps = replicate_means({"new": new, "reference": reference})
     return percentile_interval(reps["new"] - reps["reference"], level)
