@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from minilora.experiments.core import combine, judge_gap, judge_interval
-from minilora.experiments.core.intervals import interval_text, per_seed_rows, percentile_interval, replicate_means
+from minilora.experiments.core.intervals import (interval_text, per_seed_rows, percentile_interval, plot_interval,
+                                                 replicate_means)
 from minilora.experiments.runs import (RunSpec, describe_failures, fmt, metric, rates_for, rates_text, selection_table,
                                        setting_name, summarize, train)
 
@@ -223,6 +224,23 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     return _render_decoder(figures, verdict, plot, quick)
 
 
+def _interval_plot(figures: dict, verdict: dict, plot) -> str:
+    """The judged figures with their 95% intervals against their thresholds (one panel each; a gap that is not
+    measurable leaves its panel empty, a share that is not measurable has none)."""
+    import matplotlib.pyplot as plt
+
+    panels = [("cls_gap", f"accuracy points LoRA (r={JUDGED_RANK}) is below full fine-tuning",
+               {"holds": CLS_GAP_HOLDS, "partly": CLS_GAP_PARTLY})]
+    if np.isfinite(figures.get("code_share", float("nan"))):
+        panels.append(("code_share", "% of full fine-tuning's code-loss gain LoRA recovers",
+                       {"holds": CODE_SHARE_HOLDS, "partly": CODE_SHARE_PARTLY}))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.6, 1.6 * len(panels) + 0.4), squeeze=False)
+    for ax, (key, label, thresholds) in zip(axes[:, 0], panels):
+        plot_interval(ax, figures[key], verdict["intervals"].get(key), thresholds, label, scale=100)
+    fig.tight_layout()
+    return plot(fig, "accuracy_intervals.png")
+
+
 def _rank_plot(figures, task, plot, name, **kw) -> str:
     import matplotlib.pyplot as plt
 
@@ -248,7 +266,7 @@ def _render_decoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     s, parts, judged = figures["settings"], verdict["parts"], figures["judged"]
     base = figures["untuned"]
     plots = [_rank_plot(figures, "cls", plot, "accuracy_vs_rank.png", base=base),
-             _rank_plot(figures, "code", plot, "code_loss_vs_rank.png", base=base)]
+             _rank_plot(figures, "code", plot, "code_loss_vs_rank.png", base=base), _interval_plot(figures, verdict, plot)]
     cls, code = figures["summary"]["cls"], figures["summary"]["code"]
     best_cls = max((n for n in cls if n != "full"), key=lambda n: cls[n]["accuracy_mean"])
     best_code = min((n for n in code if n != "full"), key=lambda n: code[n]["loss_mean"])
@@ -323,7 +341,7 @@ def _render_encoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     probe_line = {"cls": {"accuracy": rows["probe"]["accuracy_mean"]}}
     plots = [_rank_plot(figures, "cls", plot, "accuracy_vs_rank.png", base=probe_line,
                         base_label="linear probe (head + pooler; encoder frozen)",
-                        title=f"{facts['name']}: docstring -> package (6 classes)")]
+                        title=f"{facts['name']}: docstring -> package (6 classes)"), _interval_plot(figures, verdict, plot)]
     best = max((n for n in rows if n not in ("full", "probe") and np.isfinite(rows[n]["accuracy_mean"])),
                key=lambda n: rows[n]["accuracy_mean"], default=judged_name)
     judged = rows[judged_name]
