@@ -300,8 +300,8 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         f"budget of {budget:,} trained numbers: LoRA on Wq, Wv ({head['lora_trainable']:,}) reaches "
         f"{head['lora']:.3f} test accuracy, prompt tuning ({head['prompt_trainable']:,}, the most this task leaves room "
         f"for: {figures['facts']['prompt_size']} virtual tokens before {TASK_ROW}-token rows in a {figures['facts']['block_size']}-token "
-        f"context) {head['prompt']:.3f}"
-        + (" (every run failed: no better than the untuned base on validation)" if head.get("prompt_failed") else "")
+        f"context) " + ("failed on every run (no better than the untuned base on validation)" if head.get("prompt_failed")
+                      else f"{head['prompt']:.3f}")
         + f": LoRA ahead by {100 * head['lora_minus_prompt']:+.1f} points"
         + (interval_text(ci["lora_minus_prompt"], 100, " points") if head["lora_gain_over_base"] >= MIN_LORA_GAIN else "") + " ("
         + (f"{parts['LoRA above prompt tuning']}; thresholds {100 * PROMPT_GAP_HOLDS:.0f} / "
@@ -330,5 +330,6 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "",
         *table,
     ]
-    return {"figure": f"at {budget:,} params: LoRA {head['lora']:.3f}, prompt {head['prompt']:.3f}, full {head['full']:.3f}",
+    prompt = "failed (every run)" if head.get("prompt_failed") else f"{head['prompt']:.3f}"
+    return {"figure": f"at {budget:,} params: LoRA {head['lora']:.3f}, prompt {prompt}, full {head['full']:.3f}",
             "body": "\n".join(lines), "plots": plots}
