@@ -5,7 +5,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 # torch is pinned in pyproject.toml (torch==2.13.0, a CPU build on these machines' disk)
 
-.PHONY: demo test bench gpu-check notebooks docs exercises clean
+.PHONY: demo test bench gpu-check notebooks docs exercises clean report
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -38,6 +38,16 @@ $(MINILM): | $(PY)
 # The main command in its quick mode: every claim of the article, measured (< 5 min on 2 cores).
 demo: $(VENV)/.installed-core $(MINILM)
 	$(PY) -m minilora verify --quick --out verify-report
+
+# The committed report (docs/report/: full-run.md, results.json, the plots), measured again: every claim in
+# full, from no run cache, at the current commit -- commit first, since the report's provenance names the
+# commit and whether the tree was clean (docs/claims.md). About 75 minutes on an idle 2-core machine.
+REPORT_BUILD := build/full-run
+report: $(VENV)/.installed-core $(MINILM)
+	rm -rf $(REPORT_BUILD) && mkdir -p build
+	MINILORA_RUN_CACHE= $(PY) -m minilora verify --no-progress --out $(REPORT_BUILD)
+	rm -rf docs/report && mkdir -p docs/report
+	cp $(REPORT_BUILD)/results.json $(REPORT_BUILD)/*.png docs/report/ && cp $(REPORT_BUILD)/README.md docs/report/full-run.md
 
 # The whole suite: op-by-op torch parity, GPT-2 and PEFT references, property tests,
 # and every notebook executed in quick mode.
@@ -76,4 +86,4 @@ exercises: $(VENV)/.installed-course
 	$(PY) -m minilora.notebooks --exercises build/exercises $(NOTEBOOKS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report gpu-check site .cache/mkdocs-jupyter build/exercises
+	rm -rf $(VENV) .pytest_cache .hypothesis *.egg-info verify-report gpu-check site .cache/mkdocs-jupyter build/exercises $(REPORT_BUILD)

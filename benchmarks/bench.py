@@ -11,7 +11,7 @@ compared (``benchmarks/results/<date>.json`` unless ``--json`` says otherwise).
     python benchmarks/bench.py --only ops,mlp  # some sections
     python benchmarks/bench.py --only gpu      # CuPy against torch CUDA (skipped, saying why, without them)
 
-Every clock is read through ``minilora.experiments.timing.now``, which waits for the GPU
+Every clock is read through ``minilora.experiments.core.timing.now``, which waits for the GPU
 first when minilora runs on CuPy (the ``gpu`` section).
 """
 
@@ -33,7 +33,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import minilora  # noqa: E402
 import minilora.nn.functional as F  # noqa: E402
 from minilora import nn  # noqa: E402
-from minilora.experiments.timing import now  # noqa: E402
+from minilora.experiments.core.timing import now  # noqa: E402
 
 SECTIONS = {}
 
@@ -658,7 +658,7 @@ def bench_gpu(torch):
     if reason:
         print(f"  skipped: {reason}", flush=True)
         return []
-    from minilora.experiments import memory
+    from minilora.experiments.bases import gpt as memory
 
     rows = []
     torch_note = None if torch.cuda.is_available() else f"torch {torch.__version__} has no CUDA here: minilora's side only"

@@ -1,4 +1,4 @@
-"""The command line: ``minilora verify`` (the main command) and ``minilora pretrain``."""
+"""The command line: ``minilora verify`` (the main command), ``minilora report`` and ``minilora pretrain``."""
 
 from __future__ import annotations
 
@@ -46,10 +46,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--seed", type=int, default=0)
     v.add_argument("--only", default=None, help="comma-separated claim keys to run (default: all)")
     v.add_argument("--bases", default="toy,minilm",
-                   help="the base models of the claims measured on both: toy (minilora's GPT), minilm (all-MiniLM-L6-v2); "
+                   help="the base models of the claims measured on several: toy (minilora's GPT), minilm (all-MiniLM-L6-v2); "
                         "default %(default)s")
+    v.add_argument("--merge", default=None, metavar="RESULTS.json",
+                   help="measure only the claims --only names and merge them into this results.json (of the same mode "
+                        "and seed), keeping the others as they were; the merged report goes to --out")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
     v.set_defaults(run=lambda args: __import__("minilora.verify", fromlist=["main_verify"]).main_verify(args))
+
+    r = sub.add_parser("report", help="write the report of a results.json again, measuring nothing")
+    r.add_argument("results", help="the results.json a verify wrote")
+    r.add_argument("--out", required=True, help="the report folder to write")
+    r.set_defaults(run=lambda args: __import__("minilora.verify", fromlist=["main_report"]).main_report(args))
 
     p = sub.add_parser("pretrain", help="train the base model from scratch on the prose corpus")
     p.add_argument("--arch", choices=list(ARCHS), default="gpt", help="GPT-2 or the LLaMA-style twin (default %(default)s)")

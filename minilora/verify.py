@@ -1,13 +1,24 @@
-"""``minilora verify``: each claim of the source article, measured, with a verdict.
+"""``minilora verify``: each claim of the source article, measured on each base model, with a verdict.
 
     minilora verify --quick --out verify-report     # minutes: the demo's sizes
     minilora verify --out verify-report             # about an hour: the full grids
+    minilora verify --only rank --merge verify-report/results.json --out verify-report
+                                                    # measure one claim again, keep the others
+    minilora report verify-report/results.json --out report-copy
+                                                    # the report again, from results.json alone
 
-Each claim is a module in ``minilora/experiments`` with ``run(ctx) -> ClaimResult``.
-The report is written into a temporary folder beside ``--out`` and renamed into
-place only when every claim has finished, so an interrupted or failed run never
-leaves a report that looks complete; ``--out`` must be new, empty or an earlier
-report (``minilora.io.replacing_output_folder``), or it is refused, untouched.
+The claims are the modules of ``minilora/experiments/claims`` (this is the one module that imports
+them), the base models those of ``minilora/experiments/bases``; docs/architecture.md draws the
+matrix. For each claim and each of its bases, verify calls ``measure(base, session)`` -- plain
+JSON figures -- then ``verdict(figures)``, and (if the claim has it) ``compare`` over the bases;
+all of it, with each claim's provenance, goes to ``results.json``. The report (``README.md`` and
+the plots) is then rendered from ``results.json`` as written, by the same code that
+``minilora report`` runs, so the two are the same bytes.
+
+The report is written into a folder beside ``--out`` and moved into place only when everything
+has finished (``output_folder``), so an interrupted or failed run never leaves a report that
+looks complete, and a bad results file writes nothing; ``--out`` must be new, empty or an
+earlier report (``minilora.io.replacing_output_folder``), or it is refused, untouched.
 """
 
 from __future__ import annotations
@@ -15,106 +26,102 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import platform
+import pkgutil
+import shutil
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-import minilora
 from minilora import backend
-from minilora.experiments import tuning
-from minilora.experiments.common import Context
+from minilora.experiments import bases as base_registry
+from minilora.experiments.core import Session, combine, provenance
 from minilora.io import replacing_output_folder
-from minilora.report import render_readme, render_table
+from minilora.report import FORMAT, VERSION, ResultsError, load_results, render_table, write_report
 
-# The claims, in the article's order: (key, module).
-CLAIMS = [
-    ("params", "minilora.experiments.params"),
-    ("memory", "minilora.experiments.memory"),
-    ("time", "minilora.experiments.speed"),
-    ("accuracy", "minilora.experiments.finetune"),
-    ("reference", "minilora.experiments.reference"),
-    ("rank", "minilora.experiments.intrinsic_rank"),
-    ("inference", "minilora.experiments.inference"),
-    ("modularity", "minilora.experiments.modularity"),
-    ("sensitivity", "minilora.experiments.sensitivity"),
-    ("depth_latency", "minilora.experiments.methods_latency"),
-    ("expressiveness", "minilora.experiments.methods_accuracy"),
-    ("quantization", "minilora.experiments.quantization"),
-    ("compatibility", "minilora.experiments.compatibility"),  # a limitation the article names; GPT-2 vs LLaMA
-]
+DEFAULT_BASES = ("toy", "minilm")  # the bases chosen when --bases is not given
+CLAIMS_PACKAGE = "minilora.experiments.claims"
+_REGISTERED = {}
 
 
-def environment() -> dict:
-    """Library versions and the machine, for results.json."""
-    versions = {"minilora": minilora.__version__, "numpy": np.__version__, "python": platform.python_version()}
-    for name in ("torch", "transformers", "peft"):
-        try:
-            versions[name] = importlib.import_module(name).__version__
-        except ImportError:
-            versions[name] = None
-    return {"versions": versions, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                                              "backend": minilora.get_backend(), "device": backend.device_name()}}
+# ---------------------------------------------------------------------------
+# the claims
+# ---------------------------------------------------------------------------
 
 
-def run_claims(ctx: Context, keys=None, log=print) -> list:
-    """Run the selected claims (all by default) in order; returns their ClaimResults."""
-    selected = [(k, m) for k, m in CLAIMS if keys is None or k in keys]
-    results = []
-    for i, (key, module_name) in enumerate(selected, 1):
-        log(f"[{i}/{len(selected)}] {key} ...")
-        start = time.perf_counter()
-        result = importlib.import_module(module_name).run(ctx)
-        result.settings.setdefault("seconds", round(time.perf_counter() - start, 1))
-        log(f"[{i}/{len(selected)}] {key}: {result.figure} -> {result.verdict} ({result.settings['seconds']:.0f} s)")
-        results.append(result)
-    return results
+def claim_modules() -> dict:
+    """``{key: module}`` of every claim -- the modules of ``minilora.experiments.claims``, and those
+    registered -- in the order of their numbers (docs/claims.md)."""
+    package = importlib.import_module(CLAIMS_PACKAGE)
+    found = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        module = importlib.import_module(f"{CLAIMS_PACKAGE}.{info.name}")
+        found[module.KEY] = module
+    found.update(_REGISTERED)
+    return dict(sorted(found.items(), key=lambda item: item[1].NUMBER))
 
 
-BASES = ("toy", "minilm")
-REPORT = "verify report"  # the kind of output folder verify writes (minilora.io.OUTPUT_MARKER)
+def register_claim(module) -> None:
+    """Add a claim from elsewhere (a module or any object with a claim module's names): a test, a notebook."""
+    _REGISTERED[module.KEY] = module
 
 
-def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = True, log=print, bases=BASES) -> list:
-    """Run the claims and write the report to ``out`` (README.md, plots, results.json). ``bases``: the base
-    models that the claims measured on both use (the toy GPT, all-MiniLM-L6-v2); the other claims use the toy."""
-    unknown = sorted(set(only or []) - {k for k, _ in CLAIMS})
-    if unknown:
-        raise ValueError(f"unknown claims {unknown}; claims: {', '.join(k for k, _ in CLAIMS)}")
-    bases = tuple(bases)
-    if not bases or set(bases) - set(BASES):
-        raise ValueError(f"unknown bases {sorted(set(bases) - set(BASES)) or '(none given)'}; bases: {', '.join(BASES)}")
-    with replacing_output_folder(out, REPORT) as tmp:
-        start = time.perf_counter()
-        ctx = Context(out=str(tmp), quick=quick, seed=seed, progress=progress, bases=bases)
-        tuning.CACHE_READS.update(runs=0, training_seconds=0.0)
-        results = run_claims(ctx, only, log)
-        meta = {
-            "mode": "quick" if quick else "full",
-            "seed": seed,
-            "seconds": round(time.perf_counter() - start, 1),
-            "command": " ".join(["minilora", "verify"] + (["--quick"] if quick else []) + ([f"--only {','.join(only)}"] if only else [])
-                                + ([f"--bases {','.join(bases)}"] if bases != BASES else [])),
-            "bases": list(bases),
-            "run_cache": {"folder": os.environ.get("MINILORA_RUN_CACHE") or None, **tuning.CACHE_READS},
-            **environment(),
-            **ctx.shared.get("provenance", {}),
-        }
-        (tmp / "results.json").write_text(json.dumps(
-            {"meta": meta, "claims": {r.key: _claim_json(r) for r in results}}, indent=1, default=_jsonable))
-        (tmp / "README.md").write_text(render_readme(results, meta))
-    out = Path(out).absolute()
-    log("")
-    log(render_table(results))
-    log(f"\nreport: {out / 'README.md'}")
-    return results
+def unregister_claim(key: str) -> None:
+    _REGISTERED.pop(key, None)
 
 
-def _claim_json(r) -> dict:
-    return {"title": r.title, "claim": r.claim, "measured": r.measured, "figure": r.figure, "verdict": r.verdict,
-            "thresholds": r.thresholds, "figures": r.figures, "settings": r.settings, "plots": r.plots, "bases": r.bases}
+def claim_bases(module, session) -> tuple:
+    """The bases a claim measures in this session: its own choice (``bases(session)``), else those of its
+    ``BASES`` chosen with ``--bases``, else its first."""
+    if hasattr(module, "bases"):
+        return tuple(module.bases(session))
+    return tuple(b for b in module.BASES if b in session.bases) or module.BASES[:1]
+
+
+def measure_claim(module, session) -> dict:
+    """One claim's entry of results.json: per base its figures and verdict; the comparison; provenance."""
+    start, load = time.perf_counter(), provenance.machine()["load"]
+    session.claim = module.KEY
+    slots = {}
+    for name in claim_bases(module, session):
+        base = base_registry.get(name)
+        figures = plain(module.measure(base, session))
+        verdict = plain(module.verdict(figures)) if hasattr(module, "verdict") else None
+        slots[name] = {"short": base.SHORT, "title": base.TITLE, "in_text": base.IN_TEXT, "figures": figures, "verdict": verdict}
+    comparison = plain(module.compare(slots)) if hasattr(module, "compare") else None
+    if comparison is not None and "verdict" in comparison:
+        verdict = comparison["verdict"]
+    else:
+        verdict = combine(*(slot["verdict"]["verdict"] for slot in slots.values()))
+    return {"number": module.NUMBER, "title": module.TITLE, "claim": module.CLAIM, "measured": module.MEASURED,
+            "bases": slots, "comparison": comparison, "verdict": verdict,
+            "provenance": claim_provenance(session, module.KEY, time.perf_counter() - start, load, slots)}
+
+
+def claim_provenance(session, key: str, seconds: float, load_before, bases=()) -> dict:
+    """Where a claim's figures came from: the command, the code, the versions, the machine and its load,
+    the wall time, the data and weights measured, and each fine-tuning run it read -- trained by this
+    command, or read back from the run cache (with the code that trained it, and its recorded time)."""
+    runs = session.used.get(key, {})
+    trained = sorted({p["run"] for p in runs.values() if p.get("origin") == "trained"})
+    cached = {p["run"]: {"code_sha256": p.get("code_sha256"), "date": p.get("date"), "wall_seconds": p.get("wall_seconds")}
+              for p in runs.values() if p.get("origin") == "run cache"}
+    data = {name: session.memo[("environment", name)].provenance for name in bases if ("environment", name) in session.memo}
+    machine = provenance.machine()
+    return {"command": session.command, "mode": "quick" if session.quick else "full", "seed": session.seed,
+            "date": provenance.now_utc(), **provenance.git_state(), "code_sha256": provenance.code_sha256(),
+            "versions": provenance.versions(),
+            "machine": {**machine, "load_before": load_before, "backend": backend.get_backend(), "device": backend.device_name()},
+            "wall_seconds": round(seconds, 1), "data": data,
+            "runs": {"trained": trained, "from_cache": dict(sorted(cached.items()))},
+            "run_cache": os.environ.get("MINILORA_RUN_CACHE") or None}
+
+
+def plain(value):
+    """``value`` as results.json will hold it (NumPy scalars and arrays made plain, tuples lists, keys
+    text): measure's figures are judged and rendered in exactly the form a re-rendered report reads."""
+    return json.loads(json.dumps(value, default=_jsonable))
 
 
 def _jsonable(value):
@@ -125,9 +132,86 @@ def _jsonable(value):
         return int(value)
     if isinstance(value, (np.floating,)):
         return float(value)
+    if isinstance(value, (np.bool_,)):
+        return bool(value)
     if isinstance(value, np.ndarray):
         return value.tolist()
-    return str(value)
+    raise TypeError(f"a figure of type {type(value).__name__} cannot go into results.json: measure returns plain "
+                    "numbers, text, lists and dicts")
+
+
+# ---------------------------------------------------------------------------
+# the command
+# ---------------------------------------------------------------------------
+
+REPORT = "verify report"  # the kind of output folder verify and report write
+
+
+def output_folder(out):
+    """The one place verify and report choose where they write: a new folder beside ``out``, moved into
+    ``out``'s place only when the block ends without an error (``minilora.io.replacing_output_folder``).
+    ``out`` must be new, empty or an earlier report; anything else is refused, untouched."""
+    return replacing_output_folder(out, REPORT)
+
+
+def command_line(quick: bool, only, bases, merge) -> str:
+    return " ".join(["minilora", "verify"] + (["--quick"] if quick else []) + ([f"--only {','.join(only)}"] if only else [])
+                    + ([f"--bases {','.join(bases)}"] if tuple(bases) != DEFAULT_BASES else [])
+                    + ([f"--merge {merge}"] if merge else []))
+
+
+def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = True, log=print, bases=DEFAULT_BASES,
+           merge=None) -> dict:
+    """Measure the claims (``only``: their keys; all by default) on the chosen ``bases`` and write the
+    report to ``out`` (README.md, plots, results.json); returns the results. With ``merge`` (a
+    results.json of the same mode and seed) the claims measured replace those in it, the others are
+    kept as they were, each with its own provenance."""
+    modules = claim_modules()
+    unknown = sorted(set(only or []) - set(modules))
+    if unknown:
+        raise ValueError(f"unknown claims {unknown}; claims: {', '.join(modules)}")
+    known = base_registry.all_bases()
+    bases = tuple(bases)
+    if not bases or set(bases) - set(known):
+        raise ValueError(f"unknown bases {sorted(set(bases) - set(known)) or '(none given)'}; bases: {', '.join(sorted(known))}")
+    mode = "quick" if quick else "full"
+    results = {"format": FORMAT, "version": VERSION, "meta": {"mode": mode, "seed": seed}, "claims": {}}
+    if merge is not None:
+        results = load_results(merge, modules)
+        if (results["meta"]["mode"], results["meta"]["seed"]) != (mode, seed):
+            raise ValueError(f"--merge {merge}: it was measured in {results['meta']['mode']} mode with seed "
+                             f"{results['meta']['seed']}, this run is {mode} with seed {seed}: merge like with like")
+    selected = {k: m for k, m in modules.items() if only is None or k in only}
+    session = Session(quick=quick, seed=seed, progress=progress, bases=bases)
+    session.command = command_line(quick, only, bases, merge)
+    for i, (key, module) in enumerate(selected.items(), 1):
+        log(f"[{i}/{len(selected)}] {key} ...")
+        results["claims"][key] = measure_claim(module, session)
+        claim = results["claims"][key]
+        log(f"[{i}/{len(selected)}] {key}: -> {claim['verdict']} ({claim['provenance']['wall_seconds']:.0f} s)")
+    results["claims"] = dict(sorted(results["claims"].items(), key=lambda item: item[1]["number"]))
+    results["meta"]["bases"] = sorted({b for c in results["claims"].values() for b in c["bases"]})
+    results["meta"]["commands"] = results["meta"].get("commands", []) + [session.command]
+    text = json.dumps(results, indent=1)
+    written = json.loads(text)
+    with output_folder(out) as tmp:
+        (tmp / "results.json").write_text(text)
+        sections = write_report(written, tmp, modules)
+    log("")
+    log(render_table(written["claims"], sections))
+    log(f"\nreport: {Path(out).resolve() / 'README.md'}")
+    return results
+
+
+def report(results_path, out) -> None:
+    """``minilora report``: the report of ``results_path`` written to ``out``, from that file alone (nothing
+    is measured): the same README.md and plots as verify wrote. A results file from another version,
+    cut short or missing a field is an error naming the file and the field, and nothing is written."""
+    modules = claim_modules()
+    results = load_results(results_path, modules)
+    with output_folder(out) as tmp:
+        shutil.copyfile(results_path, tmp / "results.json")
+        write_report(results, tmp, modules, source=str(results_path))
 
 
 def names(text: str | None) -> list | None:
@@ -139,10 +223,19 @@ def main_verify(args) -> int:
     try:
         only = names(args.only)
         if only == []:
-            raise ValueError(f"--only {args.only!r} names no claim; claims: {', '.join(k for k, _ in CLAIMS)}")
+            raise ValueError(f"--only {args.only!r} names no claim; claims: {', '.join(claim_modules())}")
         verify(args.out, quick=args.quick, seed=args.seed, only=only, progress=not args.no_progress,
-               bases=names(args.bases))
-    except (OSError, ValueError) as err:
+               bases=names(args.bases), merge=args.merge)
+    except (OSError, ValueError, ResultsError) as err:
         print(f"minilora verify: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main_report(args) -> int:
+    try:
+        report(args.results, args.out)
+    except (OSError, ValueError, ResultsError) as err:
+        print(f"minilora report: {err}", file=sys.stderr)
         return 1
     return 0

@@ -13,8 +13,9 @@ so that the parent can attribute a hang or a crash to the job that was running. 
                                                            ``good``; after a refusal the model must be
                                                            as it was and ``good`` must load under the
                                                            same name (a retry)
-    {"op": "run_cache", "path": folder}                    experiments.tuning.cached_run of the run the folder
-                                                           caches (``run_spec()``, ``RUN_KEY``): read, never trained
+    {"op": "run_cache", "path": folder}                    experiments.runs.RunCache.read of the run the folder
+                                                           caches (``run_request()``): a damaged entry is named in
+                                                           a RunCacheWarning (an error here), never trained
     {"op": "verify_out", "path": folder}                   minilora.io.replacing_output_folder(folder, "verify report")
     {"op": "pretrain_out", "path": folder}                 minilora.io.claim_output_folder(folder, "pretrain run")
 
@@ -34,13 +35,16 @@ RUN_KEY = "fuzz"  # the cached run's key; its spec is run_spec()
 
 
 def run_spec():
-    from minilora.experiments.finetune import RunSpec
+    from minilora.experiments.runs import RunSpec
 
     return RunSpec("cls", "lora", "Wq+Wv", 2, steps=3)
 
 
-def not_cached():
-    raise AssertionError("the run cache trained the run instead of reading its file")
+def run_request() -> dict:
+    """What the fuzzed run is cached under: ``run_spec()`` on the toy base, ``RUN_KEY`` its identity."""
+    from minilora.experiments.runs.cache import request
+
+    return request("toy", run_spec(), {"fuzz": RUN_KEY})
 
 
 def main() -> None:
@@ -49,7 +53,9 @@ def main() -> None:
 
     from minilora import io
     from minilora.errors import LoadError, OutputFolderError
-    from minilora.experiments import tuning
+    import warnings
+
+    from minilora.experiments.runs import RunCache, RunCacheWarning
     from minilora.models import GPT, GPTConfig
     from minilora.peft import PeftModel
     from minilora.train import load_checkpoint
@@ -77,8 +83,10 @@ def main() -> None:
             elif job["op"] == "gpt16":
                 GPT.from_pretrained(job["path"], dtype=np.float16)
             elif job["op"] == "run_cache":
-                os.environ["MINILORA_RUN_CACHE"] = job["path"]
-                tuning.cached_run(run_spec(), RUN_KEY, not_cached)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("error", RunCacheWarning)  # an entry it cannot use: refused
+                    if RunCache(job["path"]).read(run_request(), run_spec()) is None:
+                        raise AssertionError("the run cache did not find its entry")
             elif job["op"] == "verify_out":
                 with io.replacing_output_folder(job["path"], "verify report") as staging:
                     (staging / "README.md").write_text("a report")
@@ -92,7 +100,7 @@ def main() -> None:
                 model = PeftModel.from_pretrained(GPT(tiny).eval(), job["good"])
                 before = state(model)
                 model.load_adapter(job["path"], "fuzz")
-        except (LoadError, OutputFolderError) as err:
+        except (LoadError, OutputFolderError, RunCacheWarning) as err:
             result.update(outcome="error", type=type(err).__name__, message=str(err))
             if model is not None:
                 if not same(state(model), before):

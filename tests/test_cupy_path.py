@@ -11,30 +11,29 @@ It proves:
 * divergence is caught at the step it happens, before the update touches the weights;
 * the claims that time, trace memory or move results to the host (memory, time, inference,
   rank, modularity, depth_latency) run on device arrays in quick mode, at tiny sizes, and
-  their figures reach the report as host values (``verify._jsonable`` refuses device arrays);
+  their figures reach the report as host values (``verify.plain`` refuses device arrays);
   the measured memory agrees with the analytic count within 10% there too.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import copy
 
 import numpy as np
 import pytest
 
 import minilora
+from experiment_helpers import claim_entry, registered, session_for, tiny_toy, toy_env
 from minilora import backend
-from minilora.experiments import finetune as ft
-from minilora.experiments import inference, memory, speed
-from minilora.experiments import intrinsic_rank as ir
-from minilora.experiments import methods_latency as lat
-from minilora.experiments import modularity as mod
-from minilora.experiments.common import FAILS, HOLDS, PARTLY, Context
+from minilora.experiments.bases import gpt
+from minilora.experiments.bases.toy import BASE as TOY
+from minilora.experiments.claims import depth_latency as lat
+from minilora.experiments.claims import inference, memory
+from minilora.experiments.core import FAILS, HOLDS, PARTLY, Session
 from minilora.models import GPT, GPTConfig
 from minilora.peft import get_peft_model
 from minilora.train import NonFiniteLossError, TrainConfig, train
-from minilora.verify import _claim_json, _jsonable
+from minilora.verify import plain
 
 from tolerances import assert_close
 
@@ -43,11 +42,9 @@ STEP = GPTConfig(vocab_size=96, block_size=32, n_layer=2, n_head=2, n_embd=32)
 
 
 def _model(config, method, seed=0):
-    from minilora.experiments.params import lora_config
-
     minilora.manual_seed(seed)
     model = GPT(config)
-    return get_peft_model(model, lora_config("qv", 4)) if method == "lora" else model
+    return get_peft_model(model, gpt.cost_lora_config("qv", 4)) if method == "lora" else model
 
 
 def _batches(config, batch=2):
@@ -115,40 +112,44 @@ class TestTrainingOnCuPy:
 def finetune_env():
     from minilora.tasks import code_corpus, docstring_package_task
 
-    cls_task = docstring_package_task(max_prompt_bytes=ft.CLS_PROMPT_BYTES, per_class=20, block_size=64)
+    cls_task = docstring_package_task(max_prompt_bytes=gpt.CLS_PROMPT_BYTES, per_class=20, block_size=64)
     return cls_task, code_corpus(max_bytes=40_000)
 
 
-def _reportable(result):
-    """The claim's verdict, and its figures as the report writes them: host values only."""
-    assert result.verdict in (HOLDS, PARTLY, FAILS)
-    json.dumps(_claim_json(result), default=_jsonable)
-    return result
+def _reportable(figures: dict, verdict: dict) -> dict:
+    """The figures as results.json holds them (host values only: ``plain`` refuses a device array), judged."""
+    plain(figures)
+    assert verdict["verdict"] in (HOLDS, PARTLY, FAILS)
+    return figures
 
 
 @pytest.mark.usefixtures("cupy_backend")
 class TestClaimsOnCuPy:
     def test_cost_claims(self, tmp_path):
-        ctx = Context(out=str(tmp_path), quick=True, progress=False)
-        wide = GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=256)  # weights dominate at batch 1
-        small = GPTConfig(vocab_size=128, block_size=64, n_layer=2, n_head=4, n_embd=64)
-        result = _reportable(memory.run(ctx, wide=wide, base=small, batches=(1,)))
-        assert result.figures["max_error"] < memory.AGREEMENT  # the device trace agrees with the count, as tracemalloc
-        assert "memory hook" in result.measured and "GPU" in result.measured
-        result = _reportable(speed.run(ctx, settings=[(TINY, 1)], repeats=1))
-        assert "after a device sync" in result.settings["clock"]
+        small_toy = copy.copy(TOY)  # weights dominate the wide model at batch 1
+        small_toy.cost_models = {"wide": GPTConfig(vocab_size=64, block_size=16, n_layer=1, n_head=4, n_embd=256),
+                                 "base": GPTConfig(vocab_size=128, block_size=64, n_layer=2, n_head=4, n_embd=64)}
+        small_toy.cost_batches = {True: (1,)}
+        with registered(small_toy):
+            entry, section = claim_entry("memory", Session(quick=True, bases=("toy",)), tmp_path)
+            assert entry["bases"]["toy"]["figures"]["max_error"] < memory.AGREEMENT  # the device trace agrees, as tracemalloc
+            assert "memory hook" in section["body"] and "GPU" in section["body"]
+            entry, _ = claim_entry("time", Session(quick=True, bases=("toy",)), tmp_path)
+            assert "after a device sync" in entry["bases"]["toy"]["figures"]["results"][0]["clock"]
+        session = Session(quick=True)
         minilora.manual_seed(0)
-        result = _reportable(inference.run(ctx, models={"tiny": GPT(TINY)}, batches=(1,), repeats=2, gen_tokens=2))
-        assert result.figures["merge_error"] < inference.MERGE_TOLERANCE
+        figures = inference.measure(TOY, session, models={"tiny": GPT(TINY)}, batches=(1,), repeats=2, gen_tokens=2)
+        assert _reportable(figures, inference.verdict(figures))["merge_error"] < inference.MERGE_TOLERANCE
         minilora.manual_seed(0)
-        _reportable(lat.run(ctx, models={"tiny": GPT(TINY)}, shapes={"tiny": ((1, 8),)}, repeats={"tiny": 2}))
+        figures = lat.measure(TOY, session, models={"tiny": GPT(TINY)}, shapes={"tiny": ((1, 8),)}, repeats={"tiny": 2})
+        _reportable(figures, lat.verdict(figures))
 
-    def test_finetuning_claims(self, tmp_path, monkeypatch, finetune_env):
-        monkeypatch.setattr(ft, "QUICK", dataclasses.replace(ft.QUICK, cls_steps=3, code_steps=3, batch_size=4,
-                                                             code_eval_windows=8))
-        ctx = Context(out=str(tmp_path), quick=True, progress=False)
+    def test_finetuning_claims(self, tmp_path, finetune_env):
+        cls_task, corpus = finetune_env
         minilora.manual_seed(0)
         base = GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0))
-        ctx.shared["finetune_env"] = ft.Environment(base, *finetune_env, {"test": True})
-        for module in (ir, mod):
-            _reportable(module.run(ctx))
+        session = session_for(True, cls_task, corpus, {"toy": toy_env(cls_task, corpus, base)})
+        with registered(tiny_toy(steps=3)):
+            for key in ("rank", "modularity"):
+                entry, _ = claim_entry(key, session, tmp_path)
+                assert entry["verdict"] in (HOLDS, PARTLY, FAILS)

@@ -15,8 +15,8 @@ import pytest
 
 import minilora
 from minilora.experiments import adaptive_rank as ar
-from minilora.experiments import finetune as ft
-from minilora.experiments import minilm as M
+from minilora.experiments.bases import gpt as ft
+from minilora.experiments.bases import minilm as M
 from minilora.models import GPT, BertConfig, BertForSequenceClassification, GPTConfig
 from minilora.tasks import docstring_package_task
 

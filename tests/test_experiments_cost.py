@@ -2,17 +2,21 @@
 
 Each experiment function runs here on tiny settings; the counts are checked against the
 closed forms and PEFT, the measured memory against the analytic count, and every
-verdict helper is shown to flip when its figure crosses its threshold.
+verdict is shown to flip when its figure crosses its threshold.
 """
 
-import os
+import copy
 
 import numpy as np
 import pytest
 
 import minilora
-from minilora.experiments import inference, memory, params, speed
-from minilora.experiments.common import FAILS, HOLDS, PARTLY, ClaimResult, Context
+from experiment_helpers import claim_entry, registered
+from minilora.experiments.bases import gpt
+from minilora.experiments.bases.toy import BASE as TOY
+from minilora.experiments.claims import inference, memory, params
+from minilora.experiments.claims import time as speed
+from minilora.experiments.core import FAILS, HOLDS, PARTLY, Session
 from minilora.models import GPT, GPTConfig
 
 TINY = GPTConfig(vocab_size=64, block_size=16, n_layer=2, n_head=2, n_embd=32)
@@ -92,18 +96,19 @@ def test_llama_7b_on_the_meta_device_equals_peft():
 def test_count_grid_and_its_verdict_flip():
     rows = params.count_grid()
     assert len(rows) == len(params.ARCHS) * len(params.RANKS) * len(params.TARGETS)
-    figures = params.judge_counts(rows)
-    assert figures["max_fraction_r8_qv"] < 0.01
+    assert params.published_figures(rows)["max_fraction_r8_qv"] < 0.01
 
-    def synthetic(fraction, reductions):
+    def synthetic(fraction, reductions, mismatches=0):
         rows = [{"model": "gpt2", "target": "qv", "r": 8, "fraction": fraction, "reduction": 1 / fraction}]
-        return rows + [{"model": "gpt2", "target": "all", "r": 1, "fraction": 1 / x, "reduction": x} for x in reductions]
+        rows += [{"model": "gpt2", "target": "all", "r": 1, "fraction": 1 / x, "reduction": x} for x in reductions]
+        return params.verdict({**params.published_figures(rows), "grid": rows, "mismatches": mismatches})
 
-    assert params.judge_counts(synthetic(0.009, [100] * 20))["verdict"] == HOLDS
-    assert params.judge_counts(synthetic(0.011, [100] * 20))["fraction_verdict"] == PARTLY
-    assert params.judge_counts(synthetic(0.06, [100] * 20))["fraction_verdict"] == FAILS
-    assert params.judge_counts(synthetic(0.009, [100] * 10 + [20_000] * 10))["range_verdict"] == PARTLY
-    assert params.judge_counts(synthetic(0.06, [5] * 20))["verdict"] == FAILS
+    assert synthetic(0.009, [100] * 20)["verdict"] == HOLDS
+    assert synthetic(0.011, [100] * 20)["parts"]["under 1%"] == PARTLY
+    assert synthetic(0.06, [100] * 20)["parts"]["under 1%"] == FAILS
+    assert synthetic(0.009, [100] * 10 + [20_000] * 10)["parts"]["10x-10,000x"] == PARTLY
+    assert synthetic(0.06, [5] * 20)["verdict"] == FAILS
+    assert synthetic(0.009, [100] * 20, mismatches=1)["verdict"] == FAILS  # a count off its formula voids the figures
 
 
 # ---------------------------------------------------------------------------
@@ -114,8 +119,8 @@ def test_count_grid_and_its_verdict_flip():
 @pytest.mark.parametrize("method", ["full", "lora"])
 def test_measured_memory_equals_analytic(method):
     for batch in (1, 4):
-        measured = memory.measure_step_memory(SMALL, batch, method)
-        analytic = memory.analytic_step_memory(SMALL, batch, method)
+        measured = gpt.measure_step_memory(SMALL, batch, method)
+        analytic = gpt.analytic_step_memory(SMALL, batch, method)
         assert measured["weights"] == analytic["weights"]
         assert measured["optimizer"] == analytic["optimizer"]
         assert measured["gradients"] == analytic["gradients"]
@@ -124,23 +129,26 @@ def test_measured_memory_equals_analytic(method):
 
 
 def test_full_fine_tuning_holds_16_bytes_a_parameter():
-    a = memory.analytic_step_memory(SMALL, 1, "full")
+    a = gpt.analytic_step_memory(SMALL, 1, "full")
     assert a["weights"] + a["gradients"] + a["optimizer"] == 16 * SMALL.num_parameters()
-    lora = memory.analytic_step_memory(SMALL, 1, "lora")
+    lora = gpt.analytic_step_memory(SMALL, 1, "lora")
     assert lora["gradients"] == 4 * 2 * SMALL.n_layer * (2 * 8 * SMALL.n_embd)  # A (2r, d) and B (2d, r) a layer
 
 
 def test_lora_saves_memory_where_weights_dominate():
-    full = memory.measure_step_memory(WIDE_SMALL, 1, "full")
-    lora = memory.measure_step_memory(WIDE_SMALL, 1, "lora")
+    full = gpt.measure_step_memory(WIDE_SMALL, 1, "full")
+    lora = gpt.measure_step_memory(WIDE_SMALL, 1, "lora")
     assert lora["peak"] < 0.5 * full["peak"]
 
 
 def test_memory_verdict_flips():
-    assert memory.judge_memory(0.49, 0.01)["verdict"] == HOLDS
-    assert memory.judge_memory(0.51, 0.01)["verdict"] == PARTLY
-    assert memory.judge_memory(0.95, 0.01)["verdict"] == FAILS
-    assert memory.judge_memory(0.3, 0.11)["agreement"] == PARTLY
+    def judged(ratio, error):
+        return memory.verdict({"ratio": ratio, "max_error": error})
+
+    assert judged(0.49, 0.01)["verdict"] == HOLDS
+    assert judged(0.51, 0.01)["verdict"] == PARTLY
+    assert judged(0.95, 0.01)["verdict"] == FAILS
+    assert judged(0.3, 0.11)["agreement"] == PARTLY
 
 
 # ---------------------------------------------------------------------------
@@ -149,29 +157,40 @@ def test_memory_verdict_flips():
 
 
 def test_step_flops():
-    full = speed.step_flops(SMALL, 2, "full")
-    lora = speed.step_flops(SMALL, 2, "lora")
+    full = gpt.step_flops(SMALL, 2, "full")
+    lora = gpt.step_flops(SMALL, 2, "lora")
     assert full["backward"] == 2 * full["forward"]  # dX and dW, each as costly as the forward
     assert lora["total"] < full["total"]
     # with short sequences and wide matrices, the ratio tends to 4/6
     # (less a little: LoRA needs no input gradient for layer 0's c_attn, 3 d^2 of the model's 12 d^2 L)
     wide = GPTConfig(vocab_size=8, block_size=2, n_layer=50, n_head=4, n_embd=4096)
-    ratio = speed.step_flops(wide, 1, "lora", r=1)["total"] / speed.step_flops(wide, 1, "full")["total"]
+    ratio = gpt.step_flops(wide, 1, "lora", r=1)["total"] / gpt.step_flops(wide, 1, "full")["total"]
     assert ratio == pytest.approx(2 / 3 - 1 / (12 * 50), rel=1e-3)
 
 
+def small_toy():
+    """The toy base measuring the cost of small models: WIDE_SMALL for the wide one, SMALL for the base's shape."""
+    toy = copy.copy(TOY)
+    toy.cost_models = {"wide": WIDE_SMALL, "base": SMALL}
+    toy.cost_batches = {True: (1, 2), False: (1, 2)}
+    return toy
+
+
 def test_measure_step_time_runs_both_methods():
-    res = speed.measure_step_time(TINY, 2, repeats=2)
+    res = speed.measure_setting(small_toy(), small_toy().cost_setting("wide", 2, repeats=2))
     assert set(res) >= {"full", "lora", "ratio", "flop_ratio"}
     assert len(res["full"]["steps"]) == len(res["lora"]["steps"]) == 2
     assert res["ratio"] > 0 and 0 < res["flop_ratio"] < 1
 
 
 def test_speed_verdict_flips():
-    assert speed.judge_speed([0.79])["verdict"] == HOLDS
-    assert speed.judge_speed([0.81])["verdict"] == PARTLY
-    assert speed.judge_speed([0.96])["verdict"] == FAILS
-    assert speed.judge_speed([0.5, 0.9])["verdict"] == PARTLY
+    def judged(*ratios):
+        return speed.verdict({"ratios": {f"setting {i}": r for i, r in enumerate(ratios)}})["verdict"]
+
+    assert judged(0.79) == HOLDS
+    assert judged(0.81) == PARTLY
+    assert judged(0.96) == FAILS
+    assert judged(0.5, 0.9) == PARTLY
 
 
 # ---------------------------------------------------------------------------
@@ -180,7 +199,7 @@ def test_speed_verdict_flips():
 
 
 def test_merged_logits_equal_unmerged():
-    variants = inference.build_variants(config=TINY)
+    variants = gpt.serving_variants(config=TINY)
     x = np.random.default_rng(0).integers(0, TINY.vocab_size, (2, TINY.block_size))
     check = inference.merge_check(variants, x)
     assert check["merged_vs_unmerged"] < inference.MERGE_TOLERANCE
@@ -188,61 +207,64 @@ def test_merged_logits_equal_unmerged():
 
 
 def test_measure_latency_reports_ratios():
-    variants = inference.build_variants(config=TINY)
-    res = inference.measure_latency(variants, batches=(1,), repeats=3, gen_tokens=2, prompt_len=2)
+    from minilora.experiments.core import time_rounds
+
+    variants = gpt.serving_variants(config=TINY)
+    res = time_rounds(variants, inference.latency_tasks(TINY, batches=(1,), gen_tokens=2, prompt_len=2), repeats=3)
     assert set(res) == {"forward B=1", "generate 2 tokens B=1"}
     assert all(s["merged/base"] > 0 and s["unmerged/base"] > 0 for s in res.values())
 
 
 def test_inference_verdict_flips():
-    assert inference.judge_inference([1.04, 0.97], [1.0, 1.0], 1e-7)["verdict"] == HOLDS
-    assert inference.judge_inference([1.12], [0.9], 1e-7)["verdict"] == HOLDS  # within the noise
-    assert inference.judge_inference([1.06], [1.0], 1e-7)["verdict"] == PARTLY
-    assert inference.judge_inference([1.2], [1.01], 1e-3)["verdict"] == FAILS
-    assert inference.judge_inference([1.0], [1.0], 1e-4)["verdict"] == PARTLY
+    def judged(merged, control, error):
+        latency = {"m": {f"s{i}": {"merged/base": m, "base again/base": c} for i, (m, c) in enumerate(zip(merged, control))}}
+        return inference.verdict({"latency": latency, "merge_error": error})["verdict"]
+
+    assert judged([1.04, 0.97], [1.0, 1.0], 1e-7) == HOLDS
+    assert judged([1.12], [0.9], 1e-7) == HOLDS  # within the noise
+    assert judged([1.06], [1.0], 1e-7) == PARTLY
+    assert judged([1.2], [1.01], 1e-3) == FAILS
+    assert judged([1.0], [1.0], 1e-4) == PARTLY
 
 
 # ---------------------------------------------------------------------------
-# each claim's run(), on tiny settings
+# each claim, measured, judged and rendered, on tiny settings
 # ---------------------------------------------------------------------------
 
 
-def _check(result, tmp_path):
-    assert isinstance(result, ClaimResult) and result.verdict in (HOLDS, PARTLY, FAILS)
-    assert result.body and result.thresholds and result.settings
-    for plot in result.plots:
-        assert os.path.getsize(tmp_path / plot) > 1000
+def test_claim_params(tmp_path):
+    entry, section = claim_entry("params", Session(quick=True, bases=("toy",)), tmp_path)
+    assert entry["verdict"] == HOLDS and entry["bases"]["toy"]["figures"]["mismatches"] == 0
+    assert section["plots"] == ["params.png"] and (tmp_path / "params.png").stat().st_size > 1000
 
 
-def test_run_params(tmp_path):
-    result = params.run(Context(out=str(tmp_path), quick=True))
-    _check(result, tmp_path)
-    assert result.verdict == HOLDS and result.figures["mismatches"] == 0
+def test_claim_memory_and_time(tmp_path):
+    with registered(small_toy()):
+        entry, section = claim_entry("memory", Session(quick=True, bases=("toy",)), tmp_path)
+        figures = entry["bases"]["toy"]["figures"]
+        assert figures["max_error"] < memory.AGREEMENT and entry["verdict"] == HOLDS
+        assert list(figures["ratios"]) == ["wide batch 1", "base batch 1", "base batch 2"]
+        assert (tmp_path / "memory.png").stat().st_size > 1000
+        entry, section = claim_entry("time", Session(quick=True, bases=("toy",)), tmp_path)
+        assert [r["label"] for r in entry["bases"]["toy"]["figures"]["results"]] == ["wide batch 1", "base batch 8"]
+        assert section["thresholds"] and (tmp_path / "speed.png").stat().st_size > 1000
 
 
-def test_run_memory(tmp_path):
-    result = memory.run(Context(out=str(tmp_path), quick=True), wide=WIDE_SMALL, base=SMALL, batches=(1, 2))
-    _check(result, tmp_path)
-    assert result.figures["max_error"] < memory.AGREEMENT
-    assert result.verdict == HOLDS
-
-
-def test_run_speed(tmp_path):
-    _check(speed.run(Context(out=str(tmp_path), quick=True), settings=[(TINY, 1)], repeats=1), tmp_path)
-
-
-def test_run_inference(tmp_path):
+def test_claim_inference(tmp_path):
     minilora.manual_seed(0)
-    result = inference.run(Context(out=str(tmp_path), quick=True), models={"tiny": GPT(TINY)}, batches=(1,), repeats=2, gen_tokens=2)
-    _check(result, tmp_path)
-    assert result.figures["merge_error"] < inference.MERGE_TOLERANCE
+    session = Session(quick=True)
+    figures = inference.measure(TOY, session, models={"tiny": GPT(TINY)}, batches=(1,), repeats=2, gen_tokens=2)
+    assert figures["merge_error"] < inference.MERGE_TOLERANCE
+    verdict = inference.verdict(figures)
+    section = inference.render(figures, verdict, lambda fig, name: fig.savefig(tmp_path / name) or name, True)
+    assert section["plots"] == ["inference.png"] and verdict["verdict"] in (HOLDS, PARTLY, FAILS)
 
 
 def test_blas_threads_are_limited_and_restored():
     import numpy  # noqa: F401  (loads the BLAS threadpoolctl looks for)
     from threadpoolctl import threadpool_info
 
-    from minilora.experiments import timing
+    from minilora.experiments.core import timing
 
     def blas_threads():
         return [info["num_threads"] for info in threadpool_info() if info["user_api"] == "blas"]

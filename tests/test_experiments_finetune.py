@@ -7,12 +7,11 @@
 * the math of claim 6 (energy shares, the subspace similarity φ) on matrices whose
   answer is known;
 * every verdict flips when its figure crosses its threshold;
-* each claim's ``run(ctx)`` completes on a tiny model and writes its plots.
+* each claim measures, judges and renders on a tiny model, and writes its plots.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 from pathlib import Path
@@ -20,18 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minilora.experiments import finetune as ft
-from minilora.experiments import intrinsic_rank as ir
-from minilora.experiments import modularity as mod
-from minilora.experiments import reference as ref
-from minilora.experiments import sensitivity as sens
-from minilora.experiments import tuning
-from minilora.experiments.common import FAILS, HOLDS, PARTLY, Context
-from minilora.models import GPT, GPTConfig, LlamaConfig, LlamaForCausalLM
+from experiment_helpers import TINY, claim_entry, registered, session_for, tiny_gpt, tiny_toy, toy_env
+from minilora.experiments.bases import gpt as ft
+from minilora.experiments.bases.toy import BASE as TOY
+from minilora.experiments.claims import accuracy, modularity as mod, rank as ir, reference as ref, sensitivity as sens
+from minilora.experiments.core import FAILS, HOLDS, PARTLY
+from minilora.experiments.runs import RunResult, RunSpec, describe_failures, fmt, rates as tuning, resolved, summarize
+from minilora.experiments.runs import tuned_specs as tuned
+from minilora.models import GPT, LlamaConfig, LlamaForCausalLM
 from minilora.tasks import code_corpus, docstring_package_task
 from tolerances import assert_close
-
-TINY = GPTConfig(vocab_size=256, block_size=64, n_layer=2, n_head=2, n_embd=32, dropout=0.0)
 
 
 @pytest.fixture(scope="module")
@@ -45,15 +42,12 @@ def corpus():
 
 
 def tiny_base(dtype=np.float32, seed=0) -> GPT:
-    import minilora
-
-    minilora.manual_seed(seed)
-    return GPT(TINY, dtype=dtype)
+    return tiny_gpt(TINY, seed, dtype)
 
 
-def spec(**kw) -> ft.RunSpec:
+def spec(**kw) -> RunSpec:
     defaults = dict(task="cls", method="lora", target="Wq+Wv", r=2, steps=4, batch_size=4, warmup_steps=1)
-    return ft.RunSpec(**{**defaults, **kw})
+    return RunSpec(**{**defaults, **kw})
 
 
 # ---------------------------------------------------------------------------
@@ -106,91 +100,46 @@ def test_full_finetuning_and_code_task(corpus):
 
 
 def test_summarize_mean_and_std():
-    runs = [ft.RunResult(spec(seed=s), [1.0], {"loss": 1.0 + s, "accuracy": 0.5 + 0.1 * s}, 10, 0.0) for s in range(3)]
-    rows = ft.summarize(runs)["cls"]["Wq+Wv r=2"]
+    runs = [RunResult(spec(seed=s), [1.0], {"loss": 1.0 + s, "accuracy": 0.5 + 0.1 * s}, 10, 0.0) for s in range(3)]
+    rows = summarize(runs)["cls"]["Wq+Wv r=2"]
     assert rows["n"] == 3 and rows["accuracy_mean"] == pytest.approx(0.6)
     assert rows["loss_std"] == pytest.approx(1.0)  # sample std of 1, 2, 3
 
 
 def test_rates_of_untuned_settings_come_from_the_nearest_tuned_one():
-    rates = {"cls": {"full": 1.0, "Wq+Wv r=8": 2.0, "Wq+Wv r=64": 3.0, "attn r=8": 4.0, "attn r=64": 5.0}}
-    assert ft.rate_for(rates, spec(method="full", target=None, r=0)) == 1.0
-    assert [ft.rate_for(rates, spec(r=r)) for r in (1, 2, 4, 8, 16, 32, 64)] == [2.0] * 5 + [3.0] * 2
-    assert ft.rate_for(rates, spec(target="attn", r=64)) == 5.0
-    assert ft.rate_for(rates, spec(target="Wv", r=1)) == 2.0 and ft.rate_for(rates, spec(target="c_attn", r=64)) == 3.0
+    from minilora.experiments.core import Session
+
+    session = Session(quick=False)
+    rates = {"full": 1.0, "Wq+Wv r=8": 2.0, "Wq+Wv r=64": 3.0, "attn r=8": 4.0, "attn r=64": 5.0}
+    session.memo[("rates", "toy", "cls", None)] = (rates, {})
+
+    def rate_for(s):
+        return resolved(session, TOY, [s])[0].lr
+
+    assert rate_for(spec(method="full", target=None, r=0)) == 1.0
+    assert [rate_for(spec(r=r)) for r in (1, 2, 4, 8, 16, 32, 64)] == [2.0] * 5 + [3.0] * 2
+    assert rate_for(spec(target="attn", r=64)) == 5.0
+    assert rate_for(spec(target="Wv", r=1)) == 2.0 and rate_for(spec(target="c_attn", r=64)) == 3.0
+    assert rate_for(spec(method="prompt", target=None, r=4)) == ft.METHOD_LR["prompt"]  # no rate is chosen for it
 
 
 def test_failed_runs_are_named_and_left_out_of_the_mean():
     def run(seed, accuracy):
-        return ft.RunResult(spec(seed=seed), [1.0], {"loss": 1.0, "accuracy": accuracy}, 10, 0.0)
+        return RunResult(spec(seed=seed), [1.0], {"loss": 1.0, "accuracy": accuracy}, 10, 0.0)
 
     runs = [run(0, 0.6), run(1, 0.15), run(2, float("nan")), run(3, 0.4)]
-    row = ft.summarize(runs, baseline={"cls": {"accuracy": 0.19, "loss": 2.0}})["cls"]["Wq+Wv r=2"]
+    row = summarize(runs, baseline={"cls": {"accuracy": 0.19, "loss": 2.0}})["cls"]["Wq+Wv r=2"]
     assert row["failed"] == {1: tuning.BELOW, 2: tuning.DIVERGED} and row["n"] == 2 and row["n_runs"] == 4
     assert row["accuracy_mean"] == pytest.approx(0.5) and len(row["accuracy_all"]) == 4
-    assert "2 of 4 seeds; seed 1 below baseline, seed 2 diverged" in ft._fmt(row, "accuracy")
-    assert tuning.describe_failures({"Wq+Wv r=2": row})[0] == "Wq+Wv r=2 seed 1: below baseline (0.150)"
+    assert "2 of 4 seeds; seed 1 below baseline, seed 2 diverged" in fmt(row, "accuracy")
+    assert describe_failures({"Wq+Wv r=2": row})[0] == "Wq+Wv r=2 seed 1: below baseline (0.150)"
     # without a baseline only the diverged run is left out
-    assert ft.summarize(runs)["cls"]["Wq+Wv r=2"]["failed"] == {2: tuning.DIVERGED}
+    assert summarize(runs)["cls"]["Wq+Wv r=2"]["failed"] == {2: tuning.DIVERGED}
     # every run failed: no mean, and claim 9's spread leaves the setting out
-    rows = ft.summarize([run(0, 0.1), run(1, 0.1)], baseline={"cls": {"accuracy": 0.19}})["cls"]
+    rows = summarize([run(0, 0.1), run(1, 0.1)], baseline={"cls": {"accuracy": 0.19}})["cls"]
     assert math.isnan(rows["Wq+Wv r=2"]["accuracy_mean"])
     rows["full"] = {"accuracy_mean": 0.5, "accuracy_std": 0.0}
     assert sens.spread(rows, ["Wq+Wv r=2", "full"], "accuracy")["means"] == {"full": 0.5}
-
-
-class RunsCode:
-    """A pickle that, unpickled, writes a file: what a run cache file must never be able to do."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return (Path.write_text, (Path(self.marker), "code ran"))
-
-
-def test_the_run_cache_never_unpickles_and_refuses_a_damaged_file_naming_it(tmp_path, monkeypatch):
-    """The run cache read its files with pickle.loads: a file put in the cache folder ran code. It is
-    now a checked safetensors file (tuning.read_run); anything else is an error naming it."""
-    import pickle
-
-    from minilora.errors import LoadError
-
-    monkeypatch.setenv("MINILORA_RUN_CACHE", str(tmp_path / "cache"))
-    run = ft.RunResult(spec(), [1.0, 0.5], {"accuracy": 0.5, "loss": float("nan")}, 10, 9.0,
-                       {"w": np.ones((2, 3), dtype=np.float32)}, {"accuracy": 0.25})
-    tuning.cached_run(spec(), "key", lambda: run)
-    (path,) = (tmp_path / "cache").iterdir()
-    again = tuning.cached_run(spec(), "key", lambda: pytest.fail("trained instead of reading the cache"))
-    assert again.losses == run.losses and again.val == run.val and np.array_equal(again.state["w"], run.state["w"])
-    assert again.final["accuracy"] == 0.5 and math.isnan(again.final["loss"])  # a diverged figure comes back as NaN
-    marker = tmp_path / "pwned"
-    path.write_bytes(pickle.dumps(RunsCode(marker)))
-    with pytest.raises(LoadError, match=re.escape(str(path))):
-        tuning.cached_run(spec(), "key", lambda: pytest.fail("trained instead of refusing"))
-    assert not marker.exists()
-
-
-def test_runs_read_from_the_cache_are_counted_and_the_report_says_so(tmp_path, monkeypatch):
-    from minilora.report import _cache_sentence
-
-    monkeypatch.setenv("MINILORA_RUN_CACHE", str(tmp_path))
-    monkeypatch.setattr(tuning, "CACHE_READS", {"runs": 0, "training_seconds": 0.0})
-    trained = []
-
-    def train():
-        trained.append(1)
-        return ft.RunResult(spec(), [1.0], {"accuracy": 0.5}, 10, 90.0)
-
-    first, again = tuning.cached_run(spec(), "key", train), tuning.cached_run(spec(), "key", train)
-    assert len(trained) == 1 and again.final == first.final and again.seconds == 90.0
-    assert tuning.CACHE_READS == {"runs": 1, "training_seconds": 90.0}
-    tuning.cached_run(spec(seed=1), "key", train)  # another spec: trained, not read
-    assert len(trained) == 2 and tuning.CACHE_READS["runs"] == 1
-    assert _cache_sentence(tuning.CACHE_READS) == (
-        " 1 fine-tuning run was read back from a run cache (`MINILORA_RUN_CACHE`) rather than trained by this command, "
-        "so the time above leaves out its 1.5 min of training (as measured when trained).")
-    assert _cache_sentence({"runs": 0, "training_seconds": 0.0}) == ""
 
 
 def test_choose_rate_skips_failed_runs():
@@ -211,11 +160,15 @@ def test_a_diverging_run_is_returned_not_raised(cls_task):
     assert tuning.run_status(result.final, "accuracy", True, 0.1) == tuning.DIVERGED
 
 
-def test_runspec_refuses_bad_settings():
+def test_the_base_refuses_runs_it_cannot_train():
     with pytest.raises(ValueError, match="target"):
-        ft.RunSpec("cls", "lora", "Wk+Wq", 8)
+        TOY.check(RunSpec("cls", "lora", "Wk+Wq", 8))
     with pytest.raises(ValueError, match="task"):
-        ft.RunSpec("images", "full")
+        TOY.check(RunSpec("images", "full"))
+    with pytest.raises(ValueError, match="method"):
+        TOY.check(RunSpec("cls", "probe"))
+    with pytest.raises(ValueError, match="r must be"):
+        RunSpec("cls", "lora", "Wq+Wv", -1)
 
 
 # ---------------------------------------------------------------------------
@@ -233,7 +186,7 @@ def test_reference_matches_minilora_float64(cls_task, method):
     base = tiny_base(np.float64)
     s = spec(method=method, target="c_attn" if method == "lora" else None, r=4 if method == "lora" else 0, steps=6, lr=3e-2)
     data = ft.ClassificationData(cls_task, 4)
-    ours, theirs = ft.finetune(s, base, data), ref.torch_finetune(s, base, data)
+    ours, theirs = ft.finetune(s, base, data), ft.torch_finetune(s, base, data)
     assert _rel_err(ours.losses, theirs["losses"]) < 1e-9
     assert ours.final["loss"] == pytest.approx(theirs["final"]["loss"], rel=1e-9)
     assert ours.losses[-1] < ours.losses[0]  # it did learn something: the curves are not trivially flat
@@ -243,7 +196,7 @@ def test_reference_matches_minilora_float32(corpus):
     base = tiny_base(np.float32)
     s = spec(task="code", target="c_attn", r=4, steps=6, lr=1e-2)
     data = ft.CodeData(corpus, 4, block=32, eval_windows=8)
-    ours, theirs = ft.finetune(s, base, data), ref.torch_finetune(s, base, data)
+    ours, theirs = ft.finetune(s, base, data), ft.torch_finetune(s, base, data)
     # float32 on both sides (tolerances.py): the widest reduction is the softmax over the 256 bytes, through 2
     # layers and the head, over 6 steps whose errors add: 2 x 6 x 3 x gamma_256 = 5.5e-4 of the loss.
     n, depth = TINY.vocab_size, s.steps * (TINY.n_layer + 1)
@@ -253,13 +206,13 @@ def test_reference_matches_minilora_float32(corpus):
 
 def test_reference_refuses_what_peft_cannot_express():
     with pytest.raises(ValueError, match="c_attn"):
-        ref.torch_model(spec(target="Wq+Wv"), tiny_base())
+        ft.torch_model(spec(target="Wq+Wv"), tiny_base())
 
 
 def test_agreement_measures_against_seed_spread():
     def run(seed, offset):
         losses = list(2.0 + 0.1 * seed + offset + np.zeros(20))
-        return ft.RunResult(spec(seed=seed), losses, {"accuracy": 0.5 + 0.1 * seed + offset}, 1, 0.0)
+        return RunResult(spec(seed=seed), losses, {"accuracy": 0.5 + 0.1 * seed + offset}, 1, 0.0)
 
     ours = [run(s, 0.0) for s in range(3)]
     close = [{"losses": r.losses, "final": {"accuracy": r.final["accuracy"] + 0.01}} for r in ours]
@@ -268,9 +221,12 @@ def test_agreement_measures_against_seed_spread():
     assert a["curve_ratio"] == pytest.approx(0.0)
     far = [{"losses": [x + 0.5 for x in r.losses], "final": {"accuracy": r.final["accuracy"]}} for r in ours]
     assert ref.agreement(ours, far, "accuracy")["curve_ratio"] == pytest.approx(5.0)
-    same = [ft.RunResult(spec(seed=s), [2.0] * 20, {"accuracy": 0.5}, 1, 0.0) for s in range(2)]
+    same = [RunResult(spec(seed=s), [2.0] * 20, {"accuracy": 0.5}, 1, 0.0) for s in range(2)]
     exact = [{"losses": r.losses, "final": dict(r.final)} for r in same]
     assert ref.agreement(same, exact, "accuracy")["final_ratio"] == 0.0  # no difference, even with no spread
+    # a reference of the first seed only (MiniLM's): the difference at that seed, the spread over all of minilora's
+    one = ref.agreement(ours, close[:1], "accuracy")
+    assert one["final_ratio"] == pytest.approx(0.1) and one["final_spread"] == pytest.approx(0.1)
 
 
 # ---------------------------------------------------------------------------
@@ -297,7 +253,7 @@ def test_update_spectra_reads_every_projection():
     tuned = {k: v.copy() for k, v in state.items()}
     rng = np.random.default_rng(0)
     tuned["transformer.h.1.attn.c_attn.weight"][32:64] += np.outer(rng.standard_normal(32), rng.standard_normal(32))
-    spectra = ir.update_spectra(state, tuned, TINY.n_layer)
+    spectra = ir.update_spectra(TOY.projections(state), TOY.projections(tuned))
     assert len(spectra) == 6 * TINY.n_layer
     assert ir.energy_share(spectra["h.1.Wk"], 1) == pytest.approx(1.0)  # a rank-1 change of Wk only
     assert np.allclose(spectra["h.1.Wq"], 0) and np.allclose(spectra["h.0.W_fc"], 0)
@@ -330,48 +286,62 @@ def test_phi_of_random_subspaces_is_max_ij_over_d():
 # ---------------------------------------------------------------------------
 
 
+def _accuracy(cls_gap, code_share=None):
+    figures = {"cls_gap": cls_gap, "judged": {"cls": "Wq+Wv r=8"}}
+    if code_share is not None:
+        figures["code_share"] = code_share
+    return accuracy.verdict(figures)
+
+
 def test_accuracy_verdict_flips():
-    assert ft.judge_accuracy(0.01, 0.95)[0] == HOLDS
-    assert ft.judge_accuracy(ft.CLS_GAP_HOLDS + 0.001, 0.95)[0] == PARTLY
-    assert ft.judge_accuracy(0.01, ft.CODE_SHARE_HOLDS - 0.01)[0] == PARTLY
-    assert ft.judge_accuracy(ft.CLS_GAP_PARTLY + 0.01, ft.CODE_SHARE_PARTLY - 0.01)[0] == FAILS
-    assert ft.judge_accuracy(-0.05, 1.2)[0] == HOLDS  # LoRA better than full fine-tuning
+    assert _accuracy(0.01, 0.95)["verdict"] == HOLDS
+    assert _accuracy(accuracy.CLS_GAP_HOLDS + 0.001, 0.95)["verdict"] == PARTLY
+    assert _accuracy(0.01, accuracy.CODE_SHARE_HOLDS - 0.01)["verdict"] == PARTLY
+    assert _accuracy(accuracy.CLS_GAP_PARTLY + 0.01, accuracy.CODE_SHARE_PARTLY - 0.01)["verdict"] == FAILS
+    assert _accuracy(-0.05, 1.2)["verdict"] == HOLDS  # LoRA better than full fine-tuning
+    assert _accuracy(0.01)["parts"] == {"classification": HOLDS}  # a base with no code task (MiniLM)
 
 
 def test_headline_figures():
+    judged = {"cls": "Wq+Wv r=8", "code": "all r=8"}
     summary = {"cls": {"full": {"accuracy_mean": 0.8}, "Wq+Wv r=8": {"accuracy_mean": 0.75}},
                "code": {"full": {"loss_mean": 1.0}, "all r=8": {"loss_mean": 1.5}}}
-    head = ft.headline(summary, {"code": {"loss": 2.0}})
+    head = accuracy.headline(summary, {"code": {"loss": 2.0}}, judged)
     assert head["cls_gap"] == pytest.approx(0.05) and head["code_share"] == pytest.approx(0.5)
     summary["code"]["full"]["loss_mean"] = 1.999  # full fine-tuning barely moved; LoRA did better: all of it
-    assert ft.headline(summary, {"code": {"loss": 2.0}})["code_share"] == math.inf
-    assert ft.judge_accuracy(0.0, math.inf)[1]["domain shift"] == HOLDS
+    assert accuracy.headline(summary, {"code": {"loss": 2.0}}, judged)["code_share"] == math.inf
+    assert _accuracy(0.0, math.inf)["parts"]["domain shift"] == HOLDS
     summary["code"]["all r=8"]["loss_mean"] = 2.1  # ... and LoRA did worse: nothing measurable
-    assert math.isnan(ft.headline(summary, {"code": {"loss": 2.0}})["code_share"])
+    assert math.isnan(accuracy.headline(summary, {"code": {"loss": 2.0}}, judged)["code_share"])
     # a LoRA setting whose every run failed has no mean: the report says so rather than "nan"
     summary["cls"]["Wq+Wv r=8"]["accuracy_mean"] = math.nan
-    assert ft._gap_points(ft.headline(summary, {"code": {"loss": 2.0}})["cls_gap"]).startswith("not measurable")
-    assert ft._gap_points(0.118) == "11.8 points"
+    assert accuracy._gap_points(accuracy.headline(summary, {"code": {"loss": 2.0}}, judged)["cls_gap"]).startswith("not measurable")
+    assert accuracy._gap_points(0.118) == "11.8 points"
 
 
 def test_reference_verdict_flips():
-    assert ref.judge_reference({"a": 0.2, "b": 0.9})[0] == HOLDS
-    assert ref.judge_reference({"a": 0.2, "b": 1.1})[0] == PARTLY
-    assert ref.judge_reference({"a": 3.5, "b": 4.0})[0] == FAILS
+    assert ref.verdict({"ratios": {"a": 0.2, "b": 0.9}})["verdict"] == HOLDS
+    assert ref.verdict({"ratios": {"a": 0.2, "b": 1.1}})["verdict"] == PARTLY
+    assert ref.verdict({"ratios": {"a": 3.5, "b": 4.0}})["verdict"] == FAILS
 
 
 def test_rank_verdict_flips():
-    assert ir.judge_rank(ir.SHARE_HOLDS, ir.PHI_HOLDS)[0] == HOLDS
-    assert ir.judge_rank(ir.SHARE_HOLDS - 0.01, ir.PHI_HOLDS)[0] == PARTLY
-    assert ir.judge_rank(ir.SHARE_PARTLY - 0.01, ir.PHI_PARTLY - 0.01)[0] == FAILS
+    def rank(share, phi):
+        return ir.verdict({"mean_share": {"cls": share}, "mean_phi_1_1": phi})["verdict"]
+
+    assert rank(ir.SHARE_HOLDS, ir.PHI_HOLDS) == HOLDS
+    assert rank(ir.SHARE_HOLDS - 0.01, ir.PHI_HOLDS) == PARTLY
+    assert rank(ir.SHARE_PARTLY - 0.01, ir.PHI_PARTLY - 0.01) == FAILS
+    assert ir.verdict({"diverged": True})["verdict"] == FAILS
 
 
 def test_modularity_verdict_flips():
-    good = dict(storage_ratio=0.02, swap_speedup=100.0, retained_min=0.9, mixed_diff=1e-6)
-    assert mod.judge_modularity(**good)[0] == HOLDS
-    assert mod.judge_modularity(**{**good, "retained_min": 0.6})[0] == PARTLY
-    assert mod.judge_modularity(**{**good, "mixed_diff": 1e-2})[1]["mixed batch"] == FAILS
-    assert mod.judge_modularity(storage_ratio=0.9, swap_speedup=1.0, retained_min=0.1, mixed_diff=1.0)[0] == FAILS
+    good = dict(storage_ratio=0.02, swap_speedup=100.0, retained={"cls": 0.9, "code": 0.95}, mixed_batch={"max_abs_diff": 1e-6})
+    assert mod.verdict(good)["verdict"] == HOLDS
+    assert mod.verdict({**good, "retained": {"cls": 0.6, "code": 0.9}})["verdict"] == PARTLY
+    assert mod.verdict({**good, "mixed_batch": {"max_abs_diff": 1e-2}})["parts"]["mixed batch"] == FAILS
+    assert mod.verdict(dict(storage_ratio=0.9, swap_speedup=1.0, retained={"cls": 0.1, "code": float("nan")},
+                            mixed_batch={"max_abs_diff": 1.0}))["verdict"] == FAILS
 
 
 def test_retained_share():
@@ -384,11 +354,15 @@ def test_retained_share():
 
 
 def test_sensitivity_verdict_flips():
-    assert sens.judge_sensitivity(5.0, 0.1, 5.0, 0.1)[0] == HOLDS
-    assert sens.judge_sensitivity(5.0, 0.1, 2.0, 0.1)[0] == PARTLY
-    assert sens.judge_sensitivity(5.0, 0.01, 5.0, 0.01)[0] == FAILS  # ranges below MIN_RANGE count as no effect
-    assert sens.judge_sensitivity(1.0, 0.1, 1.0, 0.1)[0] == FAILS
-    assert sens.judge_sensitivity(math.inf, 0.1, math.inf, 0.1)[0] == PARTLY  # one seed: no noise estimate
+    def sensitivity(rank_ratio, rank_range, target_ratio, target_range):
+        return sens.verdict({"rank": {"Wq+Wv": {"ratio": rank_ratio, "range": rank_range}}, "widest": "Wq+Wv",
+                             "target": {"ratio": target_ratio, "range": target_range}})["verdict"]
+
+    assert sensitivity(5.0, 0.1, 5.0, 0.1) == HOLDS
+    assert sensitivity(5.0, 0.1, 2.0, 0.1) == PARTLY
+    assert sensitivity(5.0, 0.01, 5.0, 0.01) == FAILS  # ranges below MIN_RANGE count as no effect
+    assert sensitivity(1.0, 0.1, 1.0, 0.1) == FAILS
+    assert sensitivity(math.inf, 0.1, math.inf, 0.1) == PARTLY  # one seed: no noise estimate
 
 
 def test_spread_against_noise():
@@ -403,38 +377,34 @@ def test_spread_against_noise():
 
 
 @pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
-def test_claims_run_end_to_end(cls_task, corpus, tmp_path, monkeypatch, quick):
-    if quick:
-        tiny = dataclasses.replace(ft.QUICK, cls_steps=3, code_steps=3, batch_size=4, code_eval_windows=8)
-        monkeypatch.setattr(ft, "QUICK", tiny)
-    else:  # the full mode's code paths (several seeds and targets), at tiny sizes
-        tiny = dataclasses.replace(ft.FULL, cls_steps=2, code_steps=2, batch_size=4, seeds=(0, 1),
-                                   cls_ranks=(1, 8, 64), code_ranks=(1, 8), code_eval_windows=8)
-        monkeypatch.setattr(ft, "FULL", tiny)
-        monkeypatch.setattr(ft, "RATE_GRID", {task: {"full": (1e-4, 1e-3), "lora": (1e-3, 1e-2)} for task in ("cls", "code")})
-        monkeypatch.setattr(ft, "TUNED_TARGETS", {"cls": ("Wq+Wv",), "code": ("Wq+Wv",)})  # the others take its rates
-    ctx = Context(out=str(tmp_path), quick=quick, progress=False)
-    ctx.shared["finetune_env"] = ft.Environment(tiny_base(), cls_task, corpus, {"test": True})
-    for module in (ft, ref, ir, mod, sens):
-        result = module.run(ctx)
-        assert result.verdict in (HOLDS, PARTLY, FAILS)
-        assert result.body and ("Quick-mode" in result.body) == quick
-        for plot in result.plots:
-            assert (tmp_path / plot).stat().st_size > 1000
+def test_claims_run_end_to_end(cls_task, corpus, tmp_path, quick):
+    toy = tiny_toy()
+    session = session_for(quick, cls_task, corpus, {"toy": toy_env(cls_task, corpus, tiny_base())})
+    with registered(toy):
+        for key in ("accuracy", "reference", "rank", "modularity", "sensitivity"):
+            entry, section = claim_entry(key, session, tmp_path)
+            assert entry["verdict"] in (HOLDS, PARTLY, FAILS) and list(entry["bases"]) == ["toy"]
+            assert section["body"] and ("Quick-mode" in section["body"]) == quick
+            for plot in section["plots"]:
+                assert (tmp_path / plot).stat().st_size > 1000
+            runs = entry["provenance"]["runs"]
+            assert runs["trained"] and not runs["from_cache"]  # no MINILORA_RUN_CACHE here
     # claim 4's grid was trained once, at the chosen rates; the later claims reused it and added only
     # their own runs, and (full mode) the learning-rate selection's runs at the other rates
-    grid = set(ft.resolved(ctx, ft.grid(quick)))
-    assert grid <= set(ctx.shared["finetune_runs"])
-    extra = set(ctx.shared["finetune_runs"]) - grid
-    own = set(ft.resolved(ctx, sens.extra_specs(quick)))
+    trained = {key[2] for key in session.memo if key[0] == "run"}
+    grid = set(resolved(session, toy, toy.grid(quick).specs()))
+    assert grid <= trained
+    own = set(resolved(session, toy, sens.extra_specs(toy, quick)))
     if quick:
-        own |= set(ft.resolved(ctx, [s for _, specs in ref.reference_specs(True, "cls") for s in specs])) - grid
-        assert ctx.shared["learning_rates"]["cls"]["full"] == ft.LR["cls"]["full"]  # quick mode: the defaults
+        own |= set(resolved(session, toy, [s for _, specs in ref.reference_specs(toy, True) for s in specs])) - grid
+        assert session.memo[("rates", "toy", "cls", None)][0]["full"] == ft.LR["cls"]["full"]  # quick mode: the defaults
     else:
-        selection = {s for settings in ft.selection_specs(False).values() for specs in settings.values() for s in specs}
+        selection = {s.replace(lr=lr) for task in ("cls", "code") for s in tuned(session, toy, task).values()
+                     for lr in toy.rate_grid(s)}
         own |= selection - grid
-        assert set(ctx.shared["lr_selection"]["cls"]) == {"full", "Wq+Wv r=8", "Wq+Wv r=64"}
-        for task, settings in ctx.shared["lr_selection"].items():  # each chosen rate is one of its grid's
-            for name, (rate, rows) in settings.items():
-                assert rate in rows and set(rows) == set(ft.RATE_GRID[task]["full" if name == "full" else "lora"])
-    assert extra == own
+        rates, table = session.memo[("rates", "toy", "cls", None)]
+        assert set(table) == {"full", "Wq+Wv r=8", "Wq+Wv r=64"}
+        for task in ("cls", "code"):  # each chosen rate is one of its grid's
+            for name, (rate, rows) in session.memo[("rates", "toy", task, None)][1].items():
+                assert rate in rows and set(rows) == set(toy.rate_grids[task]["full" if name == "full" else "lora"])
+    assert trained - grid == own

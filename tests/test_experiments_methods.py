@@ -1,16 +1,16 @@
 """The method-comparison claims (10-12: latency from added depth, expressiveness, quantization) on tiny settings.
 
-* every method's trainable count equals its closed form (``methods.trainable_count``), and
+* every method's trainable count equals its closed form (``gpt_methods.trainable_count``), and
   ``matched_size`` picks the size nearest a budget, within the context prompt tuning leaves;
-* each method trains through ``finetune_method``; prompt tuning's held-out figures are read
-  after its virtual positions;
+* each method trains through the GPT bases' ``finetune``; prompt tuning's held-out figures are
+  read after its virtual positions;
 * the latency variants: merged LoRA computes what unmerged LoRA computes, adapters change
   the output, and the timing returns every variant;
 * the stored bytes of a quantized model equal the closed form to the byte and the analytic
   count (bits x parameters) within padding; tracemalloc sees what is stored;
 * LoRA on the NF4 base starts from the same adapter as on the dense base;
 * every verdict flips when its figure crosses its threshold;
-* each claim's ``run(ctx)`` completes on a tiny model and writes its plot.
+* each claim measures, judges and renders on a tiny model, and writes its plot.
 """
 
 from __future__ import annotations
@@ -21,12 +21,15 @@ import numpy as np
 import pytest
 
 import minilora
-from minilora.experiments import finetune as ft
-from minilora.experiments import methods as M
-from minilora.experiments import methods_accuracy as acc
-from minilora.experiments import methods_latency as lat
-from minilora.experiments import quantization as qz
-from minilora.experiments.common import FAILS, HOLDS, PARTLY, Context
+from experiment_helpers import claim_entry, registered, session_for, tiny_toy, toy_env
+from minilora.experiments.bases import gpt as ft
+from minilora.experiments.bases import gpt_methods as M
+from minilora.experiments.bases.toy import BASE as TOY
+from minilora.experiments.claims import depth_latency as lat
+from minilora.experiments.claims import expressiveness as acc
+from minilora.experiments.claims import quantization as qz
+from minilora.experiments.core import FAILS, HOLDS, PARTLY, Session
+from minilora.experiments.runs import RunSpec
 from minilora.models import GPT, GPTConfig
 from minilora.peft import get_peft_model
 from minilora.quant import NF4Linear
@@ -104,40 +107,41 @@ def test_matched_size_on_the_base_model():
 # ---------------------------------------------------------------------------
 
 
-def mspec(method, size, **kw) -> acc.MethodSpec:
-    return acc.MethodSpec("cls", method, size, **{**dict(steps=3, batch_size=4, warmup_steps=1), **kw})
+def mspec(method, size, **kw) -> RunSpec:
+    return RunSpec("cls", method, "Wq+Wv" if method == "lora" else None, size or 0,
+                   **{**dict(steps=3, batch_size=4, warmup_steps=1), **kw})
 
 
 @pytest.mark.parametrize("method", M.METHODS)
 def test_every_method_trains(cls_task, method):
     size = SIZES[method][0] if method != "prompt" else 4
     data = ft.ClassificationData(cls_task, 4)
-    result = acc.finetune_method(mspec(method, size), tiny_base(), data)
+    result = ft.finetune(mspec(method, size), tiny_base(), data)
     assert len(result.losses) == 3 and all(math.isfinite(x) for x in result.losses)
     assert result.trainable == M.trainable_count(method, size, TINY)
     assert 0.0 <= result.final["accuracy"] <= 1.0 and result.final["loss"] > 0
     assert result.state  # the adapter's weights
+    assert acc.setting(mspec(method, size)) == f"{method} {M.size_label(method, size)}".strip()
 
 
-def test_lora_and_full_are_claim_4s_runs(cls_task):
-    spec = mspec("lora", 2)
-    assert spec.run_spec() == ft.RunSpec("cls", "lora", "Wq+Wv", 2, steps=3, batch_size=4, warmup_steps=1)
-    data = ft.ClassificationData(cls_task, 4)
-    ours, theirs = acc.finetune_method(spec, tiny_base(), data), ft.finetune(spec.run_spec(), tiny_base(), data)
-    assert ours.losses == theirs.losses
-    assert mspec("ia3", None).weight_decay == 0.0 and mspec("prompt", 4).weight_decay == ft.WEIGHT_DECAY
+def test_lora_is_claim_4s_run_and_ia3_has_no_decay(cls_task):
+    assert mspec("lora", 2) == RunSpec("cls", "lora", "Wq+Wv", 2, steps=3, batch_size=4, warmup_steps=1)
+    assert acc.setting(mspec("lora", 2)) == "lora r=2" and acc.setting(mspec("ia3", None)) == "ia3"
+    assert ft.train_config(mspec("ia3", None)).weight_decay == 0.0
+    assert ft.train_config(mspec("prompt", 4)).weight_decay == ft.WEIGHT_DECAY
+    assert ft.train_config(mspec("prompt", 4)).lr == ft.METHOD_LR["prompt"]
 
 
 def test_prompt_tuning_is_scored_after_its_virtual_tokens(cls_task):
     P = 8
-    model = acc.build_model(mspec("prompt", P), tiny_base())
+    model = ft.fresh_model(mspec("prompt", P), tiny_base())
     data = ft.ClassificationData(cls_task, 4)
     logits = ft._logits(model, data.x_eval)
     assert logits.shape[:2] == (len(data.x_eval), P + data.x_eval.shape[1])
     with pytest.raises((ValueError, IndexError)):
         data.score(logits)  # the unshifted logits do not fit the targets
-    figures = acc.heldout(data, model, acc.virtual_positions(mspec("prompt", P)))
-    assert figures == data.score(logits[:, P:])
+    result = ft.finetune(mspec("prompt", P, steps=1, lr=0.0), tiny_base(), data)  # lr 0: the model as it starts
+    assert result.final == pytest.approx(data.score(logits[:, P:]))
     # the training loss is the held-out loss's formula on the real positions: the virtual ones get -100
     x, y = data.x_eval[:4], data.y_eval[:4]
     with minilora.no_grad():
@@ -151,11 +155,12 @@ def test_prompt_tuning_is_scored_after_its_virtual_tokens(cls_task):
 def test_specs_for_matches_budgets_and_lists_ia3_once():
     g = acc.Grid(cls_budgets=(2048, 512), cls_methods=M.METHODS, cls_seeds=(0, 1), cls_other_seeds=(0,),
                  code_budgets=(), code_methods=(), code_seeds=())
-    specs = acc.specs_for(g, TINY, {"cls": dict(steps=2, batch_size=4, warmup_steps=1)})
+    specs = acc.specs_for(g, TOY, TINY, {"cls": dict(steps=2, batch_size=4, warmup_steps=1)})
     assert len(specs) == len(set(specs))
     assert sum(s.method == "ia3" for s in specs) == 2  # one size, two seeds
     assert sum(s.method == "full" for s in specs) == 2
-    judged = {s.method: s.size for s in specs if s.seed == 1 and s.method not in ("full", "ia3")}
+    assert {s.target for s in specs if s.method == "lora"} == {"Wq+Wv"}  # claim 4's LoRA
+    judged = {s.method: s.r for s in specs if s.seed == 1 and s.method not in ("full", "ia3")}
     assert judged == {m: M.matched_size(m, 2048, TINY, acc.TASK_ROW) for m in judged}
     assert judged["prompt"] == TINY.block_size - acc.TASK_ROW  # capped by the context
 
@@ -167,7 +172,7 @@ def test_specs_for_matches_budgets_and_lists_ia3_once():
 
 def test_latency_variants_and_timing():
     base = tiny_base(GPTConfig(vocab_size=64, block_size=32, n_layer=2, n_head=2, n_embd=32))
-    variants = lat.build_variants(base)
+    variants = lat.build_variants(TOY, base)
     assert list(variants) == ["base", "base again", "LoRA merged", "LoRA unmerged", "Houlsby", "Pfeiffer"]
     x = np.random.default_rng(0).integers(0, 64, (2, 16))
     with minilora.no_grad():
@@ -193,26 +198,30 @@ def test_latency_variants_and_timing():
     added = {k: ops[k] - ops["base"] for k in ("Houlsby", "Pfeiffer", "LoRA unmerged")}
     assert added["Houlsby"] == 2 * added["Pfeiffer"] > 0 and added["Pfeiffer"] % base.config.n_layer == 0
     assert added["LoRA unmerged"] > 0
-    res = lat.measure_forward_latency(variants, ((1, 4), (2, 16)), repeats=2)
+    from minilora.experiments.core import time_rounds
+
+    res = time_rounds(variants, lat.forward_tasks(base.config, ((1, 4), (2, 16))), repeats=2)
     assert list(res) == ["B=1 T=4", "B=2 T=16"]
     for setting in res.values():
         assert setting["repeats"] == 2 and all(setting[k] > 0 for k in variants)
         assert set(lat.overheads(setting)) == set(variants) - {"base"}
     with pytest.raises(ValueError, match="block_size"):
-        lat.measure_forward_latency(variants, ((1, 33),), repeats=1)
+        lat.forward_tasks(base.config, ((1, 33),))
 
 
 def test_depth_latency_verdict_flips():
+    def judged(adapters, merged, control):
+        return lat.verdict({"judged": {"model": "base", "setting": "B=1 T=16",
+                                       "overheads": {**adapters, "LoRA merged": merged, "base again": control}}})
+
     slow = {"Houlsby": 0.30, "Pfeiffer": 0.15}
-    assert lat.judge_depth_latency(slow, 0.01, 0.01)["verdict"] == HOLDS
-    assert lat.judge_depth_latency(slow, 0.01, 0.01)["lighter_adapter"] == "Pfeiffer"
-    assert lat.judge_depth_latency({"Houlsby": 0.30, "Pfeiffer": 0.06}, 0.01, 0.0)["parts"][
-        "adapters slower than merged LoRA"] == PARTLY
-    assert lat.judge_depth_latency({"Houlsby": 0.02, "Pfeiffer": 0.02}, 0.01, 0.0)["parts"][
-        "adapters slower than merged LoRA"] == FAILS
+    assert judged(slow, 0.01, 0.01)["verdict"] == HOLDS
+    assert judged(slow, 0.01, 0.01)["lighter_adapter"] == "Pfeiffer"
+    assert judged({"Houlsby": 0.30, "Pfeiffer": 0.06}, 0.01, 0.0)["parts"]["adapters slower than merged LoRA"] == PARTLY
+    assert judged({"Houlsby": 0.02, "Pfeiffer": 0.02}, 0.01, 0.0)["parts"]["adapters slower than merged LoRA"] == FAILS
     # merged LoRA 8% slower where the control is 1% off: 7% beyond the noise, "partly"
-    assert lat.judge_depth_latency(slow, 0.08, 0.01)["parts"]["merged LoRA as fast as the base"] == PARTLY
-    assert lat.judge_depth_latency({"Houlsby": 0.0, "Pfeiffer": 0.0}, 0.30, 0.0)["verdict"] == FAILS
+    assert judged(slow, 0.08, 0.01)["parts"]["merged LoRA as fast as the base"] == PARTLY
+    assert judged({"Houlsby": 0.0, "Pfeiffer": 0.0}, 0.30, 0.0)["verdict"] == FAILS
 
 
 # ---------------------------------------------------------------------------
@@ -269,23 +278,26 @@ def test_quantization_errors_are_nf4_sized():
 
 
 def test_qlora_starts_from_the_dense_runs_adapter(cls_task):
-    spec = ft.RunSpec("cls", "lora", "Wq+Wv", 2, steps=3, batch_size=4, warmup_steps=1)
-    dense, nf4 = ft.fresh_model(spec, tiny_base()), qz.qlora_model(spec, tiny_base())
+    spec = RunSpec("cls", "lora", "Wq+Wv", 2, steps=3, batch_size=4, warmup_steps=1)
+    dense, nf4 = ft.fresh_model(spec, tiny_base()), ft.fresh_model(spec.replace(quantized=True), tiny_base())
     d, q = dense.base_model.adapter_state_dict("default"), nf4.base_model.adapter_state_dict("default")
     assert d.keys() == q.keys() and all(np.array_equal(d[k], q[k]) for k in d)
     assert any(isinstance(m, NF4Linear) for _, m in nf4.named_modules())
-    result = qz.qlora_finetune(spec, tiny_base(), ft.ClassificationData(cls_task, 4))
+    assert not any(isinstance(m, NF4Linear) for _, m in dense.named_modules())
+    result = ft.finetune(spec.replace(quantized=True), tiny_base(), ft.ClassificationData(cls_task, 4))
     assert result.trainable == M.trainable_count("lora", 2, TINY) and len(result.losses) == 3
-    with pytest.raises(ValueError, match="LoRA"):
-        qz.qlora_finetune(ft.RunSpec("cls", "full"), tiny_base(), None)
+    assert set(result.final) == set(result.val) == {"loss", "accuracy"}
 
 
 def test_quantization_verdict_flips():
-    assert qz.judge_quantization(0.2, 0.01)["verdict"] == HOLDS
-    assert qz.judge_quantization(0.2, 0.05)["parts"]["accuracy"] == PARTLY
-    assert qz.judge_quantization(0.3, 0.01)["parts"]["memory"] == PARTLY
-    assert qz.judge_quantization(0.6, 0.2)["verdict"] == FAILS
-    assert qz.judge_quantization(0.2, 0.0, lora_gain=0.01)["parts"]["accuracy"] == FAILS  # near chance: not judged
+    def judged(memory_ratio, gap, lora_gain=1.0):
+        return qz.verdict({"memory_ratio": memory_ratio, "accuracy": {"gap": gap, "dense_gain_over_base": lora_gain}})
+
+    assert judged(0.2, 0.01)["verdict"] == HOLDS
+    assert judged(0.2, 0.05)["parts"]["accuracy"] == PARTLY
+    assert judged(0.3, 0.01)["parts"]["memory"] == PARTLY
+    assert judged(0.6, 0.2)["verdict"] == FAILS
+    assert judged(0.2, 0.0, lora_gain=0.01)["parts"]["accuracy"] == FAILS  # near chance: not judged
 
 
 def test_code_shares():
@@ -297,13 +309,17 @@ def test_code_shares():
 
 
 def test_expressiveness_verdict_flips():
-    assert acc.judge_expressiveness(0.10, 0.01)["verdict"] == HOLDS
+    def judged(lora_minus_prompt, full_minus_lora, lora_gain=1.0):
+        return acc.verdict({"headline": {"lora_minus_prompt": lora_minus_prompt, "full_minus_lora": full_minus_lora,
+                                         "lora_gain_over_base": lora_gain}, "settings": {"budget": 8192}})
+
+    assert judged(0.10, 0.01)["verdict"] == HOLDS
     # LoRA has not learned the task (2 points over the base model): its lead over prompt tuning is not judged
-    assert acc.judge_expressiveness(0.10, 0.01, lora_gain=0.02)["parts"]["LoRA above prompt tuning"] == FAILS
-    assert acc.judge_expressiveness(0.03, 0.01)["parts"]["LoRA above prompt tuning"] == PARTLY
-    assert acc.judge_expressiveness(-0.01, 0.01)["parts"]["LoRA above prompt tuning"] == FAILS
-    assert acc.judge_expressiveness(0.10, 0.05)["parts"]["LoRA near full fine-tuning"] == PARTLY
-    assert acc.judge_expressiveness(-0.01, 0.20)["verdict"] == FAILS
+    assert judged(0.10, 0.01, lora_gain=0.02)["parts"]["LoRA above prompt tuning"] == FAILS
+    assert judged(0.03, 0.01)["parts"]["LoRA above prompt tuning"] == PARTLY
+    assert judged(-0.01, 0.01)["parts"]["LoRA above prompt tuning"] == FAILS
+    assert judged(0.10, 0.05)["parts"]["LoRA near full fine-tuning"] == PARTLY
+    assert judged(-0.01, 0.20)["verdict"] == FAILS
 
 
 # ---------------------------------------------------------------------------
@@ -312,40 +328,42 @@ def test_expressiveness_verdict_flips():
 
 
 @pytest.fixture(scope="module")
-def tiny_ctx(tmp_path_factory, cls_task):
-    """A quick-mode Context whose shared Environment holds a tiny base model and a small task."""
+def tiny_session(cls_task):
+    """A quick-mode Session whose toy base is a tiny model, on a small task and corpus."""
     from minilora.tasks import code_corpus
 
-    ctx = Context(out=str(tmp_path_factory.mktemp("report")), quick=True, progress=False)
-    ctx.shared["finetune_env"] = ft.Environment(tiny_base(), cls_task, code_corpus(max_bytes=20_000), {})
-    return ctx
+    corpus = code_corpus(max_bytes=20_000)
+    return session_for(True, cls_task, corpus, {"toy": toy_env(cls_task, corpus, tiny_base())})
 
 
-def test_depth_latency_claim_runs(tiny_ctx):
+def test_depth_latency_claim_runs(tiny_session, tmp_path):
     shapes = {"tiny": ((1, 4), (4, 32))}
-    result = lat.run(tiny_ctx, models={"tiny": tiny_base()}, shapes=shapes, repeats={"tiny": 2})
-    assert result.key == "depth_latency" and result.verdict in (HOLDS, PARTLY, FAILS)
-    assert set(result.figures["latency"]["tiny"]) == {"B=1 T=4", "B=4 T=32"}
-    assert (tiny_ctx.path("depth_latency.png"))
+    figures = lat.measure(TOY, tiny_session, models={"tiny": tiny_base()}, shapes=shapes, repeats={"tiny": 2})
+    verdict = lat.verdict(figures)
+    assert verdict["verdict"] in (HOLDS, PARTLY, FAILS)
+    assert set(figures["latency"]["tiny"]) == {"B=1 T=4", "B=4 T=32"}
+    section = lat.render(figures, verdict, lambda fig, name: fig.savefig(tmp_path / name) or name, True)
+    assert (tmp_path / section["plots"][0]).stat().st_size > 1000
 
 
-def test_expressiveness_and_quantization_claims_run(tiny_ctx, monkeypatch):
-    import os
-
-    small = ft.Sizes(cls_steps=2, code_steps=2, batch_size=4, seeds=(0,), cls_ranks=(1,), cls_targets=("Wq+Wv",),
-                     code_ranks=(1,), code_targets=("Wq+Wv",), code_eval_windows=8)
-    monkeypatch.setattr(ft, "QUICK", small)
+def test_expressiveness_and_quantization_claims_run(tiny_session, tmp_path, monkeypatch):
+    toy = tiny_toy(grids={True: ft.Grid(seeds=(0,), batch_size=4, tasks=(
+        ("cls", ft.TaskGrid(2, (("Wq+Wv", (1,)),))), ("code", ft.TaskGrid(2, (("Wq+Wv", (1,)),)))))})
     g = acc.Grid(cls_budgets=(2048,), cls_methods=("lora", "prompt", "ia3"), cls_seeds=(0,), cls_other_seeds=(),
                  code_budgets=(), code_methods=(), code_seeds=())
-    result = acc.run(tiny_ctx, g)
-    assert result.key == "expressiveness" and result.verdict in (HOLDS, PARTLY, FAILS)
-    lora, prompt = (M.matched_size(m, 2048, TINY, acc.TASK_ROW) for m in ("lora", "prompt"))
-    assert {"full", f"lora r={lora}", f"prompt P={prompt}", "ia3"} <= set(result.figures["summary"]["cls"])
-    assert os.path.exists(tiny_ctx.path("methods_accuracy.png"))
+    monkeypatch.setattr(acc, "QUICK", g)
+    with registered(toy):
+        entry, section = claim_entry("expressiveness", tiny_session, tmp_path)
+        assert entry["verdict"] in (HOLDS, PARTLY, FAILS)
+        lora, prompt = (M.matched_size(m, 2048, TINY, acc.TASK_ROW) for m in ("lora", "prompt"))
+        assert {"full", f"lora r={lora}", f"prompt P={prompt}", "ia3"} <= set(entry["bases"]["toy"]["figures"]["summary"]["cls"])
+        assert (tmp_path / "methods_accuracy.png").exists()
 
-    result = qz.run(tiny_ctx)
-    assert result.key == "quantization" and result.verdict in (HOLDS, PARTLY, FAILS)
-    assert 0.1 < result.figures["memory_ratio"] < 0.5
-    assert os.path.exists(tiny_ctx.path("quantization.png"))
-    # the dense LoRA run is claim 4's, shared: trained once
-    assert any(isinstance(k, ft.RunSpec) for k in tiny_ctx.shared["finetune_runs"])
+        entry, section = claim_entry("quantization", tiny_session, tmp_path)
+        figures = entry["bases"]["toy"]["figures"]
+        assert entry["verdict"] in (HOLDS, PARTLY, FAILS) and 0.1 < figures["memory_ratio"] < 0.5
+        assert figures["step_time"]["ratio"] > 0 and len(figures["step_time"]["nf4"]["steps"]) == qz.STEP_REPEATS[True]
+        assert (tmp_path / "quantization.png").exists()
+    # the dense LoRA run is claim 4's, shared: trained once; the NF4 runs are the same specs, quantized
+    runs = [key[2] for key in tiny_session.memo if key[0] == "run"]
+    assert {s.replace(quantized=False) for s in runs if s.quantized} <= {s for s in runs if not s.quantized}

@@ -1,4 +1,4 @@
-"""The real base's experiments (``minilm``, ``minilm_claims``) on a tiny random BERT.
+"""The real base (``bases/minilm.py``) and the claims measured on it, on a tiny random BERT.
 
 The BERT is minilora's own, 2 layers of width 16, with the real WordPiece vocabulary
 (the installed all-MiniLM-L6-v2's tokenizer, so the task's rows are tokenized as in the
@@ -12,22 +12,23 @@ full run). Checked here:
 * the learning-rate selection picks among its grid, the probe first;
 * the trainable counts equal the closed form, minilora's and PEFT's; the analytic memory
   count agrees with tracemalloc; the FLOP count's LoRA/full ratio;
-* every section runs end to end and the claims put both bases side by side.
+* every claim measured on it runs end to end, and the report puts both bases side by side.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 
 import numpy as np
 import pytest
 
 import minilora
-from minilora.experiments import finetune as ft
-from minilora.experiments import minilm as M
-from minilora.experiments import minilm_claims as C
-from minilora.experiments import tuning
-from minilora.experiments.common import FAILS, HOLDS, PARTLY, BaseResult, ClaimResult, Context, over_bases
+from experiment_helpers import claim_entry, registered, session_for
+from minilora.experiments.bases import gpt
+from minilora.experiments.bases import minilm as M
+from minilora.experiments.claims import accuracy
+from minilora.experiments.core import FAILS, HOLDS, PARTLY, Session, traced_step
+from minilora.experiments.runs import Grid, RunSpec, TaskGrid, resolved
 from minilora.models import BertConfig, BertForSequenceClassification
 
 pytest.importorskip("tokenizers")
@@ -37,7 +38,9 @@ TINY = BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=2, num_att
 
 @pytest.fixture(scope="module")
 def cls_task():
-    return ft.docstring_package_task(max_prompt_bytes=ft.CLS_PROMPT_BYTES, per_class=20, block_size=64)
+    from minilora.tasks import docstring_package_task
+
+    return docstring_package_task(max_prompt_bytes=gpt.CLS_PROMPT_BYTES, per_class=20, block_size=64)
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +56,8 @@ def tiny_env(cls_task, tokenizer, dtype=np.float32) -> M.Environment:
     return M.environment_of(model, tokenizer, cls_task, {"test": True})
 
 
-def spec(**kw) -> M.RunSpec:
-    return M.RunSpec(**{**dict(method="lora", target="qv", r=2, steps=3, batch_size=4, warmup_steps=1, lr=1e-2), **kw})
+def spec(**kw) -> RunSpec:
+    return RunSpec(**{**dict(task="cls", method="lora", target="qv", r=2, steps=3, batch_size=4, warmup_steps=1, lr=1e-2), **kw})
 
 
 # ---------------------------------------------------------------------------
@@ -68,7 +71,7 @@ def test_each_method_trains_what_it_says(cls_task, tokenizer):
     H, K, L = TINY.hidden_size, cls_task.n_classes, TINY.num_hidden_layers
     heads = H * H + H + H * K + K  # pooler, classifier
     lora = M.finetune(spec(), env, data)
-    assert lora.trainable == L * 2 * 2 * (2 * H) + heads == C.lora_count(TINY, 2, "qv") + C.head_parameters(TINY, K)
+    assert lora.trainable == L * 2 * 2 * (2 * H) + heads == M.lora_count(TINY, 2, "qv") + M.head_parameters(TINY, K)
     assert {"base_model.model.bert.pooler.dense.weight", "base_model.model.classifier.weight"} <= set(lora.state)  # PEFT's keys
     probe = M.finetune(spec(method="probe", target=None, r=0), env, data)
     assert probe.trainable == heads and set(probe.state) == {"bert.pooler.dense.weight", "bert.pooler.dense.bias",
@@ -94,19 +97,27 @@ def test_batches_are_padded_to_their_longest_row(cls_task, tokenizer):
     assert data.lengths("test").max() <= 64
 
 
-def test_runspec_refuses_bad_settings():
+def test_the_base_refuses_runs_it_cannot_train():
     with pytest.raises(ValueError, match="method"):
-        M.RunSpec("adapters")
+        M.BASE.check(RunSpec("cls", "adapters"))
     with pytest.raises(ValueError, match="target"):
-        M.RunSpec("lora", "mlp", 8)
+        M.BASE.check(RunSpec("cls", "lora", "mlp", 8))
+    with pytest.raises(ValueError, match="task"):
+        M.BASE.check(RunSpec("code", "full"))
     with pytest.raises(ValueError, match="learning rate"):
-        M.RunSpec("full").train_config()
+        M.train_config(RunSpec("cls", "full"))
 
 
 def test_rates_of_untuned_ranks_come_from_the_nearest_tuned_one():
+    session = Session(quick=False)
     rates = {"probe": 1.0, "full": 2.0, "qv r=8": 3.0, "qv r=64": 4.0, "attn r=8": 5.0, "attn r=64": 6.0}
-    assert [M.rate_for(rates, M.RunSpec("lora", "qv", r)) for r in (1, 4, 8, 64)] == [3.0, 3.0, 3.0, 4.0]
-    assert M.rate_for(rates, M.RunSpec("lora", "attn", 64)) == 6.0 and M.rate_for(rates, M.RunSpec("probe")) == 1.0
+    session.memo[("rates", "minilm", "cls", None)] = (rates, {})
+
+    def rate_for(s):
+        return resolved(session, M.BASE, [s])[0].lr
+
+    assert [rate_for(RunSpec("cls", "lora", "qv", r)) for r in (1, 4, 8, 64)] == [3.0, 3.0, 3.0, 4.0]
+    assert rate_for(RunSpec("cls", "lora", "attn", 64)) == 6.0 and rate_for(RunSpec("cls", "probe")) == 1.0
 
 
 # ---------------------------------------------------------------------------
@@ -120,7 +131,7 @@ def test_reference_matches_minilora_float64(cls_task, tokenizer, method):
     env = tiny_env(cls_task, tokenizer, np.float64)
     data = M.Classification(cls_task, tokenizer, 4, with_val=False)
     s = spec(method=method, target="qv" if method == "lora" else None, r=2 if method == "lora" else 0, steps=4, lr=3e-2)
-    ours, theirs = M.finetune(s, env, data), C.torch_finetune(s, env, data)
+    ours, theirs = M.finetune(s, env, data), M.torch_finetune(s, env, data)
     assert np.max(np.abs(np.array(ours.losses) - theirs["losses"]) / np.abs(theirs["losses"])) < 1e-9
     assert ours.final["loss"] == pytest.approx(theirs["final"]["loss"], rel=1e-9)
     assert ours.losses[-1] != ours.losses[0]
@@ -137,7 +148,7 @@ SMALL = BertConfig(vocab_size=500, hidden_size=64, num_hidden_layers=2, num_atte
 
 def test_counts_equal_minilora_and_peft():
     pytest.importorskip("peft")
-    rows = C.count_rows(SMALL, 6, (1, 8), tuple(C.COUNT_TARGETS), peft=True)
+    rows = M.count_rows(SMALL, 6, (1, 8), tuple(M.COUNT_TARGETS), peft=True)
     assert len(rows) == 6 and all(row["match"] for row in rows), rows
     row = next(r for r in rows if r["target"] == "all" and r["r"] == 8)
     H, I = SMALL.hidden_size, SMALL.intermediate_size
@@ -146,23 +157,23 @@ def test_counts_equal_minilora_and_peft():
 
 @pytest.mark.parametrize("method, batch, T", [("full", 2, 32), ("full", 8, 64), ("lora", 8, 64)])  # LoRA at 2 x 32: Python objects are 5%
 def test_analytic_memory_agrees_with_tracemalloc(method, batch, T):
-    from minilora.experiments.memory import AGREEMENT, traced_step
+    from minilora.experiments.claims.memory import AGREEMENT
 
     def make():
-        model, trained = C.bert_classifier(SMALL, 6, method)
-        inputs, labels = C.random_inputs(SMALL, batch, T, 6)
+        model, trained = M.bert_classifier(SMALL, 6, method)
+        inputs, labels = M.random_inputs(SMALL, batch, T, 6)
         return model, trained, lambda: model(**inputs, labels=labels)[1]
 
     measured = traced_step(make)
-    analytic = C.bert_analytic_step_memory(SMALL, 6, batch, T, method)
+    analytic = M.bert_analytic_step_memory(SMALL, 6, batch, T, method)
     assert measured["weights"] == analytic["weights"] and measured["optimizer"] == analytic["optimizer"]
     assert abs(measured["peak"] / analytic["peak"] - 1) < AGREEMENT, (measured, analytic)
 
 
 def test_step_flops():
-    full, lora = (C.bert_step_flops(SMALL, 4, 32, m) for m in ("full", "lora"))
+    full, lora = (M.bert_step_flops(SMALL, 4, 32, m) for m in ("full", "lora"))
     assert lora["forward"] > full["forward"] and 0.5 < lora["total"] / full["total"] < 0.75
-    assert C.bert_step_flops(SMALL, 8, 32, "full")["total"] == 2 * full["total"]  # linear in the batch
+    assert M.bert_step_flops(SMALL, 8, 32, "full")["total"] == 2 * full["total"]  # linear in the batch
 
 
 # ---------------------------------------------------------------------------
@@ -170,56 +181,78 @@ def test_step_flops():
 # ---------------------------------------------------------------------------
 
 
-def test_over_bases_keeps_both_verdicts():
-    toy = ClaimResult("accuracy", "t", "c", "m", "toy figure", PARTLY, figures={"x": 1}, body="toy body")
-    real = BaseResult(HOLDS, "real figure", "real body", {"y": 2})
-    both = over_bases("accuracy", "t", "c", "m", toy, real, "they differ")
-    assert both.verdict == PARTLY and both.bases == {"toy": PARTLY, "minilm": HOLDS}
-    assert both.figures == {"x": 1, "minilm": {"y": 2}} and "toy body" in both.body and "they differ" in both.body
-    assert over_bases("accuracy", "t", "c", "m", None, real).verdict == HOLDS
-    assert over_bases("accuracy", "t", "c", "m", toy, None) is toy
-    from minilora.report import render_table
-
-    assert "**partly** (toy: partly; MiniLM: holds)" in render_table([both])
-    assert FAILS not in render_table([toy])
+def tiny_minilm(quick: bool):
+    base = copy.copy(M.BASE)
+    grid = Grid(seeds=(0,) if quick else (0, 1), batch_size=4, tasks=(
+        ("cls", TaskGrid(2, (("qv", (8, 64)), ("attn", () if quick else (8,))), methods=("probe", "full"))),))
+    base.grids = {quick: grid}
+    base.rate_grids = {"probe": (1e-3, 1e-2), "full": (1e-4, 1e-3), "lora": (1e-3, 1e-2)}
+    base.cost_size = {quick: (2, 16)}
+    return base
 
 
 @pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
-def test_sections_run_end_to_end(cls_task, tokenizer, tmp_path, monkeypatch, quick):
-    tiny = M.Sizes(steps=2, batch_size=4, seeds=(0,) if quick else (0, 1), qv_ranks=(8, 64), attn_ranks=() if quick else (8,))
-    monkeypatch.setattr(M, "QUICK" if quick else "FULL", tiny)
-    monkeypatch.setattr(C, "COST_SIZE", {quick: (2, 16)})
-    monkeypatch.setattr(C, "COUNT_RANKS", (1, 8))
-    monkeypatch.setattr(M, "RATE_GRID", {"probe": (1e-3, 1e-2), "full": (1e-4, 1e-3), "lora": (1e-3, 1e-2)})
-    ctx = Context(out=str(tmp_path), quick=quick, progress=False, bases=("minilm",))
-    ctx.shared["minilm_env"] = tiny_env(cls_task, tokenizer)
-    sections = [C.accuracy, C.rank, C.params, C.memory, C.time] + ([] if quick else [C.reference])
-    for section in sections:
-        result = section(ctx)
-        assert result.verdict in (HOLDS, PARTLY, FAILS) and result.body
-        assert ("Quick-mode" in result.body) == (quick and section in (C.accuracy, C.rank, C.memory, C.time))
-        for plot in result.plots:
-            assert (tmp_path / plot).stat().st_size > 1000
+def test_claims_run_end_to_end(cls_task, tokenizer, tmp_path, monkeypatch, quick):
+    from minilora.experiments.claims import params
+
+    monkeypatch.setattr(params, "COUNT_RANKS", {quick: (1, 8)})
+    base = tiny_minilm(quick)
+    session = session_for(quick, cls_task, None, {"minilm": tiny_env(cls_task, tokenizer)}, bases_chosen=("minilm",))
+    keys = ["accuracy", "rank", "params", "memory", "time"] + ([] if quick else ["reference"])
+    with registered(base):
+        for key in keys:
+            entry, section = claim_entry(key, session, tmp_path)
+            assert list(entry["bases"]) == ["minilm"] and entry["verdict"] in (HOLDS, PARTLY, FAILS) and section["body"]
+            assert section["figure"].startswith("MiniLM: ") and "(MiniLM: " in section["verdict"]
+            assert ("Quick-mode" in section["body"]) == (quick and key in ("accuracy", "rank", "memory", "time"))
+            for plot in section["plots"]:
+                assert plot.startswith("minilm_") and (tmp_path / plot).stat().st_size > 1000
     if not quick:  # the selection trained the probe, full fine-tuning and LoRA at r = 8, 64 on qv and attn, each rate
-        table = ctx.shared["minilm_lr_selection"]
+        table = session.memo[("rates", "minilm", "cls", None)][1]
         assert list(table) == ["probe", "full", "qv r=8", "qv r=64", "attn r=8", "attn r=64"]
         for name, (rate, rows) in table.items():
-            assert rate in rows and set(rows) == set(M.RATE_GRID["lora" if " r=" in name else name])
-    trained = set(ctx.shared["minilm_runs"])
-    assert set(M.resolved(ctx, M.grid(quick))) <= trained
+            assert rate in rows and set(rows) == set(base.rate_grids["lora" if " r=" in name else name])
+    trained = {key[2] for key in session.memo if key[0] == "run"}
+    assert set(resolved(session, base, base.grid(quick).specs())) <= trained
 
 
-def test_accuracy_comparison_says_which_way_the_bases_differ():
-    from types import SimpleNamespace
+def test_the_report_puts_both_bases_side_by_side(tmp_path):
+    """A claim measured on two bases: each base's verdict in the table, a section for each, the comparison."""
+    from minilora import verify
+    from minilora.report import render_claim
 
-    toy = SimpleNamespace(verdict=PARTLY, figures={
-        "summary": {"cls": {"Wq+Wv r=8": {"accuracy_mean": 0.42}, "full": {"accuracy_mean": 0.54}}},
-        "base": {"cls": {"accuracy": 0.19}}, "parts": {"classification": FAILS}, "cls_gap": 0.12})
-    real = SimpleNamespace(verdict=HOLDS, figures={
-        "summary": {"cls": {"qv r=8": {"accuracy_mean": 0.76}, "full": {"accuracy_mean": 0.77}, "probe": {"accuracy_mean": 0.71}}},
-        "gap": 0.01, "chance": 1 / 6})
-    assert "The verdicts differ" in C.accuracy_comparison(toy, real) and "comes closer" in C.accuracy_comparison(toy, real)
-    real.figures["gap"], real.verdict = 0.25, FAILS
-    assert "further short" in C.accuracy_comparison(toy, real)
-    toy.figures["cls_gap"] = float("nan")
-    assert "cannot be compared" in C.accuracy_comparison(toy, real)
+    def slot(short, in_text, figures, verdict):
+        return {"short": short, "title": f"the {short} base", "in_text": in_text, "figures": figures,
+                "verdict": {"verdict": verdict, "parts": {"classification": verdict}, "thresholds": {"gap holds <=": 0.03}}}
+
+    summary = {"cls": {"Wq+Wv r=8": {"accuracy_mean": 0.42}, "full": {"accuracy_mean": 0.54}}}
+    toy = {"summary": summary, "untuned": {"cls": {"accuracy": 0.19}}, "cls_gap": 0.12, "judged": {"cls": "Wq+Wv r=8"}}
+    real = {"summary": {"cls": {"qv r=8": {"accuracy_mean": 0.76}, "full": {"accuracy_mean": 0.77},
+                                "probe": {"accuracy_mean": 0.71}}}, "cls_gap": 0.01, "chance": 1 / 6, "judged": {"cls": "qv r=8"}}
+    claim = {"number": 4, "title": "t", "claim": "c", "measured": "m", "verdict": PARTLY, "comparison": None, "provenance": {},
+             "bases": {"toy": slot("toy", "the toy base", toy, PARTLY), "minilm": slot("MiniLM", "MiniLM", real, HOLDS)}}
+    text = accuracy.render_comparison(claim)
+    assert "The verdicts differ" in text and "comes closer" in text
+    real["cls_gap"], claim["bases"]["minilm"]["verdict"]["verdict"] = 0.25, FAILS
+    assert "further short" in accuracy.render_comparison(claim)
+    toy["cls_gap"] = float("nan")
+    assert "cannot be compared" in accuracy.render_comparison(claim)
+
+    class Stub:  # a claim whose sections are fixed text: what the report does with two bases
+        BASES = ("toy", "minilm")
+
+        @staticmethod
+        def render(figures, verdict, plot, quick):
+            return {"figure": f"gap {figures['cls_gap']}", "body": "body", "plots": []}
+
+        @staticmethod
+        def render_comparison(claim):
+            return "they differ"
+
+    section = render_claim("accuracy", claim, Stub, tmp_path, "r.json: claims.accuracy")
+    assert section["verdict"] == f"**{PARTLY}** (toy: {PARTLY}; MiniLM: {FAILS})"
+    assert section["figure"].startswith("toy: gap ") and " · MiniLM: gap 0.25" in section["figure"]
+    assert "### On the toy base" in section["body"] and "they differ" in section["body"]
+    assert "MiniLM: gap holds <=" in section["thresholds"]
+    assert verify.claim_bases(Stub, Session(bases=("minilm",))) == ("minilm",)
+    assert verify.claim_bases(Stub, Session(bases=("llama",))) == ("toy",)  # none chosen: its first

@@ -39,8 +39,7 @@ from hypothesis import HealthCheck, Phase, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from minilora import io  # noqa: E402
-from minilora.experiments import tuning  # noqa: E402
-from minilora.experiments.finetune import RunResult  # noqa: E402
+from minilora.experiments.runs import RunCache, RunResult  # noqa: E402
 from minilora.models import to_transformers  # noqa: E402
 from minilora.models.hf import HF_FIELD_TYPES  # noqa: E402
 from minilora.peft import IA3Config, LoraConfig, PrefixTuningConfig, PromptTuningConfig, get_peft_model  # noqa: E402
@@ -48,7 +47,7 @@ from minilora.peft.adapters import BottleneckConfig  # noqa: E402
 from minilora.peft.model import SIZE_FIELDS, _method  # noqa: E402
 from minilora.train import save_checkpoint  # noqa: E402
 
-from fuzz_child import RUN_KEY, run_spec  # noqa: E402
+from fuzz_child import run_request, run_spec  # noqa: E402
 from peft_helpers import perturb_trainable, perturb_trainable_torch, tiny_gpt  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -108,13 +107,14 @@ def bases(tmp_path_factory) -> dict:
     shards = sorted(p.name for p in (root / "gpt-sharded").glob("model-*.safetensors"))
     out["gpt-sharded"] = dict(op="gpt", config="config.json", weights=shards[0], minilora=False,
                               index="model.safetensors.index.json")
-    with pytest.MonkeyPatch.context() as mp:  # a run of the run cache, as cached_run writes it
-        mp.setenv("MINILORA_RUN_CACHE", str(root / "runcache"))
-        adapter = get_peft_model(tiny_gpt(np.float32), LoraConfig(r=2, target_modules=["c_attn"]))
-        state = {n: p.data.copy() for n, p in adapter.named_parameters() if p.requires_grad}
-        tuning.cached_run(run_spec(), RUN_KEY, lambda: RunResult(run_spec(), [2.0, 1.5], {"loss": 1.4, "accuracy": 0.5},
-                                                                 64, 3.0, state, {"loss": 1.5, "accuracy": 0.25}))
-    out["runcache"] = dict(op="run_cache", config=None, weights=next((root / "runcache").iterdir()).name, minilora=True)
+    # a run of the run cache, as RunCache writes it: its weights file is what is damaged (the entry's JSON
+    # records the file's sha256, so any change to its bytes is refused)
+    adapter = get_peft_model(tiny_gpt(np.float32), LoraConfig(r=2, target_modules=["c_attn"]))
+    state = {n: p.data.copy() for n, p in adapter.named_parameters() if p.requires_grad}
+    cache = RunCache(root / "runcache")
+    cache.write(run_request(), RunResult(run_spec(), [2.0, 1.5], {"loss": 1.4, "accuracy": 0.5}, 64, 3.0, state,
+                                         {"loss": 1.5, "accuracy": 0.25}))
+    out["runcache"] = dict(op="run_cache", config=None, weights=cache.paths(run_request())[1].name, minilora=True)
     with io.replacing_output_folder(root / "out-report", "verify report") as staging:  # the command's own outputs
         (staging / "README.md").write_text("# a report\n")
         (staging / "results.json").write_text("{}")
@@ -250,14 +250,16 @@ def damage_weights(path: Path, kind: str, p: dict, op: str) -> bool:
         path.write_bytes(raw[:8 + n] + data[:begin] + stored(values, dtype) + data[end:])
         if kind == "overflow_payload":  # finite in float32 and bfloat16: refused where float16 must hold it
             return dtype == "F16" or op == "gpt16"
-    elif kind == "run_figures":
-        figures = json.loads(header["__metadata__"]["minilora_run"])
-        figures[p["field"]] = p["value"]
-        text = json.dumps(figures, allow_nan=True) if p["value"] != "__drop__" else json.dumps(
-            {k: v for k, v in figures.items() if k != p["field"]})
-        header["__metadata__"]["minilora_run"] = text
-        path.write_bytes(join_safetensors(header, data))
-        return not valid_figure(p["field"], p["value"])
+    elif kind == "run_figures":  # a figure of the entry's JSON changed by hand: refused, the checksum no longer matches
+        entry_path = path.with_suffix(".json")
+        entry = json.loads(entry_path.read_text())
+        before = json.dumps(entry, sort_keys=True)
+        if p["value"] == "__drop__":
+            entry["result"].pop(p["field"], None)
+        else:
+            entry["result"][p["field"]] = p["value"]
+        entry_path.write_text(json.dumps(entry, allow_nan=True))
+        return json.dumps(entry, sort_keys=True, allow_nan=True) != before
     elif kind == "header_len":
         if p["length"] == n:
             return False
@@ -325,22 +327,6 @@ def damage_config(path: Path, kind: str, p: dict, base_name: str) -> bool:
     elif kind == "duplicate_key":
         path.write_text(text.rstrip()[:-1] + f', {json.dumps(field)}: {json.dumps(config[field])}' + "}")
     return True
-
-
-def valid_figure(field: str, value) -> bool:
-    """Whether a cached run's figure ``field`` may hold ``value`` (strict JSON: NaN is written as null)."""
-    def number(v):
-        return v is None or isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    if field == "losses":
-        return isinstance(value, list) and all(number(v) for v in value)
-    if field in ("final", "val"):
-        return isinstance(value, dict) and all(number(v) for v in value.values())
-    if field == "trainable":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if field == "seconds":
-        return value is not None and number(value)
-    return False  # another spec, or a figure dropped
 
 
 def damage_index(path: Path, p: dict) -> bool:

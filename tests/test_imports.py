@@ -1,4 +1,6 @@
-"""No import cycle in ``minilora/``: the layers of docs/architecture.md point one way.
+"""No import cycle in ``minilora/``: the layers of docs/architecture.md point one way; and the
+experiments' matrix keeps its rules (claims import core, runs and bases; bases import core, runs and
+models; no claim imports another; only verify imports the claims).
 
 Every module is parsed with ``ast`` (nothing is imported), and each of its import
 statements -- at the top or inside a function, where a cycle usually hides -- gives an
@@ -23,12 +25,10 @@ ALLOWED = {
     frozenset({"minilora.models.llama", "minilora.models.llama_hf"}): "LlamaForCausalLM.from_pretrained/save_pretrained call llama_hf.py, which builds LLaMAs",
 }
 
-# minilora/experiments/ has a cycle of eight modules today (finetune, intrinsic_rank, memory,
-# minilm, minilm_claims, params, reference, speed). The matrix work of issue #20 removes it and
-# extends this test to experiments/ with its own rules: claims import core, runs and bases;
-# bases import core, runs and models; no claim imports another claim; only verify imports the
-# claims. Until then its modules are left out of the graph.
-EXCLUDED = "minilora.experiments"
+EXPERIMENTS = "minilora.experiments"
+# The old import paths of four experiment modules, kept for the course notebooks 01-06 until they move
+# to the new ones: each re-exports names of a claim or a base, so it may import a claim (nothing imports it).
+LEGACY = {f"{EXPERIMENTS}.{name}" for name in ("finetune", "intrinsic_rank", "modularity", "quantization")}
 
 
 def module_files(package: Path = ROOT / "minilora") -> dict:
@@ -115,9 +115,7 @@ def describe(component: frozenset, graph: dict) -> str:
 
 
 def test_no_import_cycle_in_minilora():
-    modules = {name: path for name, path in module_files().items()
-               if name != EXCLUDED and not name.startswith(EXCLUDED + ".")}
-    graph = import_graph(modules)
+    graph = import_graph(module_files())
     unexpected = [c for c in cycles(graph) if c not in ALLOWED]
     assert not unexpected, "import cycles (each module -> the modules of its cycle it imports):\n" + "\n".join(
         describe(c, graph) for c in unexpected)
@@ -150,3 +148,77 @@ def test_the_graph_sees_what_python_runs(tmp_path):
     assert graph["p.a"] == {"p.b"} and graph["p.sub.x"] == {"p.sub.y"}
     assert graph["p.c"] == {"p.sub", "p.sub.y"}
     assert set(cycles(graph)) == {frozenset({"p.a", "p.b"}), frozenset({"p.sub", "p.c"})}
+
+
+def layer(name: str) -> str | None:
+    """Which part of the experiments' matrix a module is in: "core", "runs", "bases", "claims", or None."""
+    parts = name.split(".")
+    if name.startswith(EXPERIMENTS + ".") and len(parts) > 2 and parts[2] in ("core", "runs", "bases", "claims"):
+        return parts[2]
+    return None
+
+
+# Within minilora.experiments, what each part may import (besides its own part; anything outside
+# experiments -- models, peft, train, ... -- is the layers below, checked by the cycle test above).
+MAY_IMPORT = {"core": set(), "runs": {"core"}, "bases": {"core", "runs"}, "claims": {"core", "runs", "bases"}}
+
+
+def matrix_violations(modules: dict) -> list:
+    """Every import that breaks the experiments' rules, as sentences."""
+    graph = import_graph(modules)
+    claims = {m for m in modules if layer(m) == "claims" and m != f"{EXPERIMENTS}.claims"}
+    bases = {m for m, path in modules.items() if layer(m) == "bases" and defines_base(path)}
+    out = []
+    for name, targets in sorted(graph.items()):
+        own = layer(name)
+        for target in sorted(targets):
+            theirs = layer(target)
+            if target in claims and name in claims:
+                out.append(f"{name} imports the claim {target}: no claim imports another")
+            elif target in claims and name != "minilora.verify" and name not in LEGACY:
+                out.append(f"{name} imports the claim {target}: only minilora.verify imports the claims")
+            elif target in bases and name != target and own == "bases":
+                out.append(f"{name} imports the base {target}: no base imports another")
+            elif own in MAY_IMPORT and target.startswith(EXPERIMENTS + ".") and theirs != own and theirs not in MAY_IMPORT[own]:
+                out.append(f"{name} ({own}) imports {target}: {own} may import {sorted(MAY_IMPORT[own]) or 'nothing else'} "
+                           "of minilora.experiments")
+    return out
+
+
+def defines_base(path: Path) -> bool:
+    """Whether a module assigns ``BASE`` at its top level (what makes a module of bases/ a base)."""
+    return any(isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "BASE" for t in node.targets)
+               for node in ast.parse(path.read_text()).body)
+
+
+def test_the_experiments_keep_their_rules():
+    modules = module_files()
+    assert sum(layer(m) == "claims" for m in modules) > 1 and sum(layer(m) == "bases" for m in modules) > 1, \
+        "minilora/experiments/ has no claims/ and bases/ packages: the claim x base layout is missing"
+    violations = matrix_violations(modules)
+    assert not violations, "\n".join(violations)
+
+
+def test_the_matrix_rules_catch_what_they_name(tmp_path):
+    """The rules above on a made-up experiments package: a claim importing another claim, a base importing
+    a claim, core importing runs, a module outside verify importing a claim -- each is named."""
+    root = tmp_path / "minilora"
+    files = {
+        "__init__.py": "", "verify.py": "from minilora.experiments.claims import a\n", "other.py": "import minilora.experiments.claims.a\n",
+        "experiments/__init__.py": "", "experiments/core/__init__.py": "", "experiments/core/x.py": "from minilora.experiments.runs import y\n",
+        "experiments/runs/__init__.py": "", "experiments/runs/y.py": "",
+        "experiments/bases/__init__.py": "", "experiments/bases/toy.py": "from minilora.experiments.claims import a\nBASE = 1\n",
+        "experiments/bases/big.py": "from minilora.experiments.bases import toy\nBASE = 2\n",
+        "experiments/claims/__init__.py": "", "experiments/claims/a.py": "from minilora.experiments.claims import b\n",
+        "experiments/claims/b.py": "from minilora.experiments import core, runs, bases\n",
+    }
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    found = "\n".join(matrix_violations(module_files(root)))
+    assert "minilora.experiments.claims.a imports the claim minilora.experiments.claims.b: no claim imports another" in found
+    assert "minilora.experiments.bases.toy imports the claim" in found
+    assert "minilora.experiments.bases.big imports the base minilora.experiments.bases.toy" in found
+    assert "minilora.experiments.core.x (core) imports minilora.experiments.runs" in found
+    assert "minilora.other imports the claim minilora.experiments.claims.a" in found
+    assert not [line for line in found.splitlines() if line.startswith(("minilora.verify ", "minilora.experiments.claims.b "))]

@@ -21,7 +21,7 @@ import pytest
 
 from minilora import cli, io, pretrain, verify
 from minilora.errors import OutputFolderError, WeightsError
-from minilora.experiments.common import HOLDS, ClaimResult
+from minilora.experiments.core import HOLDS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,14 +41,31 @@ def umask() -> int:
     return mask
 
 
+class InstantClaim:
+    """A claim that measures nothing and renders one plot: the folder handling without the minutes."""
+
+    KEY, NUMBER, BASES = "params", 1, ("toy",)
+    TITLE, CLAIM, MEASURED = "t", "c", "m"
+
+    @staticmethod
+    def measure(base, session):
+        return {"n": 1}
+
+    @staticmethod
+    def verdict(figures):
+        return {"verdict": HOLDS, "parts": {}, "thresholds": {}}
+
+    @staticmethod
+    def render(figures, verdict, plot, quick):
+        import matplotlib.pyplot as plt
+
+        return {"figure": "f", "body": "b", "plots": [plot(plt.figure(), "plot.png")]}
+
+
 @pytest.fixture
 def fake_claims(monkeypatch):
-    """``verify`` with one instant claim that writes a plot: the folder handling without the minutes."""
-    def run_claims(ctx, keys=None, log=print):
-        Path(ctx.path("plot.png")).write_bytes(b"png")
-        return [ClaimResult(key="params", title="t", claim="c", measured="m", figure="f", verdict=HOLDS, plots=["plot.png"])]
-
-    monkeypatch.setattr(verify, "run_claims", run_claims)
+    """``verify`` with one instant claim that writes a plot."""
+    monkeypatch.setattr(verify, "claim_modules", lambda: {"params": InstantClaim})
 
 
 def run_cli(argv, capsys) -> tuple:

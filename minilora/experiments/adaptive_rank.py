@@ -16,7 +16,7 @@ one method, one seed and one learning rate:
 "All matrices": GPT-2's four projections (``c_attn`` as one fused matrix, PEFT's form) and
 BERT's six (query, key, value, the attention output, the two feed-forward ones). On MiniLM
 the classifier and the never-trained pooler are trained in full beside every method, as in
-claim 4 (``experiments/minilm.py``).
+claim 4 (``experiments/bases/minilm.py``).
 
 ``run_one`` returns plain figures: the test and validation loss and accuracy, every test
 row's predicted class (what a bootstrap over rows needs), the trained-parameter counts, the
@@ -49,7 +49,7 @@ MATRICES = {
 }
 MATRIX_LABELS = {"toy": ("c_attn (q,k,v)", "attn c_proj", "mlp c_fc", "mlp c_proj"),
                  "minilm": ("query", "key", "value", "attn output", "ffn in", "ffn out")}
-ALPHA_PER_RANK = 2  # alpha = 2 r, as in claim 4 (experiments/finetune.py)
+ALPHA_PER_RANK = 2  # alpha = 2 r, as in claim 4 (experiments/runs/spec.py)
 
 
 @dataclass(frozen=True)
@@ -118,12 +118,12 @@ def rank_table(model, base: str) -> list:
 
 
 class ToyBase:
-    """The shipped toy GPT on the docstring -> package task (``experiments/finetune.py``'s)."""
+    """The shipped toy GPT on the docstring -> package task (``experiments/bases/gpt.py``'s)."""
 
     name = "toy"
 
     def __init__(self, env=None, batch_size: int = 8):
-        from minilora.experiments import finetune as ft
+        from minilora.experiments.bases import gpt as ft
 
         self.ft = ft
         self.env = env or ft.load_environment()
@@ -131,7 +131,9 @@ class ToyBase:
 
     def fresh(self, seed: int):
         """A copy of the base after ``manual_seed(seed)``: the adapter drawn next is the seed's."""
-        return self.ft.fresh_model(self.ft.RunSpec("cls", "full", seed=seed), self.env.base)
+        from minilora.experiments.runs import RunSpec
+
+        return self.ft.fresh_model(RunSpec("cls", "full", seed=seed), self.env.base)
 
     def fit(self, model, train_config: TrainConfig):
         return train(model, self.data.batches, train_config)
@@ -147,12 +149,12 @@ class ToyBase:
 
 
 class MiniLMBase:
-    """all-MiniLM-L6-v2 on the same task read as text (``experiments/minilm.py``'s)."""
+    """all-MiniLM-L6-v2 on the same task read as text (``experiments/bases/minilm.py``'s)."""
 
     name = "minilm"
 
     def __init__(self, env=None, batch_size: int = 16):
-        from minilora.experiments import minilm
+        from minilora.experiments.bases import minilm
 
         self.minilm = minilm
         self.env = env or minilm.load_environment()
@@ -160,7 +162,9 @@ class MiniLMBase:
 
     def fresh(self, seed: int):
         """The pretrained encoder with the seed's classifier, drawn after ``manual_seed(seed)``."""
-        return self.minilm.fresh_model(self.minilm.RunSpec("full", seed=seed), self.env)
+        from minilora.experiments.runs import RunSpec
+
+        return self.minilm.fresh_model(RunSpec("cls", "full", seed=seed), self.env)
 
     def fit(self, model, train_config: TrainConfig):
         return train(self.minilm.TrainView(model), self.data.batches, train_config)
@@ -188,7 +192,7 @@ def run_one(base, method: str, seed: int, lr: float, quick: bool = False, steps:
     model = base.fresh(seed)
     r = matched_rank(model, base.name) if method == "lora_matched" else None
     model = get_peft_model(model, config(base.name, method, steps, r))
-    from minilora.experiments.finetune import WEIGHT_DECAY
+    from minilora.experiments.bases.gpt import WEIGHT_DECAY
 
     train_config = TrainConfig(max_steps=steps, lr=lr, warmup_steps=max(1, steps // 10), weight_decay=WEIGHT_DECAY,
                                eval_interval=0, seed=seed, progress=progress, desc=f"{base.name} {method} seed {seed}")

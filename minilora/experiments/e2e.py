@@ -44,8 +44,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import minilora
-from minilora.experiments import methods as M
-from minilora.experiments.finetune import ALPHA_PER_RANK, TARGETS
+from minilora.experiments.bases import gpt_methods as M
+from minilora.experiments.bases.gpt import TARGETS
+from minilora.experiments.runs import ALPHA_PER_RANK
 from minilora.io import atomic_write
 from minilora.models.decoding import greedy_decode
 from minilora.nlg_metrics import score_corpus
@@ -57,11 +58,11 @@ from minilora.train import TrainConfig, evaluate_loss, train
 POSITIONS = 512  # the E2E bases' context: an E2E row runs to 545 bytes (a few are cut)
 METHODS = ("full", "lora", "houlsby", "prefix", "ia3")
 BASES = {"gpt": "base_512 (GPT-2)", "llama": "llama_base_512 (LLaMA)"}
-LORA_TARGETS = {"gpt": "Wq+Wv", "llama": "q_proj+v_proj"}  # keys of experiments.finetune.TARGETS
+LORA_TARGETS = {"gpt": "Wq+Wv", "llama": "q_proj+v_proj"}  # keys of experiments.bases.gpt.TARGETS
 MAX_NEW_TOKENS = 320  # the generation cap (bytes): all 4,693 test references but one are shorter
 BATCH_SIZE = 8  # the paper's batch
 WARMUP_FRACTION = 0.05  # of the run's steps
-WEIGHT_DECAY = {"ia3": 0.0}  # as methods_accuracy: a decayed (IA)^3 scale is pulled towards 0, not 1
+WEIGHT_DECAY = {"ia3": 0.0}  # as the GPT bases' METHOD_WEIGHT_DECAY: a decayed (IA)^3 scale is pulled towards 0, not 1
 DECODE_BATCH = 32  # test MRs decoded together
 # Quick mode: a few steps, a handful of MRs -- the figures are rough, for a notebook or a test.
 QUICK = dict(steps=30, val_pairs=64, test_mrs=16)

@@ -18,7 +18,7 @@ with the adapters' bottleneck m chosen so that each trains as many numbers as th
 adapter, as nearly as the sizes allow (``methods.matched_size``). An adapter cannot be
 merged (a nonlinearity sits between its two projections), so its layers run in every
 forward, one after the other -- the "added depth". Timing follows claim 7
-(``inference.py``, ``timing.py``): one BLAS thread, the process's CPU time, every variant
+(``claims/inference.py``, ``core/timing.py``): one BLAS thread, the process's CPU time, every variant
 run in each round in a rotating order, medians of each round's own ratios.
 
 On a GPU at batch 1 each small kernel waits for the one before it, so extra layers add their
@@ -36,13 +36,23 @@ import copy
 
 import numpy as np
 
-from minilora.experiments import methods as M
-from minilora.experiments.common import ClaimResult, Context, combine, judge
-from minilora.experiments.timing import blas_threads, clock, no_gc
+import minilora
+from minilora import backend
+from minilora.experiments.bases import gpt_methods as M
+from minilora.experiments.core import combine, judge, time_rounds
 from minilora.models import GPTConfig
+from minilora.peft import get_peft_model
+
+KEY, NUMBER = "depth_latency", 10
+TITLE = "Latency from added depth: adapters vs LoRA"
+CLAIM = ("Adapter methods put small extra modules between the layers of a frozen model; the depth this adds can "
+         "make inference slower, while LoRA adds next to no cost.")
+MEASURED = ("forward latency of base, LoRA merged/unmerged, Houlsby and Pfeiffer adapters (matched trainable "
+            "counts) at batch 1 and a large batch, interleaved medians")
+BASES = ("toy",)
 
 LORA_RANK = 8  # on Wq and Wv, as in claims 2, 3 and 7
-B_STD = 0.02  # LoRA's B and the adapters' W_up drawn from N(0, B_STD), as after fine-tuning (inference.build_variants)
+B_STD = 0.02  # LoRA's B and the adapters' W_up drawn from N(0, B_STD), as after fine-tuning (base.serving_variants)
 ADAPTERS = ("houlsby", "pfeiffer")
 NAMES = {"houlsby": "Houlsby", "pfeiffer": "Pfeiffer"}
 
@@ -73,17 +83,12 @@ def matched_adapter_sizes(config: GPTConfig, r: int = LORA_RANK) -> dict:
     return {"sizes": sizes, "trainable": counts}
 
 
-def build_variants(model, r: int = LORA_RANK, b_std: float = B_STD, seed: int = 0) -> dict:
+def build_variants(base, model, r: int = LORA_RANK, b_std: float = B_STD, seed: int = 0) -> dict:
     """The six models, in eval mode, as copies of ``model`` (a minilora GPT): base, base again,
-    LoRA merged and unmerged (``inference.build_variants``), Houlsby and Pfeiffer adapters of
+    LoRA merged and unmerged (``base.serving_variants``), Houlsby and Pfeiffer adapters of
     matched size. As for LoRA's B, the adapters' W_up is drawn from N(0, ``b_std``): a small
     update, as after fine-tuning (W_up starts near 0)."""
-    import minilora
-    from minilora import backend
-    from minilora.experiments.inference import build_variants as lora_variants
-    from minilora.peft import get_peft_model
-
-    lora = lora_variants(model, r=r, b_std=b_std, seed=seed)
+    lora = base.serving_variants(model, r=r, b_std=b_std, seed=seed)
     variants = {"base": lora["base"], "base again": lora["base again"], "LoRA merged": lora["merged"],
                 "LoRA unmerged": lora["unmerged"]}
     sizes = matched_adapter_sizes(model.config, r)["sizes"]
@@ -96,38 +101,6 @@ def build_variants(model, r: int = LORA_RANK, b_std: float = B_STD, seed: int = 
             up.data = backend.xp.asarray((rng.standard_normal(up.shape) * b_std).astype(up.dtype))  # copied to the device once
         variants[NAMES[method]] = adapted.eval()
     return variants
-
-
-def measure_forward_latency(variants: dict, shapes, repeats: int = 9, seed: int = 0, threads: int | None = 1) -> dict:
-    """Median seconds of a forward pass of each variant at each ``(batch, seq)`` of ``shapes``.
-
-    One untimed warm-up of each first; then ``repeats`` rounds, each running every variant once
-    in an order rotated by one each round. Returns ``{"B=<b> T=<t>": {variant: median seconds,
-    "<variant>/base": median over rounds of that round's ratio, "repeats", "clock"}}``."""
-    from minilora.tensor import no_grad
-
-    config = variants["base"].config
-    rng = np.random.default_rng(seed)
-    names = list(variants)
-    out = {}
-    with no_grad(), blas_threads(threads) as how, no_gc():
-        now, clock_name = clock(how, threads)
-        for batch, seq in shapes:
-            if seq > config.block_size:
-                raise ValueError(f"sequence length {seq} exceeds the model's block_size={config.block_size}")
-            x = rng.integers(0, config.vocab_size, (batch, seq))
-            for name in names:  # warm-up: caches (masks), first-touch allocations
-                variants[name](x)
-            times = {name: [] for name in names}
-            for i in range(repeats):
-                for name in names[i % len(names):] + names[: i % len(names)]:
-                    t0 = now()
-                    variants[name](x)
-                    times[name].append(now() - t0)
-            medians = {name: float(np.median(t)) for name, t in times.items()}
-            paired = {f"{name}/base": float(np.median(np.divide(times[name], times["base"]))) for name in names if name != "base"}
-            out[f"B={batch} T={seq}"] = {**medians, **paired, "repeats": repeats, "clock": clock_name}
-    return out
 
 
 def count_ops(model, x) -> int:
@@ -164,18 +137,6 @@ def overheads(setting: dict) -> dict:
     return {name.removesuffix("/base"): value - 1 for name, value in setting.items() if name.endswith("/base")}
 
 
-def judge_depth_latency(adapter_overheads: dict, merged_overhead: float, control_overhead: float) -> dict:
-    """The verdict at batch 1 (short sequence): the lighter adapter's overhead minus the merged LoRA
-    model's (points of the base latency); and merged LoRA's deviation beyond the control's."""
-    lighter = min(adapter_overheads, key=adapter_overheads.get)
-    over_merged = adapter_overheads[lighter] - merged_overhead
-    merged_excess = max(0.0, abs(merged_overhead) - abs(control_overhead))
-    parts = {"adapters slower than merged LoRA": judge(over_merged, ADAPTER_HOLDS, ADAPTER_PARTLY),
-             "merged LoRA as fast as the base": judge(merged_excess, MERGED_HOLDS, MERGED_PARTLY, higher_is_better=False)}
-    return {"lighter_adapter": lighter, "adapter_over_merged": over_merged, "merged_excess": merged_excess,
-            "parts": parts, "verdict": combine(*parts.values())}
-
-
 def plot_depth_latency(results: dict, ax=None, title: str = ""):
     """Latency relative to the base model, per setting (groups) and variant (bars)."""
     import matplotlib.pyplot as plt
@@ -201,58 +162,82 @@ def plot_depth_latency(results: dict, ax=None, title: str = ""):
     return ax
 
 
-# ---------------------------------------------------------------------------
-# the claim
-# ---------------------------------------------------------------------------
+def forward_tasks(config, shapes, seed: int = 0) -> dict:
+    """``{"B=<b> T=<t>": a forward pass on random token ids of that shape}`` for each ``(batch, seq)`` of ``shapes``."""
+    rng = np.random.default_rng(seed)
+    tasks = {}
+    for batch, seq in shapes:
+        if seq > config.block_size:
+            raise ValueError(f"sequence length {seq} exceeds the model's block_size={config.block_size}")
+        tasks[f"B={batch} T={seq}"] = lambda m, x=rng.integers(0, config.vocab_size, (batch, seq)): m(x)
+    return tasks
 
-CLAIM = ("Adapter methods put small extra modules between the layers of a frozen model; the depth this adds can "
-         "make inference slower, while LoRA adds next to no cost.")
 
-
-def run(ctx: Context, models=None, shapes=None, repeats=None) -> ClaimResult:
-    """``models``: {name: minilora GPT} (default: the base model; in the full run also the
-    768-wide model of memory.py). ``shapes``: {name: ((batch, seq), ...)}; ``repeats``: {name: n}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from minilora.experiments.inference import timed_models
-
+def measure(base, session, models=None, shapes=None, repeats=None) -> dict:
+    """``models``: {name: minilora GPT} (default: ``base.timed_models``: the base model; in the full run also
+    the 768-wide model). ``shapes``: {name: ((batch, seq), ...)}; ``repeats``: {name: n}."""
     weights_note = "given"
     if models is None:
-        models, weights_note = timed_models(ctx.quick)
-    shapes = shapes or (QUICK_SHAPES if ctx.quick else FULL_SHAPES)
-    repeats = repeats or ({name: QUICK_REPEATS for name in models} if ctx.quick else FULL_REPEATS)
-    results, matched, ops = {}, {}, {}
+        models, weights_note = base.timed_models(session.quick)
+    shapes = shapes or (QUICK_SHAPES if session.quick else FULL_SHAPES)
+    repeats = repeats or ({name: QUICK_REPEATS for name in models} if session.quick else FULL_REPEATS)
+    latency, matched, ops = {}, {}, {}
     for name, model in models.items():
         matched[name] = matched_adapter_sizes(model.config)
-        variants = build_variants(model, seed=ctx.seed)
+        variants = build_variants(base, model, seed=session.seed)
         ops[name] = op_counts(variants)
-        results[name] = measure_forward_latency(variants, shapes[name], repeats[name], seed=ctx.seed)
+        latency[name] = time_rounds(variants, forward_tasks(model.config, shapes[name], session.seed), repeats[name])
         del variants
     first = next(iter(models))
-    judged_setting = next(iter(results[first]))
-    over = overheads(results[first][judged_setting])
-    verdict = judge_depth_latency({NAMES[a]: over[NAMES[a]] for a in ADAPTERS}, over["LoRA merged"], over["base again"])
+    judged = next(iter(latency[first]))
+    return {"latency": latency, "matched": matched, "ops": ops,
+            "judged": {"model": first, "setting": judged, "overheads": overheads(latency[first][judged])},
+            "settings": {"models": {name: vars(m.config) for name, m in models.items()}, "weights": weights_note,
+                         "shapes": {k: [list(s) for s in v] for k, v in shapes.items() if k in models},
+                         "repeats": repeats, "lora": f"r={LORA_RANK} on Wq, Wv (enable_lora), B ~ N(0, {B_STD})",
+                         "adapters": f"bottleneck m matched to LoRA's count, relu, W_up ~ N(0, {B_STD})", "blas_threads": 1}}
 
+
+def verdict(figures: dict) -> dict:
+    """The verdict at batch 1 (short sequence), on the first model: the lighter adapter's overhead minus the
+    merged LoRA model's (points of the base latency); and merged LoRA's deviation beyond the control's."""
+    over = figures["judged"]["overheads"]
+    adapters = {NAMES[a]: over[NAMES[a]] for a in ADAPTERS}
+    lighter = min(adapters, key=adapters.get)
+    over_merged = adapters[lighter] - over["LoRA merged"]
+    merged_excess = max(0.0, abs(over["LoRA merged"]) - abs(over["base again"]))
+    parts = {"adapters slower than merged LoRA": judge(over_merged, ADAPTER_HOLDS, ADAPTER_PARTLY),
+             "merged LoRA as fast as the base": judge(merged_excess, MERGED_HOLDS, MERGED_PARTLY, higher_is_better=False)}
+    return {"verdict": combine(*parts.values()), "parts": parts, "lighter_adapter": lighter, "adapter_over_merged": over_merged,
+            "merged_excess": merged_excess,
+            "thresholds": {"judged setting": f"{figures['judged']['model']} model, {figures['judged']['setting']}",
+                           "lighter adapter minus merged LoRA (fraction of base latency), holds >=": ADAPTER_HOLDS,
+                           "... partly >=": ADAPTER_PARTLY,
+                           "|merged/base - 1| beyond |base again/base - 1|, holds <=": MERGED_HOLDS, "... partly <=": MERGED_PARTLY}}
+
+
+def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
+    import matplotlib.pyplot as plt
+
+    results, matched, ops, s = figures["latency"], figures["matched"], figures["ops"], figures["settings"]
+    first, judged_setting = figures["judged"]["model"], figures["judged"]["setting"]
+    over = figures["judged"]["overheads"]
     fig, axes = plt.subplots(1, len(results), figsize=(7.5 * len(results), 4.8), squeeze=False)
     for ax, (name, res) in zip(axes[0], results.items()):
         counts = matched[name]["trainable"]
         plot_depth_latency(res, ax, f"{name} model: LoRA r={LORA_RANK} ({counts['LoRA']:,}) vs adapters "
                                     f"(H {counts['Houlsby']:,}, P {counts['Pfeiffer']:,})")
     fig.tight_layout()
-    fig.savefig(ctx.path("depth_latency.png"), dpi=110)
-    plt.close(fig)
+    plots = [plot(fig, "depth_latency.png")]
 
     variant_names = ("base again", "LoRA merged", "LoRA unmerged", "Pfeiffer", "Houlsby")
     table = ["| model | setting | base (ms) | " + " | ".join(variant_names) + " |", "|---|---|---|---|---|---|---|---|"]
     for name, res in results.items():
         table.append(f"| {name} | tensor ops per forward | {ops[name]['base']} | "
                      + " | ".join(f"{ops[name][v]} ({100 * (ops[name][v] / ops[name]['base'] - 1):+.0f}%)" for v in variant_names) + " |")
-        for setting, s in res.items():
-            o = overheads(s)
-            table.append(f"| {name} | {setting} | {1000 * s['base']:.2f} | " + " | ".join(f"{100 * o[v]:+.1f}%" for v in variant_names) + " |")
+        for setting, t in res.items():
+            o = overheads(t)
+            table.append(f"| {name} | {setting} | {1000 * t['base']:.2f} | " + " | ".join(f"{100 * o[v]:+.1f}%" for v in variant_names) + " |")
     sizes_text = "; ".join(
         f"{name}: LoRA r={LORA_RANK} on Wq, Wv trains {m['trainable']['LoRA']:,}, Houlsby m={m['sizes']['houlsby']} "
         f"{m['trainable']['Houlsby']:,}, Pfeiffer m={m['sizes']['pfeiffer']} {m['trainable']['Pfeiffer']:,}"
@@ -261,10 +246,10 @@ def run(ctx: Context, models=None, shapes=None, repeats=None) -> ClaimResult:
     per_op = 1e6 * judged["base"] / ops[first]["base"]
     added = {v: ops[first][v] - ops[first]["base"] for v in ("Houlsby", "Pfeiffer", "LoRA unmerged")}
     lines = [
-        ("**Quick mode** (few rounds, base model only): the ratios are rough, to a few percent. " if ctx.quick else "")
+        ("**Quick mode** (few rounds, base model only): the ratios are rough, to a few percent. " if quick else "")
         + f"Forward latency relative to the base model (medians over interleaved rounds, one BLAS thread, "
         f"{judged['clock']}), and the number of tensor operations one forward runs; matched trainable counts -- "
-        f"{sizes_text}. Base model weights: {weights_note}.",
+        f"{sizes_text}. Base model weights: {s['weights']}.",
         "",
         *table,
         "",
@@ -295,25 +280,7 @@ def run(ctx: Context, models=None, shapes=None, repeats=None) -> ClaimResult:
         "small kernel waits for the one before it and the extra kernels add up; on a CPU the per-operation cost is "
         "lower relative to the work, and the batch-1 penalty is smaller.",
     ]
-    return ClaimResult(
-        key="depth_latency",
-        title="Latency from added depth: adapters vs LoRA",
-        claim=CLAIM,
-        measured="forward latency of base, LoRA merged/unmerged, Houlsby and Pfeiffer adapters (matched trainable "
-                 "counts) at batch 1 and a large batch, interleaved medians",
-        figure=f"batch 1, T={judged_setting.split('T=')[1]}: Houlsby {100 * over['Houlsby']:+.0f}%, Pfeiffer "
-               f"{100 * over['Pfeiffer']:+.0f}%, LoRA merged {100 * over['LoRA merged']:+.0f}% "
-               f"(noise {100 * over['base again']:+.0f}%)",
-        verdict=verdict["verdict"],
-        thresholds={"judged setting": f"{first} model, {judged_setting}",
-                    "lighter adapter minus merged LoRA (fraction of base latency), holds >=": ADAPTER_HOLDS,
-                    "... partly >=": ADAPTER_PARTLY,
-                    "|merged/base - 1| beyond |base again/base - 1|, holds <=": MERGED_HOLDS, "... partly <=": MERGED_PARTLY},
-        figures={"latency": results, "matched": matched, "ops": ops, "judged": {"setting": judged_setting, "overheads": over, **verdict}},
-        settings={"models": {name: vars(m.config) for name, m in models.items()}, "weights": weights_note,
-                  "shapes": {k: [list(s) for s in v] for k, v in shapes.items() if k in models},
-                  "repeats": repeats, "lora": f"r={LORA_RANK} on Wq, Wv (enable_lora), B ~ N(0, {B_STD})",
-                  "adapters": f"bottleneck m matched to LoRA's count, relu, W_up ~ N(0, {B_STD})", "blas_threads": 1},
-        plots=["depth_latency.png"],
-        body="\n".join(lines),
-    )
+    return {"figure": f"batch 1, T={judged_setting.split('T=')[1]}: Houlsby {100 * over['Houlsby']:+.0f}%, Pfeiffer "
+                      f"{100 * over['Pfeiffer']:+.0f}%, LoRA merged {100 * over['LoRA merged']:+.0f}% "
+                      f"(noise {100 * over['base again']:+.0f}%)",
+            "body": "\n".join(lines), "plots": plots}

@@ -1,10 +1,10 @@
-"""The parameter-efficient methods side by side: their configs, their trainable counts, matched budgets.
+"""The parameter-efficient methods on minilora's GPT: their configs, their trainable counts, matched budgets.
 
     The source article places LoRA among the parameter-efficient fine-tuning (PEFT)
     methods, next to adapters, prompt tuning and prefix tuning.
 
-What the three claims that compare methods share (``methods_latency``,
-``methods_accuracy``, ``quantization``): how each method is configured on minilora's GPT,
+What the claims that compare methods share (``claims/depth_latency.py``,
+``claims/expressiveness.py``): how each method is configured on minilora's GPT,
 and how many numbers it trains, in closed form (C = n_embd, L = n_layer):
 
     method     size   where it sits                                   trainable
@@ -25,10 +25,16 @@ be compared. IA3 has one size only.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
+import warnings
 
-from minilora.experiments.finetune import ALPHA_PER_RANK, TARGETS
+from minilora.experiments.runs import ALPHA_PER_RANK
 from minilora.models import GPTConfig
+
+# LoRA "Wq+Wv": rank-r updates of the query and value slices of GPT-2's fused c_attn (the LoRA paper's default)
+LORA_QV = dict(target_modules=["c_attn"], enable_lora=[True, False, True])
 
 METHODS = ("lora", "dora", "ia3", "prompt", "prefix", "houlsby", "pfeiffer")
 LABELS = {"full": "full fine-tuning", "lora": "LoRA (Wq, Wv)", "dora": "DoRA (c_attn)", "ia3": "(IA)³",
@@ -39,7 +45,7 @@ VIRTUAL = ("prompt", "prefix")  # methods that take positions of the model's con
 # Prompt tuning's init: PEFT's default, P vectors drawn from N(0, 1). Lester et al. (sec. 3.2) find
 # an init from vocabulary or text embeddings better for all but the largest models; on the verify
 # task all three stayed at chance after 200 steps, random with the lowest validation loss
-# (minilora/experiments/methods_accuracy.py lists the sweep).
+# (minilora/experiments/claims/expressiveness.py lists the sweep).
 PROMPT_INIT = "RANDOM"
 
 
@@ -99,7 +105,7 @@ def peft_config(method: str, size: int | None):
 
     check(method, size)
     if method == "lora":  # claim 4's "Wq+Wv" setting, alpha = 2 r: the same model as its runs
-        return LoraConfig(r=size, lora_alpha=ALPHA_PER_RANK * size, **copy.deepcopy(TARGETS["Wq+Wv"]))
+        return LoraConfig(r=size, lora_alpha=ALPHA_PER_RANK * size, **copy.deepcopy(LORA_QV))
     if method == "dora":
         return LoraConfig(r=size, lora_alpha=ALPHA_PER_RANK * size, target_modules=["c_attn"], use_dora=True)  # alpha = 2 r
     if method == "ia3":
@@ -122,3 +128,16 @@ def check(method: str, size) -> None:
         raise ValueError(f"unknown method {method!r}; methods: full, {', '.join(METHODS)}")
     if SIZE_NAMES.get(method) is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
         raise ValueError(f"{method} needs a positive int size ({SIZE_NAMES[method]}), got {size!r}")
+
+
+def peft_counts(model, r: int, **config) -> tuple:
+    """(trainable, all) from PEFT's ``get_nb_trainable_parameters`` after ``peft.get_peft_model(model,
+    LoraConfig(r=r, lora_alpha=r, **config))``; the model is unloaded afterwards."""
+    import peft
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")  # fan_in_fan_out notices for GPT-2's Conv1D
+        peft_model = peft.get_peft_model(model, peft.LoraConfig(r=r, lora_alpha=r, **config))
+        counts = peft_model.get_nb_trainable_parameters()
+        peft_model.unload()
+    return tuple(int(c) for c in counts)

@@ -1,0 +1,223 @@
+"""Claim 8: adapters are modules -- small files, swapped in an instant, combined, served together.
+
+    The source article (docs/claims.md, claim 8): LoRA adapters are modules -- one
+    frozen base can carry an adapter per task, exchanged whenever needed, and adapters
+    can be stacked or merged to mix what they learned.
+
+Two adapters trained in claim 4 -- the classification adapter and the code
+adapter, both LoRA on ``c_attn`` at r=8 -- are saved in PEFT's format and put on
+one copy of the base model. Measured:
+
+* **storage**: bytes of each adapter file against a full checkpoint of the model;
+* **swap time**: ``set_adapter`` (both already loaded), ``load_adapter`` from disk,
+  against loading a full checkpoint;
+* **combination**: ``add_weighted_adapter(["cls", "code"], [1, 1], "both",
+  combination_type="cat")`` -- exactly ΔW_cls + ΔW_code -- scored on both tasks,
+  against each adapter alone and against the base model;
+* **mixed batch**: one forward pass in which each row picks its adapter
+  (``model(x, adapter_names=[...])``), checked equal to separate passes.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from minilora.experiments.bases.gpt import fresh_model
+from minilora.experiments.core import combine, judge, now
+from minilora.experiments.runs import RunSpec, train
+from minilora.models import GPT
+from minilora.peft import BASE, PeftModel
+from minilora.tensor import no_grad
+
+KEY, NUMBER = "modularity", 8
+TITLE = "Modularity: several adapters on one base"
+CLAIM = ("LoRA adapters are modular: one frozen base holds an adapter per task, they are exchanged quickly, "
+         "and two of them can be combined (stacked or merged) into one model with both skills")
+MEASURED = "adapter file size, swap time, a weighted combination of two task adapters, a mixed-adapter batch"
+BASES = ("toy",)
+
+ADAPTER_RANK = 8
+MIXED_ROWS = 16  # rows of each task in the mixed batch
+
+
+def adapter_specs(base, quick: bool) -> dict:
+    """Claim 4's runs of PEFT's own setting (c_attn, r = 8), seed 0, on each task."""
+    grid = base.grid(quick)
+    return {task: RunSpec(task, "lora", base.PEFT_TARGET, ADAPTER_RANK, seed=grid.seeds[0], **grid.common(task))
+            for task in base.TASKS}
+
+
+def save_adapter(spec: RunSpec, state: dict, base: GPT, folder) -> None:
+    """Write a trained adapter (its state from the runner) in PEFT's format."""
+    model = fresh_model(spec, base)
+    model.base_model.load_adapter_state_dict("default", state)
+    model.save_pretrained(folder)
+
+
+def _fresh_base(base: GPT) -> GPT:
+    model = GPT(base.config, dtype=base.transformer.wte.weight.dtype)
+    model.load_state_dict(base.state_dict())
+    return model
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = now()
+        fn()
+        times.append(now() - start)
+    return float(np.median(times))
+
+
+def storage_and_swap(specs: dict, states: dict, base: GPT, folder: Path, repeats: int = 5) -> tuple:
+    """Save both adapters and the full model; time the swaps. Returns (figures, model with both adapters)."""
+    for task, spec in specs.items():
+        save_adapter(spec, states[task], base, folder / task)
+    base.save_pretrained(folder / "full")
+    size = {task: sum(p.stat().st_size for p in (folder / task).iterdir()) for task in specs}
+    full_bytes = sum(p.stat().st_size for p in (folder / "full").iterdir())
+    weights_bytes = {task: (folder / task / "adapter_model.safetensors").stat().st_size for task in specs}
+
+    model = PeftModel.from_pretrained(_fresh_base(base), folder / "cls", adapter_name="cls")
+    load_seconds = _median_seconds(lambda: (model.load_adapter(folder / "code", "code"), model.set_adapter("cls"),
+                                            model.delete_adapter("code")), repeats)
+    model.load_adapter(folder / "code", "code")
+    swap_seconds = _median_seconds(lambda: (model.set_adapter("code"), model.set_adapter("cls")), 20) / 2
+    full_load_seconds = _median_seconds(lambda: GPT.from_pretrained(folder / "full"), repeats)
+    figures = {"adapter_bytes": size, "adapter_weights_bytes": weights_bytes, "full_checkpoint_bytes": full_bytes,
+               "storage_ratio": max(size.values()) / full_bytes,
+               "set_adapter_seconds": swap_seconds, "load_adapter_seconds": load_seconds,
+               "full_checkpoint_load_seconds": full_load_seconds}
+    return figures, model
+
+
+@no_grad()
+def combination(model: PeftModel, data: dict) -> dict:
+    """Each task's figures for: base, each adapter alone, and their "cat" combination ΔW_cls + ΔW_code."""
+    model.add_weighted_adapter(["cls", "code"], [1.0, 1.0], "both", combination_type="cat")
+    out = {}
+    with model.disable_adapter():
+        out["base"] = {task: d.evaluate(model) for task, d in data.items()}
+    for name in ("cls", "code", "both"):
+        model.set_adapter(name)
+        out[name] = {task: d.evaluate(model) for task, d in data.items()}
+    model.set_adapter("cls")
+    return out
+
+
+# A single adapter must gain at least this much over the base model for "the share of its
+# gain the combination keeps" to mean anything (NaN below: judged "does not hold").
+MIN_GAIN = {"cls": 0.02, "code": 0.01}  # accuracy (2 points); nats/byte
+
+
+def retained(scores: dict) -> dict:
+    """How much of each single adapter's gain over the base model the combination keeps, per task.
+
+    Classification by accuracy: (both - base) / (cls - base); code by loss: (base - both) / (base - code).
+    """
+    acc = lambda name: scores[name]["cls"]["accuracy"]
+    loss = lambda name: scores[name]["code"]["loss"]
+    gain_cls, gain_code = acc("cls") - acc("base"), loss("base") - loss("code")
+    return {"cls": (acc("both") - acc("base")) / gain_cls if gain_cls >= MIN_GAIN["cls"] else float("nan"),
+            "code": (loss("base") - loss("both")) / gain_code if gain_code >= MIN_GAIN["code"] else float("nan")}
+
+
+@no_grad()
+def mixed_batch(model: PeftModel, data: dict, rows: int = MIXED_ROWS) -> dict:
+    """One batch: classification rows with "cls", code rows with "code", and a few base rows;
+    the largest difference from running each group on its own."""
+    x_cls, x_code = data["cls"].x_eval[:rows], data["code"].x_eval[:rows]  # (rows, 64) each
+    x = np.concatenate([x_cls, x_code, x_cls[:2]])  # (2 rows + 2, 64)
+    names = ["cls"] * len(x_cls) + ["code"] * len(x_code) + [BASE] * 2
+    start = now()
+    mixed = model(x, adapter_names=names)[0].numpy()  # (N, T, V), on the host
+    mixed_seconds = now() - start
+    separate = []
+    for name, part in (("cls", x_cls), ("code", x_code)):
+        model.set_adapter(name)
+        separate.append(model(part)[0].numpy())
+    with model.disable_adapter():
+        separate.append(model(x_cls[:2])[0].numpy())
+    model.set_adapter("cls")
+    separate = np.concatenate(separate)
+    return {"max_abs_diff": float(np.abs(mixed - separate).max()), "rows": len(x), "seconds": mixed_seconds,
+            "logit_scale": float(np.abs(separate).max())}
+
+
+# The verdict, part by part.
+STORAGE_HOLDS, STORAGE_PARTLY = 0.10, 0.50  # adapter file / full checkpoint, bytes
+SPEEDUP_HOLDS, SPEEDUP_PARTLY = 10.0, 2.0  # full-checkpoint load time / set_adapter time
+RETAINED_HOLDS, RETAINED_PARTLY = 0.80, 0.50  # the combination keeps this share of each adapter's gain (worse task)
+MIXED_TOLERANCE = 1e-4  # mixed batch vs separate runs, max |logit difference| (float32)
+
+
+def measure(base, session) -> dict:
+    specs = adapter_specs(base, session.quick)
+    runs = dict(zip(specs, train(session, base, list(specs.values()))))
+    env = base.environment(session)
+    data = {task: base.data(spec, session) for task, spec in specs.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        store, model = storage_and_swap(specs, {t: r.state for t, r in runs.items()}, env.base, Path(tmp))
+    scores = combination(model, data)
+    keep = retained(scores)
+    return {**store, "swap_speedup": store["full_checkpoint_load_seconds"] / store["set_adapter_seconds"],
+            "combination": scores, "retained": keep, "mixed_batch": mixed_batch(model, data),
+            "settings": {"adapters": {t: base.label(s) for t, s in specs.items()}, "combination": "cat, weights [1, 1]"}}
+
+
+def verdict(figures: dict) -> dict:
+    worst_keep = float(np.min(list(figures["retained"].values())))  # NaN if either adapter gained too little
+    parts = {"storage": judge(figures["storage_ratio"], STORAGE_HOLDS, STORAGE_PARTLY, higher_is_better=False),
+             "swap": judge(figures["swap_speedup"], SPEEDUP_HOLDS, SPEEDUP_PARTLY),
+             "combination": judge(worst_keep, RETAINED_HOLDS, RETAINED_PARTLY),
+             "mixed batch": judge(figures["mixed_batch"]["max_abs_diff"], MIXED_TOLERANCE, MIXED_TOLERANCE, higher_is_better=False)}
+    return {"verdict": combine(*parts.values()), "parts": parts, "worst_retained": worst_keep,
+            "thresholds": {"storage ratio holds <=": STORAGE_HOLDS, "storage ratio partly <=": STORAGE_PARTLY,
+                           "swap speed-up holds >=": SPEEDUP_HOLDS, "swap speed-up partly >=": SPEEDUP_PARTLY,
+                           "combination retained holds >=": RETAINED_HOLDS, "combination retained partly >=": RETAINED_PARTLY,
+                           "mixed batch max |diff| <=": MIXED_TOLERANCE, "minimum single-adapter gain": MIN_GAIN}}
+
+
+def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
+    f, parts, scores, keep, mixed = figures, verdict["parts"], figures["combination"], figures["retained"], figures["mixed_batch"]
+
+    def row(name):
+        return f"| {name} | {scores[name]['cls']['accuracy']:.3f} | {scores[name]['code']['loss']:.3f} | {scores[name]['code']['accuracy']:.3f} |"
+
+    quick_note = "**Quick-mode figures** (adapters from a few dozen steps). " if quick else ""
+    body = [
+        quick_note + f"Each adapter file (LoRA on c_attn, r={ADAPTER_RANK}, PEFT's format) takes "
+        f"{max(f['adapter_bytes'].values()) / 1024:.0f} KiB against {f['full_checkpoint_bytes'] / 1024:.0f} KiB "
+        f"for a full checkpoint ({100 * f['storage_ratio']:.1f}%; {parts['storage']}). Switching between two loaded "
+        f"adapters (`set_adapter`) takes {1e6 * f['set_adapter_seconds']:.0f} µs, loading one from disk "
+        f"(`load_adapter`) {1e3 * f['load_adapter_seconds']:.1f} ms, loading a full checkpoint "
+        f"{1e3 * f['full_checkpoint_load_seconds']:.1f} ms ({f['swap_speedup']:.0f}x the switch; {parts['swap']}).",
+        "",
+        f"The combination ΔW_cls + ΔW_code (`add_weighted_adapter`, \"cat\", weights 1 and 1) keeps "
+        f"{_share(keep['cls'])} of the classification adapter's accuracy gain and {_share(keep['code'])} of the "
+        f"code adapter's loss improvement ({parts['combination']}):",
+        "",
+        "| adapter | classification accuracy | code val loss | code next-byte accuracy |", "|---|---|---|---|",
+        row("base"), row("cls"), row("code"), row("both"),
+        "",
+        f"Alone, the classification adapter -- trained only to answer a letter after `=> ` -- moves the code loss from "
+        f"{scores['base']['code']['loss']:.3f} to {scores['cls']['code']['loss']:.3f}, and the code adapter moves the "
+        f"classification accuracy from {scores['base']['cls']['accuracy']:.3f} to {scores['code']['cls']['accuracy']:.3f}: "
+        "what one adapter does to the other task is what the sum inherits.",
+        "",
+        f"A mixed batch of {mixed['rows']} rows (classification rows with the classification adapter, code rows with "
+        f"the code adapter, two rows with none) gives the logits of separate runs to within "
+        f"{mixed['max_abs_diff']:.1e} (tolerance {MIXED_TOLERANCE:g}; {parts['mixed batch']}).",
+    ]
+    return {"figure": f"adapter {100 * f['storage_ratio']:.1f}% of a checkpoint; swap {1e6 * f['set_adapter_seconds']:.0f} µs; "
+                      f"combination keeps {_share(verdict['worst_retained'])} of the weaker task's gain",
+            "body": "\n".join(body), "plots": []}
+
+
+def _share(x: float) -> str:
+    if x != x:
+        return "(not measurable: the single adapter gained too little)"
+    return "none (worse than the base model)" if x < 0 else f"{100 * x:.0f}%"

@@ -1,0 +1,79 @@
+"""The rules of the runs: learning rates chosen on the validation split, and runs that failed.
+
+The LoRA paper tuned the learning rate per setting (Hu et al., 2021, appendix D). Here,
+for both base models:
+
+* the **tuned settings** are full fine-tuning, and LoRA at r = 8 and r = 64 on each
+  tuned target set (``TUNED_RANKS``);
+* each is trained with one seed at every rate of a small grid; the rate whose run
+  reaches the best *validation* figure is kept (the test split is never read to choose);
+* every other setting takes the rate of the **nearest tuned one**: the same method and
+  target set (else the default target set), the nearest rank on a log scale
+  (r = 1, 2, 4, 16 take r = 8's rate; r = 32 takes r = 64's).
+
+A run **fails** when its loss stops being finite (it *diverged*) or when it ends no
+better than the **baseline** -- the untuned base model for the toy GPT, the linear
+probe (head and pooler trained, encoder frozen) for a pretrained encoder: what such a
+run measures is a training failure, not what the method can reach. A failed run is
+reported by name and left out of every mean and spread, never averaged in silently.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+TUNED_RANKS = (8, 64)
+OK, DIVERGED, BELOW = "ok", "diverged", "below baseline"
+
+
+def nearest_rank(r: int, tuned=TUNED_RANKS) -> int:
+    """The tuned rank nearest to ``r`` on a log scale (ties go to the smaller one)."""
+    if r < 1:
+        raise ValueError(f"nearest_rank: r must be >= 1, got {r}")
+    return min(tuned, key=lambda t: (abs(math.log2(r) - math.log2(t)), t))
+
+
+def nearest_setting_rate(rates: dict, spec, tuned_targets, default_target: str) -> float:
+    """The rate of ``spec``'s setting in ``rates`` (``{"full": .., "probe": .., "<target> r=<r>": ..}``), or of the
+    nearest tuned one: LoRA on an untuned target takes ``default_target``'s, an untuned rank the nearest tuned rank's."""
+    if spec.method != "lora":
+        return rates[spec.method]
+    target = spec.target if spec.target in tuned_targets else default_target
+    return rates[f"{target} r={nearest_rank(spec.r)}"]
+
+
+def with_rates(specs, rates, rate_for) -> list:
+    """``specs`` with each missing learning rate (``lr=None``) set to ``rate_for(rates(), spec)``;
+    ``rates`` is only called (it may train the selection's runs) when a rate is missing."""
+    if all(spec.lr is not None for spec in specs):
+        return list(specs)
+    chosen = rates()
+    return [spec if spec.lr is not None else dataclasses.replace(spec, lr=rate_for(chosen, spec)) for spec in specs]
+
+
+def run_status(final: dict, key: str, higher_is_better: bool, baseline: float | None) -> str:
+    """``OK``, ``DIVERGED`` (the figure is not finite) or ``BELOW`` (no better than ``baseline``)."""
+    value = final.get(key, float("nan"))
+    if not np.isfinite(value):
+        return DIVERGED
+    if baseline is not None and (value <= baseline if higher_is_better else value >= baseline):
+        return BELOW
+    return OK
+
+
+def choose_rate(candidates: dict, key: str, higher_is_better: bool, baseline: float | None = None) -> tuple:
+    """(rate, table) from ``{rate: validation figures}``: the best rate among the runs that did
+    not fail, and ``{rate: {key: value, "status": ...}}``. If every run failed, the best finite
+    one is kept all the same (the setting is then reported as failed by its own runs); if none
+    is finite, the smallest rate."""
+    table = {rate: {key: figures.get(key, float("nan")), "status": run_status(figures, key, higher_is_better, baseline)}
+             for rate, figures in candidates.items()}
+    for allowed in ((OK,), (OK, BELOW)):
+        usable = [rate for rate, row in table.items() if row["status"] in allowed]
+        if usable:
+            sign = 1 if higher_is_better else -1
+            return max(usable, key=lambda rate: (sign * table[rate][key], -rate)), table
+    return min(table), table

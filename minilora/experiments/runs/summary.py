@@ -1,0 +1,85 @@
+"""Runs summarized over seeds, on any base: the mean and spread of each setting, failed runs named
+and left out (``rates.run_status``), and the tables the report prints of them."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from minilora.experiments.runs import rates as tuning
+from minilora.experiments.runs.spec import setting_name
+
+
+def metric(task: str) -> tuple:
+    """(figure name, higher is better) of a task's headline figure: accuracy for classification, loss for code."""
+    return ("accuracy", True) if task == "cls" else ("loss", False)
+
+
+def summarize(results, baseline: dict | None = None, name=setting_name) -> dict:
+    """Mean and spread over seeds of each setting's final figures, failed runs left out.
+
+    Returns ``{task: {setting: {"loss_mean", "loss_std", "accuracy_mean", "accuracy_std",
+    "n", "trainable", "failed", ...}}}`` with settings named by ``name(spec)`` (``setting_name``:
+    ``"full"`` or ``"<target> r=<r>"``, plus `` alpha=..``/`` rslora`` when not the default). std is
+    the sample standard deviation (ddof 1; 0 for one seed). ``baseline`` (``{task: figures}``, e.g.
+    the untuned base model's) is what a run must beat on its task's ``metric``: a run that does
+    not, or whose loss diverged, is listed in ``failed`` (``{seed: why}``) and left out of the mean
+    and std (NaN if every run failed); ``n`` counts the runs kept, ``*_all`` holds every run's value.
+    """
+    groups = {}
+    for res in results:
+        groups.setdefault((res.spec.task, name(res.spec)), []).append(res)
+    out = {}
+    for (task, setting), runs in groups.items():
+        key, higher = metric(task)
+        floor = None if baseline is None else baseline[task][key]
+        status = [tuning.run_status(r.final, key, higher, floor) for r in runs]
+        kept = [r for r, st in zip(runs, status) if st == tuning.OK]
+        row = {"n": len(kept), "n_runs": len(runs), "trainable": runs[0].trainable, "seeds": [r.spec.seed for r in runs],
+               "lr": sorted({r.spec.lr for r in runs if r.spec.lr is not None}),
+               "failed": {r.spec.seed: st for r, st in zip(runs, status) if st != tuning.OK},
+               "failed_values": {r.spec.seed: r.final[key] for r, st in zip(runs, status) if st != tuning.OK}}
+        for k in ("loss", "accuracy"):
+            values = np.array([r.final[k] for r in kept])
+            row[f"{k}_mean"] = float(values.mean()) if len(values) else float("nan")
+            row[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            row[f"{k}_all"] = [r.final[k] for r in runs]
+        out.setdefault(task, {})[setting] = row
+    return out
+
+
+def describe_failures(rows: dict) -> list:
+    """Sentences naming each failed run of ``summarize``-style rows (``{setting: {"failed": {seed: why}}}``)."""
+    out = []
+    for name, row in rows.items():
+        for seed, why in row.get("failed", {}).items():
+            value = row.get("failed_values", {}).get(seed)
+            figure = f" ({value:.3f})" if value is not None and np.isfinite(value) else ""
+            out.append(f"{name} seed {seed}: {why}{figure}")
+    return out
+
+
+def fmt(row: dict, key: str) -> str:
+    """"mean ± std", with the runs left out named: "0.41 ± 0.02 (2 of 3 seeds; seed 1 below baseline)"."""
+    text = f"{row[f'{key}_mean']:.3f} ± {row[f'{key}_std']:.3f}"
+    if row.get("failed"):
+        text += f" ({row['n']} of {row['n_runs']} seeds; " + ", ".join(
+            f"seed {seed} {why}" for seed, why in row["failed"].items()) + ")"
+    return text
+
+
+def selection_table(table: dict, first: str = "task") -> list:
+    """Markdown rows of the learning-rate selection (``{task: {setting: [chosen, rows]}}``):
+    every candidate's validation figure and status. ``first`` heads the first column."""
+    lines = [f"| {first} | setting | rate: validation figure (status) | chosen |", "|---|---|---|---|"]
+    for task, settings in table.items():
+        for name, (rate, rows) in settings.items():
+            key = next(k for k in next(iter(rows.values())) if k != "status")
+            cells = "; ".join(f"{float(lr):g}: {row[key]:.3f}" + ("" if row["status"] == tuning.OK else f" ({row['status']})")
+                              for lr, row in sorted(rows.items(), key=lambda item: float(item[0])))
+            lines.append(f"| {task} | {name} | {cells} | {rate:g} |")
+    return lines
+
+
+def rates_text(rates: dict) -> str:
+    """The chosen rates of a task, e.g. "full 3e-4, Wq+Wv r=8 3e-3, ..."."""
+    return ", ".join(f"{name} {rate:g}" for name, rate in rates.items())
