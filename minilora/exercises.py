@@ -1,4 +1,4 @@
-"""The checks behind the course's exercises (``notebooks/01_autograd.ipynb`` ... ``06_qlora.ipynb``).
+"""The checks behind the course's exercises (``notebooks/01_autograd.ipynb`` ... ``10_capstone.ipynb``).
 
 Each exercise is a named function in an nbgrader *solution* cell; the autograded *test*
 cell after it runs the student's function through these checks, which compare the result

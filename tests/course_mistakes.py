@@ -429,6 +429,44 @@ from minilora.experiments.intrinsic_rank import subspace_similarity
 def phi(A1, A2, i, j):
     return subspace_similarity(A1, A2, i, j)
 """),
+    # --- 8.1 DoRA's magnitude -------------------------------------------------------------
+    Mistake("8.1", "the norm of each column (axis 0) instead of each row", "got one norm per column",
+            change=[("axis=1)", "axis=0)")]),
+    Mistake("8.1", "the norm of W alone, the update left out", "the norm of W alone",
+            change=[("(W + scaling * (B @ A))", "W")]),
+    Mistake("8.1", "the squared norm", "the squared norm: take its square root",
+            change=[("np.sqrt(np.sum(", "(np.sum(")]),
+    Mistake("8.1", "the update without the scaling", "the update is not scaled",
+            change=[("scaling * (B @ A)", "(B @ A)")]),
+    Mistake("8.1", "calls the library's weight_norm", "exercise 8.1 must not call weight_norm", source="""
+from minilora.peft import dora
+
+def dora_magnitude(W, A, B, scaling):
+    return dora.weight_norm(W, scaling * (B @ A))
+"""),
+    # --- 8.2 DoRA's forward pass ---------------------------------------------------------
+    Mistake("8.2", "the bias rescaled with the rest", "the bias is rescaled by f too",
+            change=[("f * (x @ W.T + (x @ A.T) @ B.T * scaling) + b", "f * (x @ W.T + b + (x @ A.T) @ B.T * scaling)")]),
+    Mistake("8.2", "m times the norm", "it is m divided by the norm",
+            change=[("f = m / Tensor(norm)", "f = m * Tensor(norm)")]),
+    Mistake("8.2", "LoRA's output, f left out", "f is left out: that is LoRA's output",
+            change=[("f * (x @ W.T + (x @ A.T) @ B.T * scaling) + b", "x @ W.T + (x @ A.T) @ B.T * scaling + b")]),
+    Mistake("8.2", "the gradient taken through the norm", "with the norm held constant (sec. 4.3)", source="""
+def dora_forward(x, W, b, A, B, m, scaling):
+    norm = (((W + B @ A * scaling) ** 2).sum(1)) ** 0.5
+    return m / norm * (x @ W.T + (x @ A.T) @ B.T * scaling) + b
+"""),
+    Mistake("8.2", "calls the library's DoRA layer", "exercise 8.2 must not call weight_norm", source="""
+from minilora.peft import LoRALinear as Library
+
+def dora_forward(x, W, b, A, B, m, scaling):
+    layer = Library(nn.Linear(W.shape[1], W.shape[0], dtype=f64))
+    layer.base_layer.weight.data, layer.base_layer.bias.data = W.data, b.data
+    layer.update_layer("default", A.shape[0], scaling * A.shape[0], use_dora=True)
+    layer.lora_A["default"].weight, layer.lora_B["default"].weight = A, B
+    layer.lora_magnitude_vector["default"].weight = m
+    return layer(x)
+"""),
     # --- 9.1 the NF4 levels ---------------------------------------------------------------
     Mistake("9.1", "returns the library's table", "the levels do not change with offset", source="""
 from minilora import quant
@@ -483,6 +521,20 @@ from minilora import quant
 def double_quantized(absmax, block_size=256):
     mean, c8, scale = quant._quantize_absmax(absmax, block_size)
     return (c8 * np.repeat(scale, block_size)[: len(absmax)] + mean).astype(np.float32)
+"""),
+    # --- 10.1 what a setting trains -----------------------------------------------------
+    Mistake("10.1", "r × in × out for each matrix", "r × in × out counts a full matrix",
+            change=[("r * (shapes[n][0] + shapes[n][1])", "r * shapes[n][0] * shapes[n][1]")]),
+    Mistake("10.1", "one layer's count", "that is one layer's count",
+            change=[("return config.num_hidden_layers * sum(", "return sum(")]),
+    Mistake("10.1", "'output.dense' read as the feed-forward's alone", "'output.dense' names two modules",
+            change=[('name == t or name.endswith("." + t)', 'name == t or name == "attention.self." + t')]),
+    Mistake("10.1", "exact names only", "nothing matched",
+            change=[('name == t or name.endswith("." + t)', "name == t")]),
+    Mistake("10.1", "calls the library's count", "exercise 10.1 must not call lora_count", source="""
+def lora_trainable(config, r, target_modules):
+    target = "qv" if sorted(target_modules) == ["query", "value"] else "attn"
+    return minilm.lora_count(config, r, target)
 """),
 ]
 
