@@ -166,7 +166,7 @@ def graded(course):
                 for student in students[name]:
                     grades = gradebook.find_submission_notebook(path.stem, name, student).grades
                     scores = {g.name: (g.auto_score, g.max_score) for g in grades}
-                    manual.update({(student, g.name): (g.needs_manual_grade, g.max_score, g.score) for g in grades
+                    manual.update({(student, g.name): (g.needs_manual_grade, g.max_score, g.auto_score) for g in grades
                                    if g.name.startswith("ex") and not g.name.endswith("_test")})
                     graded_nb = nbformat.read(folder_of[name] / "autograded" / student / name / path.name, as_version=4)
                     found = results.setdefault((student, name), {})
@@ -230,6 +230,6 @@ def test_the_written_questions_wait_for_an_instructors_grade(graded):
                    for c in nbformat.read(p, as_version=4).cells if is_written(c)}
     assert len(written_ids) >= 2
     for grade_id, points in written_ids.items():
-        # an answer waits for a grade by hand; one left as released is scored 0 by nbgrader itself
+        # an answer waits for a grade by hand (no automatic score); one left as released is scored 0 by nbgrader itself
         assert manual[("reference", grade_id)] == (True, points, None), manual[("reference", grade_id)]
         assert manual[("composite-1", grade_id)] == (False, points, 0), manual[("composite-1", grade_id)]
