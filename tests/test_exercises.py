@@ -29,6 +29,7 @@ from course_mistakes import MISTAKES, by_exercise
 from minilora.course import (
     WEEKS,
     HiddenTests,
+    Written,
     assignments,
     course_notebooks,
     exercise_number,
@@ -186,9 +187,8 @@ def test_the_written_questions_have_a_model_answer_and_a_rubric_that_the_release
         assert sum(items) == question.points, f"question {number}: its rubric's items give {sum(items)} of {question.points}"
         student = student_version(nbformat.read(path, as_version=4))
         assert not any("Model answer" in c.source or "**Rubric" in c.source for c in student.cells)
-    with pytest.raises(ValueError, match="has no"):
-        written_without_rubric = type(question)("9.9", "**Model answer.** x", 1.0)
-        written_without_rubric.rubric
+    with pytest.raises(ValueError, match=r"written question 9.9: its answer cell has no '\*\*Rubric \(N points\).\*\*'"):
+        Written("9.9", "**Model answer.** x", 1.0).rubric
 
 
 def code_names(source: str, attributes: bool = True) -> set:
