@@ -79,9 +79,9 @@ docs: $(VENV)/.installed-docs
 	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
 
 # The course as an nbgrader course folder (docs/course.md): build/exercises/ with its
-# nbgrader_config.py, one assignment per course notebook in source/ and its student version
-# (no solution, no hidden test, no output) in release/. NOTEBOOKS=02_transformer regenerates
-# that assignment alone; the others are left as they are.
+# nbgrader_config.py, one assignment per week (minilora.course.WEEKS) in source/ and its student
+# version (no solution, no hidden test, no output) in release/. NOTEBOOKS=02_transformer regenerates
+# that notebook's week alone; the others are left as they are.
 NOTEBOOKS ?=
 exercises: $(VENV)/.installed-course
 	$(PY) -m minilora.notebooks --exercises build/exercises $(NOTEBOOKS)

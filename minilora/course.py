@@ -1,16 +1,19 @@
 """The course as an instructor grades it: an nbgrader course folder, and its exercises read from the notebooks.
 
-The numbered notebooks (``notebooks/01_autograd.ipynb`` ...) are nbgrader *source*
-notebooks: each exercise is a function in a solution cell (between ``### BEGIN SOLUTION``
-and ``### END SOLUTION``), followed by a test cell whose hidden tests (between
-``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``) come first and whose visible tests
-follow (docs/course.md).
+The course is a four-week module (docs/course.md is its syllabus): ``WEEKS`` names each
+week's assignment and the numbered notebooks it holds (``notebooks/01_autograd.ipynb`` ...).
+Those are nbgrader *source* notebooks: each exercise is a function (or a class) in a solution
+cell (between ``### BEGIN SOLUTION`` and ``### END SOLUTION``), followed by a test cell whose
+hidden tests (between ``### BEGIN HIDDEN TESTS`` and ``### END HIDDEN TESTS``) come first and
+whose visible tests follow; its points are the test cell's. A *written* question is one
+manually graded answer cell (``written``): the model answer and its rubric, which the release
+replaces by nbgrader's stub and an instructor grades by the rubric.
 
 ``make_exercises(DIR)`` (what ``make exercises`` runs) makes ``DIR`` an nbgrader course folder::
 
     DIR/nbgrader_config.py         the course's settings: its id, the per-cell time limit, quick mode
-    DIR/source/01_autograd/        one assignment per course notebook (ASSIGNMENTS), as nbgrader reads it
-    DIR/release/01_autograd/       the student version: no solution, no hidden test, no output
+    DIR/source/week1/              one assignment per week (WEEKS): its notebooks, as nbgrader reads them
+    DIR/release/week1/             the student version: no solution, no hidden test, no output
     DIR/gradebook.db
 
 Regenerating some assignments (``names=``) leaves the others as they were. The instructor
@@ -60,7 +63,17 @@ c.Execute.timeout = {timeout}
 # on how long a notebook trains (set MINILORA_QUICK=0 before running nbgrader to grade in full)
 os.environ.setdefault("MINILORA_QUICK", "1")
 '''
-CELL_TIMEOUT = 60  # seconds; the slowest course cell in quick mode takes about 5 s on a laptop CPU
+CELL_TIMEOUT = 60  # seconds; the slowest course cell in quick mode (the capstone's ablation) takes about 15 s on a laptop CPU
+
+
+# The module's weekly assignments, in order: name -> its notebooks, in the order they are read
+# (docs/course.md gives each week's objectives, points and hours).
+WEEKS = {
+    "week1": ("01_autograd", "02_transformer"),  # the engine and the transformer
+    "week2": ("03_lora_by_hand", "04_lora_layer"),  # LoRA by hand, then as a layer in a model
+    "week3": ("05_training_and_files", "06_adapters_in_practice", "07_intrinsic_rank"),  # train it, ship it, why it works
+    "week4": ("08_dora", "09_qlora", "10_capstone"),  # beyond LoRA, and the capstone
+}
 
 
 def course_notebooks(folder: Path = NOTEBOOKS) -> list:
@@ -69,8 +82,8 @@ def course_notebooks(folder: Path = NOTEBOOKS) -> list:
 
 
 def assignments(folder: Path = NOTEBOOKS) -> dict:
-    """The course's nbgrader assignments, in order: name -> the notebooks it holds (one each, for now)."""
-    return {path.stem: [path] for path in course_notebooks(folder)}
+    """The course's nbgrader assignments, one per week, in order: name -> the paths of its notebooks."""
+    return {week: [folder / f"{stem}.ipynb" for stem in stems] for week, stems in WEEKS.items()}
 
 
 # --- the exercises of a source notebook ---------------------------------------------------
@@ -78,6 +91,11 @@ def assignments(folder: Path = NOTEBOOKS) -> dict:
 
 def nbgrader(cell) -> dict:
     return cell.get("metadata", {}).get("nbgrader", {})
+
+
+def is_written(cell) -> bool:
+    """A manually graded answer (nbgrader's solution cell that is also a grade cell): a written question."""
+    return bool(nbgrader(cell).get("solution") and nbgrader(cell).get("grade"))
 
 
 def exercise_number(cell) -> str:
@@ -104,6 +122,7 @@ class Exercise:
     number: str  # "1.2"
     solution: str  # the solution cell's source, with nbgrader's markers
     tests: list  # the sources of its autograded test cells
+    points: float = 0.0  # its test cells' points together
 
     @property
     def hidden(self) -> str:
@@ -111,17 +130,48 @@ class Exercise:
 
 
 def exercises(path) -> list:
-    """The exercises of a source notebook, in order."""
+    """The autograded exercises of a source notebook, in order (the written questions are ``written``'s)."""
     import nbformat
 
-    cells = nbformat.read(path, as_version=4).cells
     found = {}
-    for cell in cells:
+    for cell in nbformat.read(path, as_version=4).cells:
+        if is_written(cell):
+            continue
         if nbgrader(cell).get("solution") and cell.cell_type == "code":
             found[exercise_number(cell)] = Exercise(exercise_number(cell), cell.source, [])
         elif nbgrader(cell).get("grade"):
-            found[exercise_number(cell)].tests.append(cell.source)
+            exercise = found[exercise_number(cell)]
+            exercise.tests.append(cell.source)
+            exercise.points += float(nbgrader(cell)["points"])
     return list(found.values())
+
+
+RUBRIC = re.compile(r"^\*\*Rubric \((\d+) points\)\.\*\*.*", re.S | re.M)  # "**Rubric (5 points).**" to the cell's end
+
+
+@dataclass
+class Written:
+    """A written question: its manually graded answer cell, the model answer followed by its rubric."""
+
+    number: str  # "3.4"
+    answer: str  # the cell's source in the source notebook
+    points: float
+
+    @property
+    def rubric(self) -> str:
+        """The rubric: from "**Rubric (N points).**" to the end of the answer cell."""
+        match = RUBRIC.search(self.answer)
+        if not match:
+            raise ValueError(f"written question {self.number}: its answer cell has no '**Rubric (N points).**'")
+        return match.group(0).strip()
+
+
+def written(path) -> list:
+    """The written questions of a source notebook, in order."""
+    import nbformat
+
+    return [Written(exercise_number(cell), cell.source, float(nbgrader(cell)["points"]))
+            for cell in nbformat.read(path, as_version=4).cells if is_written(cell)]
 
 
 def setup_cell(path) -> str:
@@ -185,9 +235,10 @@ def student_version(nb):
 
 def release_links(text: str, notebook: str, folder_of: dict) -> str:
     """Markdown links of a course notebook as they must read in the course folder, where the
-    repository is not: a link to another course notebook goes to that notebook's assignment
-    (``../02_transformer/02_transformer.ipynb``); a link to any other file of the repository
-    becomes its text, naming the file. ``folder_of``: notebook stem -> its assignment."""
+    repository is not: a link to another course notebook goes to it in its assignment's folder
+    (``../week1/02_transformer.ipynb``; the file alone within one week); a link to any other
+    file of the repository becomes its text, naming the file. ``folder_of``: notebook stem -> its
+    assignment."""
 
     def one(match):
         target = match.group(2)
@@ -210,7 +261,7 @@ def release_links(text: str, notebook: str, folder_of: dict) -> str:
 def make_exercises(out, names=None, timeout: int = CELL_TIMEOUT) -> Path:
     """Make (or update) the nbgrader course folder ``out``; returns its ``release/`` folder.
 
-    ``names``: the assignments to (re)generate (default: all of ASSIGNMENTS); the others'
+    ``names``: the assignments to (re)generate (default: every week of WEEKS); the others'
     source and release folders are left as they are. ``timeout``: the per-cell time limit
     written into ``nbgrader_config.py``.
     """
@@ -263,8 +314,8 @@ def _generate_assignments(names) -> None:
             raise SystemExit(f"nbgrader generate_assignment {name} failed:\n{result.get('log', '')}\n{result.get('error', '')}")
 
 
-__all__ = ["CELL_TIMEOUT", "Exercise", "HiddenTests", "assignments", "course_notebooks", "exercises", "hidden_part",
-           "make_exercises", "release_links", "student_version", "without_markers"]
+__all__ = ["CELL_TIMEOUT", "WEEKS", "Exercise", "HiddenTests", "Written", "assignments", "course_notebooks", "exercises",
+           "hidden_part", "is_written", "make_exercises", "release_links", "student_version", "without_markers", "written"]
 
 
 if __name__ == "__main__":  # make_exercises runs this in the course folder

@@ -1,4 +1,4 @@
-"""The checks behind the course's exercises (``notebooks/01_autograd.ipynb`` ... ``06_qlora.ipynb``).
+"""The checks behind the course's exercises (``notebooks/01_autograd.ipynb`` ... ``10_capstone.ipynb``).
 
 Each exercise is a named function in an nbgrader *solution* cell; the autograded *test*
 cell after it runs the student's function through these checks, which compare the result
@@ -18,7 +18,9 @@ names the exercise and says what was expected. A known mistake can be named outr
 
 The hidden tests (docs/course.md) also use ``forbid``: while the student's code runs, a
 library function the exercise re-implements is swapped for one that raises
-"exercise N.M must not call X".
+"exercise N.M must not call X"; and ``stand_in``: where the student's function calls the
+function of an earlier exercise, the reference takes its place while it runs, so that each
+exercise is graded on its own.
 """
 
 from __future__ import annotations
@@ -257,4 +259,31 @@ class forbid:
         return False
 
 
-__all__ = ["ExerciseError", "check", "check_op", "check_order", "check_true", "fail", "forbid", "graph_nodes", "result_of"]
+_UNBOUND = object()  # a name the namespace did not hold before stand_in bound it
+
+
+class stand_in:
+    """``with stand_in(causal_self_attention=reference):`` -- while the block runs, each name is
+    bound to the function (or class) given, in the namespace of the code that opened the block (the
+    notebook's), and put back afterwards: a student's function that calls an earlier exercise's
+    function by its name gets the reference instead, so that a mistake there is not graded twice."""
+
+    def __init__(self, **functions):
+        self.namespace, self.functions, self.before = sys._getframe(1).f_globals, functions, {}
+
+    def __enter__(self):
+        self.before = {name: self.namespace.get(name, _UNBOUND) for name in self.functions}
+        self.namespace.update(self.functions)
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        for name, value in self.before.items():
+            if value is _UNBOUND:
+                self.namespace.pop(name, None)
+            else:
+                self.namespace[name] = value
+        return False
+
+
+__all__ = ["ExerciseError", "check", "check_op", "check_order", "check_true", "fail", "forbid", "graph_nodes", "result_of",
+           "stand_in"]

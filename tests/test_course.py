@@ -1,7 +1,7 @@
 """The course as an instructor grades it, with nbgrader itself (docs/course.md).
 
 ``make_exercises`` makes an nbgrader course folder (``nbgrader_config.py`` with its per-cell
-time limit, one assignment per course notebook); regenerating one assignment leaves the
+time limit, one assignment per week of ``WEEKS``); regenerating one assignment leaves the
 others as they were; the release is the student version (tests/test_exercises.py checks
 what it holds) with links that work in the course folder.
 
@@ -11,8 +11,11 @@ Then ``nbgrader autograde`` runs once per assignment on several submissions:
   (this is also the course notebooks' run in quick mode: tests/test_notebooks.py runs the others);
 * ``composite-1``, ``composite-2``: one mistake of the catalogue (tests/course_mistakes.py)
   in every exercise -- zero for each, and the feedback carries each mistake's message;
-* ``stuck`` (02 only): a syntax error in 2.1 and an endless loop in 2.3 -- those two score 0,
-  with the error, and 2.2 its full marks, the run ending after one per-cell time limit.
+* ``stuck`` (week 1 only): a syntax error in 2.3 and an endless loop in 2.4 -- those two score 0,
+  with the error, and the rest their full marks, the run ending after one per-cell time limit.
+
+The written questions are in the gradebook for an instructor to grade by hand: no automatic
+score, their points as the maximum.
 """
 
 import json
@@ -31,19 +34,22 @@ from course_mistakes import by_exercise
 from minilora.course import (
     CELL_TIMEOUT,
     LINK,
+    WEEKS,
     assignments,
     exercise_number,
     exercises,
+    is_written,
     make_exercises,
     nbgrader,
     student_version,
     without_markers,
+    written,
 )
 
 COURSE = assignments()
-STUCK_TIMEOUT = 15  # s per cell for the run with the endless loop: 02's slowest cell takes under 1 s here
-STUCK = {"2.1": "def causal_self_attention(q, k, v):\n    return (q @ k\n",  # a syntax error
-         "2.3": "def cross_entropy(logits, targets):\n    while True:\n        pass\n"}  # an endless loop
+STUCK_TIMEOUT = 15  # s per cell for the run with the endless loop: week 1's slowest cell takes under 2 s here
+STUCK = {"2.3": "def next_token_pairs(ids):\n    return (ids[:, :-1]\n",  # a syntax error
+         "2.4": "def cross_entropy(logits, targets):\n    while True:\n        pass\n"}  # an endless loop
 
 
 def nbgrader_command(root: Path, *args) -> subprocess.CompletedProcess:
@@ -59,7 +65,8 @@ def course(tmp_path_factory):
     return make_exercises(tmp_path_factory.mktemp("course")).parent
 
 
-def test_the_course_folder_has_a_config_and_an_assignment_per_notebook(course):
+def test_the_course_folder_has_a_config_and_an_assignment_per_week(course):
+    assert list(COURSE) == list(WEEKS)
     config = (course / "nbgrader_config.py").read_text(encoding="utf-8")
     assert f"c.Execute.timeout = {CELL_TIMEOUT}\n" in config and 'c.CourseDirectory.course_id = "minilora"' in config
     for name, notebooks in COURSE.items():
@@ -76,13 +83,13 @@ def test_regenerating_one_assignment_leaves_the_others(course):
                 for p in (course / folder).rglob("*") if p.is_file()}
 
     before = files()
-    make_exercises(course, ["02_transformer"])
+    make_exercises(course, ["week1"])
     after = files()
     assert set(before) == set(after)
     changed = {p.relative_to(course).as_posix() for p in before if before[p][0] != after[p][0]}
-    assert changed == {"source/02_transformer/02_transformer.ipynb", "release/02_transformer/02_transformer.ipynb"}
+    assert changed == {f"{folder}/week1/{stem}.ipynb" for folder in ("source", "release") for stem in WEEKS["week1"]}
     assert all(before[p][1] == after[p][1] for p in before)  # regenerated to the same content
-    with pytest.raises(ValueError, match="no assignment 'week-9'; the course has 01_autograd, "):
+    with pytest.raises(ValueError, match="no assignment 'week-9'; the course has week1, week2, "):
         make_exercises(course, ["week-9"])
 
 
@@ -105,17 +112,18 @@ def test_the_release_is_the_student_version_with_links_that_work_in_the_course_f
 
 
 def submission(release: dict, sources: dict) -> dict:
-    """A copy of the release notebook with each solution cell replaced by ``sources[number]``."""
+    """A copy of the release notebook with each solution cell replaced by ``sources[number]`` (a written
+    answer, where ``sources`` has none, left as released)."""
     nb = nbformat.from_dict(json.loads(json.dumps(release)))
     for cell in nb.cells:
         if nbgrader(cell).get("solution"):
-            cell.source = sources[exercise_number(cell)]
+            cell.source = sources.get(exercise_number(cell), cell.source)
     return nb
 
 
 def autograde(root: Path, names: list) -> None:
     for name in names:
-        timeout = [f"--Execute.timeout={STUCK_TIMEOUT}"] if name == "02_transformer" else []
+        timeout = [f"--Execute.timeout={STUCK_TIMEOUT}"] if name == "week1" else []
         nbgrader_command(root, "autograde", name, *timeout)
         nbgrader_command(root, "generate_feedback", name, "--student=composite-1")  # the feedback the test reads
 
@@ -135,43 +143,45 @@ def graded(course):
         for path in notebooks:
             release = nbformat.read(course / "release" / name / path.name, as_version=4)
             reference = {e.number: without_markers(e.solution) for e in exercises(path)}
-            handed_in = {"reference": reference}
+            handed_in = {"reference": {**reference, **{w.number: w.answer for w in written(path)}}}
             for k in (0, 1):
                 handed_in[f"composite-{k + 1}"] = {n: catalogue[n][k % len(catalogue[n])].solution(reference[n])
                                                    for n in reference}
-            if name == "02_transformer":
-                handed_in["stuck"] = {**reference, **STUCK}
+            if name == "week1":  # the stuck student hands in 01 as the reference, 02 stuck
+                handed_in["stuck"] = {**reference, **{n: s for n, s in STUCK.items() if n in reference}}
             for student, sources in handed_in.items():
                 folder = course / "submitted" / student / name
                 folder.mkdir(parents=True, exist_ok=True)
                 nbformat.write(submission(release, sources), folder / path.name)
-                students.setdefault(name, []).append(student)
+                students.setdefault(name, {})[student] = None  # each student once, in order
     halves = {course: list(COURSE)[0::2], course.with_name(course.name + "-copy"): list(COURSE)[1::2]}
     shutil.copytree(course, list(halves)[1])
     with ThreadPoolExecutor(len(halves)) as pool:
         list(pool.map(autograde, halves, halves.values()))
     folder_of = {name: root for root, names in halves.items() for name in names}
-    results, errors_elsewhere = {}, {}
+    results, errors_elsewhere, manual = {}, {}, {}
     for name, notebooks in COURSE.items():
         with Gradebook(f"sqlite:///{folder_of[name] / 'gradebook.db'}", course_id="minilora") as gradebook:
             for path in notebooks:
                 for student in students[name]:
-                    scores = {g.name: (g.auto_score, g.max_score) for g in
-                              gradebook.find_submission_notebook(path.stem, name, student).grades}
+                    grades = gradebook.find_submission_notebook(path.stem, name, student).grades
+                    scores = {g.name: (g.auto_score, g.max_score) for g in grades}
+                    manual.update({(student, g.name): (g.needs_manual_grade, g.max_score, g.auto_score) for g in grades
+                                   if g.name.startswith("ex") and not g.name.endswith("_test")})
                     graded_nb = nbformat.read(folder_of[name] / "autograded" / student / name / path.name, as_version=4)
                     found = results.setdefault((student, name), {})
                     for cell in graded_nb.cells:
                         messages = [o.evalue for o in cell.get("outputs", []) if o.output_type == "error"]
-                        if nbgrader(cell).get("grade"):
+                        if nbgrader(cell).get("grade") and not is_written(cell):
                             score, top = scores[nbgrader(cell)["grade_id"]]
                             found[exercise_number(cell)] = (score, top, messages)
                         elif student == "reference" and messages:
                             errors_elsewhere.setdefault(path.name, []).append(messages)
-    return results, errors_elsewhere, folder_of
+    return results, errors_elsewhere, folder_of, manual
 
 
 def test_the_reference_solutions_get_full_marks_and_every_cell_runs(graded):
-    results, errors_elsewhere, _ = graded
+    results, errors_elsewhere, _, _ = graded
     for name in COURSE:
         for number, (score, top, messages) in results[("reference", name)].items():
             assert score == top > 0 and not messages, f"{name}: exercise {number} scored {score} of {top}: {messages}"
@@ -181,7 +191,7 @@ def test_the_reference_solutions_get_full_marks_and_every_cell_runs(graded):
 
 @pytest.mark.parametrize("student", ["composite-1", "composite-2"])
 def test_one_catalogue_mistake_in_every_exercise_scores_zero_with_its_message(graded, student):
-    results, _, _ = graded
+    results, _, _, _ = graded
     catalogue = by_exercise()
     k = int(student[-1]) - 1
     for name in COURSE:
@@ -192,14 +202,13 @@ def test_one_catalogue_mistake_in_every_exercise_scores_zero_with_its_message(gr
 
 
 def test_a_syntax_error_and_an_endless_loop_score_zero_and_the_rest_is_graded(graded):
-    results, _, folder_of = graded
-    stuck = results[("stuck", "02_transformer")]
-    assert stuck["2.2"][0] == stuck["2.2"][1] > 0, stuck["2.2"]
-    assert stuck["2.1"][0] == 0 and "did the cell that defines causal_self_attention run?" in stuck["2.1"][2][0]
-    assert stuck["2.3"][0] == 0 and "exercise 2.3 cross_entropy was interrupted" in stuck["2.3"][2][0], stuck["2.3"]
-    graded_nb = nbformat.read(folder_of["02_transformer"] / "autograded" / "stuck" / "02_transformer" / "02_transformer.ipynb",
-                              as_version=4)
-    solution_errors = [o.ename for c in graded_nb.cells if nbgrader(c).get("grade_id") == "ex2_1_attention"
+    results, _, folder_of, _ = graded
+    stuck = results[("stuck", "week1")]
+    assert all(score == top > 0 for number, (score, top, _) in stuck.items() if number not in STUCK), stuck
+    assert stuck["2.3"][0] == 0 and "did the cell that defines next_token_pairs run?" in stuck["2.3"][2][0]
+    assert stuck["2.4"][0] == 0 and "exercise 2.4 cross_entropy was interrupted" in stuck["2.4"][2][0], stuck["2.4"]
+    graded_nb = nbformat.read(folder_of["week1"] / "autograded" / "stuck" / "week1" / "02_transformer.ipynb", as_version=4)
+    solution_errors = [o.ename for c in graded_nb.cells if nbgrader(c).get("grade_id") == "ex2_3_targets"
                        for o in c.outputs if o.output_type == "error"]
     assert solution_errors == ["SyntaxError"]  # shown where the student made it
 
@@ -213,3 +222,14 @@ def test_the_feedback_names_each_mistake(graded):
             text = text.replace("&lt;", "<").replace("&gt;", ">")
             for exercise in exercises(path):
                 assert catalogue[exercise.number][0].message in text, f"{name}: the feedback misses {exercise.number}"
+
+
+def test_the_written_questions_wait_for_an_instructors_grade(graded):
+    manual = graded[3]
+    written_ids = {nbgrader(c)["grade_id"]: nbgrader(c)["points"] for paths in COURSE.values() for p in paths
+                   for c in nbformat.read(p, as_version=4).cells if is_written(c)}
+    assert len(written_ids) >= 2
+    for grade_id, points in written_ids.items():
+        # an answer waits for a grade by hand (no automatic score); one left as released is scored 0 by nbgrader itself
+        assert manual[("reference", grade_id)] == (True, points, None), manual[("reference", grade_id)]
+        assert manual[("composite-1", grade_id)] == (False, points, 0), manual[("composite-1", grade_id)]

@@ -27,20 +27,26 @@ import pytest
 
 from course_mistakes import MISTAKES, by_exercise
 from minilora.course import (
+    WEEKS,
     HiddenTests,
+    Written,
+    assignments,
     course_notebooks,
     exercise_number,
     exercises,
     hidden_part,
+    is_written,
     nbgrader,
     setup_cell,
     student_version,
     without_markers,
+    written,
 )
 from minilora.exercises import ExerciseError, check, check_true, fail, forbid, result_of
 
 COURSE = course_notebooks()
-EXPECTED = ["01_autograd", "02_transformer", "03_lora_by_hand", "04_adapters_in_practice", "05_intrinsic_rank", "06_qlora"]
+EXPECTED = ["01_autograd", "02_transformer", "03_lora_by_hand", "04_lora_layer", "05_training_and_files",
+            "06_adapters_in_practice", "07_intrinsic_rank", "08_dora", "09_qlora", "10_capstone"]
 
 
 def unsolved():
@@ -133,12 +139,21 @@ def test_the_course_is_there():
     assert [p.stem for p in COURSE] == EXPECTED
 
 
+def test_each_week_is_an_assignment_and_the_weeks_hold_the_course_in_order():
+    weeks = assignments()
+    assert list(weeks) == list(WEEKS) and 3 <= len(weeks) <= 4
+    assert [p for notebooks in weeks.values() for p in notebooks] == COURSE  # each notebook once, in order
+    points = {week: sum(e.points for p in paths for e in exercises(p)) + sum(w.points for p in paths for w in written(p))
+              for week, paths in weeks.items()}
+    assert all(20 <= total <= 30 for total in points.values()), points  # weeks of comparable weight (docs/course.md)
+
+
 @pytest.mark.parametrize("path", COURSE, ids=[p.stem for p in COURSE])
 def test_exercises_are_marked_in_nbgraders_format(path):
     cells = nbformat.read(path, as_version=4).cells
-    solutions = [c for c in cells if nbgrader(c).get("solution")]
+    solutions = [c for c in cells if nbgrader(c).get("solution") and not is_written(c)]
     tests = [c for c in cells if nbgrader(c).get("grade")]
-    assert len(solutions) >= 2, f"{path.name}: a course notebook has a few exercises, found {len(solutions)}"
+    assert len(solutions) + len([c for c in cells if is_written(c)]) >= 2, f"{path.name}: a course notebook has a few exercises"
     ids = [nbgrader(c)["grade_id"] for c in solutions + tests]
     assert len(ids) == len(set(ids)), f"{path.name}: grade_ids must be unique: {ids}"
     chapter = path.name[:2].lstrip("0")
@@ -146,8 +161,8 @@ def test_exercises_are_marked_in_nbgraders_format(path):
         number = exercise_number(cell)
         assert number.split(".")[0] == chapter, f"{path.name}: exercise {number} belongs to another notebook"
         assert "### BEGIN SOLUTION" in cell.source and "### END SOLUTION" in cell.source
-        assert cell.source.lstrip().startswith("def "), f"exercise {number}: the solution must be a named function"
-        own_tests = [t for t in tests if exercise_number(t) == number]
+        assert cell.source.lstrip().startswith(("def ", "class ")), f"exercise {number}: the solution must be a named function or class"
+        own_tests = [t for t in tests if exercise_number(t) == number and not is_written(t)]
         assert own_tests, f"{path.name}: exercise {number} has no autograded test cell"
         for t in own_tests:
             assert f'"{number} ' in t.source, f"exercise {number}: its test must check under the exercise's number"
@@ -158,6 +173,22 @@ def test_exercises_are_marked_in_nbgraders_format(path):
         assert nbgrader(cell)["schema_version"] == 3 and nbgrader(own_tests[0])["points"] > 0
     last_code = [c for c in cells if c.cell_type == "code"][-1]
     assert "assert" in last_code.source, f"{path.name}: the last code cell must assert what the notebook shows"
+
+
+def test_the_written_questions_have_a_model_answer_and_a_rubric_that_the_release_leaves_out():
+    found = {w.number: (path, w) for path in COURSE for w in written(path)}
+    assert len(found) >= 2, "the course has at least two manually graded written questions"
+    for number, (path, question) in found.items():
+        assert number.split(".")[0] == path.name[:2].lstrip("0"), f"question {number} belongs to another notebook"
+        assert question.answer.startswith("**Model answer"), f"question {number}: the cell opens with the model answer"
+        rubric = question.rubric
+        assert f"({question.points:g} points)" in rubric.splitlines()[0], f"question {number}: the rubric's total is the cell's points"
+        items = [int(p) for p in re.findall(r"^- (\d+) points?:", rubric, flags=re.M)]
+        assert sum(items) == question.points, f"question {number}: its rubric's items give {sum(items)} of {question.points}"
+        student = student_version(nbformat.read(path, as_version=4))
+        assert not any("Model answer" in c.source or "**Rubric" in c.source for c in student.cells)
+    with pytest.raises(ValueError, match=r"written question 9.9: its answer cell has no '\*\*Rubric \(N points\).\*\*'"):
+        Written("9.9", "**Model answer.** x", 1.0).rubric
 
 
 def code_names(source: str, attributes: bool = True) -> set:
@@ -193,11 +224,14 @@ def test_the_student_version_holds_no_solution_and_no_answer_key(path):
         assert "BEGIN SOLUTION" not in cell.source and "HIDDEN TESTS" not in cell.source
         assert not cell.get("outputs"), f"{path.name}: the student version keeps outputs"
     found = {e.number: e for e in exercises(path)}
-    assert all(forbidden(e.hidden) for n, e in found.items() if n not in ("1.1", "1.4", "2.2")), \
+    assert all(forbidden(e.hidden) for n, e in found.items() if n not in ("1.1", "1.4", "2.3")), \
         "each exercise that re-implements a library function forbids it"
     student_tests = {exercise_number(c): c.source for c in student.cells if nbgrader(c).get("grade")}
     for number, exercise in found.items():
-        names = forbidden(exercise.hidden)
+        # a forbidden library function that shares its name with one the exercise defines (4.2's unmerge) is not the answer
+        defined = {node.name for node in ast.walk(ast.parse(without_markers(exercise.solution)))
+                   if isinstance(node, (ast.FunctionDef, ast.ClassDef))}
+        names = forbidden(exercise.hidden) - defined
         imported = set().union(*(code_names(c.source, attributes=False) for c in student.cells if c.cell_type == "code"))
         # no import of the function being written, and no visible test that computes the answer with it
         assert not names & imported, f"exercise {number}: the student version imports {names & imported}"
@@ -240,7 +274,7 @@ def test_the_reference_solutions_pass_every_hidden_test(path, hidden):
 @pytest.mark.parametrize("path", COURSE, ids=[p.stem for p in COURSE])
 def test_nbgraders_stub_fails_every_hidden_test_by_name(path, hidden):
     student = student_version(nbformat.read(path, as_version=4))
-    stubs = {exercise_number(c): c.source for c in student.cells if nbgrader(c).get("solution")}
+    stubs = {exercise_number(c): c.source for c in student.cells if nbgrader(c).get("solution") and not is_written(c)}
     assert all("raise NotImplementedError()" in s for s in stubs.values())
     for number, err in run_quietly(hidden(path.stem), stubs).items():
         assert isinstance(err, ExerciseError), f"exercise {number}: {err!r}"

@@ -4,7 +4,7 @@ The notebooks are committed with the outputs of a full run; here each is execute
 from scratch with MINILORA_QUICK=1 (smaller sizes, same code path), in a fresh
 kernel, so a notebook that no longer matches the library fails the suite.
 
-The course notebooks (01_autograd ... 06_qlora) are run once, by nbgrader: grading the
+The course notebooks (01_autograd ... 10_capstone) are run once, by nbgrader: grading the
 reference solutions in tests/test_course.py executes each of them in quick mode and
 checks that every cell runs, the last (which asserts what the notebook shows) included.
 """
