@@ -420,7 +420,8 @@ def test_spread_against_noise():
 
 
 @pytest.mark.parametrize("quick", [True, False], ids=["quick", "full"])
-def test_claims_run_end_to_end(cls_task, corpus, tmp_path, quick):
+def test_claims_run_end_to_end(cls_task, corpus, tmp_path, quick, monkeypatch):
+    monkeypatch.delenv("MINILORA_RUN_CACHE", raising=False)  # every run trained here, none read back
     toy = tiny_toy()
     session = session_for(quick, cls_task, corpus, {"toy": toy_env(cls_task, corpus, tiny_base())})
     with registered(toy):
@@ -432,7 +433,7 @@ def test_claims_run_end_to_end(cls_task, corpus, tmp_path, quick):
             for plot in section["plots"]:
                 assert (tmp_path / plot).stat().st_size > 1000
             runs = entry["provenance"]["runs"]
-            assert runs["trained"] and not runs["from_cache"]  # no MINILORA_RUN_CACHE here
+            assert runs["trained"] and not runs["from_cache"]
     # claim 4's grid was trained once, at the chosen rates; the later claims reused it and added only
     # their own runs, and (full mode) the learning-rate selection's runs at the other rates
     trained = {key[2] for key in session.memo if key[0] == "run"}
