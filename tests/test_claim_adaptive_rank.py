@@ -1,4 +1,4 @@
-"""The measuring function of the "automated rank selection" claim (``experiments/adaptive_rank.py``).
+"""Claim 14, "automated rank selection" (``experiments/claims/adaptive_rank.py``): its runs and its verdict.
 
 On a tiny GPT and a tiny BERT (real WordPiece vocabulary) for the checks, and on the shipped toy
 base in quick mode for the smoke test: each method trains what it says (counts in closed form),
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import minilora
-from minilora.experiments import adaptive_rank as ar
+from minilora.experiments.claims import adaptive_rank as ar
 from minilora.experiments.bases import gpt as ft
 from minilora.experiments.bases import minilm as M
 from minilora.models import GPT, BertConfig, BertForSequenceClassification, GPTConfig
@@ -36,11 +36,11 @@ def bases(cls_task):
     from minilora.models.minilm import BertTokenizer, minilm_folder
 
     minilora.manual_seed(0)
-    toy = ar.ToyBase(ft.Environment(GPT(TINY_GPT), cls_task, None, {}), batch_size=4)
+    toy = ar.ToyRuns(ft.Environment(GPT(TINY_GPT), cls_task, None, {}), batch_size=4)
     minilora.manual_seed(0)
     model = BertForSequenceClassification(TINY_BERT, cls_task.n_classes)
     env = M.environment_of(model, BertTokenizer(minilm_folder() / "tokenizer.json"), cls_task)
-    return {"toy": toy, "minilm": ar.MiniLMBase(env, batch_size=4)}
+    return {"toy": toy, "minilm": ar.MiniLMRuns(env, batch_size=4)}
 
 
 def closed_form(base: str, per_matrix) -> int:
@@ -88,17 +88,54 @@ def test_a_run_is_deterministic_by_seed(bases):
         ar.run_one(bases["toy"], "lokr", seed=0, lr=1e-2)
 
 
-def test_quick_mode_on_the_shipped_toy_base():
-    """The smoke test: the shipped base, the quick mode's size, AdaLoRA and LoRA."""
-    base = ar.load_base("toy", quick=True)
-    for method in ("adalora", "lora"):
-        run = ar.run_one(base, method, seed=0, lr=3e-3, quick=True)
-        assert run["steps"] == ar.sizes("toy", True).steps and 0 <= run["test"]["accuracy"] <= 1
-    assert np.array(run["test_predictions"]).shape == (len(base.env.cls.split("test").labels),)
+def test_the_claim_in_quick_mode_on_the_shipped_toy_base(tmp_path):
+    """The smoke test: measure, verdict and render as verify calls them, the shipped base at the quick size."""
+    from minilora.experiments import bases as registry
+    from minilora.experiments.core import Session
+
+    base = registry.get("toy")
+    figures = ar.measure(base, Session(quick=True, progress=False))
+    json.dumps(figures)  # plain figures
+    assert set(figures["runs"]) == set(ar.METHODS) and figures["settings"]["steps"] == ar.sizes("toy", True).steps
+    adalora = figures["runs"]["adalora"][0]
+    assert np.mean(np.array(adalora["test_predictions"]) == figures["test_labels"]) == pytest.approx(adalora["test"]["accuracy"])
+    assert np.sum(figures["rank_tables"][0]) == ar.TARGET_R * 4 * len(ar.MATRICES["toy"])  # 4 layers, final budget
+    verdict = ar.verdict(figures)
+    assert set(verdict["parts"]) == set(ar.PARTS.values())
+
+    def plot(fig, name):
+        fig.savefig(tmp_path / name)
+        return name
+
+    out = ar.render(figures, verdict, plot, quick=True)
+    assert out["plots"] == ["adaptive_rank.png"] and (tmp_path / "adaptive_rank.png").exists()
+    assert "Quick-mode figures" in out["body"] and "AdaLoRA paper" in out["body"]
 
 
-def test_the_heat_map_columns_name_every_matrix():
+def synthetic(accuracies: dict) -> dict:
+    """The figures ``verdict`` reads: per-seed accuracies by method."""
+    return {"difference": {m: float(np.mean(np.subtract(accuracies["adalora"], accuracies[m]))) for m in ar.PARTS}}
+
+
+@pytest.mark.parametrize("lora, matched, expected", [
+    ([0.50, 0.52], [0.50, 0.52], "holds"),  # AdaLoRA 0.51 both seeds: +0 points
+    ([0.52, 0.53], [0.50, 0.50], "partly"),  # 1.5 points below LoRA r=8 (between 1 and 3)
+    ([0.56, 0.56], [0.56, 0.56], "does not hold"),  # 5 points below both
+    ([0.40, 0.40], [0.50, 0.60], "partly"),  # +11 points against r=8 (holds); -4 against r=12 (does not hold)
+])
+def test_the_verdict_reads_the_paired_difference_against_the_thresholds(lora, matched, expected):
+    figures = synthetic({"adalora": [0.51, 0.51], "lora": lora, "lora_matched": matched})
+    assert ar.verdict(figures)["verdict"] == expected
+
+
+def test_the_allocation_and_the_heat_map_columns():
     assert ar.matrix_of("minilm", "bert.encoder.layer.3.attention.output.dense") == 3  # not the FFN's output.dense
     assert ar.matrix_of("minilm", "bert.encoder.layer.3.output.dense") == 5
     assert ar.matrix_of("toy", "transformer.h.1.mlp.c_proj") == 3
-    assert ar.mean_rank_by([[12, 4], [8, 8]], axis=1) == [8.0, 8.0]
+    # two seeds of a 2-layer, 4-matrix table: feed-forward 12 each, attention 4; the top layer 2 more
+    tables = [[[4, 4, 12, 12], [6, 6, 14, 14]], [[4, 4, 12, 12], [6, 6, 14, 14]]]
+    a = ar.allocation(tables)
+    assert a["by_layer"] == [8.0, 10.0] and a["by_matrix"] == [5.0, 5.0, 13.0, 13.0]
+    assert a["ffn_over_attention"] == pytest.approx(13 / 5) and a["top_over_bottom"] == pytest.approx(10 / 8)
+    with pytest.raises(ValueError, match="base must be one of"):
+        ar.runs_for("llama", None)
