@@ -110,6 +110,9 @@ def test_the_claim_in_quick_mode_on_the_shipped_toy_base(tmp_path):
     out = ar.render(figures, verdict, plot, quick=True)
     assert out["plots"] == ["adaptive_rank.png"] and (tmp_path / "adaptive_rank.png").exists()
     assert "Quick-mode figures" in out["body"] and "AdaLoRA paper" in out["body"]
+    slot = {"short": "toy", "figures": figures, "verdict": verdict}
+    comparison = ar.render_comparison({"bases": {"toy": {**slot, "in_text": "the toy"}, "again": {**slot, "in_text": "again"}}})
+    assert "same verdict" in comparison and comparison.count("| toy |") == 2
 
 
 def synthetic(accuracies: dict) -> dict:

@@ -381,3 +381,19 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     return {"figure": f"AdaLoRA {_points(figures['difference']['lora'])} vs LoRA r=8, "
                       f"{_points(figures['difference']['lora_matched'])} vs r=12",
             "body": "\n".join(lines), "plots": plots}
+
+
+def render_comparison(claim: dict) -> str:
+    """The two bases side by side: the verdicts, the differences, and where each put its rank."""
+    from minilora.experiments.core import compare_verdicts
+
+    rows = []
+    for slot in claim["bases"].values():
+        f = slot["figures"]
+        a = f["allocation"]
+        rows.append(f"| {slot['short']} | {_points(f['difference']['lora'])} | {_points(f['difference']['lora_matched'])} | "
+                    f"{a['ffn_over_attention']:.2f} | {a['top_over_bottom']:.2f} |")
+    return "\n".join([compare_verdicts(claim), "",
+                      "| base | AdaLoRA − LoRA r=8 | AdaLoRA − LoRA r=12 | feed-forward / attention rank | top / bottom layers' rank |",
+                      "|---|---|---|---|---|", *rows, "",
+                      "A ratio above 1 is where the AdaLoRA paper found the budget going (reported, not judged)."])
