@@ -186,7 +186,7 @@ def train(model: Module, batches, config: TrainConfig = TrainConfig(), evaluate=
             model.train()
             history.evals.append(row)
             # a dict, not keywords: evaluate() may report a "loss" of its own
-            bar.set_postfix({"loss": f"{loss_value:.3f}", **{f"eval {k}": f"{v:.3f}" for k, v in row.items() if k != "step"}})
+            bar.set_postfix({"loss": f"{loss_value:.3f}", **{f"eval {k}": f"{v:.3f}" for k, v in row.items() if isinstance(v, float)}})
         if config.checkpoint_path:
             history.seconds = seconds_before + time.perf_counter() - start
             save_training_state(config.checkpoint_path, model, optimizer, step + 1, rng, history, scaler)

@@ -23,7 +23,7 @@ from experiment_helpers import TINY, claim_entry, registered, session_for, tiny_
 from minilora.experiments.bases import gpt as ft
 from minilora.experiments.bases.toy import BASE as TOY
 from minilora.experiments.claims import accuracy, modularity as mod, rank as ir, reference as ref, sensitivity as sens
-from minilora.experiments.core import FAILS, HOLDS, PARTLY
+from minilora.experiments.core import FAILS, HOLDS, ONE_RUN, PARTLY, verdict_range
 from minilora.experiments.runs import RunResult, RunSpec, describe_failures, fmt, rates as tuning, resolved, summarize
 from minilora.experiments.runs import tuned_specs as tuned
 from minilora.models import GPT, LlamaConfig, LlamaForCausalLM
@@ -286,20 +286,44 @@ def test_phi_of_random_subspaces_is_max_ij_over_d():
 # ---------------------------------------------------------------------------
 
 
-def _accuracy(cls_gap, code_share=None):
-    figures = {"cls_gap": cls_gap, "judged": {"cls": "Wq+Wv r=8"}}
+def _accuracy(cls_gap, code_share=None, seeds=5, n=1000):
+    """Claim 4's verdict on synthetic per-row figures: every seed of an arm scores the same rows alike, so the
+    interval comes from the rows alone (about +-2 binomial standard errors of ``n`` rows around the gap)."""
+    wrong = int(round(abs(cls_gap) * n))
+    full, lora = np.ones(n), np.ones(n)
+    (lora if cls_gap >= 0 else full)[:wrong] = 0.0
+    figures = {"cls_gap": cls_gap, "judged": {"cls": "Wq+Wv r=8"},
+               "rows": {"cls": {"full": [full.tolist()] * seeds, "lora": [lora.tolist()] * seeds, "untuned": None}}}
     if code_share is not None:
+        untuned = 3.0 + np.random.default_rng(0).random(n)  # LoRA gains code_share of full fine-tuning's 1 nat on every row
         figures["code_share"] = code_share
+        figures["rows"]["code"] = {"full": [(untuned - 1.0).tolist()] * seeds,
+                                   "lora": [(untuned - code_share).tolist()] * seeds, "untuned": untuned.tolist()}
     return accuracy.verdict(figures)
 
 
-def test_accuracy_verdict_flips():
+def test_accuracy_verdict_reads_the_interval():
     assert _accuracy(0.01, 0.95)["verdict"] == HOLDS
-    assert _accuracy(accuracy.CLS_GAP_HOLDS + 0.001, 0.95)["verdict"] == PARTLY
+    assert _accuracy(0.06, 0.95)["verdict"] == PARTLY  # 6 points below, +-1.5: clear of both lines
     assert _accuracy(0.01, accuracy.CODE_SHARE_HOLDS - 0.01)["verdict"] == PARTLY
-    assert _accuracy(accuracy.CLS_GAP_PARTLY + 0.01, accuracy.CODE_SHARE_PARTLY - 0.01)["verdict"] == FAILS
-    assert _accuracy(-0.05, 1.2)["verdict"] == HOLDS  # LoRA better than full fine-tuning
+    assert _accuracy(0.30, accuracy.CODE_SHARE_PARTLY - 0.01)["verdict"] == FAILS
+    assert _accuracy(-0.05, 1.2)["verdict"] == HOLDS  # LoRA better than full fine-tuning never counts against it
     assert _accuracy(0.01)["parts"] == {"classification": HOLDS}  # a base with no code task (MiniLM)
+    # on the line: 3 points below full fine-tuning on 1,000 rows is +-1 point, either side of the 3-point line
+    straddling = _accuracy(accuracy.CLS_GAP_HOLDS)
+    assert straddling["verdict"] == "partly or holds — inconclusive"
+    low, high = straddling["intervals"]["cls_gap"]
+    assert low < accuracy.CLS_GAP_HOLDS < high and high - low < 0.03
+    assert _accuracy(0.01, seeds=1)["verdict"] == ONE_RUN  # one seed: no interval
+
+
+def test_accuracy_verdict_needs_the_rows():
+    figures = {"cls_gap": 0.01, "judged": {"cls": "Wq+Wv r=8"}}  # a results file from before per-row figures
+    with pytest.raises(ValueError, match=r"claim 4 \(accuracy\).*per-row"):
+        accuracy.verdict(figures)
+    figures["rows"] = {"cls": {"full": [[1.0, 0.0]] * 3, "lora": [None] * 3, "untuned": None}}
+    with pytest.raises(ValueError, match="claim 4: classification: the per-row test figures"):
+        accuracy.verdict(figures)
 
 
 def test_headline_figures():
@@ -310,7 +334,7 @@ def test_headline_figures():
     assert head["cls_gap"] == pytest.approx(0.05) and head["code_share"] == pytest.approx(0.5)
     summary["code"]["full"]["loss_mean"] = 1.999  # full fine-tuning barely moved; LoRA did better: all of it
     assert accuracy.headline(summary, {"code": {"loss": 2.0}}, judged)["code_share"] == math.inf
-    assert _accuracy(0.0, math.inf)["parts"]["domain shift"] == HOLDS
+    assert _accuracy(0.0, math.inf)["parts"]["domain shift"] == HOLDS  # no interval on an infinite share: the point
     summary["code"]["all r=8"]["loss_mean"] = 2.1  # ... and LoRA did worse: nothing measurable
     assert math.isnan(accuracy.headline(summary, {"code": {"loss": 2.0}}, judged)["code_share"])
     # a LoRA setting whose every run failed has no mean: the report says so rather than "nan"
@@ -385,7 +409,8 @@ def test_claims_run_end_to_end(cls_task, corpus, tmp_path, quick):
     with registered(toy):
         for key in ("accuracy", "reference", "rank", "modularity", "sensitivity"):
             entry, section = claim_entry(key, session, tmp_path)
-            assert entry["verdict"] in (HOLDS, PARTLY, FAILS) and list(entry["bases"]) == ["toy"]
+            verdict_range(entry["verdict"])  # a verdict, decided or inconclusive
+            assert list(entry["bases"]) == ["toy"]
             assert section["body"] and ("Quick-mode" in section["body"]) == quick
             for plot in section["plots"]:
                 assert (tmp_path / plot).stat().st_size > 1000

@@ -118,13 +118,26 @@ def _logits(model, x, chunk: int = 64) -> np.ndarray:
     return np.concatenate([B.to_numpy(model(x[i:i + chunk])[0].data) for i in range(0, len(x), chunk)])
 
 
-def _cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
-    """Mean -log softmax(logits)[target] over the positions whose target is not -100 (nats)."""
+def _target_nll(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """(N, T) -log softmax(logits)[target] at each position, 0 where the target is -100 (nats)."""
     keep = targets != -100
     z = logits[keep].astype(np.float64)  # (n, V)
     z -= z.max(axis=-1, keepdims=True)
     log_probs = z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
-    return float(-log_probs[np.arange(len(z)), targets[keep]].mean())
+    out = np.zeros(targets.shape)
+    out[keep] = -log_probs[np.arange(len(z)), targets[keep]]
+    return out
+
+
+def _cross_entropy(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Mean -log softmax(logits)[target] over the positions whose target is not -100 (nats)."""
+    return float(_target_nll(logits, targets)[targets != -100].mean())
+
+
+def _per_row(values: np.ndarray, targets: np.ndarray) -> list:
+    """Each row's mean of ``values`` (N, T) over its positions whose target is not -100."""
+    keep = targets != -100
+    return ((values * keep).sum(axis=1) / keep.sum(axis=1)).tolist()
 
 
 class ClassificationData:
@@ -140,9 +153,16 @@ class ClassificationData:
         return self.task.batch("train", idx)  # (B, T), (B, T)
 
     def evaluate(self, model) -> dict:
-        """The held-out figures ``loss`` and ``accuracy``, and the validation split's as ``val_loss``, ``val_accuracy``."""
+        """The held-out figures ``loss`` and ``accuracy``, each row's as ``rows`` (what intervals resample),
+        and the validation split's as ``val_loss``, ``val_accuracy``."""
         val = self.score(_logits(model, self.x_val), self.y_val)
-        return {**self.score(_logits(model, self.x_eval)), **{f"val_{k}": v for k, v in val.items()}}
+        logits = _logits(model, self.x_eval)
+        return {**self.score(logits), "rows": self.row_figures(logits), **{f"val_{k}": v for k, v in val.items()}}
+
+    def row_figures(self, logits: np.ndarray) -> dict:
+        """Each held-out row's loss and whether it was classified right: ``{"loss": [...], "accuracy": [0/1, ...]}``."""
+        right = self.task.predict(logits, self.y_eval) == self.task.true_labels(self.y_eval)
+        return {"loss": _per_row(_target_nll(logits, self.y_eval), self.y_eval), "accuracy": right.astype(float).tolist()}
 
     def score(self, logits: np.ndarray, targets: np.ndarray | None = None) -> dict:
         """Figures of the logits (N, T, V) of the held-out rows (also used by the PyTorch reference)."""
@@ -175,9 +195,17 @@ class CodeData:
         return get_batch(self.corpus.train, self.batch_size, self.block, rng)  # (B, T), (B, T)
 
     def evaluate(self, model) -> dict:
-        """``loss`` and ``accuracy`` on the reported windows; ``val_loss``, ``val_accuracy`` on the tuning ones."""
+        """``loss`` and ``accuracy`` on the reported windows (each window's as ``rows``); ``val_loss``,
+        ``val_accuracy`` on the tuning ones."""
         val = self.score(_logits(model, self.x_val), self.y_val)
-        return {**self.score(_logits(model, self.x_eval)), **{f"val_{k}": v for k, v in val.items()}}
+        logits = _logits(model, self.x_eval)
+        return {**self.score(logits), "rows": self.row_figures(logits), **{f"val_{k}": v for k, v in val.items()}}
+
+    def row_figures(self, logits: np.ndarray) -> dict:
+        """Each reported window's mean loss and next-byte accuracy (every window has ``block`` positions, so the
+        mean over windows is the figure itself)."""
+        right = (logits.argmax(axis=-1) == self.y_eval).astype(float)
+        return {"loss": _per_row(_target_nll(logits, self.y_eval), self.y_eval), "accuracy": _per_row(right, self.y_eval)}
 
     def score(self, logits: np.ndarray, targets: np.ndarray | None = None) -> dict:
         """Figures of the logits (n, T, V) of the validation windows."""
@@ -286,9 +314,10 @@ def measured_run(spec, model, training) -> RunResult:
         nan = {"loss": float("nan"), "accuracy": float("nan")}
         return RunResult(spec, [], dict(nan), trainable, 0.0, {}, dict(nan))
     figures = {k.removeprefix("heldout_"): v for k, v in history.last_eval().items() if k != "step"}
+    rows = figures.pop("rows", {})
     final = {k: v for k, v in figures.items() if not k.startswith("val_")}
     val = {k.removeprefix("val_"): v for k, v in figures.items() if k.startswith("val_")}
-    return RunResult(spec, history.losses, final, trainable, history.seconds, trained_state(model), val)
+    return RunResult(spec, history.losses, final, trainable, history.seconds, trained_state(model), val, rows=rows)
 
 
 def label(spec) -> str:
@@ -328,7 +357,8 @@ def finetune(spec, base, data, progress: bool = False) -> RunResult:
     skip = spec.r if spec.method == "prompt" else 0  # prompt tuning's logits cover its P virtual positions first
 
     def score(m):
-        return {f"heldout_{k}": v for k, v in data.score(_logits(m, data.x_eval)[:, skip:]).items()}
+        logits = _logits(m, data.x_eval)[:, skip:]
+        return {f"heldout_{k}": v for k, v in {**data.score(logits), "rows": data.row_figures(logits)}.items()}
 
     return measured_run(spec, model, lambda: train(model, data.batches, train_config(spec, progress), evaluate=score))
 

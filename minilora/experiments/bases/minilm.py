@@ -166,10 +166,20 @@ class Classification:
         log_probs = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
         return {"loss": float(-log_probs[np.arange(len(y)), y].mean()), "accuracy": float(np.mean(logits.argmax(axis=1) == y))}
 
+    def row_figures(self, logits: np.ndarray, split: str = "test") -> dict:
+        """Each row's cross-entropy and whether it was classified right (``{"loss": [...], "accuracy": [0/1, ...]}``)."""
+        y = self.labels[split]
+        z = logits.astype(np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        loss = np.log(np.exp(z).sum(axis=1)) - z[np.arange(len(y)), y]
+        return {"loss": loss.tolist(), "accuracy": (logits.argmax(axis=1) == y).astype(float).tolist()}
+
     def evaluate(self, model) -> dict:
-        """``loss``, ``accuracy`` on the test split; ``val_loss``, ``val_accuracy`` on the validation split."""
+        """``loss``, ``accuracy`` on the test split (each row's as ``rows``); ``val_loss``, ``val_accuracy`` on the
+        validation split."""
         val = self.score(self.logits(model, "val"), "val") if self.with_val else {}
-        return {**self.score(self.logits(model, "test")), **{f"val_{k}": v for k, v in val.items()}}
+        logits = self.logits(model, "test")
+        return {**self.score(logits), "rows": self.row_figures(logits), **{f"val_{k}": v for k, v in val.items()}}
 
 
 class TrainView(nn.Module):

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from minilora.experiments.core import combine, judge
+from minilora.experiments.core import FAILS, combine, judge_gap, judge_interval
+from minilora.experiments.core.intervals import interval_text, per_seed_rows, percentile_interval, replicate_means
 from minilora.experiments.runs import (RunSpec, describe_failures, fmt, metric, rates_for, rates_text, selection_table,
-                                       summarize, train)
+                                       setting_name, summarize, train)
 
 KEY, NUMBER = "accuracy", 4
 TITLE = "Comparable performance; rank vs accuracy"
@@ -61,7 +62,7 @@ def measure(base, session) -> dict:
     judged = judged_settings(base)
     facts = base.facts(session)
     return {"summary": summary, "untuned": untuned, "baseline": baseline, "judged": judged,
-               **headline(summary, untuned, judged),
+               **headline(summary, untuned, judged), "rows": judged_rows(results, summary, untuned, judged),
                "learning_rates": {task: rates for task, (rates, _) in chosen.items()},
                "lr_selection": None if session.quick else {task: table for task, (_, table) in chosen.items()},
                "failed": [line for task in summary for line in describe_failures(summary[task])],
@@ -93,20 +94,67 @@ def headline(summary: dict, untuned: dict, judged: dict) -> dict:
     return out
 
 
+def judged_rows(results, summary: dict, untuned: dict, judged: dict) -> dict:
+    """What the intervals resample: ``{task: {"full": [...], "lora": [...], "untuned": [...]}}``, each run's
+    per-row test figure (accuracy on classification, loss on code) for full fine-tuning and the judged LoRA
+    setting, the runs that failed left out as they are from the means; the untuned base model's rows beside."""
+    out = {}
+    for task, setting in judged.items():
+        key = metric(task)[0]
+        arms = {"full": "full", "lora": setting}
+        out[task] = {arm: [r.rows.get(key) for r in results if r.spec.task == task and r.spec.method != "probe"
+                           and setting_name(r.spec) == name and r.spec.seed not in summary[task][name]["failed"]]
+                     for arm, name in arms.items()}
+        out[task]["untuned"] = untuned[task].get("rows", {}).get(key)
+    return out
+
+
 # ---------------------------------------------------------------------------
 # judge
 # ---------------------------------------------------------------------------
 
 
+def intervals(figures: dict) -> dict:
+    """The 95% intervals of the judged figures (``core.intervals``: seeds and test rows resampled, rows
+    paired between the arms): ``{"cls_gap": ([low, high] or None, its verdict), "code_share": [low, high] or None}``;
+    ``None`` where an arm rests on one run, and no entry where every run of an arm failed (its figure is NaN)."""
+    if "rows" not in figures:
+        raise ValueError(f"claim {NUMBER} ({KEY}): the results hold no per-row test figures, which its intervals "
+                         "need; measure it again with this version (minilora verify --only accuracy)")
+    rows, out = figures["rows"], {}
+    cls = rows["cls"]
+    if cls["full"] and cls["lora"]:
+        out["cls_gap"] = judge_gap(cls["lora"], cls["full"], CLS_GAP_HOLDS, CLS_GAP_PARTLY, NUMBER, "classification")
+    code = rows.get("code")
+    if code and code["full"] and code["lora"] and np.isfinite(figures["code_share"]):
+        what = "domain shift"
+        full, lora = per_seed_rows(code["full"], NUMBER, what), per_seed_rows(code["lora"], NUMBER, what)
+        if min(len(full), len(lora)) < 2:
+            out["code_share"] = None
+        else:
+            reps = replicate_means({"full": full, "lora": lora, "untuned": per_seed_rows([code["untuned"]], NUMBER, what)})
+            out["code_share"] = percentile_interval((reps["untuned"] - reps["lora"]) / (reps["untuned"] - reps["full"]))
+    return out
+
+
 def verdict(figures: dict) -> dict:
-    parts = {"classification": judge(figures["cls_gap"], CLS_GAP_HOLDS, CLS_GAP_PARTLY, higher_is_better=False)}
+    """Classification is an "on a par" part: judged as non-inferiority on LoRA - full fine-tuning's interval
+    (``core.non_inferiority``). Domain shift: the share's interval against its thresholds (``judge_interval``).
+    A figure that is not measurable (NaN: every run of an arm failed, or full fine-tuning barely moved) does
+    not hold, as before; one that rests on one run is "inconclusive (one run)"."""
+    judged = intervals(figures)
+    ci = {key: value[0] if key == "cls_gap" else value for key, value in judged.items()}
+    # every run of an arm failed: nothing measurable, "does not hold" as before
+    parts = {"classification": judged["cls_gap"][1] if "cls_gap" in judged else FAILS}
     thresholds = {"judged settings": figures["judged"], "classification gap holds <=": CLS_GAP_HOLDS,
                   "classification gap partly <=": CLS_GAP_PARTLY}
     if "code_share" in figures:
-        parts["domain shift"] = judge(figures["code_share"], CODE_SHARE_HOLDS, CODE_SHARE_PARTLY)
+        share = figures["code_share"]
+        interval = ci.get("code_share", [share, share])  # not measurable, or infinite: the point, as before
+        parts["domain shift"] = judge_interval(interval, CODE_SHARE_HOLDS, CODE_SHARE_PARTLY)
         thresholds.update({"code share holds >=": CODE_SHARE_HOLDS, "code share partly >=": CODE_SHARE_PARTLY,
                            "minimum full fine-tuning gain (nats)": MIN_FULL_GAIN})
-    return {"verdict": combine(*parts.values()), "parts": parts, "thresholds": thresholds}
+    return {"verdict": combine(*parts.values()), "parts": parts, "intervals": ci, "thresholds": thresholds}
 
 
 # ---------------------------------------------------------------------------
@@ -144,19 +192,25 @@ def plot_rank_curves(summary: dict, task: str, ax, base: dict | None = None, tar
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
 
 
-def _pct(share: float) -> str:
+def _pct(share: float, verdict: dict | None = None) -> str:
     if share != share:
         return "(not measurable: full fine-tuning barely improved)"
     if share == float("inf"):
         return "all (full fine-tuning barely improved; LoRA improved more)"
-    return f"{100 * share:.0f}%"
+    return f"{100 * share:.0f}%" + _interval_text((verdict or {}).get("intervals", {}), "code_share", 100, "%")
 
 
-def _gap_points(gap: float) -> str:
-    """An accuracy gap in points, or why there is none: every run of the LoRA setting failed (its mean is NaN)."""
+def _gap_points(gap: float, verdict: dict | None = None) -> str:
+    """An accuracy gap in points with its 95% interval, or why there is none: every run of the LoRA setting
+    failed (its mean is NaN), or one of the two arms rests on one run."""
     if gap != gap:
         return "not measurable (every run of that setting failed; see the failed runs)"
-    return f"{100 * gap:.1f} points"
+    return f"{100 * gap:.1f} points" + _interval_text((verdict or {}).get("intervals", {}), "cls_gap", 100, " points")
+
+
+def _interval_text(intervals: dict, key: str, scale: float, unit: str) -> str:
+    """The interval of a judged figure, or "" for one judged on its point alone (not measurable, infinite)."""
+    return interval_text(intervals[key], scale, unit) if key in intervals else ""
 
 
 def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
@@ -203,12 +257,12 @@ def _render_decoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         f"full fine-tuning reaches {fmt(cls['full'], 'accuracy')} test accuracy (mean ± std over {cls['full']['n']} seeds); "
         f"LoRA on Wq+Wv at r=8 reaches {fmt(cls[judged['cls']], 'accuracy')} with "
         f"{cls[judged['cls']]['trainable']:,} trainable parameters ({100 * cls[judged['cls']]['trainable'] / total:.2f}% of "
-        f"{total:,}); the gap to full fine-tuning: {_gap_points(figures['cls_gap'])} ({parts['classification']}). "
+        f"{total:,}); the gap to full fine-tuning: {_gap_points(figures['cls_gap'], verdict)} ({parts['classification']}). "
         f"The best LoRA setting is {best_cls} at {fmt(cls[best_cls], 'accuracy')}.",
         "",
         f"Domain shift (code validation loss, base model {base['code']['loss']:.3f} nats/byte): full fine-tuning "
         f"reaches {fmt(code['full'], 'loss')}, LoRA on every matrix at r=8 {fmt(code[judged['code']], 'loss')}, "
-        f"which recovers {_pct(figures['code_share'])} of full fine-tuning's improvement ({parts['domain shift']}); "
+        f"which recovers {_pct(figures['code_share'], verdict)} of full fine-tuning's improvement ({parts['domain shift']}); "
         f"next-byte accuracy {code['full']['accuracy_mean']:.3f} (full) vs {code[judged['code']]['accuracy_mean']:.3f} (LoRA). "
         f"The best LoRA setting is {best_code} at {fmt(code[best_code], 'loss')}.",
         "",
@@ -231,8 +285,8 @@ def _render_decoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
               "or it ends no better than the untuned base model (classification accuracy "
               f"{base['cls']['accuracy']:.3f}, code loss {base['code']['loss']:.3f}): "
               + ("; ".join(failures) if failures else "none") + "."]
-    return {"figure": f"cls gap (Wq+Wv r=8) {_gap_points(figures['cls_gap'])}; code: LoRA recovers "
-                      f"{_pct(figures['code_share'])} of full FT's gain",
+    return {"figure": f"cls gap (Wq+Wv r=8) {_gap_points(figures['cls_gap'], verdict)}; code: LoRA recovers "
+                      f"{_pct(figures['code_share'], verdict)} of full FT's gain",
             "body": "\n".join(lines + _table(figures, True)), "plots": plots}
 
 
@@ -277,7 +331,7 @@ def _render_encoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         f"{fmt(rows['full'], 'accuracy')} (mean ± std over {rows['full']['n']} seeds), LoRA on query + value at r=8 "
         f"{fmt(judged, 'accuracy')} with {judged['trainable']:,} trained parameters "
         f"({100 * judged['trainable'] / (facts['parameters'] + hidden * labels + labels):.2f}%"
-        f" of the model, pooler and classifier included): a gap of **{100 * figures['cls_gap']:.1f} points** to full fine-tuning "
+        f" of the model, pooler and classifier included): a gap of **{_gap_points(figures['cls_gap'], verdict)}** to full fine-tuning "
         f"({v}; thresholds {100 * CLS_GAP_HOLDS:.0f} / {100 * CLS_GAP_PARTLY:.0f} points, as on the toy base). "
         f"The best LoRA setting is {best} at {fmt(rows[best], 'accuracy')}.",
         "",
@@ -296,7 +350,7 @@ def _render_encoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     lines += ["", "**Failed runs** (left out of every mean): a run fails when its loss diverges or it ends no better "
               f"than {floor} test accuracy ({figures['baseline']['cls']['accuracy']:.3f}): "
               + ("; ".join(figures["failed"]) if figures["failed"] else "none") + "."]
-    return {"figure": f"gap {100 * figures['cls_gap']:.1f} pts (query+value r=8)", "body": "\n".join(lines + _table(figures, False)),
+    return {"figure": f"gap {_gap_points(figures['cls_gap'], verdict)} (query+value r=8)", "body": "\n".join(lines + _table(figures, False)),
             "plots": plots}
 
 

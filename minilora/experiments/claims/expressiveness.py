@@ -33,7 +33,8 @@ import numpy as np
 
 from minilora.experiments.bases import gpt_methods as M
 from minilora.experiments.bases.gpt import CODE_BLOCK, CLS_PROMPT_BYTES, METHOD_LR, METHOD_WEIGHT_DECAY, WEIGHT_DECAY
-from minilora.experiments.core import combine, judge
+from minilora.experiments.core import FAILS, combine, judge_gap, judge_interval
+from minilora.experiments.core.intervals import interval_text, mean_difference_interval, per_seed_rows
 from minilora.experiments.runs import RunSpec, metric, train
 from minilora.tasks import SEPARATOR
 
@@ -166,7 +167,9 @@ def headline(summary: dict, config, budget: int = JUDGED_BUDGET) -> dict:
     lora = cls[f"lora {M.size_label('lora', M.matched_size('lora', budget, config, TASK_ROW))}"]
     prompt = cls[f"prompt {M.size_label('prompt', M.matched_size('prompt', budget, config, TASK_ROW))}"]
     full = cls["full"]
-    return {"lora": lora["accuracy_mean"], "prompt": prompt["accuracy_mean"], "full": full["accuracy_mean"],
+    names = {m: f"{m} {M.size_label(m, M.matched_size(m, budget, config, TASK_ROW))}" for m in ("lora", "prompt")}
+    return {"lora_setting": names["lora"], "prompt_setting": names["prompt"],
+            "lora": lora["accuracy_mean"], "prompt": prompt["accuracy_mean"], "full": full["accuracy_mean"],
             "lora_trainable": lora["trainable"], "prompt_trainable": prompt["trainable"],
             "lora_minus_prompt": lora["accuracy_mean"] - prompt["accuracy_mean"],
             "full_minus_lora": full["accuracy_mean"] - lora["accuracy_mean"]}
@@ -182,6 +185,9 @@ def measure(base, session, g: Grid | None = None) -> dict:
     untuned = base.untuned(session)
     head = headline(summary, config, g.cls_budgets[0])
     head["lora_gain_over_base"] = head["lora"] - untuned["cls"]["accuracy"]
+    judged_names = {"lora": head["lora_setting"], "prompt": head["prompt_setting"], "full": "full"}
+    head["rows"] = {arm: [r.rows.get("accuracy") for r in results if r.spec.task == "cls" and setting(r.spec) == name]
+                    for arm, name in judged_names.items()}  # what the intervals resample
     cls = summary["cls"]
     judged = [n for n, row in cls.items() if n != "full" and (row["seeds"] == list(g.cls_seeds))]
     return {"summary": summary, "headline": head, "base": untuned,
@@ -201,10 +207,20 @@ def verdict(figures: dict) -> dict:
     """LoRA minus prompt tuning (not measurable when LoRA's gain over the base model is under
     MIN_LORA_GAIN) and full fine-tuning minus LoRA, accuracy at the judged budget."""
     head = figures["headline"]
-    lora_minus_prompt = head["lora_minus_prompt"] if head["lora_gain_over_base"] >= MIN_LORA_GAIN else float("nan")
-    parts = {"LoRA above prompt tuning": judge(lora_minus_prompt, PROMPT_GAP_HOLDS, PROMPT_GAP_PARTLY),
-             "LoRA near full fine-tuning": judge(head["full_minus_lora"], FULL_GAP_HOLDS, FULL_GAP_PARTLY, higher_is_better=False)}
+    if "rows" not in head:
+        raise ValueError(f"claim {NUMBER} ({KEY}): the results hold no per-row test figures, which its intervals need; "
+                         "measure it again with this version (minilora verify --only expressiveness)")
+    rows = head["rows"]
+    if head["lora_gain_over_base"] >= MIN_LORA_GAIN:  # LoRA - prompt tuning, rows paired
+        what = "LoRA above prompt tuning"
+        ahead = mean_difference_interval(per_seed_rows(rows["lora"], NUMBER, what), per_seed_rows(rows["prompt"], NUMBER, what))
+        above = judge_interval(ahead, PROMPT_GAP_HOLDS, PROMPT_GAP_PARTLY)
+    else:  # LoRA has not learned the task: not measurable
+        ahead, above = None, FAILS
+    behind, near = judge_gap(rows["lora"], rows["full"], FULL_GAP_HOLDS, FULL_GAP_PARTLY, NUMBER, "LoRA near full fine-tuning")
+    parts = {"LoRA above prompt tuning": above, "LoRA near full fine-tuning": near}
     return {"verdict": combine(*parts.values()), "parts": parts,
+            "intervals": {"lora_minus_prompt": ahead, "full_minus_lora": behind},
             "thresholds": {"judged budget (trained numbers)": figures["settings"]["budget"],
                            "LoRA - prompt tuning, holds >=": PROMPT_GAP_HOLDS, "... partly >=": PROMPT_GAP_PARTLY,
                            "full - LoRA, holds <=": FULL_GAP_HOLDS, "... partly <=": FULL_GAP_PARTLY}}
@@ -295,21 +311,23 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     lrs = ", ".join(f"{M.LABELS[m]} {METHOD_LR[m]:g}" for m in METHOD_LR)
     mode = ("**Quick mode** (one seed, a few dozen steps, LoRA and prompt tuning only): far too rough to rank "
             "methods; the full run trains every method. " if quick else "")
-    parts = verdict["parts"]
+    parts, ci = verdict["parts"], verdict["intervals"]
     lines = [
         mode + f"Classification (chance {1 / figures['facts']['n_classes']:.3f}, base model {base['cls']['accuracy']:.3f}) at the judged "
         f"budget of {budget:,} trained numbers: LoRA on Wq, Wv ({head['lora_trainable']:,}) reaches "
         f"{head['lora']:.3f} test accuracy, prompt tuning ({head['prompt_trainable']:,}, the most this task leaves room "
         f"for: {figures['facts']['prompt_size']} virtual tokens before {TASK_ROW}-token rows in a {figures['facts']['block_size']}-token "
-        f"context) {head['prompt']:.3f}: LoRA ahead by {100 * head['lora_minus_prompt']:+.1f} points ("
+        f"context) {head['prompt']:.3f}: LoRA ahead by {100 * head['lora_minus_prompt']:+.1f} points"
+        + (interval_text(ci["lora_minus_prompt"], 100, " points") if head["lora_gain_over_base"] >= MIN_LORA_GAIN else "") + " ("
         + (f"{parts['LoRA above prompt tuning']}; thresholds {100 * PROMPT_GAP_HOLDS:.0f} / "
            f"{100 * PROMPT_GAP_PARTLY:.0f})" if head["lora_gain_over_base"] >= MIN_LORA_GAIN else
            f"**not judged**, counted as \"{parts['LoRA above prompt tuning']}\": LoRA is only "
            f"{100 * head['lora_gain_over_base']:+.1f} points above the base model, {100 * MIN_LORA_GAIN:.0f} needed -- "
            "neither has learned the task yet)")
         + f". Full fine-tuning ({cls['full']['trainable']:,}) reaches "
-        f"{head['full']:.3f}, {100 * head['full_minus_lora']:+.1f} points above LoRA ({parts['LoRA near full fine-tuning']}; "
-        f"thresholds {100 * FULL_GAP_HOLDS:.0f} / {100 * FULL_GAP_PARTLY:.0f}).",
+        f"{head['full']:.3f}, {100 * head['full_minus_lora']:+.1f} points above LoRA{interval_text(ci['full_minus_lora'], 100, ' points')} "
+        f"({parts['LoRA near full fine-tuning']}; non-inferiority: the interval's upper end against "
+        f"{100 * FULL_GAP_HOLDS:.0f} / {100 * FULL_GAP_PARTLY:.0f}).",
         "",
         "At that budget, best first: " + ", ".join(f"{n} {cls[n]['accuracy_mean']:.3f}" for n in ranking)
         + f". LoRA ranks {1 + [n.startswith('lora ') for n in ranking].index(True)} of {len(ranking)}"

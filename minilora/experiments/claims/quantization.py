@@ -30,7 +30,8 @@ import numpy as np
 
 import minilora
 from minilora.experiments.bases.gpt import WIDE_CONFIG, ClassificationData
-from minilora.experiments.core import combine, judge, time_steps, traced
+from minilora.experiments.core import FAILS, combine, judge, judge_gap, time_steps, traced
+from minilora.experiments.core.intervals import interval_text
 from minilora.experiments.runs import RunSpec, train
 from minilora.models import GPT, GPTConfig
 from minilora.quant import NF4Linear, nominal_bits_per_parameter, quantization_error, quantize_model
@@ -241,7 +242,8 @@ def measure(base, session) -> dict:
             "errors": quantization_errors(model), "errors_without_double_quant": {k: v for k, v in errors_no_dq.items() if k != "matrices"},
             "before_finetuning": before,
             "accuracy": {"dense": acc_dense, "nf4": acc_nf4, "gap": float(np.mean(acc_dense) - np.mean(acc_nf4)),
-                         "dense_gain_over_base": float(np.mean(acc_dense)) - before["float32"]["cls"]["accuracy"]},
+                         "dense_gain_over_base": float(np.mean(acc_dense)) - before["float32"]["cls"]["accuracy"],
+                         "rows": {"dense": [r.rows.get("accuracy") for r in dense], "nf4": [r.rows.get("accuracy") for r in nf4]}},
             "losses": {"dense": [r.final["loss"] for r in dense], "nf4": [r.final["loss"] for r in nf4]},
             "step_time": step_times(base, session, specs[0], STEP_REPEATS[session.quick]),
             "facts": {"parameters": model.config.num_parameters(), "wide_parameters": WIDE_CONFIG.num_parameters()},
@@ -267,10 +269,16 @@ def verdict(figures: dict) -> dict:
     """Memory ratio (NF4 + DQ over float32) and accuracy gap (dense LoRA minus NF4 LoRA); the gap
     is not measurable (NaN) when LoRA on the dense base gained less than MIN_LORA_GAIN over the base model."""
     acc = figures["accuracy"]
-    gap = acc["gap"] if acc["dense_gain_over_base"] >= MIN_LORA_GAIN else float("nan")
-    parts = {"memory": judge(figures["memory_ratio"], MEMORY_HOLDS, MEMORY_PARTLY, higher_is_better=False),
-             "accuracy": judge(gap, GAP_HOLDS, GAP_PARTLY, higher_is_better=False)}
-    return {"verdict": combine(*parts.values()), "parts": parts,
+    if "rows" not in acc:
+        raise ValueError(f"claim {NUMBER} ({KEY}): the results hold no per-row test figures, which its interval needs; "
+                         "measure it again with this version (minilora verify --only quantization)")
+    if acc["dense_gain_over_base"] >= MIN_LORA_GAIN:  # on a par: non-inferiority of NF4 against dense, rows paired
+        interval, on_par = judge_gap(acc["rows"]["nf4"], acc["rows"]["dense"], GAP_HOLDS, GAP_PARTLY, NUMBER, "accuracy")
+    else:
+        interval, on_par = None, FAILS
+    parts = {"memory": judge(figures["memory_ratio"], MEMORY_HOLDS, MEMORY_PARTLY, higher_is_better=False),  # exact
+             "accuracy": on_par}
+    return {"verdict": combine(*parts.values()), "parts": parts, "intervals": {"gap": interval, "memory_ratio": "exact"},
             "thresholds": {"NF4+DQ / float32 weight bytes, holds <=": MEMORY_HOLDS, "weight bytes, partly <=": MEMORY_PARTLY,
                            "accuracy gap (dense LoRA - NF4 LoRA), holds <=": GAP_HOLDS, "accuracy gap, partly <=": GAP_PARTLY,
                            "dense LoRA's gain over the base model needed to judge the gap": MIN_LORA_GAIN}}
@@ -328,8 +336,10 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "",
         f"**Accuracy.** LoRA on Wq, Wv at r = {QLORA_RANK} (claim 4's judged run: {s['steps']} steps, batch {s['batch_size']}, "
         f"seeds {s['seeds']}) reaches {np.mean(acc['dense']):.3f} ± {std(acc['dense']):.3f} test accuracy on the float32 base and "
-        f"{np.mean(acc['nf4']):.3f} ± {std(acc['nf4']):.3f} on the NF4 + DQ base: a gap of {100 * acc['gap']:+.1f} points ("
-        + (f"{parts['accuracy']}; thresholds {100 * GAP_HOLDS:.0f} / {100 * GAP_PARTLY:.0f} points)" if judged else
+        f"{np.mean(acc['nf4']):.3f} ± {std(acc['nf4']):.3f} on the NF4 + DQ base: a gap of {100 * acc['gap']:+.1f} points"
+        + (interval_text(verdict["intervals"]["gap"], 100, " points") + " (" if judged else " (")
+        + (f"{parts['accuracy']}, judged as non-inferiority: the interval's upper end against thresholds "
+           f"{100 * GAP_HOLDS:.0f} / {100 * GAP_PARTLY:.0f} points)" if judged else
            f"**not judged**, counted as \"{parts['accuracy']}\": LoRA on the dense base is only "
            f"{100 * acc['dense_gain_over_base']:+.1f} points above the base model, {100 * MIN_LORA_GAIN:.0f} needed, so both runs are "
            "near chance and their gap is noise)")

@@ -23,7 +23,8 @@ the machine's noise, in this process (no time is ever read from a cache).
 
 from __future__ import annotations
 
-from minilora.experiments.core import combine, compare_verdicts, judge, time_steps
+from minilora.experiments.core import combine, compare_verdicts, judge_interval, time_steps
+from minilora.experiments.core.intervals import interval_text, median_ratio_interval
 
 KEY, NUMBER = "time", 3
 TITLE = "Training time"
@@ -55,9 +56,16 @@ def measure(base, session) -> dict:
 
 
 def verdict(figures: dict) -> dict:
-    """One verdict per setting from LoRA's step time / full fine-tuning's, then combined."""
-    parts = {label: judge(ratio, RATIO_HOLDS, RATIO_PARTLY, higher_is_better=False) for label, ratio in figures["ratios"].items()}
-    return {"verdict": combine(*parts.values()), "parts": parts,
+    """One verdict per setting from LoRA's step time / full fine-tuning's, read off its 95% interval (the
+    interleaved steps resampled as whole rounds: ``core.intervals.median_ratio_interval``), then combined."""
+    intervals = {}
+    for res in figures["results"]:
+        if "steps" not in res["full"]:
+            raise ValueError(f"claim {NUMBER} ({KEY}): the results hold no per-step times, which its interval needs; "
+                             "measure it again with this version (minilora verify --only time)")
+        intervals[res["label"]] = median_ratio_interval(res["lora"]["steps"], res["full"]["steps"])
+    parts = {label: judge_interval(ci, RATIO_HOLDS, RATIO_PARTLY, higher_is_better=False) for label, ci in intervals.items()}
+    return {"verdict": combine(*parts.values()), "parts": parts, "intervals": intervals,
             "thresholds": {"LoRA step / full step, holds <=": RATIO_HOLDS, "... partly <=": RATIO_PARTLY,
                            "settings": "each judged, then combined"}}
 
@@ -118,7 +126,8 @@ def render_settings(figures: dict, verdict: dict, plot) -> dict:
         f"{results[0]['clock']} (on a shared machine, multi-threaded BLAS and the wall clock time the machine's load, "
         "not the work: `minilora/experiments/core/timing.py`):",
         "",
-        *[f"* {line(res)} -- {verdict['parts'][res['label']]}." for res in results],
+        *[f"* {line(res)}{interval_text(verdict['intervals'][res['label']], digits=2)} -- {verdict['parts'][res['label']]}."
+          for res in results],
         "",
         "LoRA's forward costs what full fine-tuning's does (it runs the same frozen model, plus the adapter's thin "
         "products and, with `enable_lora`, a concatenation); its backward skips every frozen weight's gradient, about "
@@ -142,7 +151,8 @@ def render_one(figures: dict, verdict: dict, quick: bool) -> dict:
         f"{1000 * f['step']:.0f} ms (forward {1000 * f['forward']:.0f}, backward {1000 * f['backward']:.0f}, AdamW "
         f"{1000 * f['optimizer']:.0f}), LoRA ({figures['settings']['lora']}) {1000 * lo['step']:.0f} ms (forward "
         f"{1000 * lo['forward']:.0f}, backward {1000 * lo['backward']:.0f}, AdamW {1000 * lo['optimizer']:.1f}): "
-        f"**{res['ratio']:.2f}x** against a FLOP ratio of {res['flop_ratio']:.2f}x ({verdict['verdict']}; thresholds "
+        f"**{res['ratio']:.2f}x**{interval_text(verdict['intervals'][res['label']], digits=2)} against a FLOP ratio of "
+        f"{res['flop_ratio']:.2f}x ({verdict['verdict']}; thresholds "
         f"{RATIO_HOLDS} / {RATIO_PARTLY}, as on the toy base). Full fine-tuning's AdamW update runs over "
         f"{figures['facts']['parameters'] / 1e6:.1f}M parameters, half of them the word embeddings, which a batch touches "
         "a few hundred rows of.")

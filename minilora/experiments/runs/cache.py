@@ -108,7 +108,8 @@ class RunCache:
         state = {k: np.array(v) for k, v in load(weights).items()}
         res = entry["result"]
         return RunResult(spec, list(res["losses"]), dict(res["final"]), int(res["trainable"]), float(res["seconds"]),
-                         state, dict(res["val"]), {**entry["provenance"], "origin": "run cache", "file": str(meta_path)})
+                         state, dict(res["val"]), {**entry["provenance"], "origin": "run cache", "file": str(meta_path)},
+                         {k: list(v) for k, v in res.get("rows", {}).items()})
 
     def write(self, req: dict, result: RunResult) -> None:
         """Keep ``result`` (weights first, then its JSON: a run killed in between leaves no entry that reads)."""
@@ -120,7 +121,8 @@ class RunCache:
         weights = save({k: np.ascontiguousarray(v) for k, v in result.state.items()})
         content = {"format": FORMAT, "version": VERSION, "request": req,
                    "result": {"losses": [float(x) for x in result.losses], "final": _floats(result.final),
-                              "val": _floats(result.val), "trainable": int(result.trainable), "seconds": float(result.seconds)},
+                              "val": _floats(result.val), "trainable": int(result.trainable), "seconds": float(result.seconds),
+                              "rows": {k: [float(x) for x in v] for k, v in result.rows.items()}},
                    "provenance": {k: v for k, v in result.provenance.items() if k not in ("origin", "run")},
                    "weights_sha256": sha256(weights)}
         text = json.dumps({**content, "checksum": sha256(canonical(content))}, indent=1, sort_keys=True) + "\n"

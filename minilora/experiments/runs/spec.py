@@ -57,6 +57,7 @@ class RunResult:
     state: dict = field(repr=False, default_factory=dict)  # the trained weights (NumPy): adapter only, or the whole model
     val: dict = field(default_factory=dict)  # the same figures on the validation split (what learning rates are chosen by)
     provenance: dict = field(default_factory=dict)  # where it came from: trained here or read from the cache, code, date
+    rows: dict = field(default_factory=dict)  # each test row's figures, {"loss": [...], "accuracy": [...]}: what intervals resample
 
 
 def trained_state(model) -> dict:
