@@ -115,20 +115,30 @@ def test_the_claim_in_quick_mode_on_the_shipped_toy_base(tmp_path):
     assert "same verdict" in comparison and comparison.count("| toy |") == 2
 
 
-def synthetic(accuracies: dict) -> dict:
-    """The figures ``verdict`` reads: per-seed accuracies by method."""
-    return {"difference": {m: float(np.mean(np.subtract(accuracies["adalora"], accuracies[m]))) for m in ar.PARTS}}
+def synthetic(correct: dict) -> dict:
+    """The figures ``verdict`` reads, from ``{method: [per-seed number of right answers out of 100 rows]}``:
+    the rows a seed gets right are its first ones, so the arms overlap as much as they can."""
+    labels = [0] * 100
+    return {"test_labels": labels, "runs": {m: [{"test_predictions": [0] * k + [1] * (100 - k)} for k in seeds]
+                                            for m, seeds in correct.items()}}
 
 
 @pytest.mark.parametrize("lora, matched, expected", [
-    ([0.50, 0.52], [0.50, 0.52], "holds"),  # AdaLoRA 0.51 both seeds: +0 points
-    ([0.52, 0.53], [0.50, 0.50], "partly"),  # 1.5 points below LoRA r=8 (between 1 and 3)
-    ([0.56, 0.56], [0.56, 0.56], "does not hold"),  # 5 points below both
-    ([0.40, 0.40], [0.50, 0.60], "partly"),  # +11 points against r=8 (holds); -4 against r=12 (does not hold)
+    ([50] * 5, [50] * 5, "holds"),  # the same rows right: the difference is exactly 0
+    ([60] * 5, [60] * 5, "does not hold"),  # 10 points below both, every replicate
+    ([50] * 5, [60] * 5, "partly"),  # holds against r=8, does not hold against r=12
+    ([40, 60, 50, 42, 58], [40, 60, 50, 42, 58], "does not hold or holds — inconclusive"),  # seeds spread 20 points
 ])
-def test_the_verdict_reads_the_paired_difference_against_the_thresholds(lora, matched, expected):
-    figures = synthetic({"adalora": [0.51, 0.51], "lora": lora, "lora_matched": matched})
-    assert ar.verdict(figures)["verdict"] == expected
+def test_the_verdict_reads_the_difference_s_interval_against_the_thresholds(lora, matched, expected):
+    assert ar.verdict(synthetic({"adalora": [50] * 5, "lora": lora, "lora_matched": matched}))["verdict"] == expected
+
+
+def test_one_seed_is_inconclusive_and_missing_rows_are_an_error():
+    assert ar.verdict(synthetic({"adalora": [50], "lora": [40], "lora_matched": [40]}))["verdict"] == "inconclusive (one run)"
+    figures = synthetic({"adalora": [50, 50], "lora": [40, 40], "lora_matched": [40, 40]})
+    figures["runs"]["lora"][1]["test_predictions"] = []
+    with pytest.raises(ValueError, match="per-row test figures"):
+        ar.verdict(figures)
 
 
 def test_the_allocation_and_the_heat_map_columns():
