@@ -7,9 +7,9 @@ trained-parameter count, on both bases' classification task; and where AdaLoRA p
 
 One run is one base, one method, one seed and one learning rate:
 
-* ``"adalora"`` (at its own rate, chosen on the validation split: ``RATE_FACTORS``): every matrix of every block starts at rank ``INIT_R`` = 12 and the budget
+* ``"adalora"``: every matrix of every block starts at rank ``INIT_R`` = 12 and the budget
   falls to ``TARGET_R`` = 8 per matrix on average (``tinit`` a tenth of the steps, ``tfinal``
-  a fifth, masking at every step in between);
+  a fifth, masking at every step in between), at its own rate (``RATE_FACTORS``);
 * ``"lora"``: LoRA at r = 8 on the same matrices -- the same final rank;
 * ``"lora_matched"``: LoRA at the rank whose trained-parameter count comes nearest AdaLoRA's.
   Masking zeroes λ_i but AdaLoRA trains all 12 triplets of every matrix to the end, so that
@@ -37,7 +37,7 @@ import numpy as np
 from minilora import backend as B
 from minilora.experiments.core import combine, non_inferiority
 from minilora.experiments.core.intervals import interval_text, mean_difference_interval, per_seed_rows
-from minilora.experiments.runs import RunSpec
+from minilora.experiments.runs import ALPHA_PER_RANK, RunSpec
 from minilora.peft import AdaLoraConfig, LoraConfig, get_peft_model
 from minilora.train import TrainConfig, train
 
@@ -64,7 +64,6 @@ MATRICES = {
 MATRIX_LABELS = {"toy": ("c_attn (q,k,v)", "attn c_proj", "mlp c_fc", "mlp c_proj"),
                  "minilm": ("query", "key", "value", "attn output", "ffn in", "ffn out")}
 FEED_FORWARD = 2  # the last two columns of MATRICES
-ALPHA_PER_RANK = 2  # alpha = 2 r, as in claim 4 (experiments/runs/spec.py)
 
 
 @dataclass(frozen=True)
