@@ -41,7 +41,8 @@ KEY, NUMBER = "modularity", 8
 TITLE = "Modularity: several adapters on one base"
 CLAIM = ("LoRA adapters are modular: one frozen base holds an adapter per task, they are exchanged quickly, "
          "and two of them can be combined (stacked or merged) into one model with both skills")
-MEASURED = "adapter file size, swap time, a weighted combination of two task adapters, a mixed-adapter batch"
+MEASURED = ("adapter file size, swap time, a weighted combination of two task adapters, a mixed-adapter batch; "
+            "Arrow routing between them (not judged)")
 BASES = ("toy",)
 
 ADAPTER_RANK = 8
@@ -121,7 +122,7 @@ MIN_GAIN = {"cls": 0.02, "code": 0.01}  # accuracy (2 points); nats/byte
 def retained(scores: dict, combined: str = "both") -> dict:
     """How much of each single adapter's gain over the base model the combination ``combined`` keeps, per task.
 
-    Classification by accuracy: (both - base) / (cls - base); code by loss: (base - both) / (base - code).
+    Classification by accuracy: (combined - base) / (cls - base); code by loss: (base - combined) / (base - code).
     """
     acc = lambda name: scores[name]["cls"]["accuracy"]
     loss = lambda name: scores[name]["code"]["loss"]
