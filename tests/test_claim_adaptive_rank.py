@@ -141,6 +141,25 @@ def test_one_seed_is_inconclusive_and_missing_rows_are_an_error():
         ar.verdict(figures)
 
 
+@pytest.mark.parametrize("peak, tried, chosen", [
+    (3, [1, 3, 10], 3),  # an inside rate wins at once
+    (30, [1, 3, 10, 30, 90], 30),  # the top end wins: extended twice, then 30 is inside
+    (1000, [1, 3, 10, 30, 90], 90),  # still at the top after two extensions: named in the text
+    (0.1, [1 / 9, 1 / 3, 1, 3, 10], 1 / 9),  # the bottom end, likewise
+])
+def test_adalora_s_rate_is_chosen_on_validation_and_extended_past_an_end(monkeypatch, peak, tried, chosen):
+    def fake_run(runs, method, seed, lr, **kw):  # validation accuracy peaks at ``peak`` x LoRA's rate
+        return {"val": {"accuracy": -abs(np.log(lr / 1e-3) - np.log(peak))}}
+
+    monkeypatch.setattr(ar, "run_one", fake_run)
+    assert ar.adalora_rate(None, 1e-3, 0, quick=True) == (1e-3, {})
+    best, runs = ar.adalora_rate(None, 1e-3, 0, quick=False)
+    assert best == pytest.approx(chosen * 1e-3) and list(runs) == pytest.approx([f * 1e-3 for f in tried])
+    settings = {"lr": {"lora": 1e-3, "adalora": best}, "seeds": [0],
+                "adalora_rate_selection": {f"{lr:g}": run["val"]["accuracy"] for lr, run in runs.items()}}
+    assert ("still at an end" in ar.rates_text(settings)) == (chosen in (tried[0], tried[-1]))
+
+
 def test_the_allocation_and_the_heat_map_columns():
     assert ar.matrix_of("minilm", "bert.encoder.layer.3.attention.output.dense") == 3  # not the FFN's output.dense
     assert ar.matrix_of("minilm", "bert.encoder.layer.3.output.dense") == 5

@@ -89,7 +89,9 @@ PARTS = {"lora": "same final rank", "lora_matched": "same trained count"}
 # validation split). AdaLoRA's product starts smaller -- E at zero, A and B at N(0, 0.02) where LoRA's A is
 # Kaiming-uniform -- so its update grows more slowly at one rate: the full run gives it its own, chosen on
 # the validation split among these multiples of LoRA's (seed 0; that run is kept as seed 0's).
-RATE_FACTORS = (1, 3, 10)
+# A rate at an end of the grid is extended past, a factor of 3 a step, at most EXTEND_STEPS times (issue
+# #21's rule); one still at an end is named in the report.
+RATE_FACTORS, EXTEND_STEPS = (1, 3, 10), 2
 
 
 def sizes(base: str, quick: bool) -> Sizes:
@@ -255,12 +257,23 @@ def allocation(tables: list) -> dict:
 
 def adalora_rate(runs, lora_lr: float, seed: int, quick: bool, progress: bool = False) -> tuple:
     """AdaLoRA's learning rate, chosen on the validation split among ``RATE_FACTORS`` x LoRA's (one seed;
-    ties to the lower rate), with ``{rate: seed's run}``. Quick mode chooses nothing: LoRA's rate."""
+    ties to the lower rate) and extended past an end that wins (``EXTEND_STEPS``), with ``{rate: seed's
+    run}``. Quick mode chooses nothing: LoRA's rate."""
     if quick:
         return lora_lr, {}
-    tried = {factor * lora_lr: run_one(runs, "adalora", seed, factor * lora_lr, progress=progress) for factor in RATE_FACTORS}
-    best = max(tried, key=lambda lr: (tried[lr]["val"]["accuracy"], -lr))
-    return best, tried
+    factors, tried = list(RATE_FACTORS), {}
+    for _ in range(EXTEND_STEPS + 1):
+        for factor in factors:
+            if factor * lora_lr not in tried:
+                tried[factor * lora_lr] = run_one(runs, "adalora", seed, factor * lora_lr, progress=progress)
+        best = max(tried, key=lambda lr: (tried[lr]["val"]["accuracy"], -lr))
+        if min(tried) < best < max(tried):
+            break
+        if best == max(tried):
+            factors.append(factors[-1] * 3)
+        else:
+            factors.insert(0, factors[0] / 3)
+    return best, dict(sorted(tried.items()))
 
 
 def measure(base, session) -> dict:
@@ -363,8 +376,11 @@ def rates_text(settings: dict) -> str:
     text = f"Learning rates: LoRA {lr['lora']:g} (the base's LoRA rate, both ranks); AdaLoRA {lr['adalora']:g}"
     if not chosen:
         return text + " (quick mode: LoRA's, not chosen)."
+    ends = (next(iter(chosen)), list(chosen)[-1])  # the rates in increasing order (``adalora_rate``)
+    edge = (" -- still at an end of its grid after extending it: a rate further out might do better"
+            if f"{lr['adalora']:g}" in ends else "")
     return text + (", chosen on the validation split (seed " + f"{settings['seeds'][0]}; validation accuracy "
-                   + ", ".join(f"{rate} -> {acc:.3f}" for rate, acc in chosen.items()) + ").")
+                   + ", ".join(f"{rate} -> {acc:.3f}" for rate, acc in chosen.items()) + edge + ").")
 
 
 def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
