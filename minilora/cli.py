@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="measure only the claims --only names and merge them into this results.json (of the same mode "
                         "and seed), keeping the others as they were; the merged report goes to --out")
     v.add_argument("--no-progress", action="store_true", help="no progress bars")
+    v.add_argument("--against", default=None, metavar="RESULTS.json",
+                   help="after writing the report, compare each claim's verdict with this results.json's (e.g. the "
+                        "committed full run's) and exit with status 2 if any contradicts it (an inconclusive verdict "
+                        "contradicts nothing it lies across)")
     v.set_defaults(run=lambda args: __import__("minilora.verify", fromlist=["main_verify"]).main_verify(args))
 
     r = sub.add_parser("report", help="write the report of a results.json again, measuring nothing")

@@ -36,7 +36,7 @@ import numpy as np
 
 from minilora import backend
 from minilora.experiments import bases as base_registry
-from minilora.experiments.core import Session, combine, provenance
+from minilora.experiments.core import ORDER, QUICK, Session, combine, provenance, verdict_range
 from minilora.io import replacing_output_folder
 from minilora.report import FORMAT, VERSION, ResultsError, load_results, render_table, write_report
 
@@ -94,9 +94,61 @@ def measure_claim(module, session) -> dict:
         verdict = comparison["verdict"]
     else:
         verdict = combine(*(slot["verdict"]["verdict"] for slot in slots.values()))
+    if session.quick and not getattr(module, "QUICK_DECIDES", False):
+        verdict = quick_verdict(slots, comparison)
     return {"number": module.NUMBER, "title": module.TITLE, "claim": module.CLAIM, "measured": module.MEASURED,
             "bases": slots, "comparison": comparison, "verdict": verdict,
             "provenance": claim_provenance(session, module.KEY, time.perf_counter() - start, load, slots)}
+
+
+def quick_verdict(slots: dict, comparison) -> str:
+    """Quick mode's verdict of a claim it cannot resolve -- figures resting on fine-tuning runs too short and
+    too few, or measured at other sizes than the full run's: "inconclusive (quick)", each base's and the
+    comparison's too, what the figures read kept beside it as ``quick_reading``. Only claims that set ``QUICK_DECIDES`` (exact counts, the same in both modes) give
+    a verdict in quick mode."""
+    for slot in slots.values():
+        v = slot["verdict"]
+        if v is not None:  # the parts too: a section's text never says "does not hold" from a quick figure
+            slot["verdict"] = {**v, "verdict": QUICK, "parts": {part: QUICK for part in v.get("parts", {})},
+                               "quick_reading": {"verdict": v["verdict"], "parts": v.get("parts", {})}}
+    if comparison is not None and "verdict" in comparison:
+        comparison["quick_reading"], comparison["verdict"] = comparison["verdict"], QUICK
+    return QUICK
+
+
+def contradictions(results: dict, reference: dict) -> list:
+    """Sentences naming each claim whose verdict in ``results`` cannot be the one ``reference`` (another
+    run's results.json) gives: their ranges of verdicts (``core.verdict_range``) do not overlap. An
+    inconclusive verdict contradicts nothing it lies across; a claim missing from either is not compared."""
+    out = []
+    for key, claim in results["claims"].items():
+        if key not in reference:
+            continue
+        ours, theirs = verdict_range(claim["verdict"]), verdict_range(reference[key])
+        order = ORDER.index
+        if order(ours[1]) < order(theirs[0]) or order(theirs[1]) < order(ours[0]):
+            out.append(f"claim {claim['number']} ({key}): {claim['verdict']!r} here, {reference[key]!r} in the reference")
+    return out
+
+
+def reference_verdicts(path) -> dict:
+    """``{claim key: verdict}`` of a results.json to check against: this version's, or one of the layout before
+    claims x bases (version 1, whose claims also carry one verdict each) -- only the verdicts are read."""
+    try:
+        results = json.loads(Path(path).read_text())
+        claims = results["claims"]
+        verdicts = {key: claim["verdict"] for key, claim in claims.items()}
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise ResultsError(f"{path}: not a results.json of minilora verify with a verdict per claim ({err!r})") from None
+    bad = {key: v for key, v in verdicts.items() if not isinstance(v, str)}
+    if bad:
+        raise ResultsError(f"{path}: claims {sorted(bad)} have no verdict text")
+    for key, v in verdicts.items():
+        try:
+            verdict_range(v)
+        except ValueError:
+            raise ResultsError(f"{path}: claims.{key}.verdict is {v!r}, not a verdict") from None
+    return verdicts
 
 
 def claim_provenance(session, key: str, seconds: float, load_before, bases=()) -> dict:
@@ -224,11 +276,19 @@ def main_verify(args) -> int:
         only = names(args.only)
         if only == []:
             raise ValueError(f"--only {args.only!r} names no claim; claims: {', '.join(claim_modules())}")
-        verify(args.out, quick=args.quick, seed=args.seed, only=only, progress=not args.no_progress,
-               bases=names(args.bases), merge=args.merge)
+        reference = None if args.against is None else reference_verdicts(args.against)  # refused before measuring
+        results = verify(args.out, quick=args.quick, seed=args.seed, only=only, progress=not args.no_progress,
+                         bases=names(args.bases), merge=args.merge)
     except (OSError, ValueError, ResultsError) as err:
         print(f"minilora verify: {err}", file=sys.stderr)
         return 1
+    if reference is not None:
+        found = contradictions(results, reference)
+        for line in found:
+            print(f"minilora verify: contradicts {args.against}: {line}", file=sys.stderr)
+        if found:
+            return 2
+        print(f"no verdict contradicts {args.against} ({len(set(results['claims']) & set(reference))} claims compared)")
     return 0
 
 

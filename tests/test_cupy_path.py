@@ -29,7 +29,7 @@ from minilora.experiments.bases import gpt
 from minilora.experiments.bases.toy import BASE as TOY
 from minilora.experiments.claims import depth_latency as lat
 from minilora.experiments.claims import inference, memory
-from minilora.experiments.core import FAILS, HOLDS, PARTLY, Session, verdict_range
+from minilora.experiments.core import Session, verdict_range
 from minilora.models import GPT, GPTConfig
 from minilora.peft import get_peft_model
 from minilora.train import NonFiniteLossError, TrainConfig, train

@@ -100,7 +100,8 @@ def test_full_finetuning_and_code_task(corpus):
 
 
 def test_summarize_mean_and_std():
-    runs = [RunResult(spec(seed=s), [1.0], {"loss": 1.0 + s, "accuracy": 0.5 + 0.1 * s}, 10, 0.0) for s in range(3)]
+    runs = [RunResult(spec(seed=s), [1.0], {"loss": 1.0 + s, "accuracy": 0.5 + 0.1 * s}, 10, 0.0, {},
+                      {"loss": 1.0, "accuracy": 0.5}) for s in range(3)]
     rows = summarize(runs)["cls"]["Wq+Wv r=2"]
     assert rows["n"] == 3 and rows["accuracy_mean"] == pytest.approx(0.6)
     assert rows["loss_std"] == pytest.approx(1.0)  # sample std of 1, 2, 3
@@ -124,22 +125,40 @@ def test_rates_of_untuned_settings_come_from_the_nearest_tuned_one():
 
 
 def test_failed_runs_are_named_and_left_out_of_the_mean():
-    def run(seed, accuracy):
-        return RunResult(spec(seed=seed), [1.0], {"loss": 1.0, "accuracy": accuracy}, 10, 0.0)
+    def run(seed, accuracy):  # validation and test agree here
+        return RunResult(spec(seed=seed), [1.0], {"loss": 1.0, "accuracy": accuracy}, 10, 0.0, {}, {"loss": 1.0, "accuracy": accuracy})
 
     runs = [run(0, 0.6), run(1, 0.15), run(2, float("nan")), run(3, 0.4)]
-    row = summarize(runs, baseline={"cls": {"accuracy": 0.19, "loss": 2.0}})["cls"]["Wq+Wv r=2"]
+    row = summarize(runs, baseline={"cls": {"val_accuracy": 0.19, "val_loss": 2.0}})["cls"]["Wq+Wv r=2"]
     assert row["failed"] == {1: tuning.BELOW, 2: tuning.DIVERGED} and row["n"] == 2 and row["n_runs"] == 4
     assert row["accuracy_mean"] == pytest.approx(0.5) and len(row["accuracy_all"]) == 4
-    assert "2 of 4 seeds; seed 1 below baseline, seed 2 diverged" in fmt(row, "accuracy")
-    assert describe_failures({"Wq+Wv r=2": row})[0] == "Wq+Wv r=2 seed 1: below baseline (0.150)"
+    assert row["accuracy_all_mean"] == pytest.approx((0.6 + 0.15 + 0.4) / 3)  # every finite run, beside the kept ones'
+    assert "2 of 4 seeds; seed 1 below baseline, seed 2 diverged; all 4: 0.383" in fmt(row, "accuracy")
+    assert describe_failures({"Wq+Wv r=2": row})[0] == "Wq+Wv r=2 seed 1: below baseline (validation 0.150)"
     # without a baseline only the diverged run is left out
     assert summarize(runs)["cls"]["Wq+Wv r=2"]["failed"] == {2: tuning.DIVERGED}
+    # one run kept: labelled so, never "± 0.000"
+    one = summarize(runs[:3], baseline={"cls": {"val_accuracy": 0.19}})["cls"]["Wq+Wv r=2"]
+    assert fmt(one, "accuracy").startswith("0.600 (one run) (1 of 3 seeds;") and "± 0.000" not in fmt(one, "accuracy")
     # every run failed: no mean, and claim 9's spread leaves the setting out
-    rows = summarize([run(0, 0.1), run(1, 0.1)], baseline={"cls": {"accuracy": 0.19}})["cls"]
+    rows = summarize([run(0, 0.1), run(1, 0.1)], baseline={"cls": {"val_accuracy": 0.19}})["cls"]
     assert math.isnan(rows["Wq+Wv r=2"]["accuracy_mean"])
+    assert fmt(rows["Wq+Wv r=2"], "accuracy").startswith("no run kept (0 of 2 seeds;")
     rows["full"] = {"accuracy_mean": 0.5, "accuracy_std": 0.0}
     assert sens.spread(rows, ["Wq+Wv r=2", "full"], "accuracy")["means"] == {"full": 0.5}
+
+
+def test_the_failure_rule_reads_validation_only():
+    """A run below the floor on validation fails though its test figure is fine; one above it on validation
+    is kept though its test figure is below the floor: the test split never decides which runs count."""
+    floor = {"cls": {"val_accuracy": 0.30, "accuracy": 0.30}}
+    low_val = RunResult(spec(seed=0), [1.0], {"loss": 1.0, "accuracy": 0.80}, 10, 0.0, {}, {"loss": 1.0, "accuracy": 0.25})
+    low_test = RunResult(spec(seed=1), [1.0], {"loss": 1.0, "accuracy": 0.20}, 10, 0.0, {}, {"loss": 1.0, "accuracy": 0.70})
+    row = summarize([low_val, low_test], baseline=floor)["cls"]["Wq+Wv r=2"]
+    assert row["failed"] == {0: tuning.BELOW} and row["accuracy_mean"] == pytest.approx(0.20)
+    no_val = RunResult(spec(seed=2), [1.0], {"loss": 1.0, "accuracy": 0.5}, 10, 0.0)
+    with pytest.raises(ValueError, match="no validation figures"):
+        summarize([no_val], baseline=floor)
 
 
 def test_choose_rate_skips_failed_runs():

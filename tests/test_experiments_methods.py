@@ -335,6 +335,15 @@ def test_expressiveness_verdict_reads_the_intervals():
     assert judged(0.10, 0.03)["parts"]["LoRA near full fine-tuning"] == inconclusive(PARTLY, HOLDS)
     assert judged(0.10, 0.01, seeds=1)["verdict"] == ONE_RUN
     assert judged(0.10, -0.05)["parts"]["LoRA near full fine-tuning"] == HOLDS  # LoRA better than full fine-tuning
+    # every prompt-tuning run failed on validation: LoRA is judged against the untuned base, where those runs lie
+    n = 1000
+    lora, base = np.ones(n), np.ones(n)
+    lora[:300], base[:400] = 0.0, 0.0
+    head = {"lora_minus_prompt": 0.10, "full_minus_lora": 0.0, "lora_gain_over_base": 0.10, "prompt_failed": True,
+            "rows": {"lora": [lora.tolist()] * 5, "prompt": [], "full": [lora.tolist()] * 5, "untuned": base.tolist()}}
+    failed = acc.verdict({"headline": head, "settings": {"budget": 8192}})
+    low, high = failed["intervals"]["lora_minus_prompt"]  # 10 points on 1,000 rows: about +-2
+    assert failed["parts"]["LoRA above prompt tuning"] == HOLDS and 0.05 < low < 0.1 < high < 0.15
     # LoRA has not learned the task (2 points over the base model): its lead over prompt tuning is not judged
     assert judged(0.10, 0.01, lora_gain=0.02)["parts"]["LoRA above prompt tuning"] == FAILS
     assert judged(0.03, 0.01)["parts"]["LoRA above prompt tuning"] == PARTLY

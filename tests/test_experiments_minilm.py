@@ -129,7 +129,7 @@ def test_rates_of_untuned_ranks_come_from_the_nearest_tuned_one():
 def test_reference_matches_minilora_float64(cls_task, tokenizer, method):
     pytest.importorskip("peft")
     env = tiny_env(cls_task, tokenizer, np.float64)
-    data = M.Classification(cls_task, tokenizer, 4, with_val=False)
+    data = M.Classification(cls_task, tokenizer, 4)
     s = spec(method=method, target="qv" if method == "lora" else None, r=2 if method == "lora" else 0, steps=4, lr=3e-2)
     ours, theirs = M.finetune(s, env, data), M.torch_finetune(s, env, data)
     assert np.max(np.abs(np.array(ours.losses) - theirs["losses"]) / np.abs(theirs["losses"])) < 1e-9

@@ -175,7 +175,10 @@ def test_a_base_and_a_claim_from_elsewhere_reach_the_report(tmp_path):
         verify.unregister_claim("dummy")
         bases.unregister("dummy")
     assert "dummy" in again and "dummy" not in verify.claim_modules()
-    assert results["claims"]["dummy"]["verdict"] == "holds" and results["claims"]["dummy"]["bases"]["dummy"]["figures"]["size"] == 3
+    dummy = results["claims"]["dummy"]
+    # quick mode: a claim that does not set QUICK_DECIDES reads "inconclusive (quick)", what it measured kept beside
+    assert dummy["verdict"] == "inconclusive (quick)" and dummy["bases"]["dummy"]["verdict"]["quick_reading"]["verdict"] == "holds"
+    assert dummy["bases"]["dummy"]["figures"]["size"] == 3
     readme = (tmp_path / "report" / "README.md").read_text()
     assert "## 99. A dummy claim" in readme and "The dummy measured 3." in readme and "| 99 | A dummy claim |" in readme
     with pytest.raises(ValueError, match="unknown claims \\['dummy'\\]"):
@@ -325,3 +328,60 @@ def test_load_results_refuses_an_unknown_claim(tmp_path):
     with pytest.raises(ResultsError, match="claims.telepathy: no claim of this minilora is called 'telepathy'"):
         load_results(path, verify.claim_modules())
     assert copy.deepcopy(bases.all_bases()).keys() >= {"toy", "minilm", "llama"}
+
+
+# ---------------------------------------------------------------------------
+# --against: a quick run checked against another run's verdicts
+# ---------------------------------------------------------------------------
+
+SYNTHETIC = {"claims": {"params": {"number": 1, "verdict": "holds"},
+                        "memory": {"number": 2, "verdict": "does not hold"},
+                        "time": {"number": 3, "verdict": "partly or holds — inconclusive"},
+                        "accuracy": {"number": 4, "verdict": "inconclusive (quick)"},
+                        "rank": {"number": 6, "verdict": "partly"}}}
+
+
+def test_against_names_only_verdicts_that_cannot_agree():
+    reference = {"params": "holds", "memory": "partly", "time": "does not hold", "accuracy": "does not hold",
+                 "rank": "partly or holds — inconclusive"}
+    assert verify.contradictions(SYNTHETIC, reference) == [
+        "claim 2 (memory): 'does not hold' here, 'partly' in the reference",
+        "claim 3 (time): 'partly or holds — inconclusive' here, 'does not hold' in the reference"]
+    assert verify.contradictions(SYNTHETIC, {"params": "holds", "accuracy": "holds"}) == []  # quick lies across both
+
+
+def test_against_reads_either_layout_and_refuses_anything_else(tmp_path):
+    old = tmp_path / "v1.json"  # the layout before claims x bases: {"meta", "claims": {key: {"verdict", ...}}}
+    old.write_text(json.dumps({"meta": {}, "claims": {"params": {"verdict": "holds", "figures": {}}}}))
+    assert verify.reference_verdicts(old) == {"params": "holds"}
+    for text, why in (("[]", "not a results.json"), ('{"claims": {"params": {"verdict": "maybe"}}}', "is 'maybe', not a verdict"),
+                      ('{"claims": {"params": {"verdict": 3}}}', "have no verdict text"), ("{", "not a results.json")):
+        (tmp_path / "bad.json").write_text(text)
+        with pytest.raises(ResultsError, match=why):
+            verify.reference_verdicts(tmp_path / "bad.json")
+
+
+def test_against_sets_the_exit_status(tmp_path, monkeypatch, capsys):
+    measured = []
+    monkeypatch.setattr(verify, "verify", lambda *a, **k: measured.append(k) or SYNTHETIC)
+    reference = tmp_path / "full.json"
+    reference.write_text(json.dumps({"claims": {"params": {"verdict": "holds"}, "memory": {"verdict": "partly"}}}))
+    assert cli(["verify", "--quick", "--out", str(tmp_path / "r"), "--against", str(reference)]) == 2
+    assert "contradicts" in capsys.readouterr().err and measured
+    reference.write_text(json.dumps({"claims": {"params": {"verdict": "holds"}}}))
+    assert cli(["verify", "--quick", "--out", str(tmp_path / "r"), "--against", str(reference)]) == 0
+    assert "no verdict contradicts" in capsys.readouterr().out
+    measured.clear()
+    reference.write_text("[]")  # refused before anything is measured
+    assert cli(["verify", "--quick", "--out", str(tmp_path / "r"), "--against", str(reference)]) == 1 and not measured
+
+
+def test_quick_mode_decides_only_what_it_can_resolve():
+    slots = {"toy": {"verdict": {"verdict": "does not hold", "parts": {"a": "does not hold"}}}, "minilm": {"verdict": None}}
+    comparison = {"verdict": "holds"}
+    assert verify.quick_verdict(slots, comparison) == "inconclusive (quick)"
+    assert slots["toy"]["verdict"] == {"verdict": "inconclusive (quick)", "parts": {"a": "inconclusive (quick)"},
+                                       "quick_reading": {"verdict": "does not hold", "parts": {"a": "does not hold"}}}
+    assert comparison == {"verdict": "inconclusive (quick)", "quick_reading": "holds"}
+    decides = {key for key, module in verify.claim_modules().items() if getattr(module, "QUICK_DECIDES", False)}
+    assert decides == {"params"}  # exact counts, the same in both modes

@@ -347,9 +347,8 @@ def finetune(spec, base, data, progress: bool = False) -> RunResult:
     ``CodeData``) and measure it. A run whose loss stops being finite is returned, not raised: its
     figures are NaN, and ``runs.rates.run_status`` reports it as diverged.
 
-    LoRA and full fine-tuning are scored on the test and the validation split; the other methods
-    on the test split alone (no rate is chosen for them), reading the logits after prompt tuning's
-    P virtual positions."""
+    Every run is scored on the test and the validation split (the failure rule reads the validation
+    one); the other methods read the logits after prompt tuning's P virtual positions."""
     model = fresh_model(spec, base)
     if spec.method in ("full", "lora"):
         return measured_run(spec, model, lambda: train(model, data.batches, train_config(spec, progress),
@@ -358,7 +357,9 @@ def finetune(spec, base, data, progress: bool = False) -> RunResult:
 
     def score(m):
         logits = _logits(m, data.x_eval)[:, skip:]
-        return {f"heldout_{k}": v for k, v in {**data.score(logits), "rows": data.row_figures(logits)}.items()}
+        val = data.score(_logits(m, data.x_val)[:, skip:], data.y_val)  # what the failure rule reads
+        return {f"heldout_{k}": v for k, v in {**data.score(logits), "rows": data.row_figures(logits),
+                                               **{f"val_{k}": v for k, v in val.items()}}.items()}
 
     return measured_run(spec, model, lambda: train(model, data.batches, train_config(spec, progress), evaluate=score))
 

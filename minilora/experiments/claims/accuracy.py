@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from minilora.experiments.core import FAILS, combine, judge_gap, judge_interval
-from minilora.experiments.core.intervals import interval_text, per_seed_rows, percentile_interval, replicate_means
+from minilora.experiments.core import combine, judge_gap, judge_interval
+from minilora.experiments.core.intervals import (interval_text, per_seed_rows, percentile_interval, plot_interval,
+                                                 replicate_means)
 from minilora.experiments.runs import (RunSpec, describe_failures, fmt, metric, rates_for, rates_text, selection_table,
                                        setting_name, summarize, train)
 
@@ -117,14 +118,14 @@ def judged_rows(results, summary: dict, untuned: dict, judged: dict) -> dict:
 def intervals(figures: dict) -> dict:
     """The 95% intervals of the judged figures (``core.intervals``: seeds and test rows resampled, rows
     paired between the arms): ``{"cls_gap": ([low, high] or None, its verdict), "code_share": [low, high] or None}``;
-    ``None`` where an arm rests on one run, and no entry where every run of an arm failed (its figure is NaN)."""
+    ``None`` where an arm rests on one run (or, for the gap, every run of an arm failed: "does not hold"); no
+    share where it is not measurable."""
     if "rows" not in figures:
         raise ValueError(f"claim {NUMBER} ({KEY}): the results hold no per-row test figures, which its intervals "
                          "need; measure it again with this version (minilora verify --only accuracy)")
     rows, out = figures["rows"], {}
     cls = rows["cls"]
-    if cls["full"] and cls["lora"]:
-        out["cls_gap"] = judge_gap(cls["lora"], cls["full"], CLS_GAP_HOLDS, CLS_GAP_PARTLY, NUMBER, "classification")
+    out["cls_gap"] = judge_gap(cls["lora"], cls["full"], CLS_GAP_HOLDS, CLS_GAP_PARTLY, NUMBER, "classification")
     code = rows.get("code")
     if code and code["full"] and code["lora"] and np.isfinite(figures["code_share"]):
         what = "domain shift"
@@ -144,8 +145,7 @@ def verdict(figures: dict) -> dict:
     not hold, as before; one that rests on one run is "inconclusive (one run)"."""
     judged = intervals(figures)
     ci = {key: value[0] if key == "cls_gap" else value for key, value in judged.items()}
-    # every run of an arm failed: nothing measurable, "does not hold" as before
-    parts = {"classification": judged["cls_gap"][1] if "cls_gap" in judged else FAILS}
+    parts = {"classification": judged["cls_gap"][1]}
     thresholds = {"judged settings": figures["judged"], "classification gap holds <=": CLS_GAP_HOLDS,
                   "classification gap partly <=": CLS_GAP_PARTLY}
     if "code_share" in figures:
@@ -208,6 +208,11 @@ def _gap_points(gap: float, verdict: dict | None = None) -> str:
     return f"{100 * gap:.1f} points" + _interval_text((verdict or {}).get("intervals", {}), "cls_gap", 100, " points")
 
 
+def _over(row: dict) -> str:
+    """" (mean ± std over n seeds)" where there is a spread to show (``fmt`` labels a single run itself)."""
+    return f" (mean ± std over {row['n']} seeds)" if row["n"] > 1 else ""
+
+
 def _interval_text(intervals: dict, key: str, scale: float, unit: str) -> str:
     """The interval of a judged figure, or "" for one judged on its point alone (not measurable, infinite)."""
     return interval_text(intervals[key], scale, unit) if key in intervals else ""
@@ -217,6 +222,23 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     if "probe" in figures["summary"]["cls"]:
         return _render_encoder(figures, verdict, plot, quick)
     return _render_decoder(figures, verdict, plot, quick)
+
+
+def _interval_plot(figures: dict, verdict: dict, plot) -> str:
+    """The judged figures with their 95% intervals against their thresholds (one panel each; a gap that is not
+    measurable leaves its panel empty, a share that is not measurable has none)."""
+    import matplotlib.pyplot as plt
+
+    panels = [("cls_gap", f"accuracy points LoRA (r={JUDGED_RANK}) is below full fine-tuning",
+               {"holds": CLS_GAP_HOLDS, "partly": CLS_GAP_PARTLY})]
+    if np.isfinite(figures.get("code_share", float("nan"))):
+        panels.append(("code_share", "% of full fine-tuning's code-loss gain LoRA recovers",
+                       {"holds": CODE_SHARE_HOLDS, "partly": CODE_SHARE_PARTLY}))
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8.6, 1.6 * len(panels) + 0.4), squeeze=False)
+    for ax, (key, label, thresholds) in zip(axes[:, 0], panels):
+        plot_interval(ax, figures[key], verdict["intervals"].get(key), thresholds, label, scale=100)
+    fig.tight_layout()
+    return plot(fig, "accuracy_intervals.png")
 
 
 def _rank_plot(figures, task, plot, name, **kw) -> str:
@@ -244,7 +266,7 @@ def _render_decoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     s, parts, judged = figures["settings"], verdict["parts"], figures["judged"]
     base = figures["untuned"]
     plots = [_rank_plot(figures, "cls", plot, "accuracy_vs_rank.png", base=base),
-             _rank_plot(figures, "code", plot, "code_loss_vs_rank.png", base=base)]
+             _rank_plot(figures, "code", plot, "code_loss_vs_rank.png", base=base), _interval_plot(figures, verdict, plot)]
     cls, code = figures["summary"]["cls"], figures["summary"]["code"]
     best_cls = max((n for n in cls if n != "full"), key=lambda n: cls[n]["accuracy_mean"])
     best_code = min((n for n in code if n != "full"), key=lambda n: code[n]["loss_mean"])
@@ -254,7 +276,7 @@ def _render_decoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     mode = "**Quick-mode figures** (one seed, a few dozen steps): rough, for a demo only. " if quick else ""
     lines = [
         mode + f"Classification (chance {figures['chance']:.3f}, base model {base['cls']['accuracy']:.3f}): "
-        f"full fine-tuning reaches {fmt(cls['full'], 'accuracy')} test accuracy (mean ± std over {cls['full']['n']} seeds); "
+        f"full fine-tuning reaches {fmt(cls['full'], 'accuracy')} test accuracy{_over(cls['full'])}; "
         f"LoRA on Wq+Wv at r=8 reaches {fmt(cls[judged['cls']], 'accuracy')} with "
         f"{cls[judged['cls']]['trainable']:,} trainable parameters ({100 * cls[judged['cls']]['trainable'] / total:.2f}% of "
         f"{total:,}); the gap to full fine-tuning: {_gap_points(figures['cls_gap'], verdict)} ({parts['classification']}). "
@@ -281,9 +303,10 @@ def _render_decoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     if figures["lr_selection"]:
         lines += ["", *selection_table(figures["lr_selection"])]
     failures = figures["failed"]
-    lines += ["", "**Failed runs** (left out of every mean, and of claim 9's ranges): a run fails when its loss diverges "
-              "or it ends no better than the untuned base model (classification accuracy "
-              f"{base['cls']['accuracy']:.3f}, code loss {base['code']['loss']:.3f}): "
+    lines += ["", "**Failed runs** (left out of every mean, and of claim 9's ranges; decided on the validation split, "
+              "before the test split is read): a run fails when its loss diverges or it ends no better than the untuned "
+              f"base model there (classification accuracy {base['cls']['val_accuracy']:.3f}, code loss "
+              f"{base['code']['val_loss']:.3f}): "
               + ("; ".join(failures) if failures else "none") + "."]
     return {"figure": f"cls gap (Wq+Wv r=8) {_gap_points(figures['cls_gap'], verdict)}; code: LoRA recovers "
                       f"{_pct(figures['code_share'], verdict)} of full FT's gain",
@@ -318,7 +341,7 @@ def _render_encoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     probe_line = {"cls": {"accuracy": rows["probe"]["accuracy_mean"]}}
     plots = [_rank_plot(figures, "cls", plot, "accuracy_vs_rank.png", base=probe_line,
                         base_label="linear probe (head + pooler; encoder frozen)",
-                        title=f"{facts['name']}: docstring -> package (6 classes)")]
+                        title=f"{facts['name']}: docstring -> package (6 classes)"), _interval_plot(figures, verdict, plot)]
     best = max((n for n in rows if n not in ("full", "probe") and np.isfinite(rows[n]["accuracy_mean"])),
                key=lambda n: rows[n]["accuracy_mean"], default=judged_name)
     judged = rows[judged_name]
@@ -328,7 +351,7 @@ def _render_encoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "",
         f"Test accuracy (chance {figures['chance']:.3f}; the pretrained encoder with a random classifier "
         f"{figures['untuned']['cls']['accuracy']:.3f}): the linear probe reaches {fmt(rows['probe'], 'accuracy')}, full fine-tuning "
-        f"{fmt(rows['full'], 'accuracy')} (mean ± std over {rows['full']['n']} seeds), LoRA on query + value at r=8 "
+        f"{fmt(rows['full'], 'accuracy')}{_over(rows['full'])}, LoRA on query + value at r=8 "
         f"{fmt(judged, 'accuracy')} with {judged['trainable']:,} trained parameters "
         f"({100 * judged['trainable'] / (facts['parameters'] + hidden * labels + labels):.2f}%"
         f" of the model, pooler and classifier included): a gap of **{_gap_points(figures['cls_gap'], verdict)}** to full fine-tuning "
@@ -347,8 +370,9 @@ def _render_encoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     if figures["lr_selection"]:
         lines += ["", *selection_table(figures["lr_selection"])]
     floor = "the untrained model's (quick mode: too few steps to set against the probe)" if quick else "the linear probe's mean"
-    lines += ["", "**Failed runs** (left out of every mean): a run fails when its loss diverges or it ends no better "
-              f"than {floor} test accuracy ({figures['baseline']['cls']['accuracy']:.3f}): "
+    lines += ["", "**Failed runs** (left out of every mean; decided on the validation split, before the test split is "
+              f"read): a run fails when its loss diverges or it ends no better than {floor} validation accuracy "
+              f"({figures['baseline']['cls']['val_accuracy']:.3f}): "
               + ("; ".join(figures["failed"]) if figures["failed"] else "none") + "."]
     return {"figure": f"gap {_gap_points(figures['cls_gap'], verdict)} (query+value r=8)", "body": "\n".join(lines + _table(figures, False)),
             "plots": plots}

@@ -19,7 +19,7 @@ r = 1, 8, 64 on two target sets that mean the same thing on each architecture:
 
 The learning rate is chosen on the validation split for each architecture alike (full
 fine-tuning and the default targets at r = 8 and 64; ``runs.rates``' rule for the rest), and a
-run that diverges or ends no better than its untuned base is named and left out.
+run that diverges or ends no better than its untuned base (on the validation split) is named and left out.
 
 The figure is each architecture's **gap**: full fine-tuning's test accuracy minus LoRA's,
 setting by setting. The claim holds when the two architectures' gaps differ clearly (by at
@@ -264,7 +264,7 @@ def render_claim(claim: dict, plot, quick: bool) -> dict:
         lines += ["", *selection_table({ARCH_NAMES[a]: f[a]["lr_selection"] for a in JUDGED_BASES}, first="architecture")]
     failed = [f"{ARCH_NAMES[a]} {line}" for a in JUDGED_BASES for line in f[a]["failed"]]
     lines += ["", "**Failed runs** (left out of every mean): a run fails when its loss diverges or it ends no better "
-              "than its untuned base: " + ("; ".join(failed) if failed else "none") + ".",
+              "than its untuned base on the validation split: " + ("; ".join(failed) if failed else "none") + ".",
               "", "| architecture | setting | lr | trainable | test accuracy | gap to full (points) |",
               "|---|---|---|---|---|---|"]
     for arch in JUDGED_BASES:

@@ -35,7 +35,7 @@ from minilora.experiments.bases import gpt_methods as M
 from minilora.experiments.bases.gpt import CODE_BLOCK, CLS_PROMPT_BYTES, METHOD_LR, METHOD_WEIGHT_DECAY, WEIGHT_DECAY
 from minilora.experiments.core import FAILS, combine, judge_gap, judge_interval
 from minilora.experiments.core.intervals import interval_text, mean_difference_interval, per_seed_rows
-from minilora.experiments.runs import RunSpec, metric, train
+from minilora.experiments.runs import RunSpec, describe_failures, fmt, metric, summarize, train
 from minilora.tasks import SEPARATOR
 
 KEY, NUMBER = "expressiveness", 11
@@ -125,27 +125,6 @@ def specs_for(g: Grid, base, config, common: dict) -> list:
     return list(dict.fromkeys(out))  # (IA)³ has one size: listed once
 
 
-def summarize(results) -> dict:
-    """``{task: {setting: row}}``, a setting per (method, size), e.g. "prompt P=64": the mean, sample std
-    (ddof 1; 0 for one seed) and values over seeds of the held-out loss and accuracy, with
-    ``method``, ``size``, ``trainable`` and ``seeds``."""
-    groups = {}
-    for res in results:
-        groups.setdefault((res.spec.task, setting(res.spec)), []).append(res)
-    out = {}
-    for (task, name), runs in groups.items():
-        spec = runs[0].spec
-        row = {"method": spec.method, "size": spec.r or None, "trainable": runs[0].trainable,
-               "seeds": [r.spec.seed for r in runs], "n": len(runs)}
-        for key in ("loss", "accuracy"):
-            values = np.array([r.final[key] for r in runs])
-            row[f"{key}_mean"] = float(values.mean())
-            row[f"{key}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            row[f"{key}_all"] = values.tolist()
-        out.setdefault(task, {})[name] = row
-    return out
-
-
 # Judged on classification test accuracy at the judged budget (8,192 numbers: LoRA r=4 on Wq, Wv and
 # prompt tuning with P=64 train exactly as many), means over the seeds:
 #  * prompt tuning falls short of LoRA: LoRA beats it by at least 5 points holds, 2 points partly
@@ -181,16 +160,21 @@ def measure(base, session, g: Grid | None = None) -> dict:
     config = base.environment(session).base.config
     specs = specs_for(g, base, config, {task: toy.common(task) for task in ("cls", "code")})
     results = train(session, base, specs)
-    summary = summarize(results)
     untuned = base.untuned(session)
+    summary = summarize(results, base.baseline(session), name=setting)  # claim 4's failure rule, on validation
     head = headline(summary, config, g.cls_budgets[0])
     head["lora_gain_over_base"] = head["lora"] - untuned["cls"]["accuracy"]
     judged_names = {"lora": head["lora_setting"], "prompt": head["prompt_setting"], "full": "full"}
-    head["rows"] = {arm: [r.rows.get("accuracy") for r in results if r.spec.task == "cls" and setting(r.spec) == name]
-                    for arm, name in judged_names.items()}  # what the intervals resample
+    head["rows"] = {arm: [r.rows.get("accuracy") for r in results if r.spec.task == "cls" and setting(r.spec) == name
+                          and r.spec.seed not in summary["cls"][name]["failed"]]
+                    for arm, name in judged_names.items()}  # what the intervals resample: the runs kept
+    head["rows"]["untuned"] = untuned["cls"]["rows"]["accuracy"]  # where a method whose every run failed lies, at best
+    if not head["rows"]["prompt"]:  # prompt tuning failed on every seed: LoRA's lead is over the untuned base
+        head["prompt_failed"], head["lora_minus_prompt"] = True, head["lora_gain_over_base"]
     cls = summary["cls"]
     judged = [n for n, row in cls.items() if n != "full" and (row["seeds"] == list(g.cls_seeds))]
     return {"summary": summary, "headline": head, "base": untuned,
+            "failed": [line for task in summary for line in describe_failures(summary[task])],
             "ranking": sorted(judged, key=lambda n: -cls[n]["accuracy_mean"]),
             "code_shares": code_shares(summary["code"], untuned["code"]["loss"]) if "code" in summary else {},
             "curves": {label(r.spec): r.losses for r in results if r.spec.seed == g.cls_seeds[0]},
@@ -211,9 +195,12 @@ def verdict(figures: dict) -> dict:
         raise ValueError(f"claim {NUMBER} ({KEY}): the results hold no per-row test figures, which its intervals need; "
                          "measure it again with this version (minilora verify --only expressiveness)")
     rows = head["rows"]
-    if head["lora_gain_over_base"] >= MIN_LORA_GAIN:  # LoRA - prompt tuning, rows paired
+    if head["lora_gain_over_base"] >= MIN_LORA_GAIN and rows["lora"]:  # LoRA - prompt tuning, rows paired
         what = "LoRA above prompt tuning"
-        ahead = mean_difference_interval(per_seed_rows(rows["lora"], NUMBER, what), per_seed_rows(rows["prompt"], NUMBER, what))
+        # every prompt-tuning run failed (no better than the untuned base on validation): LoRA against the base
+        prompt = rows["prompt"] or [rows["untuned"]]
+        ahead = mean_difference_interval(per_seed_rows(rows["lora"], NUMBER, what), per_seed_rows(prompt, NUMBER, what),
+                                         fixed_reference=not rows["prompt"])
         above = judge_interval(ahead, PROMPT_GAP_HOLDS, PROMPT_GAP_PARTLY)
     else:  # LoRA has not learned the task: not measurable
         ahead, above = None, FAILS
@@ -286,10 +273,6 @@ def code_summary(rows: dict, base_loss: float) -> str:
                   if all(n.split()[0] in M.VIRTUAL for n in worse) else ".")))
 
 
-def _fmt(row: dict, key: str) -> str:
-    return f"{row[f'{key}_mean']:.3f} ± {row[f'{key}_std']:.3f}"
-
-
 def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     import matplotlib.pyplot as plt
 
@@ -306,8 +289,8 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     table = ["| task | method | setting | trainable | loss | accuracy | seeds |", "|---|---|---|---|---|---|---|"]
     for task in tasks:
         for name, row in sorted(summary[task].items(), key=lambda kv: (kv[1]["method"] != "full", -kv[1]["trainable"])):
-            table.append(f"| {task} | {M.LABELS[row['method']]} | {name} | {row['trainable']:,} | {_fmt(row, 'loss')} | "
-                         f"{_fmt(row, 'accuracy')} | {len(row['seeds'])} |")
+            table.append(f"| {task} | {M.LABELS[row['method']]} | {name} | {row['trainable']:,} | {fmt(row, 'loss')} | "
+                         f"{fmt(row, 'accuracy')} | {len(row['seeds'])} |")
     lrs = ", ".join(f"{M.LABELS[m]} {METHOD_LR[m]:g}" for m in METHOD_LR)
     mode = ("**Quick mode** (one seed, a few dozen steps, LoRA and prompt tuning only): far too rough to rank "
             "methods; the full run trains every method. " if quick else "")
@@ -317,7 +300,9 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         f"budget of {budget:,} trained numbers: LoRA on Wq, Wv ({head['lora_trainable']:,}) reaches "
         f"{head['lora']:.3f} test accuracy, prompt tuning ({head['prompt_trainable']:,}, the most this task leaves room "
         f"for: {figures['facts']['prompt_size']} virtual tokens before {TASK_ROW}-token rows in a {figures['facts']['block_size']}-token "
-        f"context) {head['prompt']:.3f}: LoRA ahead by {100 * head['lora_minus_prompt']:+.1f} points"
+        f"context) " + ("failed on every run (no better than the untuned base on validation)" if head.get("prompt_failed")
+                      else f"{head['prompt']:.3f}")
+        + f": LoRA ahead by {100 * head['lora_minus_prompt']:+.1f} points"
         + (interval_text(ci["lora_minus_prompt"], 100, " points") if head["lora_gain_over_base"] >= MIN_LORA_GAIN else "") + " ("
         + (f"{parts['LoRA above prompt tuning']}; thresholds {100 * PROMPT_GAP_HOLDS:.0f} / "
            f"{100 * PROMPT_GAP_PARTLY:.0f})" if head["lora_gain_over_base"] >= MIN_LORA_GAIN else
@@ -345,5 +330,6 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "",
         *table,
     ]
-    return {"figure": f"at {budget:,} params: LoRA {head['lora']:.3f}, prompt {head['prompt']:.3f}, full {head['full']:.3f}",
+    prompt = "failed (every run)" if head.get("prompt_failed") else f"{head['prompt']:.3f}"
+    return {"figure": f"at {budget:,} params: LoRA {head['lora']:.3f}, prompt {prompt}, full {head['full']:.3f}",
             "body": "\n".join(lines), "plots": plots}

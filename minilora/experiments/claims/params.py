@@ -46,6 +46,7 @@ CLAIM = ("LoRA trains a very small share of a model's weights -- typically under
          "it trains between about ten and ten thousand times fewer numbers than full fine-tuning.")
 MEASURED = "exact counts on published models and on both base models, checked against injected models"
 BASES = ("toy", "minilm")
+QUICK_DECIDES = True  # exact counts: quick mode decides them as the full run does
 
 RANKS = (1, 2, 4, 8, 16, 64)
 TARGETS = ("qv", "all")

@@ -33,7 +33,7 @@ import functools
 import numpy as np
 
 from minilora.experiments.core import FAILS, combine, compare_verdicts, judge
-from minilora.experiments.runs import RunSpec, train, trained_state
+from minilora.experiments.runs import RunSpec, summarize, train, trained_state
 
 KEY, NUMBER = "rank", 6
 TITLE = "Low intrinsic rank of the update"
@@ -220,20 +220,36 @@ def plot_phi(rows: dict):
 # ---------------------------------------------------------------------------
 
 
-def rank_specs(base, quick: bool) -> dict:
-    """The runs this claim reads (claim 4's, seed 0): full fine-tuning on each task, and adapters on
-    Wq and Wv (the base's PAPER_TARGET) at r = 8 and r = 64 on classification."""
+def rank_specs(base, quick: bool, seed: int | None = None) -> dict:
+    """The runs this claim reads at one seed of claim 4's grid (its first unless given): full fine-tuning on
+    each task, and adapters on Wq and Wv (the base's PAPER_TARGET) at r = 8 and r = 64 on classification."""
     grid = base.grid(quick)
-    seed = grid.seeds[0]
+    seed = grid.seeds[0] if seed is None else seed
     specs = {f"full {task}": RunSpec(task, "full", seed=seed, **grid.common(task)) for task in base.TASKS}
     specs["small"] = RunSpec("cls", "lora", base.PAPER_TARGET, SMALL_R, seed=seed, **grid.common("cls"))
     specs["large"] = RunSpec("cls", "lora", base.PAPER_TARGET, LARGE_R, seed=seed, **grid.common("cls"))
     return specs
 
 
-def measure(base, session) -> dict:
+def kept_runs(base, session) -> tuple:
+    """(specs, runs, seeds passed over) at the first seed of claim 4's grid whose every run this claim reads
+    did not fail -- claim 4's rule, on the validation split (``runs.summarize``) -- so claim 6 never reads a
+    run claim 4 left out; the first seed's if every seed has a failed run."""
+    baseline = base.baseline(session)
+    passed = []
+    for seed in base.grid(session.quick).seeds:
+        specs = rank_specs(base, session.quick, seed)
+        runs = dict(zip(specs, train(session, base, list(specs.values()))))
+        rows = summarize(list(runs.values()), baseline, name=lambda spec: f"{spec.method} {spec.r}")
+        if not any(row["failed"] for task in rows.values() for row in task.values()):
+            return specs, runs, passed
+        passed.append(seed)
     specs = rank_specs(base, session.quick)
-    runs = dict(zip(specs, train(session, base, list(specs.values()))))
+    return specs, dict(zip(specs, train(session, base, list(specs.values())))), passed
+
+
+def measure(base, session) -> dict:
+    specs, runs, passed = kept_runs(base, session)
     labels = {k: base.label(r.spec) for k, r in runs.items()}
     if not all(runs[f"full {task}"].state for task in base.TASKS):  # diverged: no weights to read
         return {"diverged": True, "runs": labels}
@@ -245,7 +261,7 @@ def measure(base, session) -> dict:
     A = {k: base.adapter_A(runs[k].state, specs[k]) for k in ("small", "large")}
     A0 = {k: base.adapter_A(trained_state(base.fresh_model(specs[k], env)), specs[k]) for k in ("small", "large")}
     first = spectra[base.TASKS[0]]
-    return {"spectra": spectra, "d": d, "runs": labels,
+    return {"spectra": spectra, "d": d, "runs": labels, "seed": specs["small"].seed, "seeds_passed_over": passed,
             "mean_share": {task: float(np.mean([row["share"][JUDGED_RANK] for row in rows.values()])) for task, rows in spectra.items()},
             "random_share": float(np.mean([row["random_share"][JUDGED_RANK] for row in first.values()])),
             "rank_90_median": {task: float(np.median([row["rank_90"] for row in rows.values()])) for task, rows in spectra.items()},
@@ -304,10 +320,20 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         f"A by {100 * moved['small']:.0f}% (r={SMALL_R}) and {100 * moved['large']:.0f}% (r={LARGE_R}) of its initial "
         f"norm, so part of each A is still its random start; on the learned parts alone, A - A_init, φ(1,1) = "
         f"{f['mean_phi_1_1_learned']:.2f}."
+        + _passed_over_text(f["seed"], f["seeds_passed_over"])
     )
     return {"figure": f"top-{JUDGED_RANK} energy {100 * verdict['share']:.0f}% (random {100 * f['random_share']:.0f}%); "
                       f"φ(1,1) {f['mean_phi_1_1']:.2f} (random {phi['random']['phi_1_1']:.3g})",
             "body": body, "plots": plots}
+
+
+def _passed_over_text(seed: int, passed: list) -> str:
+    """Which seed's runs were read, and which seeds were passed over because one of their runs failed."""
+    if seed in passed:
+        return (f" Every seed had a run that failed claim 4's rule (on the validation split): seed {seed}'s runs are "
+                "read all the same, a failed one among them.")
+    over = f"; seed{'s' if len(passed) > 1 else ''} {', '.join(map(str, passed))} had a failed run" if passed else ""
+    return f" The runs read are seed {seed}'s, the first whose runs all passed claim 4's failure rule (on validation){over}."
 
 
 def render_comparison(claim: dict) -> str:

@@ -177,7 +177,8 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "",
         f"A choice counts as mattering when the range it spans is at least {RATIO_HOLDS:g}x the seed noise "
         f"({RATIO_PARTLY:g}x: partly) and at least {pts(MIN_RANGE)}. Each setting ran at the learning rate chosen for "
-        "it (claim 4). Runs that diverged or ended no better than the untuned base model are left out of the means and "
+        "it (claim 4). Runs that diverged or ended no better than the untuned base model on the validation split are left "
+        "out of the means and "
         "ranges (a training failure says nothing of what a rank or a target set can reach): "
         + ("; ".join(f["failed"]) if f["failed"] else "none") + ".",
     ]

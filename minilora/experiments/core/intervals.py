@@ -91,11 +91,13 @@ def percentile_interval(samples, level: float = LEVEL) -> list:
     return [float(np.quantile(samples, tail, method="lower")), float(np.quantile(samples, 1 - tail, method="higher"))]
 
 
-def mean_difference_interval(new, reference, level: float = LEVEL) -> list | None:
+def mean_difference_interval(new, reference, level: float = LEVEL, fixed_reference: bool = False) -> list | None:
     """The interval of mean(new) - mean(reference) over ``(seeds, rows)`` arrays, rows paired; ``None`` when
-    either rests on one run (no spread between seeds to draw from: the verdict is "inconclusive (one run)")."""
+    either rests on one run (no spread between seeds to draw from: the verdict is "inconclusive (one run)").
+    ``fixed_reference``: the reference is no run but one fixed model (the untuned base), which varies by its
+    rows alone."""
     new, reference = np.asarray(new, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    if min(len(new), len(reference)) < 2:
+    if len(new) < 2 or (len(reference) < 2 and not fixed_reference):
         return None
     reps = replicate_means({"new": new, "reference": reference})
     return percentile_interval(reps["new"] - reps["reference"], level)
@@ -110,3 +112,17 @@ def interval_text(interval, scale: float = 1.0, unit: str = "", digits: int = 1)
         return " (one run: no interval)"
     low, high = (scale * v for v in interval)
     return f" (95% interval [{low:.{digits}f}, {high:.{digits}f}]{unit})"
+
+
+def plot_interval(ax, value: float, interval, thresholds: dict, label: str, scale: float = 1.0) -> None:
+    """One judged figure as a point with its 95% interval as a bar (none for one run), beside the
+    thresholds it is judged against (``{"holds": x, "partly": y}``, dashed lines)."""
+    ax.axvline(0, color="0.8", lw=0.8)
+    for (name, x), style in zip(thresholds.items(), ("--", ":")):
+        ax.axvline(scale * x, color="k", ls=style, lw=1, label=f"{name} {scale * x:g}")
+    if interval is not None:  # drawn from its ends: a percentile interval need not be centred on the mean
+        ax.plot([scale * interval[0], scale * interval[1]], [0, 0], "|-", color="tab:blue", ms=14, label="95% interval")
+    ax.plot([scale * value], [0], "o", color="tab:blue", label="mean" if interval is not None else "one run: no interval")
+    ax.set_yticks([])
+    ax.set_xlabel(label)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))

@@ -30,6 +30,7 @@ def judge(value: float, holds: float, partly: float, higher_is_better: bool = Tr
 ORDER = (FAILS, PARTLY, HOLDS)  # worst first
 INCONCLUSIVE = "inconclusive"
 ONE_RUN = "inconclusive (one run)"  # one seed, or one run that did not fail: no spread, so no interval
+QUICK = "inconclusive (quick)"  # quick mode's runs are too short and too few to resolve the figure
 
 
 def inconclusive(worse: str, better: str) -> str:
@@ -78,9 +79,12 @@ def non_inferiority(difference_interval, margin_holds: float, margin_partly: flo
 def judge_gap(new_runs: list, reference_runs: list, margin_holds: float, margin_partly: float, claim, what: str) -> tuple:
     """An "on a par" comparison from the runs' per-row test accuracies (one list per run that did not fail):
     (the 95% interval of reference - new in points of accuracy, ``None`` when an arm rests on one run; the
-    ``non_inferiority`` verdict). ``claim`` and ``what`` name the figure in the error a missing row raises."""
+    ``non_inferiority`` verdict; "does not hold" when every run of an arm failed). ``claim`` and ``what`` name
+    the figure in the error a missing row raises."""
     from minilora.experiments.core.intervals import mean_difference_interval, per_seed_rows
 
+    if not new_runs or not reference_runs:  # every run of an arm failed: nothing to compare
+        return None, FAILS
     d = mean_difference_interval(per_seed_rows(new_runs, claim, what), per_seed_rows(reference_runs, claim, what))
     return (None if d is None else [-d[1], -d[0]]), non_inferiority(d, margin_holds, margin_partly)
 

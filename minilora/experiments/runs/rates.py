@@ -14,8 +14,11 @@ for both base models:
 A run **fails** when its loss stops being finite (it *diverged*) or when it ends no
 better than the **baseline** -- the untuned base model for the toy GPT, the linear
 probe (head and pooler trained, encoder frozen) for a pretrained encoder: what such a
-run measures is a training failure, not what the method can reach. A failed run is
-reported by name and left out of every mean and spread, never averaged in silently.
+run measures is a training failure, not what the method can reach. The rule reads the
+**validation split only** (``runs.summarize``), so which runs count is decided before
+the test split is read, for every method and claim alike. A failed run is reported by
+name and left out of every mean and spread, never averaged in silently; the mean of
+all runs is printed beside the kept runs' mean.
 """
 
 from __future__ import annotations

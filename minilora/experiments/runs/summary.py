@@ -1,5 +1,5 @@
-"""Runs summarized over seeds, on any base: the mean and spread of each setting, failed runs named
-and left out (``rates.run_status``), and the tables the report prints of them."""
+"""Runs summarized over seeds, on any base: the mean and spread of each setting, failed runs -- decided
+on the validation split (``rates.run_status``) -- named and left out, and the tables the report prints of them."""
 
 from __future__ import annotations
 
@@ -15,55 +15,73 @@ def metric(task: str) -> tuple:
 
 
 def summarize(results, baseline: dict | None = None, name=setting_name) -> dict:
-    """Mean and spread over seeds of each setting's final figures, failed runs left out.
+    """Mean and spread over seeds of each setting's final (test) figures, failed runs left out.
 
-    Returns ``{task: {setting: {"loss_mean", "loss_std", "accuracy_mean", "accuracy_std",
-    "n", "trainable", "failed", ...}}}`` with settings named by ``name(spec)`` (``setting_name``:
-    ``"full"`` or ``"<target> r=<r>"``, plus `` alpha=..``/`` rslora`` when not the default). std is
-    the sample standard deviation (ddof 1; 0 for one seed). ``baseline`` (``{task: figures}``, e.g.
-    the untuned base model's) is what a run must beat on its task's ``metric``: a run that does
-    not, or whose loss diverged, is listed in ``failed`` (``{seed: why}``) and left out of the mean
-    and std (NaN if every run failed); ``n`` counts the runs kept, ``*_all`` holds every run's value.
-    """
+    Returns ``{task: {setting: {"loss_mean", "loss_std", "accuracy_mean", "accuracy_std", "n", "trainable",
+    "failed", ...}}}`` with settings named by ``name(spec)`` (``setting_name``: ``"full"`` or ``"<target>
+    r=<r>"``, plus `` alpha=..``/`` rslora`` when not the default). std is the sample standard deviation
+    (ddof 1; 0 for one seed).
+
+    The failure rule (``rates.run_status``) reads the **validation** split only, decided before the test
+    figures are looked at: a run whose validation loss diverged, or whose validation figure on its task's
+    ``metric`` is no better than ``baseline``'s (``{task: figures}`` with ``val_<metric>``: the untuned
+    base model's, or the linear probe's), is listed in ``failed`` (``{seed: why}``) and left out of the
+    mean and std (NaN if every run failed); ``n`` counts the runs kept, ``*_all`` holds every run's test
+    value and ``*_all_mean`` their mean (every finite one), printed beside the kept runs' mean. Without
+    ``baseline`` only divergence fails a run."""
     groups = {}
     for res in results:
         groups.setdefault((res.spec.task, name(res.spec)), []).append(res)
     out = {}
     for (task, setting), runs in groups.items():
         key, higher = metric(task)
-        floor = None if baseline is None else baseline[task][key]
-        status = [tuning.run_status(r.final, key, higher, floor) for r in runs]
+        floor = None if baseline is None else baseline[task][f"val_{key}"]
+        for r in runs:
+            if not r.val:
+                raise ValueError(f"summarize: the run {task} {setting} seed {r.spec.seed} has no validation figures, and "
+                                 "the failure rule reads only those (score it on the validation split too)")
+        status = [tuning.run_status(r.val, key, higher, floor) for r in runs]
         kept = [r for r, st in zip(runs, status) if st == tuning.OK]
         row = {"n": len(kept), "n_runs": len(runs), "trainable": runs[0].trainable, "seeds": [r.spec.seed for r in runs],
+               "method": runs[0].spec.method, "size": runs[0].spec.r or None,
                "lr": sorted({r.spec.lr for r in runs if r.spec.lr is not None}),
                "failed": {r.spec.seed: st for r, st in zip(runs, status) if st != tuning.OK},
-               "failed_values": {r.spec.seed: r.final[key] for r, st in zip(runs, status) if st != tuning.OK}}
+               "failed_values": {r.spec.seed: r.val.get(key, float("nan")) for r, st in zip(runs, status) if st != tuning.OK}}
         for k in ("loss", "accuracy"):
             values = np.array([r.final[k] for r in kept])
+            every = np.array([r.final[k] for r in runs])
             row[f"{k}_mean"] = float(values.mean()) if len(values) else float("nan")
             row[f"{k}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
-            row[f"{k}_all"] = [r.final[k] for r in runs]
+            row[f"{k}_all"] = every.tolist()
+            row[f"{k}_all_mean"] = float(every[np.isfinite(every)].mean()) if np.isfinite(every).any() else float("nan")
+            row[f"val_{k}_mean"] = float(np.mean([r.val[k] for r in kept])) if kept and all(k in r.val for r in kept) else float("nan")
         out.setdefault(task, {})[setting] = row
     return out
 
 
 def describe_failures(rows: dict) -> list:
-    """Sentences naming each failed run of ``summarize``-style rows (``{setting: {"failed": {seed: why}}}``)."""
+    """Sentences naming each failed run of ``summarize``-style rows (``{setting: {"failed": {seed: why}}}``),
+    with the validation figure that failed it."""
     out = []
     for name, row in rows.items():
         for seed, why in row.get("failed", {}).items():
             value = row.get("failed_values", {}).get(seed)
-            figure = f" ({value:.3f})" if value is not None and np.isfinite(value) else ""
+            figure = f" (validation {value:.3f})" if value is not None and np.isfinite(value) else ""
             out.append(f"{name} seed {seed}: {why}{figure}")
     return out
 
 
 def fmt(row: dict, key: str) -> str:
-    """"mean ± std", with the runs left out named: "0.41 ± 0.02 (2 of 3 seeds; seed 1 below baseline)"."""
-    text = f"{row[f'{key}_mean']:.3f} ± {row[f'{key}_std']:.3f}"
+    """"mean ± std"; with runs left out, the runs kept and the mean of all of them beside it:
+    "0.41 ± 0.02 (2 of 3 seeds; seed 1 below baseline; all 3: 0.39)". A mean that rests on one run
+    says so instead of a spread of zero: "0.718 (one run) (1 of 3 seeds; ...)"; none kept: "no run kept (...)"."""
+    if row["n"] == 0:
+        text = "no run kept"
+    else:
+        text = f"{row[f'{key}_mean']:.3f}" + (" (one run)" if row["n"] == 1 else f" ± {row[f'{key}_std']:.3f}")
     if row.get("failed"):
         text += f" ({row['n']} of {row['n_runs']} seeds; " + ", ".join(
-            f"seed {seed} {why}" for seed, why in row["failed"].items()) + ")"
+            f"seed {seed} {why}" for seed, why in row["failed"].items()) + f"; all {row['n_runs']}: {row[f'{key}_all_mean']:.3f})"
     return text
 
 
