@@ -181,11 +181,11 @@ class MiniLMRuns:
 
     name = "minilm"
 
-    def __init__(self, env, batch_size: int = 16, with_val: bool = True):
+    def __init__(self, env, batch_size: int = 16):
         from minilora.experiments.bases import minilm
 
         self.minilm, self.env = minilm, env
-        self.data = minilm.Classification(env.cls, env.tokenizer, batch_size, with_val=with_val)
+        self.data = minilm.Classification(env.cls, env.tokenizer, batch_size)
 
     def fresh(self, seed: int):
         """The pretrained encoder with the seed's classifier, drawn after ``manual_seed(seed)``."""
@@ -195,20 +195,19 @@ class MiniLMRuns:
         return train(self.minilm.TrainView(model), self.data.batches, train_config)
 
     def figures(self, model) -> dict:
-        """As ``ToyRuns.figures``; no validation figures (None) where the quick mode chooses no rate."""
-        logits = self.data.logits(model, "test")
-        val = self.data.score(self.data.logits(model, "val"), "val") if self.data.with_val else None
-        return {"test": self.data.score(logits, "test"), "val": val, "test_predictions": logits.argmax(axis=1).tolist(),
+        """As ``ToyRuns.figures``."""
+        logits = {split: self.data.logits(model, split) for split in ("test", "val")}
+        return {"test": self.data.score(logits["test"], "test"), "val": self.data.score(logits["val"], "val"),
+                "test_predictions": logits["test"].argmax(axis=1).tolist(),
                 "test_labels": self.data.labels["test"].tolist()}
 
 
 def runs_for(name: str, env, quick: bool = False):
-    """The ``ToyRuns`` or ``MiniLMRuns`` of a base (``env``: its environment), at the mode's batch size
-    (MiniLM's quick mode scores no validation split: it chooses no rate, and the split costs seconds)."""
+    """The ``ToyRuns`` or ``MiniLMRuns`` of a base (``env``: its environment), at the mode's batch size."""
     if name not in MATRICES:
         raise ValueError(f"adaptive_rank: base must be one of {sorted(MATRICES)}, got {name!r}")
     batch = sizes(name, quick).batch_size
-    return ToyRuns(env, batch) if name == "toy" else MiniLMRuns(env, batch, with_val=not quick)
+    return ToyRuns(env, batch) if name == "toy" else MiniLMRuns(env, batch)
 
 
 def run_one(runs, method: str, seed: int, lr: float, quick: bool = False, steps: int | None = None,
