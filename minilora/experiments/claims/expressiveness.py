@@ -35,7 +35,7 @@ from minilora.experiments.bases import gpt_methods as M
 from minilora.experiments.bases.gpt import CODE_BLOCK, CLS_PROMPT_BYTES, METHOD_LR, METHOD_WEIGHT_DECAY, WEIGHT_DECAY
 from minilora.experiments.core import FAILS, combine, judge_gap, judge_interval
 from minilora.experiments.core.intervals import interval_text, mean_difference_interval, per_seed_rows
-from minilora.experiments.runs import RunSpec, describe_failures, fmt, metric, summarize, train
+from minilora.experiments.runs import RunSpec, describe_failures, fmt, metric, summarize as summarize_runs, train
 from minilora.tasks import SEPARATOR
 
 KEY, NUMBER = "expressiveness", 11
@@ -125,6 +125,12 @@ def specs_for(g: Grid, base, config, common: dict) -> list:
     return list(dict.fromkeys(out))  # (IA)³ has one size: listed once
 
 
+def summarize(results, baseline: dict | None = None) -> dict:
+    """``runs.summarize`` with a setting per (method, size), e.g. "prompt P=64" (rows carry ``method`` and
+    ``size``); with ``baseline`` (``{task: figures}`` with ``val_<metric>``) the failure rule, on validation."""
+    return summarize_runs(results, baseline, name=setting)
+
+
 # Judged on classification test accuracy at the judged budget (8,192 numbers: LoRA r=4 on Wq, Wv and
 # prompt tuning with P=64 train exactly as many), means over the seeds:
 #  * prompt tuning falls short of LoRA: LoRA beats it by at least 5 points holds, 2 points partly
@@ -161,7 +167,7 @@ def measure(base, session, g: Grid | None = None) -> dict:
     specs = specs_for(g, base, config, {task: toy.common(task) for task in ("cls", "code")})
     results = train(session, base, specs)
     untuned = base.untuned(session)
-    summary = summarize(results, base.baseline(session), name=setting)  # claim 4's failure rule, on validation
+    summary = summarize(results, base.baseline(session))  # claim 4's failure rule, on validation
     head = headline(summary, config, g.cls_budgets[0])
     head["lora_gain_over_base"] = head["lora"] - untuned["cls"]["accuracy"]
     judged_names = {"lora": head["lora_setting"], "prompt": head["prompt_setting"], "full": "full"}
