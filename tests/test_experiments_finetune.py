@@ -394,6 +394,8 @@ def test_retained_share():
               "both": {"cls": {"accuracy": 0.5}, "code": {"loss": 1.6}}}
     keep = mod.retained(scores)
     assert keep["cls"] == pytest.approx(0.75) and keep["code"] == pytest.approx(0.8)
+    routed = mod.retained({**scores, "routed_top1": {"cls": {"accuracy": 0.6}, "code": {"loss": 2.0}}}, "routed_top1")
+    assert routed["cls"] == pytest.approx(1.0) and routed["code"] == pytest.approx(0.0)
 
 
 def test_sensitivity_verdict_flips():
@@ -434,6 +436,10 @@ def test_claims_run_end_to_end(cls_task, corpus, tmp_path, quick, monkeypatch):
                 assert (tmp_path / plot).stat().st_size > 1000
             runs = entry["provenance"]["runs"]
             assert runs["trained"] and not runs["from_cache"]
+            if key == "modularity":  # Arrow routing beside each adapter alone and their average merge
+                routing = entry["bases"]["toy"]["figures"]["routing"]
+                assert set(routing["figures"]) == {"base", "cls", "code", *mod.ROUTED} and set(routing["retained"]) == set(mod.ROUTED)
+                assert "Routing by context" in section["body"] and "Arrow, top-2" in section["body"]
     # claim 4's grid was trained once, at the chosen rates; the later claims reused it and added only
     # their own runs, and (full mode) the learning-rate selection's runs at the other rates
     trained = {key[2] for key in session.memo if key[0] == "run"}

@@ -15,7 +15,11 @@ one copy of the base model. Measured:
   combination_type="cat")`` -- exactly ΔW_cls + ΔW_code -- scored on both tasks,
   against each adapter alone and against the base model;
 * **mixed batch**: one forward pass in which each row picks its adapter
-  (``model(x, adapter_names=[...])``), checked equal to separate passes.
+  (``model(x, adapter_names=[...])``), checked equal to separate passes;
+* **routing** (a demonstration, not judged): the two adapters routed token by token with
+  PEFT's Arrow (``minilora/peft/arrow.py``: each token goes to the adapter whose prototype
+  -- the top right singular vector of its B A -- it lies along), top-1 and top-2, scored on
+  both tasks beside each adapter alone and their average merge (weights 1/2, 1/2).
 """
 
 from __future__ import annotations
@@ -30,13 +34,15 @@ from minilora.experiments.core import combine, judge, now
 from minilora.experiments.runs import RunSpec, train
 from minilora.models import GPT
 from minilora.peft import BASE, PeftModel
+from minilora.peft.arrow import routing_comparison
 from minilora.tensor import no_grad
 
 KEY, NUMBER = "modularity", 8
 TITLE = "Modularity: several adapters on one base"
 CLAIM = ("LoRA adapters are modular: one frozen base holds an adapter per task, they are exchanged quickly, "
          "and two of them can be combined (stacked or merged) into one model with both skills")
-MEASURED = "adapter file size, swap time, a weighted combination of two task adapters, a mixed-adapter batch"
+MEASURED = ("adapter file size, swap time, a weighted combination of two task adapters, a mixed-adapter batch; "
+            "Arrow routing between them (not judged)")
 BASES = ("toy",)
 
 ADAPTER_RANK = 8
@@ -113,16 +119,27 @@ def combination(model: PeftModel, data: dict) -> dict:
 MIN_GAIN = {"cls": 0.02, "code": 0.01}  # accuracy (2 points); nats/byte
 
 
-def retained(scores: dict) -> dict:
-    """How much of each single adapter's gain over the base model the combination keeps, per task.
+def retained(scores: dict, combined: str = "both") -> dict:
+    """How much of each single adapter's gain over the base model the combination ``combined`` keeps, per task.
 
-    Classification by accuracy: (both - base) / (cls - base); code by loss: (base - both) / (base - code).
+    Classification by accuracy: (combined - base) / (cls - base); code by loss: (base - combined) / (base - code).
     """
     acc = lambda name: scores[name]["cls"]["accuracy"]
     loss = lambda name: scores[name]["code"]["loss"]
     gain_cls, gain_code = acc("cls") - acc("base"), loss("base") - loss("code")
-    return {"cls": (acc("both") - acc("base")) / gain_cls if gain_cls >= MIN_GAIN["cls"] else float("nan"),
-            "code": (loss("base") - loss("both")) / gain_code if gain_code >= MIN_GAIN["code"] else float("nan")}
+    return {"cls": (acc(combined) - acc("base")) / gain_cls if gain_cls >= MIN_GAIN["cls"] else float("nan"),
+            "code": (loss("base") - loss(combined)) / gain_code if gain_code >= MIN_GAIN["code"] else float("nan")}
+
+
+ROUTED = ("merged", "routed_top1", "routed_top2")  # routing_comparison's names: the average merge, Arrow top-1, top-2
+ROUTED_LABELS = {"merged": "average merge (1/2, 1/2)", "routed_top1": "Arrow, top-1", "routed_top2": "Arrow, top-2"}
+
+
+def routing(model: PeftModel, data: dict, seed: int = 0) -> dict:
+    """Arrow routing between the two adapters against each alone and their average merge, on both tasks
+    (``arrow.routing_comparison``), with the share of each adapter's gain each combination keeps."""
+    out = routing_comparison(model, ["cls", "code"], lambda m: {task: d.evaluate(m) for task, d in data.items()}, seed=seed)
+    return {**out, "seed": seed, "retained": {name: retained(out["figures"], name) for name in ROUTED}}
 
 
 @no_grad()
@@ -165,6 +182,7 @@ def measure(base, session) -> dict:
     keep = retained(scores)
     return {**store, "swap_speedup": store["full_checkpoint_load_seconds"] / store["set_adapter_seconds"],
             "combination": scores, "retained": keep, "mixed_batch": mixed_batch(model, data),
+            "routing": routing(model, data, session.seed),
             "settings": {"adapters": {t: base.label(s) for t, s in specs.items()}, "combination": "cat, weights [1, 1]"}}
 
 
@@ -211,10 +229,34 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         f"A mixed batch of {mixed['rows']} rows (classification rows with the classification adapter, code rows with "
         f"the code adapter, two rows with none) gives the logits of separate runs to within "
         f"{mixed['max_abs_diff']:.1e} (tolerance {MIXED_TOLERANCE:g}; {parts['mixed batch']}).",
+        "", *routing_lines(figures["routing"]),
     ]
     return {"figure": f"adapter {100 * f['storage_ratio']:.1f}% of a checkpoint; swap {1e6 * f['set_adapter_seconds']:.0f} µs; "
                       f"combination keeps {_share(verdict['worst_retained'])} of the weaker task's gain",
             "body": "\n".join(body), "plots": []}
+
+
+def routing_lines(r: dict) -> list:
+    """The routing demonstration: a table of each way to use the two adapters on both tasks, and what it keeps."""
+    f, keep = r["figures"], r["retained"]
+
+    def row(name, label):
+        return f"| {label} | {f[name]['cls']['accuracy']:.3f} | {f[name]['code']['loss']:.3f} |"
+
+    top1, top2, merged = keep["routed_top1"], keep["routed_top2"], keep["merged"]
+    return [
+        "**Routing by context** (a demonstration, not judged): the two adapters on one base, each token sent by "
+        "PEFT's Arrow to the adapter whose prototype (the top right singular vector of its B A, by power iteration) "
+        f"it lies along -- no router is trained; softmax temperature {r['temperature']:g}, seed {r['seed']} -- "
+        f"against each adapter alone and their average merge. Arrow top-1 keeps {_share(top1['cls'])} of the "
+        f"classification adapter's accuracy gain and {_share(top1['code'])} of the code adapter's loss improvement; "
+        f"top-2 {_share(top2['cls'])} and {_share(top2['code'])}; the average merge {_share(merged['cls'])} and "
+        f"{_share(merged['code'])}.",
+        "",
+        "| adapters | classification accuracy | code val loss |", "|---|---|---|",
+        row("base", "none (base model)"), row("cls", "classification adapter alone"), row("code", "code adapter alone"),
+        *(row(name, ROUTED_LABELS[name]) for name in ROUTED),
+    ]
 
 
 def _share(x: float) -> str:
