@@ -436,6 +436,10 @@ def test_claims_run_end_to_end(cls_task, corpus, tmp_path, quick, monkeypatch):
                 assert (tmp_path / plot).stat().st_size > 1000
             runs = entry["provenance"]["runs"]
             assert runs["trained"] and not runs["from_cache"]
+            if key == "rank":  # the seed-against-seed reference needs a second seed whose r = 64 run did not fail
+                figures, body = entry["bases"]["toy"]["figures"], section["body"]
+                assert set(figures["table7"]) == {"8", "64"} and (figures["seed_phi"] is None or not quick)
+                assert ("has one seed" in body) == quick and ("no other seed's" in body) == (figures["seed_phi"] is None and not quick)
             if key == "modularity":  # Arrow routing beside each adapter alone and their average merge
                 routing = entry["bases"]["toy"]["figures"]["routing"]
                 assert set(routing["figures"]) == {"base", "cls", "code", *mod.ROUTED} and set(routing["retained"]) == set(mod.ROUTED)

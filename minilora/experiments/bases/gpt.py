@@ -519,6 +519,10 @@ class GPTBase:
         """``{"h.0.Wq": A (r, in), "h.0.Wv": ...}`` from a Wq+Wv adapter's state (PEFT keys; A is (2r, in), q rows first)."""
         return adapter_A(state, spec.r)
 
+    def adapter_B(self, state: dict, spec) -> dict:
+        """``{"h.0.Wq": B (out, r), "h.0.Wv": ...}``, the partners of ``adapter_A``."""
+        return adapter_B(state, spec.r)
+
     # -- serving (claims 7 and 10) ------------------------------------------------------------------
 
     def timed_models(self, quick: bool):
@@ -593,6 +597,18 @@ def adapter_A(state: dict, r: int) -> dict:
     for i in sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}):
         A = state[f"{prefix}{i}.attn.c_attn.lora_A.weight"]  # (2r, in)
         out[f"h.{i}.Wq"], out[f"h.{i}.Wv"] = A[:r], A[r:2 * r]
+    return out
+
+
+def adapter_B(state: dict, r: int) -> dict:
+    """``{"h.0.Wq": B (C, r), "h.0.Wv": ...}`` from a Wq+Wv adapter's state: PEFT's lora_B is (3C, 2r), block
+    diagonal -- q's rows take columns 0..r, v's rows (the last C) columns r..2r, k's rows are zero."""
+    out = {}
+    prefix = "base_model.model.transformer.h."
+    for i in sorted({int(k[len(prefix):].split(".")[0]) for k in state if k.startswith(prefix)}):
+        B = state[f"{prefix}{i}.attn.c_attn.lora_B.weight"]  # (3C, 2r)
+        C = B.shape[0] // 3
+        out[f"h.{i}.Wq"], out[f"h.{i}.Wv"] = B[:C, :r], B[2 * C:, r:2 * r]
     return out
 
 

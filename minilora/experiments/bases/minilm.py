@@ -367,9 +367,11 @@ class MiniLMBase:
 
     def adapter_A(self, state: dict, spec) -> dict:
         """``{"h.0.Wq": A (r, in), "h.0.Wv": ...}`` from a query + value adapter's state (PEFT keys)."""
-        key = "base_model.model.bert.encoder.layer.{}.attention.self.{}.lora_A.weight"
-        layers = sorted({int(k.split(".")[5]) for k in state if k.startswith("base_model.model.bert.encoder.layer.")})
-        return {f"h.{i}.{short}": state[key.format(i, name)] for i in layers for short, name in (("Wq", "query"), ("Wv", "value"))}
+        return adapter_factor(state, "lora_A")
+
+    def adapter_B(self, state: dict, spec) -> dict:
+        """``{"h.0.Wq": B (out, r), "h.0.Wv": ...}``, the partners of ``adapter_A``."""
+        return adapter_factor(state, "lora_B")
 
     def reference_finetune(self, spec, session) -> dict:
         return torch_finetune(spec, self.environment(session), self.data(session))
@@ -587,3 +589,10 @@ def torch_finetune(spec, env: Environment, data: Classification) -> dict:
         logits = torch.cat([model(**{k: torch.tensor(v) for k, v in data.batch("test", np.arange(i, min(i + 64, n)))[0].items()}).logits
                             for i in range(0, n, 64)])
     return {"losses": losses, "final": data.score(logits.numpy())}
+
+
+def adapter_factor(state: dict, part: str) -> dict:
+    """``{"h.0.Wq": M, "h.0.Wv": ...}``: the ``part`` ("lora_A" or "lora_B") of a query + value adapter's state."""
+    key = "base_model.model.bert.encoder.layer.{}.attention.self.{}.%s.weight" % part
+    layers = sorted({int(k.split(".")[5]) for k in state if k.startswith("base_model.model.bert.encoder.layer.")})
+    return {f"h.{i}.{short}": state[key.format(i, name)] for i in layers for short, name in (("Wq", "query"), ("Wv", "value"))}
