@@ -205,6 +205,20 @@ def assert_refused_as_tied(merge, model) -> None:
     assert_unchanged(model, before)
 
 
+def assert_edited_config_refused(config, edits: dict, match: str) -> None:
+    """A config edited after it was made (past its own checks) is checked again when it is used:
+    ``get_peft_model`` on a tiny GPT-2 raises a ValueError matching ``match``, and the model is left as it was."""
+    from minilora.peft import get_peft_model
+
+    for key, value in edits.items():
+        setattr(config, key, value)
+    model = tiny_gpt()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        get_peft_model(model, config)
+    assert_unchanged(model, before)
+
+
 def assert_unchanged(model, before: dict) -> None:
     """Bit for bit (a NaN stays the same NaN, -0.0 stays -0.0)."""
     after = snapshot(model)

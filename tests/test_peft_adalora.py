@@ -27,7 +27,7 @@ from safetensors.numpy import load_file  # noqa: E402
 from minilora.models import to_transformers  # noqa: E402
 from minilora.peft import AdaLoraConfig, PeftModel, get_peft_model  # noqa: E402
 from minilora.train import TrainConfig, train  # noqa: E402
-from peft_helpers import assert_unchanged, ids, max_err, peft_logits, perturb_trainable, snapshot, tiny_gpt  # noqa: E402
+from peft_helpers import assert_edited_config_refused, assert_unchanged, ids, max_err, peft_logits, perturb_trainable, snapshot, tiny_gpt  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore:fan_in_fan_out is set to False:UserWarning"),
               pytest.mark.filterwarnings("ignore:Unexpected keyword arguments:UserWarning")]
@@ -233,14 +233,7 @@ def test_a_bad_schedule_is_refused_as_peft_refuses_it(fields, ours_message, peft
         peft.AdaLoraConfig(**fields)
     with pytest.raises(ValueError, match=ours_message):
         AdaLoraConfig(**fields)
-    config = AdaLoraConfig(total_step=10)  # a config edited after it was made is checked when used
-    for key, value in {"total_step": None, **fields}.items():
-        setattr(config, key, value)
-    model = tiny_gpt()
-    before = snapshot(model)
-    with pytest.raises(ValueError, match=ours_message):
-        get_peft_model(model, config)
-    assert_unchanged(model, before)
+    assert_edited_config_refused(AdaLoraConfig(total_step=10), {"total_step": None, **fields}, ours_message)
 
 
 def test_a_second_trainable_adapter_is_refused_and_changes_nothing():

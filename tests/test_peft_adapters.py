@@ -18,7 +18,7 @@ from minilora import Tensor, nn  # noqa: E402
 from minilora.models import GPT, KVCache, to_transformers  # noqa: E402
 from minilora.peft import BottleneckConfig, LoraConfig, PeftModel, get_peft_model  # noqa: E402
 from minilora.peft.adapters import ACTIVATIONS  # noqa: E402
-from peft_helpers import C, N_LAYER, TINY, V, assert_unchanged, snapshot, tiny_gpt  # noqa: E402
+from peft_helpers import C, N_LAYER, TINY, V, assert_edited_config_refused, assert_unchanged, snapshot, tiny_gpt  # noqa: E402
 
 
 def ids(batch=2, length=10, seed=0):  # this file's inputs: 10 tokens (peft_helpers.ids: 12)
@@ -283,14 +283,8 @@ BAD = [
 def test_bad_config_is_refused_and_the_model_is_unchanged(kwargs, field):
     with pytest.raises(ValueError, match=field):
         BottleneckConfig(**kwargs)
-    config = BottleneckConfig(bottleneck_size=4)  # valid when made, edited afterwards
-    for key, value in kwargs.items():
-        setattr(config, key, value)
-    base = tiny_gpt()
-    before = snapshot(base)
-    with pytest.raises(ValueError, match=field):
-        get_peft_model(base, config)
-    assert_unchanged(base, before)
+    config = BottleneckConfig(bottleneck_size=4)  # valid when made, edited afterwards (in place)
+    assert_edited_config_refused(config, kwargs, field)
     model = adapted(BottleneckConfig(bottleneck_size=4))
     before = snapshot(model)
     with pytest.raises(ValueError, match=field):
