@@ -207,20 +207,24 @@ def docstring_package_task(
 
     The classes are the ``n_classes`` top-level packages with the most usable
     docstrings (ties broken by name); on CPython 3.11 the first six are
-    tkinter, idlelib, distutils, asyncio, email and importlib. From each
-    package ``per_class`` docstrings are drawn with ``np.random.default_rng(seed)``,
-    so every class has the same number of examples; a tenth of them
-    (``per_class // 10``) go to test, as many to val, the rest to train. The
-    split is by example, not by file: tkinter keeps most of its docstrings in
-    one file, so a split by file could not be balanced.
+    tkinter, idlelib, distutils, asyncio, email and importlib. Each class has
+    ``per_class`` rows: a fifth (``per_class // 5``) in test, a tenth
+    (``per_class // 10``) in val, the rest in train -- with the experiments'
+    ``per_class`` = 260, 52 test, 26 validation and 182 training rows a class.
+
+    The split is **by file**: no source file gives rows to two splits, so a test
+    docstring never sits beside a training one from the same file (same author,
+    same vocabulary, often the same class). ``split_by_file`` says how; tkinter,
+    whose 664 docstrings come from 10 files (417 from ``tkinter/__init__.py``),
+    is the tightest class. ``meta["files"]`` counts each class's files per split.
 
     Args:
         n_classes: K, between 2 and the number of packages (at most 26).
         max_prompt_bytes: docstrings are cut to this many bytes.
-        per_class: examples per class, over all three splits (at least 10).
+        per_class: rows per class, over all three splits (at least 10).
         block_size: the model's context; a row is ``max_prompt_bytes +
             len(SEPARATOR)`` tokens and must fit in it.
-        seed: drives the sampling and the order of rows.
+        seed: drives the files' assignment, the sampling and the order of rows.
     """
     for name, value, low in (("n_classes", n_classes, 2), ("max_prompt_bytes", max_prompt_bytes, 1),
                              ("per_class", per_class, 10), ("block_size", block_size, 1)):
@@ -250,13 +254,15 @@ def docstring_package_task(
             f"docstrings); lower per_class or n_classes"
         )
 
-    # Stratified split: the same number of rows per class in every split.
+    # Stratified and by file: the same number of rows per class in every split, no file on two sides.
     rng = np.random.default_rng(seed)
-    n_eval = per_class // 10
+    need = {"test": per_class // 5, "val": per_class // 10}
+    need["train"] = per_class - need["test"] - need["val"]
     rows = {s: [] for s in SPLITS}  # split -> [(prompt, file, class id)]
+    files = {}
     for k, package in enumerate(label_names):
-        chosen = [examples[package][i] for i in rng.permutation(len(examples[package]))[:per_class]]
-        parts = {"test": chosen[:n_eval], "val": chosen[n_eval : 2 * n_eval], "train": chosen[2 * n_eval :]}
+        parts = split_by_file(examples[package], need, rng, package)
+        files[package] = {s: len({relpath for _, relpath in parts[s]}) for s in SPLITS}
         for s in SPLITS:
             rows[s] += [(prompt, relpath, k) for prompt, relpath in parts[s]]
 
@@ -269,6 +275,9 @@ def docstring_package_task(
     meta = {
         "max_prompt_bytes": max_prompt_bytes,
         "per_class": per_class,
+        "rows_per_class": dict(need),
+        "split": "by file",
+        "files": files,
         "block_size": block_size,
         "seed": seed,
         "min_docstring_bytes": MIN_DOCSTRING_BYTES,
@@ -276,6 +285,55 @@ def docstring_package_task(
         "available_per_package": {p: len(examples[p]) for p in ranked},
     }
     return ClassificationTask(label_names, label_tokens, splits["train"], splits["val"], splits["test"], meta)
+
+
+SPLIT_ATTEMPTS = 100  # shuffles of a package's files tried by split_by_file
+
+
+def split_by_file(examples: list, need: dict, rng: np.random.Generator, package: str = "the package") -> dict:
+    """``{split: [(prompt, file), ...]}`` with ``need[split]`` rows each, no file in two splits.
+
+    The files are shuffled with ``rng``; in that order each goes whole to test if it fits in what
+    test still needs, else to val if it fits there, else to train (a file bigger than an evaluation
+    split's need goes to train). An evaluation split still short after the pass takes its remaining
+    rows from the smallest training file that holds them; that file leaves train, its other rows
+    unused. Of ``SPLIT_ATTEMPTS`` shuffles the first that needs no such file is kept (else the one
+    that leaves fewest rows unused); training rows are then drawn from the training files. A package whose
+    files cannot fill the splits this way is refused with a ValueError naming it."""
+    by_file = defaultdict(list)  # file -> its (prompt, file) rows, in source order
+    for prompt, relpath in examples:
+        by_file[relpath].append((prompt, relpath))
+    names = list(by_file)
+    best = None  # (rows lost to donors, {split: files}, {split: (donor file, rows taken)})
+    for _ in range(SPLIT_ATTEMPTS):
+        assigned, short, donors = {s: [] for s in SPLITS}, dict(need), {}
+        for i in rng.permutation(len(names)):
+            to = next((s for s in ("test", "val") if 0 < len(by_file[names[i]]) <= short[s]), "train")
+            assigned[to].append(names[i])
+            short[to] -= len(by_file[names[i]])
+        for s in ("test", "val"):
+            fits = [f for f in assigned["train"] if short[s] > 0 and len(by_file[f]) >= short[s]]
+            if fits:
+                donors[s] = min(fits, key=lambda f: (len(by_file[f]), f))
+                assigned["train"].remove(donors[s])
+        pool = sum(len(by_file[f]) for f in assigned["train"])
+        if any(short[s] > 0 and s not in donors for s in ("test", "val")) or pool < need["train"]:
+            continue  # this shuffle cannot fill the splits
+        lost = sum(len(by_file[donors[s]]) - short[s] for s in donors)  # a donor's rows no split may take
+        if best is None or lost < best[0]:
+            best = (lost, assigned, {s: (donors[s], short[s]) for s in donors})
+        if lost == 0:
+            break
+    if best is None:
+        raise ValueError(f"{package}: its {len(names)} files cannot give {need['test']} test, {need['val']} validation "
+                         f"and {need['train']} training rows without a file on two sides; lower per_class or n_classes")
+    _, assigned, donors = best
+    parts = {s: [row for f in assigned[s] for row in by_file[f]] for s in ("test", "val")}
+    for s, (donor, count) in donors.items():
+        parts[s] += [by_file[donor][j] for j in sorted(rng.permutation(len(by_file[donor]))[:count])]
+    pool = [row for f in assigned["train"] for row in by_file[f]]
+    parts["train"] = [pool[j] for j in rng.permutation(len(pool))[: need["train"]]]
+    return parts
 
 
 def _encode_rows(rows: list[tuple[bytes, str, int]], label_tokens: np.ndarray, seq_len: int) -> TaskSplit:

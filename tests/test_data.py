@@ -182,18 +182,47 @@ def test_eval_batches_walk_non_overlapping_windows_in_order():
 
 @pytest.fixture(scope="module")
 def task():
-    return tasks.docstring_package_task()  # the defaults: 6 classes, 200 per class, 120-byte prompts
+    return tasks.docstring_package_task(per_class=260)  # the experiments' 260 a class; 6 classes, 120-byte prompts
 
 
 def test_task_classes_and_balance(task):
     assert task.n_classes == 6 and len(set(task.label_names)) == 6
     assert len(set(task.label_tokens.tolist())) == 6
     assert bytes(task.label_tokens.astype(np.uint8)) == b"ABCDEF"
-    for split, per_class in (("train", 160), ("val", 20), ("test", 20)):
+    # a fifth of per_class to test, a tenth to val, the rest to train: issue #21's 52 / 26 / 182
+    for split, per_class in (("train", 260 - 260 // 5 - 260 // 10), ("val", 260 // 10), ("test", 260 // 5)):
         labels = task.split(split).labels
         assert np.array_equal(np.bincount(labels, minlength=6), np.full(6, per_class))
+    assert (len(task.test), len(task.val), len(task.train)) == (6 * 52, 6 * 26, 6 * 182)
+    assert task.meta["rows_per_class"] == {"test": 52, "val": 26, "train": 182}
     assert task.chance_accuracy == pytest.approx(1 / 6)
     assert task.seq_len == 120 + len(tasks.SEPARATOR) <= 128
+
+
+def test_task_splits_by_file(task):
+    """No source file gives rows to two splits, for every seed of claim 4's grid."""
+    for seed in range(5):
+        t = task if seed == 0 else tasks.docstring_package_task(per_class=260, seed=seed)
+        files = [set(t.split(s).sources) for s in tasks.SPLITS]
+        assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2]), seed
+        for k, package in enumerate(t.label_names):  # the counts meta states are the files' own
+            assert t.meta["files"][package] == {s: len(set(np.array(t.split(s).sources)[t.split(s).labels == k]))
+                                                for s in tasks.SPLITS}
+            assert all(f.startswith(package + "/") for s in tasks.SPLITS
+                       for f in np.array(t.split(s).sources)[t.split(s).labels == k])
+
+
+def test_split_by_file_fills_exactly_or_names_the_package():
+    rows = [(b"%d" % i, f"p/{i // 3}.py") for i in range(12)]  # four files of three rows
+    parts = tasks.split_by_file(rows, {"test": 3, "val": 3, "train": 5}, np.random.default_rng(0), "p")
+    assert {s: len(v) for s, v in parts.items()} == {"test": 3, "val": 3, "train": 5}
+    sides = [{f for _, f in parts[s]} for s in tasks.SPLITS]
+    assert not (sides[0] & sides[1] or sides[0] & sides[2] or sides[1] & sides[2])
+    # test needs 2 of a three-row file: one file gives them, its third row unused, none on two sides
+    parts = tasks.split_by_file(rows, {"test": 2, "val": 3, "train": 6}, np.random.default_rng(0), "p")
+    assert {s: len(v) for s, v in parts.items()} == {"test": 2, "val": 3, "train": 6}
+    with pytest.raises(ValueError, match=r"^p: its 4 files cannot give 2 test, 3 validation and 7 training"):
+        tasks.split_by_file(rows, {"test": 2, "val": 3, "train": 7}, np.random.default_rng(0), "p")
 
 
 def test_task_rows_have_one_target_the_label(task):
@@ -217,10 +246,10 @@ def test_task_splits_share_no_prompt_and_are_deterministic(task):
     prompts = [set(task.split(s).prompts) for s in tasks.SPLITS]
     assert not (prompts[0] & prompts[1] or prompts[0] & prompts[2] or prompts[1] & prompts[2])
     assert len(prompts[0]) == len(task.train)  # no duplicate rows either
-    again = tasks.docstring_package_task()
+    again = tasks.docstring_package_task(per_class=260)
     assert np.array_equal(again.train.inputs, task.train.inputs)
     assert np.array_equal(again.test.targets, task.test.targets)
-    other = tasks.docstring_package_task(seed=1)
+    other = tasks.docstring_package_task(per_class=260, seed=1)
     assert not np.array_equal(other.train.inputs, task.train.inputs)
 
 
