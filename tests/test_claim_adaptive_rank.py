@@ -143,9 +143,9 @@ def test_one_seed_is_inconclusive_and_missing_rows_are_an_error():
 
 @pytest.mark.parametrize("peak, tried, chosen", [
     (3, [1, 3, 10], 3),  # an inside rate wins at once
-    (30, [1, 3, 10, 30, 90], 30),  # the top end wins: extended twice, then 30 is inside
-    (1000, [1, 3, 10, 30, 90], 90),  # still at the top after two extensions: named in the text
-    (0.1, [1 / 9, 1 / 3, 1, 3, 10], 1 / 9),  # the bottom end, likewise
+    (30, [1, 3, 10, 31.6, 100], 31.6),  # the top end wins: extended twice (sqrt(10) a step), then 31.6 is inside
+    (1000, [1, 3, 10, 31.6, 100], 100),  # still at the top after two extensions: named in the text
+    (0.1, [0.1, 0.316, 1, 3, 10], 0.1),  # the bottom end, likewise
 ])
 def test_adalora_s_rate_is_chosen_on_validation_and_extended_past_an_end(monkeypatch, peak, tried, chosen):
     def fake_run(runs, method, seed, lr, **kw):  # validation accuracy peaks at ``peak`` x LoRA's rate

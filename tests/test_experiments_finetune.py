@@ -25,6 +25,7 @@ from minilora.experiments.bases.toy import BASE as TOY
 from minilora.experiments.claims import accuracy, modularity as mod, rank as ir, reference as ref, sensitivity as sens
 from minilora.experiments.core import FAILS, HOLDS, ONE_RUN, PARTLY, verdict_range
 from minilora.experiments.runs import RunResult, RunSpec, describe_failures, fmt, rates as tuning, resolved, summarize
+from minilora.experiments.runs import summary as summary_module
 from minilora.experiments.runs import tuned_specs as tuned
 from minilora.models import GPT, LlamaConfig, LlamaForCausalLM
 from minilora.tasks import code_corpus, docstring_package_task
@@ -170,6 +171,36 @@ def test_choose_rate_skips_failed_runs():
     # every run below the baseline: the best of them all the same (its setting then reports its failed runs)
     assert tuning.choose_rate({1e-3: {"accuracy": 0.1}, 1e-2: {"accuracy": 0.15}}, "accuracy", True, 0.2)[0] == 1e-2
     assert tuning.nearest_rank(16) == 8 and tuning.nearest_rank(32) == 64 and tuning.nearest_rank(1) == 8
+
+
+def extended_choice(peak, grid=(1e-3, 3e-3, 1e-2), key="accuracy", higher=True):
+    """choose_rate_extended on synthetic validation figures that peak at ``peak`` (log scale)."""
+    tried = []
+
+    def validate(lr):
+        tried.append(lr)
+        gap = abs(math.log(lr / peak))
+        return {key: -gap if higher else gap}
+
+    return (*tuning.choose_rate_extended(grid, validate, key, higher), tried)
+
+
+def test_a_rate_grid_is_extended_past_a_winning_edge_at_most_twice():
+    # an interior rate wins: nothing more is trained
+    rate, table, at_edge, tried = extended_choice(3e-3)
+    assert rate == 3e-3 and not at_edge and tried == [1e-3, 3e-3, 1e-2]
+    # the top edge wins: one step of the grid's log spacing (sqrt(10)) beyond it, then an interior rate
+    rate, table, at_edge, tried = extended_choice(3e-2)
+    assert tried == [1e-3, 3e-3, 1e-2, 0.0316, 0.1] and rate == 0.0316 and not at_edge
+    rate, table, at_edge, tried = extended_choice(1.2e-2, key="loss", higher=False)  # a loss, lower is better
+    assert tried == [1e-3, 3e-3, 1e-2, 0.0316] and rate == 1e-2 and not at_edge
+    # still at the bottom after two steps: kept, and said to be at the edge
+    rate, table, at_edge, tried = extended_choice(1e-6)
+    assert tried == [1e-3, 3e-3, 1e-2, 3.16e-4, 1e-4] and rate == 1e-4 and at_edge and list(table) == sorted(tried)
+    assert summary_module.selection_table({"cls": {"full": [rate, table]}})[-1].endswith("| 0.0001 (lr at the grid's edge) |")
+    assert not summary_module.selection_table({"cls": {"full": [3e-3, extended_choice(3e-3)[1]]}})[-1].endswith("edge) |")
+    with pytest.raises(ValueError, match="at least two rates"):
+        tuning.choose_rate_extended((1e-3,), lambda lr: {"accuracy": 0.5}, "accuracy", True)
 
 
 def test_a_diverging_run_is_returned_not_raised(cls_task):
@@ -454,12 +485,13 @@ def test_claims_run_end_to_end(cls_task, corpus, tmp_path, quick, monkeypatch):
         own |= set(resolved(session, toy, [s for _, specs in ref.reference_specs(toy, True) for s in specs])) - grid
         assert session.memo[("rates", "toy", "cls", None)][0]["full"] == ft.LR["cls"]["full"]  # quick mode: the defaults
     else:
-        selection = {s.replace(lr=lr) for task in ("cls", "code") for s in tuned(session, toy, task).values()
-                     for lr in toy.rate_grid(s)}
+        tables = {task: session.memo[("rates", "toy", task, None)][1] for task in ("cls", "code")}
+        selection = {s.replace(lr=lr) for task in tables for name, s in tuned(session, toy, task).items()
+                     for lr in tables[task][name][1]}
         own |= selection - grid
-        rates, table = session.memo[("rates", "toy", "cls", None)]
-        assert set(table) == {"full", "Wq+Wv r=8", "Wq+Wv r=64"}
-        for task in ("cls", "code"):  # each chosen rate is one of its grid's
-            for name, (rate, rows) in session.memo[("rates", "toy", task, None)][1].items():
-                assert rate in rows and set(rows) == set(toy.rate_grids[task]["full" if name == "full" else "lora"])
+        assert set(tables["cls"]) == {"full", "Wq+Wv r=8", "Wq+Wv r=64"}
+        for task in tables:  # each chosen rate is one tried: its grid's, or one of at most two beyond an edge
+            for name, (rate, rows) in tables[task].items():
+                grid_rates = set(toy.rate_grids[task]["full" if name == "full" else "lora"])
+                assert rate in rows and grid_rates <= set(rows) and len(rows) <= len(grid_rates) + tuning.EXTEND_STEPS
     assert trained - grid == own

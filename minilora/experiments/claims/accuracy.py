@@ -17,8 +17,9 @@ import numpy as np
 from minilora.experiments.core import combine, judge_gap, judge_interval
 from minilora.experiments.core.intervals import (interval_text, per_seed_rows, percentile_interval, plot_interval,
                                                  replicate_means)
-from minilora.experiments.runs import (RunSpec, describe_failures, fmt, metric, rates_for, rates_text, selection_table,
-                                       setting_name, summarize, train)
+from minilora.experiments.runs import (RunSpec, describe_failures, fmt, metric, rates_at_edge, rates_for, rates_text,
+                                       selection_table, setting_name, summarize, train)
+from minilora.experiments.runs.summary import edge_note
 
 KEY, NUMBER = "accuracy", 4
 TITLE = "Comparable performance; rank vs accuracy"
@@ -66,6 +67,7 @@ def measure(base, session) -> dict:
                **headline(summary, untuned, judged), "rows": judged_rows(results, summary, untuned, judged),
                "learning_rates": {task: rates for task, (rates, _) in chosen.items()},
                "lr_selection": None if session.quick else {task: table for task, (_, table) in chosen.items()},
+               "lr_at_edge": [] if session.quick else rates_at_edge({task: table for task, (_, table) in chosen.items()}),
                "failed": [line for task in summary for line in describe_failures(summary[task])],
                "chance": 1 / facts["n_classes"], "facts": facts, "target_labels": base.TARGET_LABELS,
                "curves": {base.label(r.spec): r.losses for r in results if r.spec.seed == grid.seeds[0]},
@@ -301,7 +303,7 @@ def _render_decoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         + f"classification {rates_text(rates['cls'])}; code {rates_text(rates['code'])}.",
     ]
     if figures["lr_selection"]:
-        lines += ["", *selection_table(figures["lr_selection"])]
+        lines += ["", *selection_table(figures["lr_selection"]), *edge_note(figures["lr_selection"])]
     failures = figures["failed"]
     lines += ["", "**Failed runs** (left out of every mean, and of claim 9's ranges; decided on the validation split, "
               "before the test split is read): a run fails when its loss diverges or it ends no better than the untuned "
@@ -368,7 +370,7 @@ def _render_encoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         + rates_text(figures["learning_rates"]["cls"]) + ".",
     ]
     if figures["lr_selection"]:
-        lines += ["", *selection_table(figures["lr_selection"])]
+        lines += ["", *selection_table(figures["lr_selection"]), *edge_note(figures["lr_selection"])]
     floor = "the untrained model's (quick mode: too few steps to set against the probe)" if quick else "the linear probe's mean"
     lines += ["", "**Failed runs** (left out of every mean; decided on the validation split, before the test split is "
               f"read): a run fails when its loss diverges or it ends no better than {floor} validation accuracy "

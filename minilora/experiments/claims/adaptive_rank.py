@@ -38,6 +38,7 @@ from minilora import backend as B
 from minilora.experiments.core import combine, non_inferiority
 from minilora.experiments.core.intervals import interval_text, mean_difference_interval, per_seed_rows
 from minilora.experiments.runs import ALPHA_PER_RANK, RunSpec
+from minilora.experiments.runs import rates as tuning
 from minilora.peft import AdaLoraConfig, LoraConfig, get_peft_model
 from minilora.train import TrainConfig, train
 
@@ -89,9 +90,9 @@ PARTS = {"lora": "same final rank", "lora_matched": "same trained count"}
 # validation split). AdaLoRA's product starts smaller -- E at zero, A and B at N(0, 0.02) where LoRA's A is
 # Kaiming-uniform -- so its update grows more slowly at one rate: the full run gives it its own, chosen on
 # the validation split among these multiples of LoRA's (seed 0; that run is kept as seed 0's).
-# A rate at an end of the grid is extended past, a factor of 3 a step, at most EXTEND_STEPS times (issue
-# #21's rule); one still at an end is named in the report.
-RATE_FACTORS, EXTEND_STEPS = (1, 3, 10), 2
+# A rate at an end of the grid is extended past, a step of the grid's spacing (sqrt(10)) at a time, at most
+# twice (runs.rates.choose_rate_extended, issue #21's rule for every tuned rate); one still at an end is named.
+RATE_FACTORS = (1, 3, 10)
 
 
 def sizes(base: str, quick: bool) -> Sizes:
@@ -256,22 +257,17 @@ def allocation(tables: list) -> dict:
 
 def adalora_rate(runs, lora_lr: float, seed: int, quick: bool, progress: bool = False) -> tuple:
     """AdaLoRA's learning rate, chosen on the validation split among ``RATE_FACTORS`` x LoRA's (one seed;
-    ties to the lower rate) and extended past an end that wins (``EXTEND_STEPS``), with ``{rate: seed's
+    ties to the lower rate) and extended past an end that wins (``runs.rates.choose_rate_extended``), with ``{rate: seed's
     run}``. Quick mode chooses nothing: LoRA's rate."""
     if quick:
         return lora_lr, {}
-    factors, tried = list(RATE_FACTORS), {}
-    for _ in range(EXTEND_STEPS + 1):
-        for factor in factors:
-            if factor * lora_lr not in tried:
-                tried[factor * lora_lr] = run_one(runs, "adalora", seed, factor * lora_lr, progress=progress)
-        best = max(tried, key=lambda lr: (tried[lr]["val"]["accuracy"], -lr))
-        if min(tried) < best < max(tried):
-            break
-        if best == max(tried):
-            factors.append(factors[-1] * 3)
-        else:
-            factors.insert(0, factors[0] / 3)
+    tried = {}
+
+    def validate(lr):
+        tried[lr] = run_one(runs, "adalora", seed, lr, progress=progress)
+        return tried[lr]["val"]
+
+    best, _, _ = tuning.choose_rate_extended([factor * lora_lr for factor in RATE_FACTORS], validate, "accuracy", True)
     return best, dict(sorted(tried.items()))
 
 

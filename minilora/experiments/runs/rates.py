@@ -7,6 +7,9 @@ for both base models:
   tuned target set (``TUNED_RANKS``);
 * each is trained with one seed at every rate of a small grid; the rate whose run
   reaches the best *validation* figure is kept (the test split is never read to choose);
+  a rate that wins at an **edge** of the grid is extended past, one step of the grid's
+  own log spacing at a time, at most ``EXTEND_STEPS`` times, until an interior rate wins
+  (``choose_rate_extended``); a setting still at an edge is named ("lr at the grid's edge");
 * every other setting takes the rate of the **nearest tuned one**: the same method and
   target set (else the default target set), the nearest rank on a log scale
   (r = 1, 2, 4, 16 take r = 8's rate; r = 32 takes r = 64's).
@@ -29,6 +32,7 @@ import math
 import numpy as np
 
 TUNED_RANKS = (8, 64)
+EXTEND_STEPS = 2  # steps a winning edge of a rate grid is extended past (issue #21)
 OK, DIVERGED, BELOW = "ok", "diverged", "below baseline"
 
 
@@ -80,3 +84,31 @@ def choose_rate(candidates: dict, key: str, higher_is_better: bool, baseline: fl
             sign = 1 if higher_is_better else -1
             return max(usable, key=lambda rate: (sign * table[rate][key], -rate)), table
     return min(table), table
+
+
+def choose_rate_extended(grid, validate, key: str, higher_is_better: bool, baseline: float | None = None,
+                         steps: int = EXTEND_STEPS) -> tuple:
+    """(rate, table, at_edge): ``choose_rate`` over ``grid``, extended past a winning edge.
+
+    ``validate(rate)`` trains one run at ``rate`` and returns its validation figures. When the
+    chosen rate is the grid's smallest or largest, one more rate is tried beyond it, a step of the
+    grid's own log spacing (``(max / min) ** (1 / (len - 1))``, e.g. sqrt(10) for 1e-3, 3e-3, 1e-2)
+    further out, and the rate chosen again -- at most ``steps`` times. ``table`` holds every rate
+    tried; ``at_edge`` says the rate chosen is still the smallest or largest of them."""
+    rates = sorted(float(r) for r in grid)
+    if len(rates) < 2:
+        raise ValueError(f"choose_rate_extended: a grid needs at least two rates to have an inside, got {list(grid)}")
+    spacing = (rates[-1] / rates[0]) ** (1 / (len(rates) - 1))
+    figures = {rate: validate(rate) for rate in rates}
+    out = {"up": 0, "down": 0}  # steps taken past each edge; each new rate from the grid's own edge, not rounded ones
+    for step in range(steps + 1):
+        rate, table = choose_rate(figures, key, higher_is_better, baseline)
+        at_edge = rate in (min(figures), max(figures))
+        if not at_edge or step == steps:
+            break
+        side = "up" if rate == max(figures) else "down"
+        out[side] += 1
+        beyond = rates[-1] * spacing ** out["up"] if side == "up" else rates[0] / spacing ** out["down"]
+        beyond = float(f"{beyond:.3g}")
+        figures[beyond] = validate(beyond)
+    return rate, dict(sorted(table.items())), at_edge

@@ -85,9 +85,10 @@ def rates_for(session, base, task: str, tuned_targets=None) -> tuple:
     chosen once per session.
 
     Full mode: every tuned setting (``tuned_specs``) is trained at each rate of the base's grid
-    (``base.rate_grid``) and scored on the validation split; ``tuning.choose_rate`` keeps the best
-    rate among the runs that beat the base's floor there (``base.rate_floor``: the untuned base's
-    validation figure, or MiniLM's linear probe, chosen first). Quick mode: the base's default
+    (``base.rate_grid``) and scored on the validation split; ``tuning.choose_rate_extended`` keeps the
+    best rate among the runs that beat the base's floor there (``base.rate_floor``: the untuned base's
+    validation figure, or MiniLM's linear probe, chosen first), extending the grid past a winning edge
+    at most twice. Quick mode: the base's default
     rates (``base.default_lr``), nothing trained, an empty table."""
     def choose():
         settings = tuned_specs(session, base, task, tuned_targets)
@@ -97,9 +98,10 @@ def rates_for(session, base, task: str, tuned_targets=None) -> tuple:
             return rates, table
         key, higher = metric(task)
         for name, spec in settings.items():
-            runs = trained(session, base, [dataclasses.replace(spec, lr=lr) for lr in base.rate_grid(spec)])
             floor = base.rate_floor(session, task, table)
-            rates[name], rows = tuning.choose_rate({r.spec.lr: r.val for r in runs}, key, higher, floor)
+            rates[name], rows, _ = tuning.choose_rate_extended(
+                base.rate_grid(spec), lambda lr, spec=spec: trained(session, base, [dataclasses.replace(spec, lr=lr)])[0].val,
+                key, higher, floor)
             table[name] = [rates[name], rows]
         return rates, table
 

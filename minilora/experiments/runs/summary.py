@@ -87,17 +87,41 @@ def fmt(row: dict, key: str) -> str:
 
 def selection_table(table: dict, first: str = "task") -> list:
     """Markdown rows of the learning-rate selection (``{task: {setting: [chosen, rows]}}``):
-    every candidate's validation figure and status. ``first`` heads the first column."""
+    every candidate's validation figure and status, and "lr at the grid's edge" beside a chosen rate
+    that is still the smallest or largest tried after extending the grid. ``first`` heads the first column."""
     lines = [f"| {first} | setting | rate: validation figure (status) | chosen |", "|---|---|---|---|"]
     for task, settings in table.items():
         for name, (rate, rows) in settings.items():
             key = next(k for k in next(iter(rows.values())) if k != "status")
             cells = "; ".join(f"{float(lr):g}: {row[key]:.3f}" + ("" if row["status"] == tuning.OK else f" ({row['status']})")
                               for lr, row in sorted(rows.items(), key=lambda item: float(item[0])))
-            lines.append(f"| {task} | {name} | {cells} | {rate:g} |")
+            edge = " (lr at the grid's edge)" if at_edge(rate, rows) else ""
+            lines.append(f"| {task} | {name} | {cells} | {rate:g}{edge} |")
     return lines
 
 
 def rates_text(rates: dict) -> str:
     """The chosen rates of a task, e.g. "full 3e-4, Wq+Wv r=8 3e-3, ..."."""
     return ", ".join(f"{name} {rate:g}" for name, rate in rates.items())
+
+
+def rates_at_edge(table: dict) -> list:
+    """``"<task> <setting>"`` of each setting of a selection table whose chosen rate is still the
+    smallest or largest rate tried (``rates.choose_rate_extended`` extended its grid as far as it may)."""
+    return [f"{task} {name}" for task, settings in table.items() for name, (rate, rows) in settings.items()
+            if at_edge(rate, rows)]
+
+
+def edge_note(table: dict) -> list:
+    """Markdown lines after a selection table: how a grid is extended, and the settings still at an edge."""
+    edge = rates_at_edge(table)
+    return ["", "A rate that wins at an edge of its grid is extended past, a step of the grid's log spacing at a time, "
+            "at most twice (`runs.rates.choose_rate_extended`); "
+            + (f"still at the grid's edge after that (lr at the grid's edge): {', '.join(edge)}." if edge
+               else "every chosen rate is inside the rates tried.")]
+
+
+def at_edge(rate, rows) -> bool:
+    """Whether ``rate`` is the smallest or largest of the rates ``rows`` holds (keys: floats, or their text)."""
+    tried = [float(r) for r in rows]
+    return float(rate) in (min(tried), max(tried))
