@@ -376,6 +376,23 @@ def test_accuracy_verdict_needs_the_rows():
         accuracy.verdict(figures)
 
 
+def test_judged_settings_train_the_grid_s_more_seeds_and_the_others_do_not():
+    from minilora.experiments.bases import minilm
+
+    for base, full in ((TOY, ft.FULL), (minilm.BASE, minilm.FULL)):
+        assert len(full.judged_seeds) == 5 and full.judged_seeds[:len(full.seeds)] == full.seeds  # issue #21: 5 seeds
+        added = accuracy.judged_specs(base, full)
+        assert {s.seed for s in added} == set(full.more_seeds)
+        for task, _ in full.tasks:  # each task's baseline methods and its judged LoRA setting, nothing else
+            assert {(s.method, s.target, s.r) for s in added if s.task == task and s.seed == full.more_seeds[0]} == {
+                *((m, None, 0) for m in base.BASELINE_METHODS), ("lora", accuracy.judged_target(base, task), accuracy.JUDGED_RANK)}
+            judged_name = accuracy.judged_settings(base)[task]
+            assert judged_name in {f"{t} r={r}" for t, ranks in full.task(task).targets for r in ranks}  # the grid's own setting
+    assert ft.QUICK.judged_seeds == ft.QUICK.seeds and accuracy.judged_specs(TOY, ft.QUICK) == []
+    text = accuracy.seeds_text({"seeds": [0, 1, 2], "judged_seeds": [0, 1, 2, 3, 4]})
+    assert text.startswith("seeds [0, 1, 2]; the judged settings") and "[3, 4], 5 in all" in text
+
+
 def test_headline_figures():
     judged = {"cls": "Wq+Wv r=8", "code": "all r=8"}
     summary = {"cls": {"full": {"accuracy_mean": 0.8}, "Wq+Wv r=8": {"accuracy_mean": 0.75}},

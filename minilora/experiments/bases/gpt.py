@@ -95,7 +95,8 @@ QUICK = Grid(seeds=(0,), batch_size=8, tasks=(
     ("code", TaskGrid(30, (("all", (8,)),), extra=(("c_attn", 8),)))))
 FULL = Grid(seeds=(0, 1, 2), batch_size=8, tasks=(
     ("cls", TaskGrid(200, tuple((t, RANKS) for t in ("Wq", "Wv", "Wq+Wv", "attn")), extra=(("c_attn", 8),))),
-    ("code", TaskGrid(100, tuple((t, RANKS) for t in ("Wq+Wv", "all")), extra=(("c_attn", 8),)))))
+    ("code", TaskGrid(100, tuple((t, RANKS) for t in ("Wq+Wv", "all")), extra=(("c_attn", 8),)))),
+    more_seeds=(3, 4))  # the judged settings (claims 4, 11, 12) get 5 seeds (issue #21); the others are described
 
 # The cost claims' models: the base model, and one where the weights dominate at batch 1 -- GPT-2
 # small's width (768, 12 heads) at two layers and a byte vocabulary, 14.5M parameters, so a step

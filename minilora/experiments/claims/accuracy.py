@@ -46,14 +46,39 @@ PARTS = {"cls": "classification", "code": "domain shift"}
 # ---------------------------------------------------------------------------
 
 
+def judged_target(base, task: str) -> str:
+    """The target set of the LoRA setting judged on ``task``: Wq, Wv (classification), every matrix (code)."""
+    return base.PAPER_TARGET if task == "cls" else base.ALL_TARGET
+
+
 def judged_settings(base) -> dict:
-    """The setting judged on each task: LoRA at r = 8 on Wq, Wv (classification), on every matrix (code)."""
-    return {task: f"{base.PAPER_TARGET if task == 'cls' else base.ALL_TARGET} r={JUDGED_RANK}" for task in base.TASKS}
+    """The setting judged on each task: LoRA at r = 8 on ``judged_target``."""
+    return {task: f"{judged_target(base, task)} r={JUDGED_RANK}" for task in base.TASKS}
+
+
+def judged_specs(base, grid) -> list:
+    """The runs the judged settings add at the grid's ``more_seeds`` (every other setting keeps the grid's
+    seeds: described, not judged): each task's full fine-tuning (and MiniLM's probe) and judged LoRA setting."""
+    out = []
+    for seed in grid.judged_seeds[len(grid.seeds):]:
+        for task, _ in grid.tasks:
+            common = dict(seed=seed, **grid.common(task))
+            out += [RunSpec(task, method, **common) for method in base.BASELINE_METHODS]
+            out.append(RunSpec(task, "lora", judged_target(base, task), JUDGED_RANK, **common))
+    return out
+
+
+def seeds_text(s: dict) -> str:
+    """The seeds of the runs, and those the judged settings add, for the render."""
+    more = [seed for seed in s.get("judged_seeds", s["seeds"]) if seed not in s["seeds"]]
+    return f"seeds {s['seeds']}" + (f"; the judged settings (full fine-tuning and the judged LoRA setting) also seeds "
+                                    f"{more}, {len(s['seeds']) + len(more)} in all (the other settings are described, "
+                                    f"not judged)" if more else "")
 
 
 def measure(base, session) -> dict:
     grid = base.grid(session.quick)
-    results = train(session, base, grid.specs())
+    results = train(session, base, grid.specs() + judged_specs(base, grid))
     chosen = {task: rates_for(session, base, task) for task in base.TASKS}
     baseline = base.baseline(session)
     untuned = base.untuned(session)
@@ -72,6 +97,7 @@ def measure(base, session) -> dict:
                "chance": 1 / facts["n_classes"], "facts": facts, "target_labels": base.TARGET_LABELS,
                "curves": {base.label(r.spec): r.losses for r in results if r.spec.seed == grid.seeds[0]},
                "settings": {"mode": "quick" if session.quick else "full", "seeds": list(grid.seeds),
+                            "judged_seeds": list(grid.judged_seeds),
                             "batch_size": grid.batch_size, "alpha": "2 r", "runs": len(results),
                             "tasks": {task: {"steps": g.steps, "targets": {t: list(ranks) for t, ranks in g.targets}}
                                       for task, g in grid.tasks},
@@ -292,7 +318,7 @@ def _render_decoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "",
         f"Every run: {steps['cls']} (classification) or {steps['code']} (code) AdamW steps of {s['batch_size']} rows of "
         "64 bytes, warm-up a tenth of the steps then cosine decay to a tenth of the peak; alpha = 2 r (scaling "
-        f"alpha/r = 2), weight decay 0.1, gradient clipping 1.0, seeds {s['seeds']}. Ranks count per adapted matrix: "
+        f"alpha/r = 2), weight decay 0.1, gradient clipping 1.0, {seeds_text(s)}. Ranks count per adapted matrix: "
         "Wq+Wv at r=8 has a rank-8 update of Wq and another of Wv.",
         "",
         ("**Learning rates** (quick mode: not chosen again; the defaults, which an earlier sweep found on the "
@@ -362,7 +388,7 @@ def _render_encoder(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "",
         f"Every run: {steps} AdamW steps of {s['batch_size']} rows, each batch padded to its longest row; warm-up a tenth "
         f"of the steps, cosine decay to a tenth; alpha = 2 r; weight decay 0.1; gradient "
-        f"clipping 1.0; dropout 0; seeds {s['seeds']}. " + POOLER_NOTE,
+        f"clipping 1.0; dropout 0; {seeds_text(s)}. " + POOLER_NOTE,
         "",
         ("**Learning rates** (quick mode: the defaults, not chosen): " if quick else
          "**Learning rates**, chosen on the validation split (one seed at each rate; the probe by validation accuracy, "

@@ -102,6 +102,12 @@ class Grid:
     seeds: tuple
     batch_size: int
     tasks: tuple  # ((task, TaskGrid), ...)
+    more_seeds: tuple = ()  # further seeds, trained only for the settings claims judge (claims 4, 11, 12)
+
+    @property
+    def judged_seeds(self) -> tuple:
+        """The seeds of a judged setting: every seed of the grid, then ``more_seeds``."""
+        return self.seeds + tuple(s for s in self.more_seeds if s not in self.seeds)
 
     def task(self, name: str) -> TaskGrid:
         return dict(self.tasks)[name]
