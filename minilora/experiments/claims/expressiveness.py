@@ -49,7 +49,7 @@ BASES = ("toy",)
 
 # Learning rates per task and method. LoRA and full fine-tuning: claim 4's (chosen on validation).
 # The others were chosen with a sweep on the classification task's validation split (never the
-# test split; 156 rows, one row = 0.64 points), 200 steps, seed 0, at the judged budget; LoRA r=4
+# test split; 156 rows, one row = 0.64 points; the split by row of then), 200 steps, seed 0, at the judged budget; LoRA r=4
 # at its 3e-3 reached 0.346 there. Validation accuracy by learning rate:
 #   DoRA r=3        3e-3 0.321, 1e-2 0.224
 #   (IA)³           1e-2 0.288, 3e-2 0.442, 1e-1 0.462, 3e-1 0.218
@@ -135,7 +135,7 @@ def summarize(results, baseline: dict | None = None) -> dict:
 # Judged on classification test accuracy at the judged budget (8,192 numbers: LoRA r=4 on Wq, Wv and
 # prompt tuning with P=64 train exactly as many), means over the seeds:
 #  * prompt tuning falls short of LoRA: LoRA beats it by at least 5 points holds, 2 points partly
-#    (one test row is 0.64 points; 2 points is three rows);
+#    (one test row is 0.32 points of the 312; 2 points is about six rows);
 #  * LoRA on a par with full fine-tuning: claim 4's thresholds -- LoRA within 3 points of full
 #    fine-tuning holds, within 10 partly.
 PROMPT_GAP_HOLDS, PROMPT_GAP_PARTLY = 0.05, 0.02

@@ -311,7 +311,7 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     std = lambda v: float(np.std(v, ddof=1)) if len(v) > 1 else 0.0  # noqa: E731
     judged = acc["dense_gain_over_base"] >= MIN_LORA_GAIN
     step = figures["step_time"]
-    mode = "**Quick mode** (one seed, a few dozen steps): the accuracy gap is rough -- one test row is 0.6 points. " if quick else ""
+    mode = "**Quick mode** (one seed, a few dozen steps): the accuracy gap is rough -- one test row is 0.3 points. " if quick else ""
     lines = [
         mode + f"**Memory.** The base model's frozen weights take {mem['float32']['stored']['total'] / kib:,.0f} KiB in float32, "
         f"{mem['NF4']['stored']['total'] / kib:,.0f} KiB in NF4 and {mem['NF4 + double quant']['stored']['total'] / kib:,.0f} KiB "

@@ -2,7 +2,7 @@
 Bootstrap*, 1993: ch. 13, the percentile interval).
 
 A fine-tuned figure varies for two reasons: the seed (the adapter's initialisation and the batch
-order) and the test rows (another draw of 156 docstrings would score differently). A mean over three
+order) and the test rows (another draw of 312 docstrings would score differently). A mean over a few
 seeds of one test set hides both, so each verdict is read off an interval that carries them:
 
 * **accuracies and losses** -- ``replicate_means``: a *two-level* bootstrap. Each replicate draws the
