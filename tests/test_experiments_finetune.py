@@ -182,7 +182,8 @@ def extended_choice(peak, grid=(1e-3, 3e-3, 1e-2), key="accuracy", higher=True):
         gap = abs(math.log(lr / peak))
         return {key: -gap if higher else gap}
 
-    return (*tuning.choose_rate_extended(grid, validate, key, higher), tried)
+    rate, table = tuning.choose_rate_extended(grid, validate, key, higher)
+    return rate, table, tuning.at_edge(rate, table), tried
 
 
 def test_a_rate_grid_is_extended_past_a_winning_edge_at_most_twice():

@@ -60,7 +60,8 @@ LR = {"probe": 3e-3, "full": 1e-4, "lora": 1e-3}
 RATE_GRID = {"probe": (1e-3, 3e-3, 1e-2), "full": (3e-5, 1e-4, 3e-4), "lora": (3e-4, 1e-3, 3e-3)}
 
 # Claim 4's grid. Full: 150 steps of 16 rows (about 2.2 epochs of the 1,092 training rows); 30 runs, 42
-# with the rate selection (more where a grid's edge wins and is extended). Quick: 8 steps, one seed, r = 8 and 64 (claim 6's adapters): a demo of the code path.
+# with the rate selection (more where a grid's edge wins and is extended). Quick: 8 steps, one seed,
+# r = 8 and 64 (claim 6's adapters): a demo of the code path.
 QUICK = Grid(seeds=(0,), batch_size=16, tasks=(("cls", TaskGrid(8, (("qv", (8, 64)),), methods=("probe", "full"))),))
 FULL = Grid(seeds=(0, 1, 2), batch_size=16, tasks=(
     ("cls", TaskGrid(150, (("qv", (1, 4, 8, 64)), ("attn", (8, 64))), methods=("probe", "full"))),),

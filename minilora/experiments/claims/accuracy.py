@@ -17,9 +17,8 @@ import numpy as np
 from minilora.experiments.core import combine, judge_gap, judge_interval
 from minilora.experiments.core.intervals import (interval_text, per_seed_rows, percentile_interval, plot_interval,
                                                  replicate_means)
-from minilora.experiments.runs import (RunSpec, describe_failures, fmt, metric, rates_at_edge, rates_for, rates_text,
-                                       selection_table, setting_name, summarize, train)
-from minilora.experiments.runs.summary import edge_note
+from minilora.experiments.runs import (RunSpec, describe_failures, edge_note, fmt, metric, rates_at_edge, rates_for,
+                                       rates_text, selection_table, setting_name, summarize, train)
 
 KEY, NUMBER = "accuracy", 4
 TITLE = "Comparable performance; rank vs accuracy"

@@ -257,8 +257,8 @@ def allocation(tables: list) -> dict:
 
 def adalora_rate(runs, lora_lr: float, seed: int, quick: bool, progress: bool = False) -> tuple:
     """AdaLoRA's learning rate, chosen on the validation split among ``RATE_FACTORS`` x LoRA's (one seed;
-    ties to the lower rate) and extended past an end that wins (``runs.rates.choose_rate_extended``), with ``{rate: seed's
-    run}``. Quick mode chooses nothing: LoRA's rate."""
+    ties to the lower rate) and extended past an end that wins (``runs.rates.choose_rate_extended``),
+    with ``{rate: seed's run}``. Quick mode chooses nothing: LoRA's rate."""
     if quick:
         return lora_lr, {}
     tried = {}
@@ -267,7 +267,7 @@ def adalora_rate(runs, lora_lr: float, seed: int, quick: bool, progress: bool = 
         tried[lr] = run_one(runs, "adalora", seed, lr, progress=progress)
         return tried[lr]["val"]
 
-    best, _, _ = tuning.choose_rate_extended([factor * lora_lr for factor in RATE_FACTORS], validate, "accuracy", True)
+    best, _ = tuning.choose_rate_extended([factor * lora_lr for factor in RATE_FACTORS], validate, "accuracy", True)
     return best, dict(sorted(tried.items()))
 
 

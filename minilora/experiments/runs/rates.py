@@ -88,13 +88,13 @@ def choose_rate(candidates: dict, key: str, higher_is_better: bool, baseline: fl
 
 def choose_rate_extended(grid, validate, key: str, higher_is_better: bool, baseline: float | None = None,
                          steps: int = EXTEND_STEPS) -> tuple:
-    """(rate, table, at_edge): ``choose_rate`` over ``grid``, extended past a winning edge.
+    """(rate, table): ``choose_rate`` over ``grid``, extended past a winning edge.
 
     ``validate(rate)`` trains one run at ``rate`` and returns its validation figures. When the
     chosen rate is the grid's smallest or largest, one more rate is tried beyond it, a step of the
     grid's own log spacing (``(max / min) ** (1 / (len - 1))``, e.g. sqrt(10) for 1e-3, 3e-3, 1e-2)
     further out, and the rate chosen again -- at most ``steps`` times. ``table`` holds every rate
-    tried; ``at_edge`` says the rate chosen is still the smallest or largest of them."""
+    tried; ``at_edge(rate, table)`` says whether the rate chosen is still the smallest or largest."""
     rates = sorted(float(r) for r in grid)
     if len(rates) < 2:
         raise ValueError(f"choose_rate_extended: a grid needs at least two rates to have an inside, got {list(grid)}")
@@ -103,12 +103,17 @@ def choose_rate_extended(grid, validate, key: str, higher_is_better: bool, basel
     out = {"up": 0, "down": 0}  # steps taken past each edge; each new rate from the grid's own edge, not rounded ones
     for step in range(steps + 1):
         rate, table = choose_rate(figures, key, higher_is_better, baseline)
-        at_edge = rate in (min(figures), max(figures))
-        if not at_edge or step == steps:
+        if not at_edge(rate, figures) or step == steps:
             break
         side = "up" if rate == max(figures) else "down"
         out[side] += 1
         beyond = rates[-1] * spacing ** out["up"] if side == "up" else rates[0] / spacing ** out["down"]
         beyond = float(f"{beyond:.3g}")
         figures[beyond] = validate(beyond)
-    return rate, dict(sorted(table.items())), at_edge
+    return rate, dict(sorted(table.items()))
+
+
+def at_edge(rate, rows) -> bool:
+    """Whether ``rate`` is the smallest or largest of the rates ``rows`` is keyed by (floats, or their text)."""
+    tried = [float(r) for r in rows]
+    return float(rate) in (min(tried), max(tried))

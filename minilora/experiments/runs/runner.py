@@ -88,8 +88,8 @@ def rates_for(session, base, task: str, tuned_targets=None) -> tuple:
     (``base.rate_grid``) and scored on the validation split; ``tuning.choose_rate_extended`` keeps the
     best rate among the runs that beat the base's floor there (``base.rate_floor``: the untuned base's
     validation figure, or MiniLM's linear probe, chosen first), extending the grid past a winning edge
-    at most twice. Quick mode: the base's default
-    rates (``base.default_lr``), nothing trained, an empty table."""
+    at most twice. Quick mode: the base's default rates (``base.default_lr``), nothing trained, an
+    empty table."""
     def choose():
         settings = tuned_specs(session, base, task, tuned_targets)
         rates = {name: base.default_lr(spec) for name, spec in settings.items()}
@@ -99,7 +99,7 @@ def rates_for(session, base, task: str, tuned_targets=None) -> tuple:
         key, higher = metric(task)
         for name, spec in settings.items():
             floor = base.rate_floor(session, task, table)
-            rates[name], rows, _ = tuning.choose_rate_extended(
+            rates[name], rows = tuning.choose_rate_extended(
                 base.rate_grid(spec), lambda lr, spec=spec: trained(session, base, [dataclasses.replace(spec, lr=lr)])[0].val,
                 key, higher, floor)
             table[name] = [rates[name], rows]

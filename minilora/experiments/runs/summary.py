@@ -95,7 +95,7 @@ def selection_table(table: dict, first: str = "task") -> list:
             key = next(k for k in next(iter(rows.values())) if k != "status")
             cells = "; ".join(f"{float(lr):g}: {row[key]:.3f}" + ("" if row["status"] == tuning.OK else f" ({row['status']})")
                               for lr, row in sorted(rows.items(), key=lambda item: float(item[0])))
-            edge = " (lr at the grid's edge)" if at_edge(rate, rows) else ""
+            edge = " (lr at the grid's edge)" if tuning.at_edge(rate, rows) else ""
             lines.append(f"| {task} | {name} | {cells} | {rate:g}{edge} |")
     return lines
 
@@ -109,7 +109,7 @@ def rates_at_edge(table: dict) -> list:
     """``"<task> <setting>"`` of each setting of a selection table whose chosen rate is still the
     smallest or largest rate tried (``rates.choose_rate_extended`` extended its grid as far as it may)."""
     return [f"{task} {name}" for task, settings in table.items() for name, (rate, rows) in settings.items()
-            if at_edge(rate, rows)]
+            if tuning.at_edge(rate, rows)]
 
 
 def edge_note(table: dict) -> list:
@@ -119,9 +119,3 @@ def edge_note(table: dict) -> list:
             "at most twice (`runs.rates.choose_rate_extended`); "
             + (f"still at the grid's edge after that (lr at the grid's edge): {', '.join(edge)}." if edge
                else "every chosen rate is inside the rates tried.")]
-
-
-def at_edge(rate, rows) -> bool:
-    """Whether ``rate`` is the smallest or largest of the rates ``rows`` holds (keys: floats, or their text)."""
-    tried = [float(r) for r in rows]
-    return float(rate) in (min(tried), max(tried))
