@@ -217,6 +217,10 @@ def docstring_package_task(
     same vocabulary, often the same class). ``split_by_file`` says how; tkinter,
     whose 664 docstrings come from 10 files (417 from ``tkinter/__init__.py``),
     is the tightest class. ``meta["files"]`` counts each class's files per split.
+    The split keeps fine-tuning from reading a test file, not pre-training: the toy base was
+    pre-trained on the docstrings of every file outside its prose validation files, and on
+    CPython 3.11 (260 a class, 60-byte prompts, seed 0) 306 of the 312 test prompts occur verbatim
+    in that text (docs/data.md).
 
     Args:
         n_classes: K, between 2 and the number of packages (at most 26).
