@@ -200,9 +200,11 @@ def test_task_classes_and_balance(task):
 
 
 def test_task_splits_by_file(task):
-    """No source file gives rows to two splits, for every seed of claim 4's grid."""
-    for seed in range(5):
-        t = task if seed == 0 else tasks.docstring_package_task(per_class=260, seed=seed)
+    """No source file gives rows to two splits, for every seed of claim 4's grid, at the experiments'
+    60-byte prompts (gpt.CLS_PROMPT_BYTES) as at the default 120."""
+    for seed in (None, *range(5)):
+        t = task if seed is None else tasks.docstring_package_task(max_prompt_bytes=60, per_class=260, seed=seed)
+        assert (len(t.test), len(t.val), len(t.train)) == (312, 156, 1092)
         files = [set(t.split(s).sources) for s in tasks.SPLITS]
         assert not (files[0] & files[1] or files[0] & files[2] or files[1] & files[2]), seed
         for k, package in enumerate(t.label_names):  # the counts meta states are the files' own
