@@ -102,7 +102,7 @@ def spread_factors(seeds: int, level: float = LEVEL, replicates: int = REPLICATE
     true one, for normal draws -- so sigma lies in [s / high, s / low], and a figure divided by s, in
     [figure * low, figure * high]. ``None`` for one seed. Drawn (``replicates`` sets of ``seeds`` normal draws,
     fixed seed) rather than read off the chi-square distribution, so it needs no statistics library; for
-    three seeds it is about [0.16, 1.92] (s/sigma = sqrt(chi2(2) / 2))."""
+    three seeds it is about [0.16, 1.91] (s/sigma = sqrt(chi2(2) / 2))."""
     if seeds < 2:
         return None
     draws = np.random.default_rng(seed).standard_normal((replicates, seeds))
