@@ -318,7 +318,9 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "small kernel waits for the one before it and the extra kernels add up; on a CPU the per-operation cost is "
         "lower relative to the work, and the batch-1 penalty is smaller.",
     ]
-    return {"figure": f"batch 1, T={judged_setting.split('T=')[1]}: Houlsby {100 * over['Houlsby']:+.0f}%, Pfeiffer "
-                      f"{100 * over['Pfeiffer']:+.0f}%, LoRA merged {100 * over['LoRA merged']:+.0f}% "
+    return {"figure": f"batch 1, T={judged_setting.split('T=')[1]}, over the base model: Houlsby {100 * over['Houlsby']:+.0f}%, "
+                      f"Pfeiffer {100 * over['Pfeiffer']:+.0f}% (the lighter, {verdict['lighter_adapter']}, 95% interval"
+                      f"{interval_cell(verdict['lighter_overhead_interval'], 100, 0) or ': one round'}), LoRA merged "
+                      f"{100 * over['LoRA merged']:+.0f}%{interval_cell(verdict['merged_overhead_interval'], 100, 0)} "
                       f"(noise {100 * over['base again']:+.0f}%)",
             "body": "\n".join(lines), "plots": plots}

@@ -217,7 +217,7 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         f"noise of this machine); beyond that noise, by at most {100 * verdict['worst_merged_excess']:.1f}%"
         f"{interval_text(verdict['worst_merged_excess_interval'], 100, '%')} ({', '.join(verdict['worst_setting'])}; "
         f"{verdict['parts']['latency']}), and its logits equal the unmerged model's to {figures['merge_error']:.1e} of the largest "
-        f"logit{interval_text(verdict['merge_error'])} (float32; tolerance {MERGE_TOLERANCE:.0e}: "
+        f"logit (exact: one deterministic float32 computation; tolerance {MERGE_TOLERANCE:.0e}: "
         f"{verdict['parts']['equal outputs']}), while the adapter moved them "
         f"by {max(c['unmerged_vs_base'] for c in figures['checks'].values()):.1e}.",
         "",
@@ -228,7 +228,9 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "only partly for one kept separate (as when several adapters are served from one base model).",
     ])
     return {"figure": f"merged/base within {100 * verdict['worst_merged_deviation']:.0f}% (noise "
-                      f"{100 * verdict['worst_control_deviation']:.0f}%); unmerged {100 * over['min']:+.0f}% to {100 * over['max']:+.0f}%",
+                      f"{100 * verdict['worst_control_deviation']:.0f}%), beyond the noise {100 * verdict['worst_merged_excess']:.0f}%"
+                      f"{interval_cell(verdict['worst_merged_excess_interval'], 100, 0)}; unmerged {100 * over['min']:+.0f}% to "
+                      f"{100 * over['max']:+.0f}%",
             "measured": f"latency of base, LoRA unmerged and merged (forward at batch {' and '.join(map(str, s['batches']))}"
                         + (", KV-cache generation" if s["gen_tokens"] else "") + "), interleaved medians",
             "body": body, "plots": plots}
