@@ -44,9 +44,9 @@ import numpy as np
 import minilora
 from minilora import backend
 from minilora.experiments.bases import gpt_methods as M
-from minilora.experiments.claims import inference
 from minilora.experiments.core import combine, judge_interval, time_rounds
-from minilora.experiments.core.intervals import interval_cell, interval_text, per_round_times, percentile_interval, round_ratio_replicates
+from minilora.experiments.core.intervals import (error_bars, excess, interval_cell, interval_text, latency_intervals, per_round_times,
+                                                 percentile_interval, round_ratio_replicates)
 from minilora.models import GPTConfig
 from minilora.peft import get_peft_model
 
@@ -146,7 +146,7 @@ def overheads(setting: dict) -> dict:
 
 def plot_depth_latency(results: dict, ax=None, title: str = "", intervals: dict | None = None):
     """Latency relative to the base model, per setting (groups) and variant (bars); each bar with its 95%
-    interval where ``intervals`` (``{setting: inference.setting_intervals(...)}``) gives them."""
+    interval where ``intervals`` (``{setting: latency_intervals(...)}``) gives them."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(8, 4.5))[1]
@@ -157,7 +157,7 @@ def plot_depth_latency(results: dict, ax=None, title: str = "", intervals: dict 
     for j, (name, color) in enumerate(variants):
         values = [results[s][f"{name}/base"] for s in settings]
         x = np.arange(len(settings)) + (j - (len(variants) - 1) / 2) * width
-        yerr = inference.error_bars(values, [(intervals or {}).get(s, {}).get(f"{name}/base") for s in settings])
+        yerr = error_bars(values, [(intervals or {}).get(s, {}).get(f"{name}/base") for s in settings])
         bars = ax.bar(x, values, width, color=color, label=name, yerr=yerr, capsize=2)
         for bar, value, up in zip(bars, values, yerr[1]):  # above the interval's bar
             ax.text(bar.get_x() + bar.get_width() / 2, value + up, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
@@ -214,7 +214,7 @@ def verdict(figures: dict) -> dict:
     designs' in each replicate); and merged LoRA's deviation beyond the control's (claim 7's rule). Every
     variant's ratio to the base in every setting gets its interval too, shown, not judged."""
     claim = f"{NUMBER} ({KEY})"
-    intervals = {model: {name: inference.setting_intervals(s, claim, f"{model} model, {name}", merged="LoRA merged")
+    intervals = {model: {name: latency_intervals(s, claim, f"{model} model, {name}", merged="LoRA merged")
                          for name, s in res.items()} for model, res in figures["latency"].items()}
     model, setting = figures["judged"]["model"], figures["judged"]["setting"]
     judged = figures["latency"][model][setting]
@@ -232,7 +232,7 @@ def verdict(figures: dict) -> dict:
     return {"verdict": combine(*parts.values()), "parts": parts, "intervals": intervals, "lighter_adapter": lighter,
             "lighter_overhead": adapters[lighter], "lighter_overhead_interval": lighter_interval,
             "merged_overhead": over["LoRA merged"], "merged_overhead_interval": shifted(merged["LoRA merged/base"]),
-            "merged_excess": float(inference.excess(judged["LoRA merged/base"], judged["base again/base"])),
+            "merged_excess": float(excess(judged["LoRA merged/base"], judged["base again/base"])),
             "merged_excess_interval": merged["excess"],
             "thresholds": {"judged setting": f"{model} model, {setting}",
                            "lighter adapter's latency / base model's - 1, its 95% interval, holds >=": ADAPTER_HOLDS,

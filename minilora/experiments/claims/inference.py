@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from minilora.experiments.core import QUICK, combine, judge, judge_interval, time_rounds, worst
-from minilora.experiments.core.intervals import interval_cell, interval_text, per_round_times, percentile_interval, round_ratio_replicates
+from minilora.experiments.core.intervals import error_bars, excess, interval_cell, interval_text, latency_intervals
 
 KEY, NUMBER = "inference", 7
 TITLE = "Inference overhead"
@@ -103,32 +103,13 @@ def measure(base, session, models=None, batches=None, repeats: int | None = None
                          "lora": f"r={LORA_RANK} on Wq, Wv (enable_lora), A as initialised, B ~ N(0, 0.02)", "blas_threads": 1}}
 
 
-def excess(merged, control):
-    """How far merged/base strays from 1 beyond the control's own |base again/base - 1| (never below 0): the
-    noise of the setting's measurement taken out. Floats, or arrays of replicates."""
-    return np.maximum(0.0, np.abs(np.asarray(merged) - 1) - np.abs(np.asarray(control) - 1))
-
-
-def setting_intervals(setting: dict, claim: str, what: str, merged: str = "merged") -> dict:
-    """One setting's 95% intervals from its rounds (``time_rounds``'s), whole rounds resampled: every variant's
-    ``"<variant>/base"`` ratio, and ``"excess"``, the ``merged`` variant's ``excess``; each ``None`` for one
-    round. A setting without its rounds is an error naming ``claim`` and ``what``."""
-    rounds = per_round_times(setting, claim, what)
-    keys = [f"{name}/base" for name in rounds if name != "base"] + ["excess"]
-    if len(rounds["base"]) < 2:
-        return dict.fromkeys(keys)
-    reps = round_ratio_replicates(rounds, "base")
-    out = {f"{name}/base": percentile_interval(r) for name, r in reps.items()}
-    return {**out, "excess": percentile_interval(excess(reps[merged], reps["base again"]))}
-
-
 def verdict(figures: dict) -> dict:
     """Merged vs base, per setting: |merged/base - 1| beyond the control's |base again/base - 1|
     (the noise of that setting's measurement), judged on its 95% interval (rounds resampled), the worst
     verdict over the settings; and the merge check (exact: one deterministic computation)."""
     intervals, settings = {}, {}
     for model, res in figures["latency"].items():
-        intervals[model] = {name: setting_intervals(s, f"{NUMBER} ({KEY})", f"{model} model, {name}") for name, s in res.items()}
+        intervals[model] = {name: latency_intervals(s, f"{NUMBER} ({KEY})", f"{model} model, {name}") for name, s in res.items()}
         settings.update({(model, name): s for name, s in res.items()})
     points = {key: float(excess(s["merged/base"], s["base again/base"])) for key, s in settings.items()}
     judged = {key: judge_interval(intervals[key[0]][key[1]]["excess"], MERGED_HOLDS, MERGED_PARTLY, higher_is_better=False)
@@ -146,15 +127,9 @@ def verdict(figures: dict) -> dict:
                            "... partly <=": MERGED_PARTLY, "merged vs unmerged logits (relative, exact), holds <=": MERGE_TOLERANCE}}
 
 
-def error_bars(values: list, intervals: list) -> np.ndarray:
-    """``yerr`` for ``ax.bar``: (2, n) distances from each value down to its interval's low end and up to its
-    high end (0 where there is no interval: one round). A percentile interval need not be centred on the value."""
-    return np.array([[v - i[0], i[1] - v] if i else [0.0, 0.0] for v, i in zip(values, intervals)]).T.clip(min=0)
-
-
 def plot_latency(results: dict, ax=None, title: str = "", intervals: dict | None = None):
     """Latency of each variant relative to the base model, per setting (bars), with the ±5% band; each bar with
-    its 95% interval where ``intervals`` (``{setting: setting_intervals(...)}``) gives them."""
+    its 95% interval where ``intervals`` (``{setting: latency_intervals(...)}``) gives them."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(7, 4.5))[1]
