@@ -86,3 +86,16 @@ def claim_entry(key: str, session, folder) -> tuple:
     module = verify.claim_modules()[key]
     entry = json.loads(json.dumps(verify.measure_claim(module, session)))
     return entry, render_claim(key, entry, module, folder, f"results.json: claims.{key}")
+
+
+def timed_setting(ratios: dict, noise: float = 0.01, rounds: int = 21, seed: int = 0) -> dict:
+    """One setting as ``core.time_rounds`` returns it, made up: the base takes 1 s +- ``noise`` a round (a shared
+    machine), each variant of ``ratios`` (``{name: ratio}``) that ratio of the same round's base, +- ``noise``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    base = 1 + noise * rng.standard_normal(rounds)
+    times = {"base": base, **{name: r * base * (1 + noise * rng.standard_normal(rounds)) for name, r in ratios.items()}}
+    return {**{name: float(np.median(t)) for name, t in times.items()},
+            **{f"{name}/base": float(np.median(times[name] / base)) for name in ratios},
+            "repeats": rounds, "clock": "made up", "rounds": {name: t.tolist() for name, t in times.items()}}

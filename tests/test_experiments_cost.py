@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import minilora
-from experiment_helpers import claim_entry, registered
+from experiment_helpers import claim_entry, registered, timed_setting
 from minilora.experiments.bases import gpt
 from minilora.experiments.bases.toy import BASE as TOY
 from minilora.experiments.claims import inference, memory, params
@@ -222,18 +222,31 @@ def test_measure_latency_reports_ratios():
     res = time_rounds(variants, inference.latency_tasks(TINY, batches=(1,), gen_tokens=2, prompt_len=2), repeats=3)
     assert set(res) == {"forward B=1", "generate 2 tokens B=1"}
     assert all(s["merged/base"] > 0 and s["unmerged/base"] > 0 for s in res.values())
+    assert all(len(t) == 3 for s in res.values() for t in s["rounds"].values())  # every round kept, for the intervals
 
 
-def test_inference_verdict_flips():
-    def judged(merged, control, error):
-        latency = {"m": {f"s{i}": {"merged/base": m, "base again/base": c} for i, (m, c) in enumerate(zip(merged, control))}}
-        return inference.verdict({"latency": latency, "merge_error": error})["verdict"]
+def test_inference_verdict_reads_the_interval():
+    def judged(*settings, error=1e-7, noise=0.005, rounds=21):
+        """``settings``: (merged/base, base again/base) of each, timed in made-up interleaved rounds."""
+        latency = {"m": {f"s{i}": timed_setting({"base again": c, "unmerged": 1.3, "merged": m}, noise, rounds, seed=i)
+                         for i, (m, c) in enumerate(settings)}}
+        return inference.verdict({"latency": latency, "merge_error": error})
 
-    assert judged([1.04, 0.97], [1.0, 1.0], 1e-7) == HOLDS
-    assert judged([1.12], [0.9], 1e-7) == HOLDS  # within the noise
-    assert judged([1.06], [1.0], 1e-7) == PARTLY
-    assert judged([1.2], [1.01], 1e-3) == FAILS
-    assert judged([1.0], [1.0], 1e-4) == PARTLY
+    assert judged((1.02, 1.0), (0.99, 1.0))["verdict"] == HOLDS
+    assert judged((1.12, 0.9))["verdict"] == HOLDS  # within the noise the control shows
+    assert judged((1.10, 1.0))["verdict"] == PARTLY
+    assert judged((1.3, 1.0), error=1e-3)["verdict"] == FAILS
+    assert judged((1.0, 1.0), error=1e-4)["verdict"] == PARTLY
+    # 5% beyond the noise, timed noisily: the interval straddles the holds line; the worst setting decides
+    noisy = judged((1.05, 1.0), (1.0, 1.0), noise=0.05)
+    assert noisy["parts"]["latency"] == inconclusive(PARTLY, HOLDS) == noisy["verdict"]
+    assert noisy["worst_merged_excess_interval"][0] < inference.MERGED_HOLDS < noisy["worst_merged_excess_interval"][1]
+    assert noisy["merge_error"] == "exact"
+    assert judged((1.0, 1.0), rounds=1)["parts"]["latency"] == ONE_RUN
+    # a results file written before the rounds were kept: an error naming the claim and the setting
+    latency = {"m": {"s0": {k: v for k, v in timed_setting({"base again": 1.0, "merged": 1.0}).items() if k != "rounds"}}}
+    with pytest.raises(ValueError, match=r"claim 7 \(inference\): m model, s0: the per-round times"):
+        inference.verdict({"latency": latency, "merge_error": 0.0})
 
 
 # ---------------------------------------------------------------------------

@@ -23,7 +23,8 @@ from experiment_helpers import TINY, claim_entry, registered, session_for, tiny_
 from minilora.experiments.bases import gpt as ft
 from minilora.experiments.bases.toy import BASE as TOY
 from minilora.experiments.claims import accuracy, modularity as mod, rank as ir, reference as ref, sensitivity as sens
-from minilora.experiments.core import FAILS, HOLDS, ONE_RUN, PARTLY, verdict_range
+from minilora.experiments.core import FAILS, HOLDS, ONE_RUN, PARTLY, inconclusive, verdict_range
+from minilora.experiments.core.intervals import spread_factors
 from minilora.experiments.runs import RunResult, RunSpec, describe_failures, fmt, rates as tuning, resolved, summarize
 from minilora.experiments.runs import summary as summary_module
 from minilora.experiments.runs import tuned_specs as tuned
@@ -280,6 +281,25 @@ def test_agreement_measures_against_seed_spread():
     assert one["final_ratio"] == pytest.approx(0.1) and one["final_spread"] == pytest.approx(0.1)
 
 
+def test_reference_verdict_reads_the_spread_interval():
+    def judged(*ratios, seeds=3):
+        settings = {f"s{i}": {"seeds": list(range(seeds))} for i in range(len(ratios))}
+        return ref.verdict({"settings": settings, "ratios": {f"s{i}": r for i, r in enumerate(ratios)}})
+
+    low, high = spread_factors(3)
+    assert 0.1 < low < 0.2 and 1.8 < high < 2.0  # s / sigma for three normal seeds: sqrt(chi2(2) / 2)'s 95% range
+    v = judged(1e-5, 0.0)
+    assert v["verdict"] == HOLDS and v["intervals"]["s0"] == pytest.approx([1e-5 * low, 1e-5 * high]) and v["intervals"]["s1"] == [0, 0]
+    assert judged(1.0 / high - 0.01)["verdict"] == HOLDS  # the interval's top just under the holds line
+    assert judged(0.8)["verdict"] == inconclusive(PARTLY, HOLDS)  # 0.8 of a spread from three seeds: either side of 1
+    assert judged(1.6)["verdict"] == inconclusive(FAILS, HOLDS)  # [0.26, 3.05]: across both lines
+    assert judged(7.0)["verdict"] == inconclusive(FAILS, PARTLY)  # [1.1, 13.4]
+    assert judged(40.0)["verdict"] == FAILS and judged(float("inf"))["verdict"] == FAILS  # a difference where seeds agree
+    assert judged(0.5, seeds=1)["verdict"] == ONE_RUN
+    assert judged(0.8, seeds=8)["verdict"] == inconclusive(PARTLY, HOLDS)  # more seeds, a narrower interval
+    assert judged(0.3, seeds=8)["verdict"] == HOLDS
+
+
 # ---------------------------------------------------------------------------
 # claim 6's math
 # ---------------------------------------------------------------------------
@@ -409,12 +429,6 @@ def test_headline_figures():
     summary["cls"]["Wq+Wv r=8"]["accuracy_mean"] = math.nan
     assert accuracy._gap_points(accuracy.headline(summary, {"code": {"loss": 2.0}}, judged)["cls_gap"]).startswith("not measurable")
     assert accuracy._gap_points(0.118) == "11.8 points"
-
-
-def test_reference_verdict_flips():
-    assert ref.verdict({"ratios": {"a": 0.2, "b": 0.9}})["verdict"] == HOLDS
-    assert ref.verdict({"ratios": {"a": 0.2, "b": 1.1}})["verdict"] == PARTLY
-    assert ref.verdict({"ratios": {"a": 3.5, "b": 4.0}})["verdict"] == FAILS
 
 
 def test_rank_verdict_flips():

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 import minilora
-from experiment_helpers import claim_entry, registered, session_for, tiny_toy, toy_env
+from experiment_helpers import claim_entry, registered, session_for, timed_setting, tiny_toy, toy_env
 from minilora.experiments.bases import gpt as ft
 from minilora.experiments.bases import gpt_methods as M
 from minilora.experiments.bases.toy import BASE as TOY
@@ -209,19 +209,32 @@ def test_latency_variants_and_timing():
         lat.forward_tasks(base.config, ((1, 33),))
 
 
-def test_depth_latency_verdict_flips():
-    def judged(adapters, merged, control):
-        return lat.verdict({"judged": {"model": "base", "setting": "B=1 T=16",
-                                       "overheads": {**adapters, "LoRA merged": merged, "base again": control}}})
+def test_depth_latency_verdict_reads_the_interval():
+    def judged(houlsby, pfeiffer, merged=1.0, control=1.0, noise=0.005, rounds=21):
+        """Ratios to the base model at batch 1, timed in made-up interleaved rounds."""
+        ratios = {"base again": control, "LoRA merged": merged, "LoRA unmerged": 1.3, "Houlsby": houlsby, "Pfeiffer": pfeiffer}
+        setting = timed_setting(ratios, noise, rounds)
+        return lat.verdict({"latency": {"base": {"B=1 T=16": setting}},
+                            "judged": {"model": "base", "setting": "B=1 T=16", "overheads": lat.overheads(setting)}})
 
-    slow = {"Houlsby": 0.30, "Pfeiffer": 0.15}
-    assert judged(slow, 0.01, 0.01)["verdict"] == HOLDS
-    assert judged(slow, 0.01, 0.01)["lighter_adapter"] == "Pfeiffer"
-    assert judged({"Houlsby": 0.30, "Pfeiffer": 0.06}, 0.01, 0.0)["parts"]["adapters slower than merged LoRA"] == PARTLY
-    assert judged({"Houlsby": 0.02, "Pfeiffer": 0.02}, 0.01, 0.0)["parts"]["adapters slower than merged LoRA"] == FAILS
+    adapters, merged = "adapters slower than the base model", "merged LoRA as fast as the base"
+    v = judged(1.30, 1.15)
+    assert v["verdict"] == HOLDS and v["lighter_adapter"] == "Pfeiffer"
+    assert v["lighter_overhead_interval"][0] > lat.ADAPTER_HOLDS
+    assert judged(1.30, 1.06)["parts"][adapters] == PARTLY
+    assert judged(1.02, 1.02)["parts"][adapters] == FAILS
+    # judged against the base model: merged LoRA 4% faster (noise) is no longer subtracted from the adapters
+    assert judged(1.30, 1.12, merged=0.96)["parts"][adapters] == HOLDS
     # merged LoRA 8% slower where the control is 1% off: 7% beyond the noise, "partly"
-    assert judged(slow, 0.08, 0.01)["parts"]["merged LoRA as fast as the base"] == PARTLY
-    assert judged({"Houlsby": 0.0, "Pfeiffer": 0.0}, 0.30, 0.0)["verdict"] == FAILS
+    assert judged(1.30, 1.15, merged=1.08, control=1.01)["parts"][merged] == PARTLY
+    assert judged(1.0, 1.0, merged=1.30)["verdict"] == FAILS
+    # noisy rounds: an adapter 10% slower straddles the holds line, "partly or holds"
+    assert judged(1.30, 1.10, noise=0.05)["parts"][adapters] == inconclusive(PARTLY, HOLDS)
+    assert judged(1.30, 1.15, rounds=1)["verdict"] == ONE_RUN
+    setting = {k: v for k, v in timed_setting({"base again": 1.0, "LoRA merged": 1.0, "Houlsby": 1.2, "Pfeiffer": 1.1}).items()
+               if k != "rounds"}
+    with pytest.raises(ValueError, match=r"claim 10 \(depth_latency\): base model, B=1 T=16: the per-round times"):
+        lat.verdict({"latency": {"base": {"B=1 T=16": setting}}, "judged": {"model": "base", "setting": "B=1 T=16"}})
 
 
 # ---------------------------------------------------------------------------

@@ -5,9 +5,10 @@ import numpy as np
 import pytest
 
 from minilora.experiments.core import (FAILS, HOLDS, ONE_RUN, PARTLY, combine, inconclusive, judge_interval,
-                                       non_inferiority, verdict_range)
-from minilora.experiments.core.intervals import (mean_difference_interval, per_seed_rows, percentile_interval,
-                                                 repeat_replicates, replicate_means)
+                                       non_inferiority, verdict_range, worst)
+from minilora.experiments.core.intervals import (mean_difference_interval, per_round_times, per_seed_rows,
+                                                 percentile_interval, repeat_replicates, replicate_means,
+                                                 round_ratio_replicates, spread_factors)
 
 # -- verdicts -----------------------------------------------------------------------------------------------
 
@@ -57,6 +58,14 @@ def test_combine_keeps_what_inconclusive_parts_allow():
     assert verdict_range(ONE_RUN) == (FAILS, HOLDS)
     with pytest.raises(ValueError, match="not a verdict"):
         verdict_range("maybe")
+
+
+def test_worst_keeps_the_worst_at_both_ends():
+    assert worst(HOLDS, PARTLY) == PARTLY and worst(HOLDS, HOLDS) == HOLDS
+    assert worst(HOLDS, inconclusive(PARTLY, HOLDS)) == inconclusive(PARTLY, HOLDS)
+    assert worst(PARTLY, inconclusive(FAILS, HOLDS)) == inconclusive(FAILS, PARTLY)
+    assert worst(FAILS, inconclusive(PARTLY, HOLDS)) == FAILS  # one setting fails whatever the other does
+    assert worst(ONE_RUN, ONE_RUN) == ONE_RUN
 
 
 # -- the bootstrap ------------------------------------------------------------------------------------------
@@ -119,3 +128,21 @@ def test_infinite_replicates_stay_at_their_end():
     samples = np.r_[np.linspace(0, 1, 999), np.inf]
     low, high = percentile_interval(samples)
     assert np.isfinite(low) and 0.02 < low < 0.03 and high <= 1.0
+
+
+def test_round_ratios_are_medians_of_each_rounds_ratio():
+    """As ``time_rounds`` reads them: a variant 1.5 times the base in every round is 1.5 in every replicate,
+    however the machine's speed varied between rounds; a missing round record names the claim."""
+    base = np.random.default_rng(4).lognormal(0, 0.5, 12)
+    reps = round_ratio_replicates({"base": base, "slow": 1.5 * base, "same": base}, "base")
+    assert set(reps) == {"slow", "same"} and np.allclose(reps["slow"], 1.5) and np.allclose(reps["same"], 1.0)
+    with pytest.raises(ValueError, match=r"claim 7 \(inference\): toy, B=1: the per-round times .* missing"):
+        per_round_times({"base": 1.0, "merged/base": 1.0}, "7 (inference)", "toy, B=1")
+
+
+def test_spread_factors_cover_the_true_spread():
+    """For normal draws, sigma lies in [s / high, s / low] 95% of the time; one seed has no spread."""
+    low, high = spread_factors(3)
+    s = np.random.default_rng(5).standard_normal((4000, 3)).std(axis=1, ddof=1)  # true sigma = 1
+    assert 0.93 < np.mean((s / high <= 1) & (1 <= s / low)) < 0.97
+    assert spread_factors(1) is None and spread_factors(2)[0] < low < high < spread_factors(2)[1]

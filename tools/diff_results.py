@@ -34,8 +34,11 @@ import sys
 # Figures measured by a clock, by claim: a key of this name anywhere under the claim is a timing.
 TIMED = {
     "time": {"ratios", "worst_ratio", "ratio", "full", "lora", "repeats", "clock", "blas_threads", "parts"},
-    "inference": {"latency", "worst_merged_excess", "worst_merged_deviation", "worst_control_deviation", "unmerged_overhead"},
-    "depth_latency": {"latency", "overheads", "adapter_over_merged", "merged_excess", "lighter_adapter"},
+    "inference": {"latency", "worst_merged_excess", "worst_merged_deviation", "worst_control_deviation", "unmerged_overhead",
+                  "intervals", "settings_judged", "worst_setting", "worst_merged_excess_interval"},
+    "depth_latency": {"latency", "overheads", "adapter_over_merged", "merged_excess", "lighter_adapter", "intervals",
+                      "lighter_overhead", "lighter_overhead_interval", "merged_overhead", "merged_overhead_interval",
+                      "merged_excess_interval"},
     "modularity": {"set_adapter_seconds", "load_adapter_seconds", "full_checkpoint_load_seconds", "swap_speedup", "seconds"},
     "quantization": {"train_seconds", "step_time"},
     "accuracy": {"train_seconds"},

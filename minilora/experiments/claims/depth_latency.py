@@ -19,7 +19,12 @@ adapter, as nearly as the sizes allow (``methods.matched_size``). An adapter can
 merged (a nonlinearity sits between its two projections), so its layers run in every
 forward, one after the other -- the "added depth". Timing follows claim 7
 (``claims/inference.py``, ``core/timing.py``): one BLAS thread, the process's CPU time, every variant
-run in each round in a rotating order, medians of each round's own ratios.
+run in each round in a rotating order, medians of each round's own ratios, each with its 95% interval
+from resampling whole rounds.
+
+Judged against the base model: an adapter's added latency is its latency over the base model's, from the
+same rounds. Merged LoRA is the base model's computation, so its ratio to the base is noise (a few percent
+either way); it is shown beside the others as a row, never subtracted from them.
 
 On a GPU at batch 1 each small kernel waits for the one before it, so extra layers add their
 launch and synchronisation times however little they compute. On a CPU with NumPy the
@@ -39,7 +44,9 @@ import numpy as np
 import minilora
 from minilora import backend
 from minilora.experiments.bases import gpt_methods as M
-from minilora.experiments.core import combine, judge, time_rounds
+from minilora.experiments.core import combine, judge_interval, time_rounds
+from minilora.experiments.core.intervals import (error_bars, excess, interval_cell, interval_text, latency_intervals, per_round_times,
+                                                 percentile_interval, round_ratio_replicates)
 from minilora.models import GPTConfig
 from minilora.peft import get_peft_model
 
@@ -66,7 +73,7 @@ QUICK_REPEATS, FULL_REPEATS = 9, {"base": 31, "wide": 9}
 # --- the verdict's thresholds -------------------------------------------------------------
 # Judged at batch 1 with the short sequence (the first shape), on the base model:
 #  * adapters: the lighter adapter design (fewer adapters: the smaller of the two overheads) costs
-#    at least ADAPTER_HOLDS more than the merged LoRA model, in units of the base model's latency --
+#    at least ADAPTER_HOLDS more than the base model, in units of the base model's latency --
 #    10 points is half the LoRA paper's lower figure (20%); 3 points is still beyond this machine's
 #    noise (the control's deviation is reported beside it);
 #  * merged LoRA: its deviation from the base model beyond the control's own within 5% holds,
@@ -137,8 +144,9 @@ def overheads(setting: dict) -> dict:
     return {name.removesuffix("/base"): value - 1 for name, value in setting.items() if name.endswith("/base")}
 
 
-def plot_depth_latency(results: dict, ax=None, title: str = ""):
-    """Latency relative to the base model, per setting (groups) and variant (bars)."""
+def plot_depth_latency(results: dict, ax=None, title: str = "", intervals: dict | None = None):
+    """Latency relative to the base model, per setting (groups) and variant (bars); each bar with its 95%
+    interval where ``intervals`` (``{setting: latency_intervals(...)}``) gives them."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(8, 4.5))[1]
@@ -149,15 +157,17 @@ def plot_depth_latency(results: dict, ax=None, title: str = ""):
     for j, (name, color) in enumerate(variants):
         values = [results[s][f"{name}/base"] for s in settings]
         x = np.arange(len(settings)) + (j - (len(variants) - 1) / 2) * width
-        bars = ax.bar(x, values, width, color=color, label=name)
-        for bar, value in zip(bars, values):
-            ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
+        yerr = error_bars(values, [(intervals or {}).get(s, {}).get(f"{name}/base") for s in settings])
+        bars = ax.bar(x, values, width, color=color, label=name, yerr=yerr, capsize=2)
+        for bar, value, up in zip(bars, values, yerr[1]):  # above the interval's bar
+            ax.text(bar.get_x() + bar.get_width() / 2, value + up, f"{value:.2f}", ha="center", va="bottom", fontsize=7)
     ax.axhline(1.0, color="k", lw=1)
     ax.set_xticks(range(len(settings)), [f"{s}\nbase {1000 * results[s]['base']:.1f} ms" for s in settings], fontsize=8)
     ax.set_ylabel("forward latency / base model's")
-    top = max(results[s][f"{n}/base"] for s in settings for n, _ in variants)
+    top = max([results[s][f"{n}/base"] for s in settings for n, _ in variants]
+              + [ci[f"{n}/base"][1] for ci in (intervals or {}).values() for n, _ in variants if ci.get(f"{n}/base")])
     ax.set_ylim(0, max(1.3, 1.15 * top) + 0.3)  # room above the bars for the legend
-    ax.set_title(title or "Forward latency (medians of interleaved rounds)")
+    ax.set_title(title or "Forward latency (medians of interleaved rounds" + ("; bars: 95% intervals)" if intervals else ")"))
     ax.legend(fontsize=7, loc="upper center", ncol=3)
     return ax
 
@@ -199,21 +209,41 @@ def measure(base, session, models=None, shapes=None, repeats=None) -> dict:
 
 
 def verdict(figures: dict) -> dict:
-    """The verdict at batch 1 (short sequence), on the first model: the lighter adapter's overhead minus the
-    merged LoRA model's (points of the base latency); and merged LoRA's deviation beyond the control's."""
-    over = figures["judged"]["overheads"]
+    """The verdict at batch 1 (short sequence), on the first model, each part read off its 95% interval (whole
+    rounds resampled): the lighter adapter's latency over the base model's, minus 1 (the smaller of the two
+    designs' in each replicate); and merged LoRA's deviation beyond the control's (claim 7's rule). Every
+    variant's ratio to the base in every setting gets its interval too, shown, not judged."""
+    claim = f"{NUMBER} ({KEY})"
+    intervals = {model: {name: latency_intervals(s, claim, f"{model} model, {name}", merged="LoRA merged")
+                         for name, s in res.items()} for model, res in figures["latency"].items()}
+    model, setting = figures["judged"]["model"], figures["judged"]["setting"]
+    judged = figures["latency"][model][setting]
+    over = overheads(judged)
     adapters = {NAMES[a]: over[NAMES[a]] for a in ADAPTERS}
     lighter = min(adapters, key=adapters.get)
-    over_merged = adapters[lighter] - over["LoRA merged"]
-    merged_excess = max(0.0, abs(over["LoRA merged"]) - abs(over["base again"]))
-    parts = {"adapters slower than merged LoRA": judge(over_merged, ADAPTER_HOLDS, ADAPTER_PARTLY),
-             "merged LoRA as fast as the base": judge(merged_excess, MERGED_HOLDS, MERGED_PARTLY, higher_is_better=False)}
-    return {"verdict": combine(*parts.values()), "parts": parts, "lighter_adapter": lighter, "adapter_over_merged": over_merged,
-            "merged_excess": merged_excess,
-            "thresholds": {"judged setting": f"{figures['judged']['model']} model, {figures['judged']['setting']}",
-                           "lighter adapter minus merged LoRA (fraction of base latency), holds >=": ADAPTER_HOLDS,
+    rounds = per_round_times(judged, claim, f"{model} model, {setting}")
+    lighter_interval = None
+    if len(rounds["base"]) >= 2:
+        reps = round_ratio_replicates(rounds, "base")
+        lighter_interval = percentile_interval(np.minimum(*(reps[NAMES[a]] for a in ADAPTERS)) - 1)
+    merged = intervals[model][setting]
+    parts = {"adapters slower than the base model": judge_interval(lighter_interval, ADAPTER_HOLDS, ADAPTER_PARTLY),
+             "merged LoRA as fast as the base": judge_interval(merged["excess"], MERGED_HOLDS, MERGED_PARTLY, higher_is_better=False)}
+    return {"verdict": combine(*parts.values()), "parts": parts, "intervals": intervals, "lighter_adapter": lighter,
+            "lighter_overhead": adapters[lighter], "lighter_overhead_interval": lighter_interval,
+            "merged_overhead": over["LoRA merged"], "merged_overhead_interval": shifted(merged["LoRA merged/base"]),
+            "merged_excess": float(excess(judged["LoRA merged/base"], judged["base again/base"])),
+            "merged_excess_interval": merged["excess"],
+            "thresholds": {"judged setting": f"{model} model, {setting}",
+                           "lighter adapter's latency / base model's - 1, its 95% interval, holds >=": ADAPTER_HOLDS,
                            "... partly >=": ADAPTER_PARTLY,
-                           "|merged/base - 1| beyond |base again/base - 1|, holds <=": MERGED_HOLDS, "... partly <=": MERGED_PARTLY}}
+                           "|merged/base - 1| beyond |base again/base - 1|, its 95% interval, holds <=": MERGED_HOLDS,
+                           "... partly <=": MERGED_PARTLY}}
+
+
+def shifted(interval, by: float = -1.0):
+    """A ratio's interval as an overhead's (ratio - 1); ``None`` stays ``None``."""
+    return None if interval is None else [v + by for v in interval]
 
 
 def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
@@ -226,7 +256,8 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     for ax, (name, res) in zip(axes[0], results.items()):
         counts = matched[name]["trainable"]
         plot_depth_latency(res, ax, f"{name} model: LoRA r={LORA_RANK} ({counts['LoRA']:,}) vs adapters "
-                                    f"(H {counts['Houlsby']:,}, P {counts['Pfeiffer']:,})")
+                                    f"(H {counts['Houlsby']:,}, P {counts['Pfeiffer']:,}); bars: 95% intervals",
+                           verdict["intervals"][name])
     fig.tight_layout()
     plots = [plot(fig, "depth_latency.png")]
 
@@ -236,8 +267,9 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         table.append(f"| {name} | tensor ops per forward | {ops[name]['base']} | "
                      + " | ".join(f"{ops[name][v]} ({100 * (ops[name][v] / ops[name]['base'] - 1):+.0f}%)" for v in variant_names) + " |")
         for setting, t in res.items():
-            o = overheads(t)
-            table.append(f"| {name} | {setting} | {1000 * t['base']:.2f} | " + " | ".join(f"{100 * o[v]:+.1f}%" for v in variant_names) + " |")
+            o, ci = overheads(t), verdict["intervals"][name][setting]
+            table.append(f"| {name} | {setting} | {1000 * t['base']:.2f} | "
+                         + " | ".join(f"{100 * o[v]:+.1f}%{interval_cell(shifted(ci[f'{v}/base']), 100, 1)}" for v in variant_names) + " |")
     sizes_text = "; ".join(
         f"{name}: LoRA r={LORA_RANK} on Wq, Wv trains {m['trainable']['LoRA']:,}, Houlsby m={m['sizes']['houlsby']} "
         f"{m['trainable']['Houlsby']:,}, Pfeiffer m={m['sizes']['pfeiffer']} {m['trainable']['Pfeiffer']:,}"
@@ -248,8 +280,9 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     lines = [
         ("**Quick mode** (few rounds, base model only): the ratios are rough, to a few percent. " if quick else "")
         + f"Forward latency relative to the base model (medians over interleaved rounds, one BLAS thread, "
-        f"{judged['clock']}), and the number of tensor operations one forward runs; matched trainable counts -- "
-        f"{sizes_text}. Base model weights: {s['weights']}.",
+        f"{judged['clock']}; in brackets each overhead's 95% interval, whole rounds resampled), and the number of "
+        f"tensor operations one forward runs (exact); matched trainable counts (exact) -- {sizes_text}. Base model "
+        f"weights: {s['weights']}.",
         "",
         *table,
         "",
@@ -257,11 +290,16 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         f"{1000 * judged['base']:.2f} ms; Houlsby adapters add {100 * over['Houlsby']:+.1f}%, "
         f"Pfeiffer adapters {100 * over['Pfeiffer']:+.1f}%, while LoRA merged is at {100 * over['LoRA merged']:+.1f}% "
         f"(the control, a second copy of the base model: {100 * over['base again']:+.1f}%) and LoRA unmerged at "
-        f"{100 * over['LoRA unmerged']:+.1f}%. The lighter adapter design ({verdict['lighter_adapter']}) costs "
-        f"{100 * verdict['adapter_over_merged']:.1f} points more than merged LoRA "
-        f"({verdict['parts']['adapters slower than merged LoRA']}: thresholds {100 * ADAPTER_HOLDS:.0f} / "
-        f"{100 * ADAPTER_PARTLY:.0f} points); merged LoRA strays from the base model by "
-        f"{100 * verdict['merged_excess']:.1f}% beyond the control ({verdict['parts']['merged LoRA as fast as the base']}).",
+        f"{100 * over['LoRA unmerged']:+.1f}%. Judged against the base model: the lighter adapter design "
+        f"({verdict['lighter_adapter']}) adds {100 * verdict['lighter_overhead']:+.1f}% of the base model's latency"
+        f"{interval_text(verdict['lighter_overhead_interval'], 100, '%')} "
+        f"({verdict['parts']['adapters slower than the base model']}: thresholds {100 * ADAPTER_HOLDS:.0f} / "
+        f"{100 * ADAPTER_PARTLY:.0f} points). Merged LoRA is the base model's computation, so its "
+        f"{100 * verdict['merged_overhead']:+.1f}%{interval_text(verdict['merged_overhead_interval'], 100, '%')} is "
+        "the noise of the measurement, shown as a row and never subtracted from the adapters'; beyond the control's "
+        f"own deviation it strays by {100 * verdict['merged_excess']:.1f}%"
+        f"{interval_text(verdict['merged_excess_interval'], 100, '%')} "
+        f"({verdict['parts']['merged LoRA as fast as the base']}).",
         "",
         f"Where the time goes. Merged LoRA runs exactly the base model's {ops[first]['base']} operations. The adapters add "
         f"{added['Houlsby']} (Houlsby) and {added['Pfeiffer']} (Pfeiffer) -- a linear, a ReLU, a linear and an add per "
@@ -280,7 +318,9 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "small kernel waits for the one before it and the extra kernels add up; on a CPU the per-operation cost is "
         "lower relative to the work, and the batch-1 penalty is smaller.",
     ]
-    return {"figure": f"batch 1, T={judged_setting.split('T=')[1]}: Houlsby {100 * over['Houlsby']:+.0f}%, Pfeiffer "
-                      f"{100 * over['Pfeiffer']:+.0f}%, LoRA merged {100 * over['LoRA merged']:+.0f}% "
+    return {"figure": f"batch 1, T={judged_setting.split('T=')[1]}, over the base model: Houlsby {100 * over['Houlsby']:+.0f}%, "
+                      f"Pfeiffer {100 * over['Pfeiffer']:+.0f}% (the lighter, {verdict['lighter_adapter']}, 95% interval"
+                      f"{interval_cell(verdict['lighter_overhead_interval'], 100, 0) or ': one round'}), LoRA merged "
+                      f"{100 * over['LoRA merged']:+.0f}%{interval_cell(verdict['merged_overhead_interval'], 100, 0)} "
                       f"(noise {100 * over['base again']:+.0f}%)",
             "body": "\n".join(lines), "plots": plots}

@@ -14,14 +14,16 @@ Two ways to serve a LoRA model:
 ``merge_check`` compares the logits; the latency of the variants (``base.serving_variants``)
 is timed interleaved (``core.time_rounds``: each round runs base, unmerged and merged in a
 rotating order, so they share the machine's noise), on forward passes at two batch sizes and
-on greedy generation with the KV cache at batch 1.
+on greedy generation with the KV cache at batch 1. Every round's seconds are kept, and each ratio's 95%
+interval comes from resampling whole rounds (``core.intervals.round_ratio_replicates``; docs/claims.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from minilora.experiments.core import combine, judge, time_rounds
+from minilora.experiments.core import QUICK, combine, judge, judge_interval, time_rounds, worst
+from minilora.experiments.core.intervals import error_bars, excess, interval_cell, interval_text, latency_intervals
 
 KEY, NUMBER = "inference", 7
 TITLE = "Inference overhead"
@@ -103,21 +105,31 @@ def measure(base, session, models=None, batches=None, repeats: int | None = None
 
 def verdict(figures: dict) -> dict:
     """Merged vs base, per setting: |merged/base - 1| beyond the control's |base again/base - 1|
-    (the noise of that setting's measurement), the worst over the settings; and the merge check."""
-    settings = [s for r in figures["latency"].values() for s in r.values()]
-    merged = [s["merged/base"] for s in settings]
-    control = [s["base again/base"] for s in settings]
-    excess = [max(0.0, abs(m - 1) - abs(c - 1)) for m, c in zip(merged, control)]
-    parts = {"latency": judge(max(excess), MERGED_HOLDS, MERGED_PARTLY, higher_is_better=False),
+    (the noise of that setting's measurement), judged on its 95% interval (rounds resampled), the worst
+    verdict over the settings; and the merge check (exact: one deterministic computation)."""
+    intervals, settings = {}, {}
+    for model, res in figures["latency"].items():
+        intervals[model] = {name: latency_intervals(s, f"{NUMBER} ({KEY})", f"{model} model, {name}") for name, s in res.items()}
+        settings.update({(model, name): s for name, s in res.items()})
+    points = {key: float(excess(s["merged/base"], s["base again/base"])) for key, s in settings.items()}
+    judged = {key: judge_interval(intervals[key[0]][key[1]]["excess"], MERGED_HOLDS, MERGED_PARTLY, higher_is_better=False)
+              for key in settings}
+    worst_key = max(points, key=points.get)
+    parts = {"latency": worst(*judged.values()),
              "equal outputs": judge(figures["merge_error"], MERGE_TOLERANCE, 10 * MERGE_TOLERANCE, higher_is_better=False)}
-    return {"verdict": combine(*parts.values()), "parts": parts, "worst_merged_excess": max(excess),
-            "worst_merged_deviation": max(abs(m - 1) for m in merged), "worst_control_deviation": max(abs(c - 1) for c in control),
-            "thresholds": {"|merged/base - 1| beyond |base again/base - 1|, holds <=": MERGED_HOLDS, "... partly <=": MERGED_PARTLY,
-                           "merged vs unmerged logits (relative), holds <=": MERGE_TOLERANCE}}
+    return {"verdict": combine(*parts.values()), "parts": parts, "intervals": intervals,
+            "settings_judged": {f"{model}: {name}": v for (model, name), v in judged.items()},
+            "worst_merged_excess": points[worst_key], "worst_setting": list(worst_key),
+            "worst_merged_excess_interval": intervals[worst_key[0]][worst_key[1]]["excess"], "merge_error": "exact",
+            "worst_merged_deviation": max(abs(s["merged/base"] - 1) for s in settings.values()),
+            "worst_control_deviation": max(abs(s["base again/base"] - 1) for s in settings.values()),
+            "thresholds": {"|merged/base - 1| beyond |base again/base - 1|, its 95% interval, worst setting, holds <=": MERGED_HOLDS,
+                           "... partly <=": MERGED_PARTLY, "merged vs unmerged logits (relative, exact), holds <=": MERGE_TOLERANCE}}
 
 
-def plot_latency(results: dict, ax=None, title: str = ""):
-    """Latency of each variant relative to the base model, per setting (bars), with the ±5% band."""
+def plot_latency(results: dict, ax=None, title: str = "", intervals: dict | None = None):
+    """Latency of each variant relative to the base model, per setting (bars), with the ±5% band; each bar with
+    its 95% interval where ``intervals`` (``{setting: latency_intervals(...)}``) gives them."""
     import matplotlib.pyplot as plt
 
     ax = ax or plt.subplots(figsize=(7, 4.5))[1]
@@ -127,15 +139,17 @@ def plot_latency(results: dict, ax=None, title: str = ""):
                                               ("unmerged", "tab:red", "LoRA unmerged / base"),
                                               ("merged", "tab:green", "LoRA merged / base"))):
         values = [results[s][f"{name}/base"] for s in settings]
-        bars = ax.bar(np.arange(len(settings)) + (j - 1) * width, values, width, color=color, label=label)
-        for bar, value, s in zip(bars, values, settings):
-            ax.text(bar.get_x() + bar.get_width() / 2, value, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
+        yerr = error_bars(values, [(intervals or {}).get(s, {}).get(f"{name}/base") for s in settings])
+        bars = ax.bar(np.arange(len(settings)) + (j - 1) * width, values, width, color=color, label=label, yerr=yerr, capsize=3)
+        for bar, value, up in zip(bars, values, yerr[1]):  # above the interval's bar
+            ax.text(bar.get_x() + bar.get_width() / 2, value + up, f"{value:.2f}", ha="center", va="bottom", fontsize=8)
     ax.axhline(1.0, color="k", lw=1)
     ax.axhspan(1 - MERGED_HOLDS, 1 + MERGED_HOLDS, color="tab:green", alpha=0.12, label="±5%")
     ax.set_xticks(range(len(settings)), [f"{s}\nbase {1000 * results[s]['base']:.1f} ms" for s in settings], fontsize=8)
     ax.set_ylabel("latency relative to the base model")
-    ax.set_ylim(0, max(1.3, max(results[s]["unmerged/base"] for s in settings) * 1.15))
-    ax.set_title(title or "Inference latency (medians, interleaved)")
+    tops = [results[s]["unmerged/base"] for s in settings] + [i[1] for s in settings for i in (intervals or {}).get(s, {}).values() if i]
+    ax.set_ylim(0, max(1.3, max(tops) * 1.15))
+    ax.set_title(title or "Inference latency (medians, interleaved" + ("; bars: 95% intervals)" if intervals else ")"))
     ax.legend(fontsize=8, loc="lower right")
     return ax
 
@@ -146,31 +160,40 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     results, s = figures["latency"], figures["settings"]
     fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.8), squeeze=False)
     for ax, (name, res) in zip(axes[0], results.items()):
-        plot_latency(res, ax, f"Inference latency, {name} model (r={LORA_RANK} on Wq, Wv)")
+        plot_latency(res, ax, f"Inference latency, {name} model (r={LORA_RANK} on Wq, Wv; bars: 95% intervals)", verdict["intervals"][name])
     fig.tight_layout()
     plots = [plot(fig, "inference.png")]
 
     lines = []
     for name, res in results.items():
         for setting, t in res.items():
+            ci = verdict["intervals"][name][setting]
             lines.append(f"| {name} | {setting} | {1000 * t['base']:.2f} | {1000 * t['unmerged']:.2f} | {1000 * t['merged']:.2f} | "
-                         f"{t['base again/base']:.2f}x | {t['unmerged/base']:.2f}x | {t['merged/base']:.2f}x |")
+                         + " | ".join(f"{t[k]:.2f}x{interval_cell(ci[k])}" for k in ("base again/base", "unmerged/base", "merged/base"))
+                         + f" | {100 * float(excess(t['merged/base'], t['base again/base'])):.1f}%{interval_cell(ci['excess'], 100, 1)} "
+                         f"({QUICK if quick else verdict['settings_judged'][f'{name}: {setting}']}) |")
     over = figures["unmerged_overhead"]
     body = "\n".join([
         f"Median latency over {s['repeats']} interleaved rounds (ms; the ratios are medians of each round's own ratio), LoRA "
         f"r = {LORA_RANK} on Wq, Wv with a small random update (B ~ N(0, 0.02), as after fine-tuning); clock: "
-        f"{next(iter(next(iter(results.values())).values()))['clock']}; base model: {s['weights']}.",
+        f"{next(iter(next(iter(results.values())).values()))['clock']}; base model: {s['weights']}. In brackets, each "
+        "ratio's 95% interval, whole rounds resampled (a round's variants ran moments apart); the judged figure is the "
+        "last column, merged/base's deviation from 1 beyond the control's, judged in each setting on its interval, "
+        "the worst setting deciding.",
         "",
-        "| model | setting | base | LoRA unmerged | LoRA merged | base again/base (noise) | unmerged/base | merged/base |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | setting | base | LoRA unmerged | LoRA merged | base again/base (noise) | unmerged/base | merged/base | "
+        "merged beyond the noise (judged) |",
+        "|---|---|---|---|---|---|---|---|---|",
         *lines,
         "",
         f"**Merged:** the served model is the base model with W + (α/r) B A in place of W -- the same computation. Its "
         f"latency is within {100 * verdict['worst_merged_deviation']:.1f}% of the base model's in every setting, where a "
         f"second copy of the base model itself strays by up to {100 * verdict['worst_control_deviation']:.1f}% (the "
-        f"noise of this machine); beyond that noise, by at most {100 * verdict['worst_merged_excess']:.1f}% "
-        f"({verdict['parts']['latency']}), and its logits equal the unmerged model's to {figures['merge_error']:.1e} of the largest "
-        f"logit (float32; tolerance {MERGE_TOLERANCE:.0e}: {verdict['parts']['equal outputs']}), while the adapter moved them "
+        f"noise of this machine); beyond that noise, by at most {100 * verdict['worst_merged_excess']:.1f}%"
+        f"{interval_text(verdict['worst_merged_excess_interval'], 100, '%')} ({', '.join(verdict['worst_setting'])}; "
+        f"{verdict['parts']['latency']}), and its logits equal the unmerged model's to {figures['merge_error']:.1e} of the largest "
+        f"logit (exact: one deterministic float32 computation; tolerance {MERGE_TOLERANCE:.0e}: "
+        f"{verdict['parts']['equal outputs']}), while the adapter moved them "
         f"by {max(c['unmerged_vs_base'] for c in figures['checks'].values()):.1e}.",
         "",
         f"**Unmerged:** serving the adapter beside W costs {100 * over['min']:+.0f}% to {100 * over['max']:+.0f}% "
@@ -180,7 +203,9 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "only partly for one kept separate (as when several adapters are served from one base model).",
     ])
     return {"figure": f"merged/base within {100 * verdict['worst_merged_deviation']:.0f}% (noise "
-                      f"{100 * verdict['worst_control_deviation']:.0f}%); unmerged {100 * over['min']:+.0f}% to {100 * over['max']:+.0f}%",
+                      f"{100 * verdict['worst_control_deviation']:.0f}%), beyond the noise {100 * verdict['worst_merged_excess']:.0f}%"
+                      f"{interval_cell(verdict['worst_merged_excess_interval'], 100, 0)}; unmerged {100 * over['min']:+.0f}% to "
+                      f"{100 * over['max']:+.0f}%",
             "measured": f"latency of base, LoRA unmerged and merged (forward at batch {' and '.join(map(str, s['batches']))}"
                         + (", KV-cache generation" if s["gen_tokens"] else "") + "), interleaved medians",
             "body": body, "plots": plots}

@@ -18,13 +18,21 @@ fused ``c_attn`` -- PEFT cannot adapt its query and value slices alone -- and BE
 and value. The two must agree within the spread between seeds: a difference between the
 libraries smaller than the difference between two seeds of one library cannot change any
 conclusion of claim 4.
+
+The uncertainty of that ratio is all in its denominator. The difference between the libraries is
+measured, not estimated: both are deterministic given the seed (the same batches, no dropout), so the
+same runs give the same difference again -- exact for these seeds. The seed spread is a standard
+deviation over two or three seeds, which could be several times larger or smaller than the spread of
+many seeds; its 95% interval (``core.intervals.spread_factors``: s / sigma for normal seeds, about
+[0.16, 1.91] for three) gives the ratio's, and the verdict is read off that.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from minilora.experiments.core import combine, compare_verdicts, judge
+from minilora.experiments.core import HOLDS, combine, compare_verdicts, judge_interval, verdict_range
+from minilora.experiments.core.intervals import spread_factors
 from minilora.experiments.runs import RunSpec, metric, train
 
 KEY, NUMBER = "reference", 5
@@ -118,12 +126,27 @@ def measure(base, session) -> dict:
             "versions": versions, "peft_target": base.PEFT_TARGET, "rank": REFERENCE_RANK, "curve_window": CURVE_WINDOW}
 
 
+def ratio_interval(ratio: float, seeds: int) -> list | None:
+    """The 95% interval of a library difference over a seed spread taken from ``seeds`` seeds: the difference is
+    exact, the spread's true value lies in [s / high, s / low] (``spread_factors``), so the ratio in
+    [ratio * low, ratio * high]; ``None`` for one seed. For the loss curves' spread, a mean over steps of the
+    per-step spread, the one-spread interval is wider than it needs to be: an average varies less than one."""
+    factors = spread_factors(seeds)
+    if factors is None:
+        return None
+    return [0.0, 0.0] if ratio == 0 else [ratio * factors[0], ratio * factors[1]]
+
+
 def verdict(figures: dict) -> dict:
-    """Every setting's worst of its final and curve ratios against the thresholds, combined."""
-    parts = {name: judge(ratio, RATIO_HOLDS, RATIO_PARTLY, higher_is_better=False) for name, ratio in figures["ratios"].items()}
-    return {"verdict": combine(*parts.values()), "parts": parts,
+    """Every setting's worst of its final and curve ratios, read off its 95% interval (the seed spread's
+    uncertainty; the library difference is exact), combined."""
+    intervals = {name: ratio_interval(ratio, len(figures["settings"][name]["seeds"])) for name, ratio in figures["ratios"].items()}
+    parts = {name: judge_interval(ci, RATIO_HOLDS, RATIO_PARTLY, higher_is_better=False) for name, ci in intervals.items()}
+    return {"verdict": combine(*parts.values()), "parts": parts, "intervals": intervals,
+            "exact": "the library differences (deterministic given the seeds); the interval is the seed spread's",
             "thresholds": {"ratio holds <=": RATIO_HOLDS, "ratio partly <=": RATIO_PARTLY,
-                           "ratio": "max(final-figure diff / seed std, loss-curve diff / seed std of curves), per setting"}}
+                           "ratio": "max(final-figure diff / seed std, loss-curve diff / seed std of curves), per setting, "
+                                    "its 95% interval (the seed std's, from the number of seeds)"}}
 
 
 def plot_overlay(curves: dict, ax_row) -> None:
@@ -140,6 +163,29 @@ def plot_overlay(curves: dict, ax_row) -> None:
         ax.legend(fontsize=7)
 
 
+def plot_ratios(ratios: dict, intervals: dict, ax=None):
+    """Each setting's library difference / seed spread (a point) with its 95% interval (a bar), on a log scale,
+    beside the thresholds. A ratio of 0 (no difference at all) is drawn at the axis' left end."""
+    import matplotlib.pyplot as plt
+
+    ax = ax or plt.subplots(figsize=(7, 0.5 + 0.45 * len(ratios)))[1]
+    positive = [v for name in ratios for v in [ratios[name], *(intervals[name] or [])] if 0 < v < float("inf")]
+    floor = min(positive + [RATIO_HOLDS]) / 10
+    for y, (name, ratio) in enumerate(ratios.items()):
+        ci = intervals[name]
+        if ci is not None:
+            ax.plot([max(ci[0], floor), max(ci[1], floor)], [y, y], "|-", color="tab:blue", ms=10,
+                    label="95% interval" if y == 0 else None)
+        ax.plot([max(ratio, floor)], [y], "o", color="tab:blue", label="library diff / seed spread" if y == 0 else None)
+    for x, style, name in ((RATIO_HOLDS, "--", "holds"), (RATIO_PARTLY, ":", "partly")):
+        ax.axvline(x, color="k", ls=style, lw=1, label=f"{name} {x:g}")
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(ratios)), list(ratios), fontsize=8)
+    ax.set_xlabel("library difference / spread between seeds (log scale)")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    return ax
+
+
 def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     import matplotlib.pyplot as plt
 
@@ -148,13 +194,19 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     plot_overlay({name: {**row["curves"], "seeds": row["seeds"]} for name, row in rows.items()}, axes[0])
     fig.tight_layout()
     plots = [plot(fig, "reference_overlay.png")]
+    fig, ax = plt.subplots(figsize=(8, 0.9 + 0.45 * len(rows)))
+    plot_ratios(ratios, verdict["intervals"], ax)
+    fig.tight_layout()
+    plots.append(plot(fig, "reference_ratios.png"))
     worst = max(ratios, key=ratios.get)
     seeds = next(iter(rows.values()))["seeds"]
     repeated = len(next(iter(rows.values()))["reference"])
-    disagree = [k for k, v in parts.items() if v != "holds"]
+    disagree = [k for k, v in parts.items() if verdict_range(v)[1] != HOLDS]  # not even possibly within the spread
+    undecided = [k for k, v in parts.items() if v != HOLDS and k not in disagree]
     v = figures["versions"]
     lines = [f"| {name} | {row['metric']} | {row['final_diff']:.1e} | {row['final_spread']:.3f} | "
-             f"{row['curve_diff']:.1e} | {row['curve_spread']:.3f} | {row['first_step_loss_diff']:.1e} |" for name, row in rows.items()]
+             f"{row['curve_diff']:.1e} | {row['curve_spread']:.3f} | {row['first_step_loss_diff']:.1e} | "
+             f"{ratios[name]:.1e}{_bracket(verdict['intervals'][name])} |" for name, row in rows.items()]
     body = [
         ("**Quick-mode figures** (classification only, 2 seeds, a few dozen steps). " if quick else "")
         + f"minilora and PyTorch {v['torch']} + PEFT {v['peft']} (transformers {v['transformers']}) "
@@ -164,19 +216,35 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         + ("; PEFT cannot adapt only the q and v slices of GPT-2's fused c_attn, and claim 4 runs this setting too"
            if figures["peft_target"] == "c_attn" else "") + "), beside full fine-tuning. "
         + ("They agree within the seed spread in every setting: the library difference is at most "
-           f"{ratios[worst]:.1e} of the spread between seeds ({worst})." if not disagree else
+           f"{ratios[worst]:.1e} of the spread between seeds ({worst}; 95% interval{_bracket(verdict['intervals'][worst])})."
+           if not disagree and not undecided else
            f"They do **not** agree within the seed spread in: {', '.join(disagree)} (worst ratio {ratios[worst]:.2f}, {worst}); "
-           "see the table for the sizes of the differences."),
+           "see the table for the sizes of the differences." if disagree else
+           f"Whether they agree within the seed spread is not decided in: {', '.join(undecided)} (worst ratio "
+           f"{ratios[worst]:.2f}, 95% interval{_bracket(verdict['intervals'][worst])}, {worst})."),
         "",
-        "| setting | final figure | library diff | seed std | loss-curve diff | seed std of curve | step-0 loss diff |",
-        "|---|---|---|---|---|---|---|",
+        "The library differences are exact: both libraries are deterministic given the seed, so the same runs give the "
+        "same differences. The seed spread is estimated from "
+        f"{len(seeds)} seeds, and could be several times larger or smaller than many seeds' would be: each ratio's 95% "
+        "interval is the spread's (its sampling distribution for normal seed-to-seed variation, `core.intervals."
+        "spread_factors`), and the verdict is read off it.",
+        "",
+        "| setting | final figure | library diff (exact) | seed std | loss-curve diff (exact) | seed std of curve | "
+        "step-0 loss diff | ratio (95% interval) |",
+        "|---|---|---|---|---|---|---|---|",
         *lines,
         "",
         "The step-0 loss difference (float32 rounding) shows the two start from the same model; later differences "
         "grow from rounding alone, since every batch and hyperparameter is shared. Curves are "
         f"{figures['curve_window']}-step moving averages of the training loss.",
     ]
-    return {"figure": f"library diff <= {ratios[worst]:.1e} x seed spread", "body": "\n".join(body), "plots": plots}
+    return {"figure": f"library diff <= {ratios[worst]:.1e} x seed spread{_bracket(verdict['intervals'][worst])}",
+            "body": "\n".join(body), "plots": plots}
+
+
+def _bracket(interval) -> str:
+    """A ratio's interval in a table cell or the figure line, in the ratios' own notation (they span decades)."""
+    return "" if interval is None else f" [{interval[0]:.1e}, {interval[1]:.1e}]"
 
 
 def render_comparison(claim: dict) -> str:

@@ -12,6 +12,14 @@ seeds of one test set hides both, so each verdict is read off an interval that c
   arms at once and the difference is not blurred by which rows happened to be drawn.
 * **timings** -- ``repeat_replicates``: the repeats were timed interleaved (one round runs each variant
   moments apart), so a replicate draws whole rounds with replacement, the same rounds for every variant.
+  ``round_ratio_replicates`` does the same for ratios read as ``core.time_rounds`` reads them: the median
+  over the drawn rounds of each round's own ratio to the reference variant; ``latency_intervals`` gives
+  every variant's ratio to the base model its interval, and that of a merged model's ``excess`` over the
+  noise a second copy of the base shows (claims 7 and 10).
+* **a spread between seeds** used as a yardstick (claim 5: the libraries' difference over the seed spread)
+  -- ``spread_factors``: with two or three seeds, resampling seeds is degenerate (a draw of one seed three
+  times has no spread), so the interval of the standard deviation is read off its sampling distribution
+  under normal seed-to-seed variation, drawn as ``REPLICATES`` samples of that many normal seeds.
 * exact counts and analytic memory have no interval: they are marked "exact".
 
 ``percentile_interval`` reads the 2.5th and 97.5th percentiles of the replicates of any figure built
@@ -74,6 +82,55 @@ def repeat_replicates(series: dict, replicates: int = REPLICATES, seed: int = SE
     return {name: a[picks] for name, a in arrays.items()}
 
 
+def per_round_times(setting: dict, claim: str, what: str) -> dict:
+    """``{variant: [seconds per round]}`` of one setting timed by ``core.time_rounds``, or a ValueError naming
+    ``claim`` and ``what`` when a results file written before the rounds were kept lacks them."""
+    if not setting.get("rounds"):
+        raise ValueError(f"claim {claim}: {what}: the per-round times an interval needs are missing; "
+                         "measure the claim again (minilora verify --only ...) with this version")
+    return setting["rounds"]
+
+
+def round_ratio_replicates(rounds: dict, reference: str, replicates: int = REPLICATES, seed: int = SEED) -> dict:
+    """``{name: (replicates,) array}`` of the median over the drawn rounds of each round's own ratio
+    name / ``reference`` (how ``core.time_rounds`` reads a ratio), whole rounds drawn, the same for every name."""
+    base = np.asarray(rounds[reference], dtype=np.float64)
+    ratios = {name: np.asarray(t, dtype=np.float64) / base for name, t in rounds.items() if name != reference}
+    return {name: np.median(r, axis=1) for name, r in repeat_replicates(ratios, replicates, seed).items()}
+
+
+def spread_factors(seeds: int, level: float = LEVEL, replicates: int = REPLICATES, seed: int = SEED) -> list | None:
+    """``[low, high]``: the 95% range of s / sigma, the standard deviation of ``seeds`` draws (ddof=1) over the
+    true one, for normal draws -- so sigma lies in [s / high, s / low], and a figure divided by s, in
+    [figure * low, figure * high]. ``None`` for one seed. Drawn (``replicates`` sets of ``seeds`` normal draws,
+    fixed seed) rather than read off the chi-square distribution, so it needs no statistics library; for
+    three seeds it is about [0.16, 1.91] (s/sigma = sqrt(chi2(2) / 2))."""
+    if seeds < 2:
+        return None
+    draws = np.random.default_rng(seed).standard_normal((replicates, seeds))
+    return percentile_interval(draws.std(axis=1, ddof=1), level)
+
+
+def excess(merged, control):
+    """How far merged/base strays from 1 beyond the control's own |base again/base - 1| (never below 0): the
+    noise of the setting's measurement taken out (claims 7 and 10: a merged LoRA model is the base model's
+    computation, and a second copy of the base, timed alongside, shows the noise). Floats, or replicates."""
+    return np.maximum(0.0, np.abs(np.asarray(merged) - 1) - np.abs(np.asarray(control) - 1))
+
+
+def latency_intervals(setting: dict, claim: str, what: str, merged: str = "merged") -> dict:
+    """One setting's 95% intervals from its rounds (``core.time_rounds``'s), whole rounds resampled: every variant's
+    ``"<variant>/base"`` ratio, and ``"excess"``, the ``merged`` variant's ``excess``; each ``None`` for one
+    round. A setting without its rounds is an error naming ``claim`` and ``what``."""
+    rounds = per_round_times(setting, claim, what)
+    keys = [f"{name}/base" for name in rounds if name != "base"] + ["excess"]
+    if len(rounds["base"]) < 2:
+        return dict.fromkeys(keys)
+    reps = round_ratio_replicates(rounds, "base")
+    out = {f"{name}/base": percentile_interval(r) for name, r in reps.items()}
+    return {**out, "excess": percentile_interval(excess(reps[merged], reps["base again"]))}
+
+
 def median_ratio_interval(numerator, denominator, level: float = LEVEL) -> list | None:
     """The interval of median(numerator) / median(denominator) over interleaved rounds (seconds per round of
     each), the rounds drawn together; ``None`` for a single round."""
@@ -112,6 +169,20 @@ def interval_text(interval, scale: float = 1.0, unit: str = "", digits: int = 1)
         return " (one run: no interval)"
     low, high = (scale * v for v in interval)
     return f" (95% interval [{low:.{digits}f}, {high:.{digits}f}]{unit})"
+
+
+def interval_cell(interval, scale: float = 1.0, digits: int = 2) -> str:
+    """An interval in a table cell whose header says "95% interval": " [a, b]", or "" for ``None`` (one round)."""
+    if interval is None:
+        return ""
+    low, high = (scale * v for v in interval)
+    return f" [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def error_bars(values: list, intervals: list) -> np.ndarray:
+    """``yerr`` for ``ax.bar``: (2, n) distances from each value down to its interval's low end and up to its
+    high end (0 where there is no interval: one round). A percentile interval need not be centred on the value."""
+    return np.array([[v - i[0], i[1] - v] if i else [0.0, 0.0] for v, i in zip(values, intervals)]).T.clip(min=0)
 
 
 def plot_interval(ax, value: float, interval, thresholds: dict, label: str, scale: float = 1.0) -> None:

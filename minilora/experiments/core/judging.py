@@ -107,6 +107,17 @@ def combine(*verdicts: str) -> str:
     return from_range(worse, better)
 
 
+def worst(*verdicts: str) -> str:
+    """The worst of several verdicts of one figure (the worst setting): between the worst each allows at its
+    worse end and the worst each allows at its better end; "inconclusive (one run)" when that is all it knows."""
+    ranges = [verdict_range(v) for v in verdicts]
+    worse, better = (min(ends, key=ORDER.index) for ends in zip(*ranges))
+    reasons = [v for v in verdicts if v.startswith(INCONCLUSIVE)]  # "inconclusive (one run)": it says why
+    if (worse, better) == (FAILS, HOLDS) and reasons:
+        return reasons[0]
+    return from_range(worse, better)
+
+
 def verdicts_differ_text(verdicts: dict) -> str:
     """The opening of a comparison between bases: ``{base's name in a sentence: verdict}``, and whether they differ."""
     if len(set(verdicts.values())) == 1:

@@ -147,8 +147,9 @@ def time_rounds(variants: dict, tasks: dict, repeats: int, threads: int | None =
     One untimed warm-up of every variant first (caches, first-touch allocations); then ``repeats``
     rounds, each running every variant once in an order rotated by one each round. Returns
     ``{setting: {variant: median seconds, "<variant>/<first>": the median over rounds of that round's
-    ratio, "repeats", "clock"}}`` -- a round's variants ran moments apart, so a slow spell of the
-    machine slows them all and cancels out of the ratio."""
+    ratio, "repeats", "clock", "rounds": {variant: seconds in each round}}}`` -- a round's variants ran
+    moments apart, so a slow spell of the machine slows them all and cancels out of the ratio; the rounds
+    are kept for the ratios' intervals (``core.intervals.round_ratio_replicates``: whole rounds resampled)."""
     from minilora.tensor import no_grad
 
     names = list(variants)
@@ -166,5 +167,5 @@ def time_rounds(variants: dict, tasks: dict, repeats: int, threads: int | None =
                     times[name].append(now() - t0)
             medians = {name: float(np.median(t)) for name, t in times.items()}
             paired = {f"{name}/{names[0]}": float(np.median(np.divide(times[name], times[names[0]]))) for name in names[1:]}
-            out[setting] = {**medians, **paired, "repeats": repeats, "clock": clock_name}
+            out[setting] = {**medians, **paired, "repeats": repeats, "clock": clock_name, "rounds": times}
     return out
