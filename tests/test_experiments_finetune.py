@@ -398,16 +398,44 @@ def test_retained_share():
     assert routed["cls"] == pytest.approx(1.0) and routed["code"] == pytest.approx(0.0)
 
 
-def test_sensitivity_verdict_flips():
-    def sensitivity(rank_ratio, rank_range, target_ratio, target_range):
-        return sens.verdict({"rank": {"Wq+Wv": {"ratio": rank_ratio, "range": rank_range}}, "widest": "Wq+Wv",
-                             "target": {"ratio": target_ratio, "range": target_range}})["verdict"]
+def sensitivity_figures(lost: dict, seeds: int = 3, comparisons: int = 1) -> dict:
+    """Claim 9's judged figures from synthetic per-row accuracies: 300 test rows, the same ones right for every
+    setting except ``lost[setting]`` (+ the seed) of them; rank judged between "r=1" and "r=8", target sets alike."""
+    right = np.random.default_rng(0).random(300) < 0.9
 
-    assert sensitivity(5.0, 0.1, 5.0, 0.1) == HOLDS
-    assert sensitivity(5.0, 0.1, 2.0, 0.1) == PARTLY
-    assert sensitivity(5.0, 0.01, 5.0, 0.01) == FAILS  # ranges below MIN_RANGE count as no effect
-    assert sensitivity(1.0, 0.1, 1.0, 0.1) == FAILS
-    assert sensitivity(math.inf, 0.1, math.inf, 0.1) == PARTLY  # one seed: no noise estimate
+    def runs(k):
+        out = []
+        for seed in range(seeds):
+            rows = right.astype(float)
+            rows[np.random.default_rng(10 + seed).choice(np.flatnonzero(right), k + seed, replace=False)] = 0.0
+            out.append(rows.tolist())
+        return out
+
+    rows = {name: runs(k) for name, k in lost.items()}
+    mean = {name: float(np.mean(r)) for name, r in rows.items()}
+    judged = {part: {"best": best, "worst": worst, "difference": mean[best] - mean[worst], "comparisons": comparisons}
+              for part, (best, worst) in {"rank": ("r=8", "r=1"), "target matrices": ("Wq+Wv", "Wq")}.items()}
+    return {"judged": judged, "rows": rows}
+
+
+def test_sensitivity_is_judged_on_the_interval_of_best_minus_worst():
+    def verdict(rank_lost, target_lost, **kw):  # rows lost by the worst setting of each part (the best loses none)
+        return sens.verdict(sensitivity_figures({"r=8": 0, "r=1": rank_lost, "Wq+Wv": 0, "Wq": target_lost}, **kw))
+
+    clear = verdict(30, 30)  # 10 points apart, the interval well above 2
+    assert clear["verdict"] == HOLDS and clear["intervals"]["rank"][0] > sens.RANGE_HOLDS
+    assert verdict(30, 1)["parts"] == {"rank": HOLDS, "target matrices": FAILS}  # 0.3 points: below 2 on all its interval
+    straddle = verdict(9, 30)  # 3 points, the interval across 2
+    low, high = straddle["intervals"]["rank"]
+    assert low < sens.RANGE_HOLDS < high and straddle["parts"]["rank"] == f"{FAILS} or {HOLDS} — inconclusive"
+    # the pick among many pairs widens the interval (Bonferroni): 15 pairs, wider than one
+    wide = verdict(30, 30, comparisons=15)["intervals"]["rank"]
+    assert wide[0] < clear["intervals"]["rank"][0] and wide[1] > clear["intervals"]["rank"][1]
+    assert verdict(30, 30, seeds=1)["verdict"] == ONE_RUN  # one seed: no interval
+    figures = sensitivity_figures({"r=8": 0, "r=1": 30, "Wq+Wv": 0, "Wq": 30})
+    del figures["rows"]
+    with pytest.raises(ValueError, match=r"claim 9 \(sensitivity\).*per-row"):
+        sens.verdict(figures)
 
 
 def test_spread_against_noise():
