@@ -378,13 +378,54 @@ def test_rank_verdict_flips():
     assert ir.verdict({"diverged": True})["verdict"] == FAILS
 
 
-def test_modularity_verdict_flips():
-    good = dict(storage_ratio=0.02, swap_speedup=100.0, retained={"cls": 0.9, "code": 0.95}, mixed_batch={"max_abs_diff": 1e-6})
-    assert mod.verdict(good)["verdict"] == HOLDS
-    assert mod.verdict({**good, "retained": {"cls": 0.6, "code": 0.9}})["verdict"] == PARTLY
-    assert mod.verdict({**good, "mixed_batch": {"max_abs_diff": 1e-2}})["parts"]["mixed batch"] == FAILS
-    assert mod.verdict(dict(storage_ratio=0.9, swap_speedup=1.0, retained={"cls": 0.1, "code": float("nan")},
-                            mixed_batch={"max_abs_diff": 1.0}))["verdict"] == FAILS
+def modularity_scores(kept: float, seeds: int = 3, rows: int = 300) -> list:
+    """Each seed's combination scores on synthetic rows: the base right on a third of the classification rows, each
+    adapter alone on two thirds (its gain), the combination on ``kept`` of that gain (+ a row a seed); code losses
+    alike (base 2.0, the adapter 1.5, the combination keeping ``kept`` of the 0.5)."""
+    base = (np.arange(rows) % 3 == 0).astype(float)
+    alone = (np.arange(rows) % 3 != 2).astype(float)
+    out = []
+    for seed in range(seeds):
+        both = base.copy()
+        both[np.flatnonzero(alone - base)[: int(kept * rows / 3) + seed]] = 1.0
+        wave = 0.1 * np.sin(np.arange(rows) + seed)  # rows differ, the same for every arm of a seed
+        losses = {"base": 2.0 + wave, "cls": 2.0 + wave, "code": 1.5 + wave, "both": 2.0 - 0.5 * kept + wave}
+        accuracy = {"base": base, "cls": alone, "code": base, "both": both}
+        out.append({name: {"cls": {"accuracy": float(accuracy[name].mean()), "loss": 1.0, "rows": {"accuracy": accuracy[name].tolist()}},
+                           "code": {"loss": float(losses[name].mean()), "accuracy": 0.5, "rows": {"loss": losses[name].tolist()}}}
+                    for name in ("base", "cls", "code", "both")})
+    return out
+
+
+def modularity_figures(kept: float = 0.9, seeds: int = 3, **changes) -> dict:
+    per_seed = modularity_scores(kept, seeds)
+    return {"storage_ratio": 0.02, "swap_speedup": 100.0, "mixed_batch": {"max_abs_diff": 1e-6},
+            "rounds": {"full_checkpoint_load": [1e-2, 1.1e-2, 0.9e-2, 1e-2], "set_adapter": [1e-4, 1e-4, 1.1e-4, 0.9e-4]},
+            "combination": per_seed[0], "combination_seeds": {"seeds": list(range(seeds)), "scores": per_seed[1:]},
+            "retained": mod.retained(mod.mean_scores(per_seed)), **changes}
+
+
+def test_modularity_is_judged_on_exact_figures_and_intervals():
+    good = mod.verdict(modularity_figures(0.95))
+    assert good["verdict"] == HOLDS and good["intervals"]["storage"] == "exact"
+    low, high = good["intervals"]["combination"]
+    assert mod.RETAINED_HOLDS < low <= good["worst_retained"] <= high and good["intervals"]["swap"][0] > mod.SPEEDUP_HOLDS
+    assert mod.verdict(modularity_figures(0.65))["parts"]["combination"] == PARTLY
+    straddle = mod.verdict(modularity_figures(0.8))  # the share sits on the holds line: its interval crosses it
+    assert straddle["parts"]["combination"] == f"{PARTLY} or {HOLDS} — inconclusive"
+    assert mod.verdict(modularity_figures(0.95, seeds=1))["parts"]["combination"] == ONE_RUN
+    assert mod.verdict(modularity_figures(mixed_batch={"max_abs_diff": 1e-2}))["parts"]["mixed batch"] == FAILS
+    bad = modularity_figures(0.1, storage_ratio=0.9, rounds={"full_checkpoint_load": [1.0, 1.1], "set_adapter": [1.0, 1.0]},
+                             mixed_batch={"max_abs_diff": 1.0})
+    assert mod.verdict(bad)["verdict"] == FAILS
+    old = modularity_figures()
+    del old["combination_seeds"]
+    with pytest.raises(ValueError, match=r"claim 8 \(modularity\)"):
+        mod.verdict(old)
+    for scores in old["combination"].values():
+        scores["cls"].pop("rows")
+    with pytest.raises(ValueError, match=r"claim 8 \(modularity\).*per-row"):
+        mod.verdict({**old, "combination_seeds": {"seeds": [0, 1], "scores": [old["combination"]]}})
 
 
 def test_retained_share():
