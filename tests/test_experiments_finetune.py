@@ -368,14 +368,29 @@ def test_reference_verdict_flips():
     assert ref.verdict({"ratios": {"a": 3.5, "b": 4.0}})["verdict"] == FAILS
 
 
-def test_rank_verdict_flips():
-    def rank(share, phi):
-        return ir.verdict({"mean_share": {"cls": share}, "mean_phi_1_1": phi})["verdict"]
+def rank_figures(shares: list, phis: list) -> dict:
+    """Claim 6's figures from per-matrix values: each matrix's top-8 energy share (one task), each adapted matrix's φ(1,1)."""
+    return {"mean_share": {"cls": float(np.mean(shares))}, "mean_phi_1_1": float(np.mean(phis)),
+            "spectra": {"cls": {f"h.{i}.Wq": {"share": {"8": v}} for i, v in enumerate(shares)}},
+            "phi": {**{f"h.{i}.Wq": {"phi_1_1": v} for i, v in enumerate(phis)}, "random": {"phi_1_1": 0.008}}}
 
-    assert rank(ir.SHARE_HOLDS, ir.PHI_HOLDS) == HOLDS
-    assert rank(ir.SHARE_HOLDS - 0.01, ir.PHI_HOLDS) == PARTLY
-    assert rank(ir.SHARE_PARTLY - 0.01, ir.PHI_PARTLY - 0.01) == FAILS
+
+def test_rank_is_judged_on_intervals_over_the_matrices():
+    def rank(shares, phis):
+        return ir.verdict(rank_figures(shares, phis))
+
+    tight = rank([0.70, 0.72, 0.68, 0.71], [0.60, 0.62, 0.58, 0.61])  # every matrix well above the holds lines
+    assert tight["verdict"] == HOLDS and tight["intervals"]["share"][0] > ir.SHARE_HOLDS
+    assert rank([0.40, 0.42, 0.38, 0.41], [0.60, 0.62, 0.58, 0.61])["parts"]["energy in top 8"] == PARTLY
+    assert rank([0.10, 0.12, 0.08, 0.11], [0.01, 0.02, 0.01, 0.03])["verdict"] == FAILS
+    # one matrix at 0.574 lifts a mean of seven near 0.05 past 0.10: the interval over the matrices straddles it
+    lifted = rank([0.7] * 8, [0.05, 0.04, 0.06, 0.05, 0.03, 0.07, 0.05, 0.574])
+    low, high = lifted["intervals"]["phi"]
+    assert low < ir.PHI_PARTLY < np.mean([0.05, 0.04, 0.06, 0.05, 0.03, 0.07, 0.05, 0.574]) < high
+    assert lifted["parts"]["phi(1,1) of r=8 vs r=64"] == f"{FAILS} or {PARTLY} — inconclusive"
     assert ir.verdict({"diverged": True})["verdict"] == FAILS
+    with pytest.raises(ValueError, match=r"claim 6 \(rank\).*per-matrix"):
+        ir.verdict({"mean_share": {"cls": 0.7}, "mean_phi_1_1": 0.6})
 
 
 def modularity_scores(kept: float, seeds: int = 3, rows: int = 300) -> list:
