@@ -230,7 +230,8 @@ def differences(toy: dict, llama: dict) -> dict:
     both have, in (target set, r) order. A setting whose every run failed on one architecture only has an infinite
     difference (it failed there); one that failed on both is left out."""
     out = {}
-    for key in sorted(toy["gaps"].keys() & llama["gaps"].keys(), key=lambda k: tuple(toy["keys"][k])):
+    order = list(TARGET_SET_LABELS)  # the judged set first
+    for key in sorted(toy["gaps"].keys() & llama["gaps"].keys(), key=lambda k: (order.index(toy["keys"][k][0]), toy["keys"][k][1])):
         g, l = toy["gaps"][key], llama["gaps"][key]
         if np.isnan(g) and np.isnan(l):
             continue
@@ -263,7 +264,8 @@ def compare(slots: dict) -> dict:
     gap_intervals = {name: {key: gap_interval(arms(f, key, name)) for key in f["gaps"] if np.isfinite(f["gaps"][key])}
                      for name, f in figures.items()}
     return {"verdict": verdict, "differences": diffs, "gap_intervals": gap_intervals, "judged": judged,
-            "clear": [k for k, v in diffs.items() if v["differs"][0]], "descriptive": [k for k in diffs if toy["keys"][k][0] in DESCRIPTIVE],
+            "clear": [k for k, v in diffs.items() if v["differs"][0] and k in (judged, *others)],
+            "descriptive": [k for k in diffs if toy["keys"][k][0] in DESCRIPTIVE],
             "thresholds": {"judged setting": judged, "a difference counts when its 95% interval lies beyond +- (accuracy)": DIFF_HOLDS}}
 
 
