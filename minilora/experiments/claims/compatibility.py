@@ -306,11 +306,12 @@ def plot_gaps(per_arch: dict, keys: dict, bert: dict | None, ax) -> None:
 ARCH_NAMES = {"toy": "GPT-2", "llama": "LLaMA"}
 
 
-def points(value: float, interval, sign: str = "") -> str:
-    """An accuracy figure in points with its 95% interval ("one run: no interval" where an arm rests on one run)."""
+def points(value: float, interval=False, sign: str = "") -> str:
+    """An accuracy figure in points with its 95% interval ("one run: no interval" where an arm rests on one run;
+    none at all for ``interval=False``)."""
     if not np.isfinite(value):
         return "every run of one architecture failed" if np.isinf(value) else "not measurable (every run failed)"
-    return f"{100 * value:{sign}.1f}" + interval_text(interval, 100, " points")
+    return f"{100 * value:{sign}.1f}" + ("" if interval is False else interval_text(interval, 100, " points"))
 
 
 def differs_text(flags: list) -> str:
@@ -409,7 +410,8 @@ def render_claim(claim: dict, plot, quick: bool) -> dict:
     for key, dd in comp["differences"].items():
         g, l = f["toy"]["gaps"][key], f["llama"]["gaps"][key]
         counts = "shown, not judged" if key in comp["descriptive"] else differs_text(dd["differs"])
-        lines.append(f"| {key} | {points(g, None).split(' (')[0]} | {points(l, None).split(' (')[0]} | "
+        lines.append(f"| {key} | {points(g, ci['toy'].get(key)).replace(' points', '')} | "
+                     f"{points(l, ci['llama'].get(key)).replace(' points', '')} | "
                      f"{points(dd['difference'], dd['interval'], '+').replace(' points', '')} | {counts} |")
     if bert is not None:
         rows = bert["rows"]
@@ -421,7 +423,6 @@ def render_claim(claim: dict, plot, quick: bool) -> dict:
                   f"{fmt(rows['full'], 'accuracy')}; the gap to it "
                   + ", ".join(f"{'query+value' if k.startswith(TARGET_SET_LABELS['default']) else 'all attention'} "
                               f"r={k.split('r=')[1]} {points(g, ci[bert_name].get(k))}" for k, g in ordered) + "."]
-    short = lambda value: points(value, None).split(" (")[0]  # noqa: E731  (without "one run: no interval")
-    return {"figure": f"gap at query+value r=8: GPT-2 {short(judged['toy'])}, LLaMA {short(judged['llama'])} points; "
+    return {"figure": f"gap at query+value r=8: GPT-2 {points(judged['toy'])}, LLaMA {points(judged['llama'])} points; "
                       f"difference {points(d['difference'], d['interval'], '+')}",
             "measured": MEASURED + ", r in " + ", ".join(map(str, s["ranks"])), "body": "\n".join(lines), "plots": plots}
