@@ -185,7 +185,7 @@ def test_claim_runs_end_to_end(tiny_setup, tmp_path, monkeypatch, quick):
         twin["comparison"] = json.loads(json.dumps(compat.compare(twin["bases"])))
         assert twin["comparison"]["verdict"] == HOLDS
         body = render_claim("compatibility", twin, compat, tmp_path, "results.json: claims.compatibility")["body"]
-        assert "a difference of **+20.0 (95% interval [" in body and "here: yes" in body
+        assert "a difference of **+20.0 points (95% interval [" in body and "here: yes" in body
 
 
 def test_the_llama_base_names_the_command_when_its_checkpoint_is_missing(tiny_setup, tmp_path):

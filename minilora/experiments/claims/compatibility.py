@@ -279,14 +279,14 @@ def plot_gaps(per_arch: dict, keys: dict, bert: dict | None, ax) -> None:
     (``per_arch``: ``{arch: (label, gaps, intervals)}``); none drawn for one run."""
     styles = {"toy": "C0", "llama": "C1"}
     for arch, (label, g, ci) in per_arch.items():
-        for t, ls in (("qv", "-"), ("default", ":"), ("all-linear", "--")):
+        for t, ls in (("qv", "o-"), ("default", "s:"), ("all-linear", "^--")):
             ranks = sorted(keys[k][1] for k in g if keys[k][0] == t and np.isfinite(g[k]))
             if not ranks or (arch == "llama" and t == "default"):  # LLaMA's default is its query and value
                 continue
             names = [key_text(t, r) for r in ranks]
             y = np.array([100 * g[n] for n in names])
             err = np.array([[100 * (g[n] - ci[n][0]), 100 * (ci[n][1] - g[n])] if ci.get(n) else [0.0, 0.0] for n in names]).T
-            ax.errorbar(ranks, y, yerr=err, fmt="o" + ls, color=styles.get(arch, "C2"), capsize=3,
+            ax.errorbar(ranks, y, yerr=err, fmt=ls, color=styles.get(arch, "C2"), capsize=3,
                         label=f"{label}, {TARGET_SET_LABELS[t]}")
     if bert is not None:
         points = sorted((int(k.split("r=")[1]), v) for k, v in bert["gaps"].items()
@@ -311,7 +311,7 @@ def points(value: float, interval=False, sign: str = "") -> str:
     none at all for ``interval=False``)."""
     if not np.isfinite(value):
         return "every run of one architecture failed" if np.isinf(value) else "not measurable (every run failed)"
-    return f"{100 * value:{sign}.1f}" + ("" if interval is False else interval_text(interval, 100, " points"))
+    return f"{100 * value:{sign}.1f} points" + ("" if interval is False else interval_text(interval, 100))
 
 
 def differs_text(flags: list) -> str:
@@ -423,6 +423,6 @@ def render_claim(claim: dict, plot, quick: bool) -> dict:
                   f"{fmt(rows['full'], 'accuracy')}; the gap to it "
                   + ", ".join(f"{'query+value' if k.startswith(TARGET_SET_LABELS['default']) else 'all attention'} "
                               f"r={k.split('r=')[1]} {points(g, ci[bert_name].get(k))}" for k, g in ordered) + "."]
-    return {"figure": f"gap at query+value r=8: GPT-2 {points(judged['toy'])}, LLaMA {points(judged['llama'])} points; "
+    return {"figure": f"gap at query+value r=8: GPT-2 {points(judged['toy'])}, LLaMA {points(judged['llama'])}; "
                       f"difference {points(d['difference'], d['interval'], '+')}",
             "measured": MEASURED + ", r in " + ", ".join(map(str, s["ranks"])), "body": "\n".join(lines), "plots": plots}

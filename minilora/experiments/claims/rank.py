@@ -38,7 +38,7 @@ import functools
 import numpy as np
 
 from minilora.experiments.core import FAILS, combine, compare_verdicts, judge_interval
-from minilora.experiments.core.intervals import LEVEL, REPLICATES, SEED, interval_text, percentile_interval
+from minilora.experiments.core.intervals import LEVEL, REPLICATES, SEED, interval_text, percentile_interval, plot_interval
 from minilora.experiments.runs import RunSpec, summarize, train, trained_state
 
 KEY, NUMBER = "rank", 6
@@ -460,8 +460,6 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
 def plot_intervals(figures: dict, verdict: dict):
     """The two judged figures with their intervals over the matrices, against their thresholds."""
     import matplotlib.pyplot as plt
-
-    from minilora.experiments.core.intervals import plot_interval
 
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(8.6, 3.6))
     plot_interval(ax1, verdict["share"], verdict["intervals"]["share"], {"holds": SHARE_HOLDS, "partly": SHARE_PARTLY},
