@@ -108,6 +108,13 @@ def test_results_without_per_row_figures_are_refused_naming_the_claim():
         compat.compare({"toy": {"figures": emptied}, "llama": {"figures": twin({JUDGED: 6})}})
 
 
+def test_a_tuned_setting_still_at_an_end_of_its_rates_is_named():
+    table = {"full": [3e-3, {"1e-4": {}, "3e-4": {}, "1e-3": {}, "3e-3": {}}],  # extended once past the top, still there
+             "q_proj+v_proj r=8": [3e-3, {"1e-3": {}, "3e-3": {}, "1e-2": {}}]}
+    assert compat.edge_settings({"lr_selection": table}) == ["full (0.003, the top of 0.0001, 0.0003, 0.001, 0.003)"]
+    assert compat.edge_settings({"lr_selection": None}) == []  # quick mode chooses none
+
+
 @pytest.mark.parametrize("base, expected", [(TOY, 16_384), (LLAMA, 14_336)], ids=["gpt2", "llama"])
 def test_the_judged_setting_trains_q_and_v_updates(base, expected):
     """At the shipped bases' sizes (4 layers, width 128; LLaMA's v_proj 128 -> 64): GPT-2 through the q and v slices
