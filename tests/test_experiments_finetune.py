@@ -431,23 +431,79 @@ def test_headline_figures():
     assert accuracy._gap_points(0.118) == "11.8 points"
 
 
-def test_rank_verdict_flips():
-    def rank(share, phi):
-        return ir.verdict({"mean_share": {"cls": share}, "mean_phi_1_1": phi})["verdict"]
+def rank_figures(shares: list, phis: list) -> dict:
+    """Claim 6's figures from per-matrix values: each matrix's top-8 energy share (one task), each adapted matrix's φ(1,1)."""
+    return {"mean_share": {"cls": float(np.mean(shares))}, "mean_phi_1_1": float(np.mean(phis)),
+            "spectra": {"cls": {f"h.{i}.Wq": {"share": {"8": v}} for i, v in enumerate(shares)}},
+            "phi": {**{f"h.{i}.Wq": {"phi_1_1": v} for i, v in enumerate(phis)}, "random": {"phi_1_1": 0.008}}}
 
-    assert rank(ir.SHARE_HOLDS, ir.PHI_HOLDS) == HOLDS
-    assert rank(ir.SHARE_HOLDS - 0.01, ir.PHI_HOLDS) == PARTLY
-    assert rank(ir.SHARE_PARTLY - 0.01, ir.PHI_PARTLY - 0.01) == FAILS
+
+def test_rank_is_judged_on_intervals_over_the_matrices():
+    def rank(shares, phis):
+        return ir.verdict(rank_figures(shares, phis))
+
+    tight = rank([0.70, 0.72, 0.68, 0.71], [0.60, 0.62, 0.58, 0.61])  # every matrix well above the holds lines
+    assert tight["verdict"] == HOLDS and tight["intervals"]["share"][0] > ir.SHARE_HOLDS
+    assert rank([0.40, 0.42, 0.38, 0.41], [0.60, 0.62, 0.58, 0.61])["parts"]["energy in top 8"] == PARTLY
+    assert rank([0.10, 0.12, 0.08, 0.11], [0.01, 0.02, 0.01, 0.03])["verdict"] == FAILS
+    # one matrix at 0.574 lifts a mean of seven near 0.05 past 0.10: the interval over the matrices straddles it
+    lifted = rank([0.7] * 8, [0.05, 0.04, 0.06, 0.05, 0.03, 0.07, 0.05, 0.574])
+    low, high = lifted["intervals"]["phi"]
+    assert low < ir.PHI_PARTLY < np.mean([0.05, 0.04, 0.06, 0.05, 0.03, 0.07, 0.05, 0.574]) < high
+    assert lifted["parts"]["phi(1,1) of r=8 vs r=64"] == f"{FAILS} or {PARTLY} — inconclusive"
     assert ir.verdict({"diverged": True})["verdict"] == FAILS
+    with pytest.raises(ValueError, match=r"claim 6 \(rank\).*per-matrix"):
+        ir.verdict({"mean_share": {"cls": 0.7}, "mean_phi_1_1": 0.6})
 
 
-def test_modularity_verdict_flips():
-    good = dict(storage_ratio=0.02, swap_speedup=100.0, retained={"cls": 0.9, "code": 0.95}, mixed_batch={"max_abs_diff": 1e-6})
-    assert mod.verdict(good)["verdict"] == HOLDS
-    assert mod.verdict({**good, "retained": {"cls": 0.6, "code": 0.9}})["verdict"] == PARTLY
-    assert mod.verdict({**good, "mixed_batch": {"max_abs_diff": 1e-2}})["parts"]["mixed batch"] == FAILS
-    assert mod.verdict(dict(storage_ratio=0.9, swap_speedup=1.0, retained={"cls": 0.1, "code": float("nan")},
-                            mixed_batch={"max_abs_diff": 1.0}))["verdict"] == FAILS
+def modularity_scores(kept: float, seeds: int = 3, rows: int = 300) -> list:
+    """Each seed's combination scores on synthetic rows: the base right on a third of the classification rows, each
+    adapter alone on two thirds (its gain), the combination on ``kept`` of that gain (+ a row a seed); code losses
+    alike (base 2.0, the adapter 1.5, the combination keeping ``kept`` of the 0.5)."""
+    base = (np.arange(rows) % 3 == 0).astype(float)
+    alone = (np.arange(rows) % 3 != 2).astype(float)
+    out = []
+    for seed in range(seeds):
+        both = base.copy()
+        both[np.flatnonzero(alone - base)[: int(kept * rows / 3) + seed]] = 1.0
+        wave = 0.1 * np.sin(np.arange(rows) + seed)  # rows differ, the same for every arm of a seed
+        losses = {"base": 2.0 + wave, "cls": 2.0 + wave, "code": 1.5 + wave, "both": 2.0 - 0.5 * kept + wave}
+        accuracy = {"base": base, "cls": alone, "code": base, "both": both}
+        out.append({name: {"cls": {"accuracy": float(accuracy[name].mean()), "loss": 1.0, "rows": {"accuracy": accuracy[name].tolist()}},
+                           "code": {"loss": float(losses[name].mean()), "accuracy": 0.5, "rows": {"loss": losses[name].tolist()}}}
+                    for name in ("base", "cls", "code", "both")})
+    return out
+
+
+def modularity_figures(kept: float = 0.9, seeds: int = 3, **changes) -> dict:
+    per_seed = modularity_scores(kept, seeds)
+    return {"storage_ratio": 0.02, "swap_speedup": 100.0, "mixed_batch": {"max_abs_diff": 1e-6},
+            "rounds": {"full_checkpoint_load": [1e-2, 1.1e-2, 0.9e-2, 1e-2], "set_adapter": [1e-4, 1e-4, 1.1e-4, 0.9e-4]},
+            "combination": per_seed[0], "combination_seeds": {"seeds": list(range(seeds)), "scores": per_seed[1:]},
+            "retained": mod.retained(mod.mean_scores(per_seed)), **changes}
+
+
+def test_modularity_is_judged_on_exact_figures_and_intervals():
+    good = mod.verdict(modularity_figures(0.95))
+    assert good["verdict"] == HOLDS and good["intervals"]["storage"] == "exact"
+    low, high = good["intervals"]["combination"]
+    assert mod.RETAINED_HOLDS < low <= good["worst_retained"] <= high and good["intervals"]["swap"][0] > mod.SPEEDUP_HOLDS
+    assert mod.verdict(modularity_figures(0.65))["parts"]["combination"] == PARTLY
+    straddle = mod.verdict(modularity_figures(0.8))  # the share sits on the holds line: its interval crosses it
+    assert straddle["parts"]["combination"] == f"{PARTLY} or {HOLDS} — inconclusive"
+    assert mod.verdict(modularity_figures(0.95, seeds=1))["parts"]["combination"] == ONE_RUN
+    assert mod.verdict(modularity_figures(mixed_batch={"max_abs_diff": 1e-2}))["parts"]["mixed batch"] == FAILS
+    bad = modularity_figures(0.1, storage_ratio=0.9, rounds={"full_checkpoint_load": [1.0, 1.1], "set_adapter": [1.0, 1.0]},
+                             mixed_batch={"max_abs_diff": 1.0})
+    assert mod.verdict(bad)["verdict"] == FAILS
+    old = modularity_figures()
+    del old["combination_seeds"]
+    with pytest.raises(ValueError, match=r"claim 8 \(modularity\)"):
+        mod.verdict(old)
+    for scores in old["combination"].values():
+        scores["cls"].pop("rows")
+    with pytest.raises(ValueError, match=r"claim 8 \(modularity\).*per-row"):
+        mod.verdict({**old, "combination_seeds": {"seeds": [0, 1], "scores": [old["combination"]]}})
 
 
 def test_retained_share():
@@ -461,16 +517,44 @@ def test_retained_share():
     assert routed["cls"] == pytest.approx(1.0) and routed["code"] == pytest.approx(0.0)
 
 
-def test_sensitivity_verdict_flips():
-    def sensitivity(rank_ratio, rank_range, target_ratio, target_range):
-        return sens.verdict({"rank": {"Wq+Wv": {"ratio": rank_ratio, "range": rank_range}}, "widest": "Wq+Wv",
-                             "target": {"ratio": target_ratio, "range": target_range}})["verdict"]
+def sensitivity_figures(lost: dict, seeds: int = 3, comparisons: int = 1) -> dict:
+    """Claim 9's judged figures from synthetic per-row accuracies: 300 test rows, the same ones right for every
+    setting except ``lost[setting]`` (+ the seed) of them; rank judged between "r=1" and "r=8", target sets alike."""
+    right = np.random.default_rng(0).random(300) < 0.9
 
-    assert sensitivity(5.0, 0.1, 5.0, 0.1) == HOLDS
-    assert sensitivity(5.0, 0.1, 2.0, 0.1) == PARTLY
-    assert sensitivity(5.0, 0.01, 5.0, 0.01) == FAILS  # ranges below MIN_RANGE count as no effect
-    assert sensitivity(1.0, 0.1, 1.0, 0.1) == FAILS
-    assert sensitivity(math.inf, 0.1, math.inf, 0.1) == PARTLY  # one seed: no noise estimate
+    def runs(k):
+        out = []
+        for seed in range(seeds):
+            rows = right.astype(float)
+            rows[np.random.default_rng(10 + seed).choice(np.flatnonzero(right), k + seed, replace=False)] = 0.0
+            out.append(rows.tolist())
+        return out
+
+    rows = {name: runs(k) for name, k in lost.items()}
+    mean = {name: float(np.mean(r)) for name, r in rows.items()}
+    judged = {part: {"best": best, "worst": worst, "difference": mean[best] - mean[worst], "comparisons": comparisons}
+              for part, (best, worst) in {"rank": ("r=8", "r=1"), "target matrices": ("Wq+Wv", "Wq")}.items()}
+    return {"judged": judged, "rows": rows}
+
+
+def test_sensitivity_is_judged_on_the_interval_of_best_minus_worst():
+    def verdict(rank_lost, target_lost, **kw):  # rows lost by the worst setting of each part (the best loses none)
+        return sens.verdict(sensitivity_figures({"r=8": 0, "r=1": rank_lost, "Wq+Wv": 0, "Wq": target_lost}, **kw))
+
+    clear = verdict(30, 30)  # 10 points apart, the interval well above 2
+    assert clear["verdict"] == HOLDS and clear["intervals"]["rank"][0] > sens.RANGE_HOLDS
+    assert verdict(30, 1)["parts"] == {"rank": HOLDS, "target matrices": FAILS}  # 0.3 points: below 2 on all its interval
+    straddle = verdict(9, 30)  # 3 points, the interval across 2
+    low, high = straddle["intervals"]["rank"]
+    assert low < sens.RANGE_HOLDS < high and straddle["parts"]["rank"] == f"{FAILS} or {HOLDS} — inconclusive"
+    # the pick among many pairs widens the interval (Bonferroni): 15 pairs, wider than one
+    wide = verdict(30, 30, comparisons=15)["intervals"]["rank"]
+    assert wide[0] < clear["intervals"]["rank"][0] and wide[1] > clear["intervals"]["rank"][1]
+    assert verdict(30, 30, seeds=1)["verdict"] == ONE_RUN  # one seed: no interval
+    figures = sensitivity_figures({"r=8": 0, "r=1": 30, "Wq+Wv": 0, "Wq": 30})
+    del figures["rows"]
+    with pytest.raises(ValueError, match=r"claim 9 \(sensitivity\).*per-row"):
+        sens.verdict(figures)
 
 
 def test_spread_against_noise():
