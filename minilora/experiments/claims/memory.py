@@ -71,6 +71,9 @@ def verdict(figures: dict) -> dict:
     return {"verdict": judge(figures["ratio"], RATIO_HOLDS, RATIO_PARTLY, higher_is_better=False),
             "parts": {"LoRA/full peak": judge(figures["ratio"], RATIO_HOLDS, RATIO_PARTLY, higher_is_better=False)},
             "agreement": judge(figures["max_error"], AGREEMENT, 2 * AGREEMENT, higher_is_better=False),
+            # one step's allocation trace is fixed by the code and the shapes (no seed, no sampling, no clock):
+            # the same peak every time, so no interval (issue #21: "exact")
+            "intervals": {"LoRA/full peak": "exact"},
             "thresholds": {"LoRA/full peak (judged setting), holds <=": RATIO_HOLDS, "... partly <=": RATIO_PARTLY,
                            "measured vs analytic, agreement <=": AGREEMENT}}
 
