@@ -44,15 +44,43 @@ def reference_streams(references) -> list:
     return [[refs[j] if j < len(refs) else None for refs in references] for j in range(width)]
 
 
+def resample_counts(n: int, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_bootstrap, n): how often each of ``n`` rows (MRs) is drawn in each resample with replacement."""
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_bootstrap)])
+
+
+def resampled_scores(stats, statistic, counts) -> np.ndarray:
+    """``statistic`` of each resample's summed row statistics: ``stats`` (N, k), one row of additive
+    statistics per MR; ``counts`` (R, N), how often each resample draws each MR. A corpus score is
+    recomputed from the resample's summed counts -- never averaged over MRs -- and with every count 1
+    it is the corpus score itself. The one function behind both kinds of interval: over MRs here,
+    over MRs and seeds in ``minilora.experiments.core.intervals.replicate_statistics``."""
+    return np.array([statistic(row) for row in np.asarray(counts, dtype=np.float64) @ np.asarray(stats, dtype=np.float64)])
+
+
 def bootstrap_interval(stats, statistic, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, level: float = LEVEL) -> list:
     """The ``level`` percentile interval of ``statistic(stats[rows].sum(0))`` over ``n_bootstrap``
     resamples of the rows (the MRs) with replacement. ``stats``: (N, k), one row of additive
     statistics per MR (n-gram counts, or a score to average: then ``statistic`` divides by N)."""
     stats = np.asarray(stats, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    values = [statistic(stats[rng.integers(0, len(stats), len(stats))].sum(0)) for _ in range(n_bootstrap)]
+    values = resampled_scores(stats, statistic, resample_counts(len(stats), n_bootstrap, np.random.default_rng(seed)))
     tail = 100 * (1 - level) / 2
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
+
+
+def bleu_stats(hypotheses, references) -> np.ndarray:
+    """(N, 10): sacrebleu's BLEU statistics of each MR (hypothesis and reference lengths, matched and total
+    n-grams for n = 1..4), which ``bleu_from_stats`` turns back into corpus BLEU once summed over MRs."""
+    from sacrebleu.metrics import BLEU
+
+    return np.array(BLEU()._extract_corpus_statistics(list(hypotheses), reference_streams(references)), dtype=np.float64)
+
+
+def bleu_from_stats(counts) -> float:
+    """Corpus BLEU (0-100) from BLEU statistics summed over MRs (``bleu_stats(...).sum(0)``), as sacrebleu computes it."""
+    from sacrebleu.metrics import BLEU
+
+    return float(BLEU()._compute_score_from_stats(list(counts)).score)
 
 
 def _sacrebleu_scores(metric, hypotheses, streams, n_bootstrap: int, seed: int) -> dict:
