@@ -56,7 +56,9 @@ SEEDS = {False: (0, 1, 2, 3, 4), True: (0, 1)}  # quick: two seeds, so that the 
 RATE_GRIDS = {"full": (1e-3, 3e-3), "lora": (3e-2, 1e-1), "houlsby": (3e-3, 1e-2), "prefix": (1e-2, 3e-2),
               "ia3": (3e-2, 1e-1)}
 MAX_EXTENSIONS = 2  # half-decade steps beyond a grid whose best rate is at its edge
-QUICK_STEPS = 10  # quick mode: training steps per run (and QUICK's handful of MRs); the grid's first rate, not chosen
+# Quick mode: QUICK_STEPS steps of QUICK_BATCH pairs per run, QUICK's handful of MRs (bases/e2e.py), each
+# grid's first rate (not chosen): the code path end to end in seconds, nothing the figures could decide.
+QUICK_STEPS, QUICK_BATCH = 5, 4
 PAPER_TABLE3 = {  # GPT-2 Medium on the E2E test set, Hu et al. (2022), Table 3: trainable parameters, BLEU, ROUGE-L
     "FT*": ("354.92M", "68.2", "71.0"), "Adapter^L*": ("0.37M", "66.3", "69.8"), "Adapter^H": ("11.09M", "67.3 ± .6", "70.7 ± .2"),
     "FT^Top2*": ("25.19M", "68.1", "70.8"), "PreLayer*": ("0.35M", "69.7", "71.4"), "LoRA": ("0.35M", "70.4 ± .1", "71.8 ± .1")}
@@ -90,7 +92,7 @@ def _task(session):
 def _spec(session, arch: str, method: str, size, seed: int, lr: float) -> e2e.E2ESpec:
     quick = session.quick
     return e2e.E2ESpec(base=arch, method=method, size=size, seed=seed, lr=lr, quick=quick,
-                       steps=QUICK_STEPS if quick else None)
+                       steps=QUICK_STEPS if quick else None, batch_size=QUICK_BATCH if quick else e2e.BATCH_SIZE)
 
 
 def _trained(session, spec) -> tuple:
@@ -232,21 +234,26 @@ def setting_row(name: str, runs: list, judged: bool, rate: dict) -> str:
             f"{bleu} | {other('chrf')} | {other('rouge_l')} |")
 
 
-def _plot_bleu_vs_params(figures: dict, plot) -> str:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7.5, 4))
+def plot_bleu_vs_params(figures: dict, ax) -> None:
+    """Test BLEU against trained parameters (log scale): a dot per kept run, a larger one for each setting's mean."""
     for name, runs in figures["runs"].items():
         good = kept(runs)
         if not good:
             continue
-        ax.scatter([runs[0]["trainable"]] * len(good), [r["scores"]["bleu"]["score"] for r in good], alpha=0.4)
-        ax.plot([runs[0]["trainable"]], [mean_bleu(good)], "o", label=name)
+        points = ax.scatter([runs[0]["trainable"]] * len(good), [r["scores"]["bleu"]["score"] for r in good], alpha=0.4, s=12)
+        ax.plot([runs[0]["trainable"]], [mean_bleu(good)], "o", color=points.get_facecolor()[0][:3], label=name)
     ax.set_xscale("log")
     ax.set_xlabel("trained parameters")
     ax.set_ylabel("test BLEU (sacrebleu)")
     ax.set_title(f"E2E NLG on {figures['base_name']}" + (" (quick: rough)" if figures["settings"]["mode"] == "quick" else ""))
     ax.legend(fontsize=7)
+
+
+def _plot(figures: dict, plot) -> str:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4))
+    plot_bleu_vs_params(figures, ax)
     fig.tight_layout()
     return plot(fig, "e2e_bleu_vs_params.png")
 
@@ -269,12 +276,12 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     runs = figures["runs"]
     d, interval = verdict["bleu_difference"], verdict["intervals"]["bleu_difference"]
     figure = f"LoRA r=4 - full: {d:+.1f} BLEU" + interval_text(interval, unit=" BLEU")
-    mode = (f"**Quick-mode figures** ({QUICK_STEPS} steps, {s['test_mrs']} test MRs, seeds {s['seeds']}, rates not chosen, "
+    mode = (f"**Quick-mode figures** ({QUICK_STEPS} steps of {QUICK_BATCH} pairs, {s['test_mrs']} test MRs, seeds {s['seeds']}, rates not chosen, "
             "sentences cut short): "
             "rough, for a demo only. ") if quick else ""
     lines = [
-        mode + f"{figures['base_name']}, {runs[full_name][0]['steps']} steps at batch {s['batch_size']} (one epoch in full "
-        f"mode), greedy decoding of {s['test_mrs']} test MRs (cap {runs[full_name][0]['max_new_tokens']} bytes). Full fine-tuning reaches {mean_bleu(kept(runs[full_name])):.1f} BLEU, LoRA r=4 on "
+        mode + f"{figures['base_name']}, {runs[full_name][0]['steps']} steps at batch {runs[full_name][0]['spec']['batch_size']} (one "
+        f"epoch in full mode), greedy decoding of {s['test_mrs']} test MRs (cap {runs[full_name][0]['max_new_tokens']} bytes). Full fine-tuning reaches {mean_bleu(kept(runs[full_name])):.1f} BLEU, LoRA r=4 on "
         f"W_q and W_v {mean_bleu(kept(runs[lora_name])):.1f} with {runs[lora_name][0]['trainable']:,} trained parameters "
         f"(of {runs[full_name][0]['trainable']:,}): **{figure}** ({verdict['verdict']}; non-inferiority, margins "
         f"{MARGIN_HOLDS:g} / {MARGIN_PARTLY:g} BLEU). The interval: two-level bootstrap, the test MRs drawn once per "
@@ -315,7 +322,7 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
                   "e2e-metrics (ROUGE-L with beta 1.2) against sacrebleu and rouge-score (docs/e2e.md):", "",
                   "| method (paper) | trainable | BLEU | ROUGE-L |", "|---|---|---|---|",
                   *[f"| {m} | {p} | {b} | {r} |" for m, (p, b, r) in PAPER_TABLE3.items()]]
-    return {"figure": figure, "body": "\n".join(lines), "plots": [_plot_bleu_vs_params(figures, plot)]}
+    return {"figure": figure, "body": "\n".join(lines), "plots": [_plot(figures, plot)]}
 
 
 def render_comparison(claim: dict) -> str:
@@ -325,4 +332,4 @@ def render_comparison(claim: dict) -> str:
                                       "gap on LLaMA may partly be a rate that suits it less.")
 
 
-__all__ = ["measure", "verdict", "render", "judge_bleu", "choose_rates", "generations_name"]
+__all__ = ["measure", "verdict", "render", "judge_bleu", "choose_rates", "generations_name", "plot_bleu_vs_params", "setting_row"]
