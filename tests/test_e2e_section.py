@@ -58,18 +58,18 @@ def test_an_empty_generation_scores_zero_and_is_judged_without_crashing(task):
     empty = [""] * N
     assert bleu_from_stats(bleu_stats(empty, task.test_refs[:N]).sum(0)) == 0.0
     good = [refs[0] for refs in task.test_refs[:N]]
-    full = [fake_run(task, good, s) for s in range(3)]
-    v = section.verdict(figures(full, [fake_run(task, empty, s) for s in range(3)]))
+    full = [fake_run(task, good, s) for s in range(2)]
+    v = section.verdict(figures(full, [fake_run(task, empty, s) for s in range(2)]))
     assert v["verdict"] == FAILS and v["bleu_difference"] == pytest.approx(-100)
 
 
 def test_the_verdict_is_read_off_the_interval_of_lora_minus_full(task, monkeypatch):
     good = [refs[0] for refs in task.test_refs[:N]]
     shifted = good[1:] + good[:1]  # each MR gets its neighbour's sentence
-    full = [fake_run(task, good, s) for s in range(3)]
-    same = section.verdict(figures(full, [fake_run(task, good, s) for s in range(3)]))
+    full = [fake_run(task, good, s) for s in range(2)]
+    same = section.verdict(figures(full, [fake_run(task, good, s) for s in range(2)]))
     assert same["verdict"] == HOLDS and same["intervals"]["bleu_difference"] == [0.0, 0.0]
-    worse = section.verdict(figures(full, [fake_run(task, shifted, s) for s in range(3)]))
+    worse = section.verdict(figures(full, [fake_run(task, shifted, s) for s in range(2)]))
     assert worse["verdict"] == FAILS and worse["intervals"]["bleu_difference"][1] < -section.MARGIN_PARTLY
     # an interval straddling the holds margin: between partly and holds; below both margins' span: all three
     for interval, expected in (([-3.0, 0.5], inconclusive("partly", HOLDS)), ([-6.0, 1.0], inconclusive(FAILS, HOLDS)),
@@ -80,7 +80,7 @@ def test_the_verdict_is_read_off_the_interval_of_lora_minus_full(task, monkeypat
     # failed runs (decided on validation) are left out: one kept run has no interval; none kept, nothing to compare
     one = [fake_run(task, good, 0)] + [fake_run(task, good, s, status="below baseline") for s in (1, 2)]
     assert section.verdict(figures(full, one))["verdict"] == ONE_RUN
-    none = [fake_run(task, good, s, status="diverged") for s in range(3)]
+    none = [fake_run(task, good, s, status="diverged") for s in range(2)]
     assert section.verdict(figures(full, none))["verdict"] == FAILS
 
 

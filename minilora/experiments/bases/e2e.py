@@ -196,7 +196,7 @@ def measure_test(model, spec: E2ESpec, task=None) -> dict:
     generations = [text(ids) for ids in generated]
     refs = task.test_refs[: len(test_mrs)]
     return {"generations": generations, "decode_seconds": decode_seconds, "max_new_tokens": cap,
-            "scores": score_corpus(generations, refs, seed=spec.seed), "bleu_stats": bleu_stats(generations, refs).tolist()}
+            "scores": score_corpus(generations, refs, seed=spec.seed), "bleu_stats": bleu_stats(generations, refs).astype(int).tolist()}
 
 
 
