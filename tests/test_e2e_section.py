@@ -140,4 +140,4 @@ def test_the_quick_section_end_to_end(tmp_path):
                 files += 1
     assert files == 2 * 2 * len(section.SEEDS[True]) + len(section.DESCRIPTIVE)
     readme = (out / "README.md").read_text()
-    assert "Quick-mode figures" in readme and "The paper's Table 3" in readme and "e2e_bleu_vs_params.png" in readme
+    assert "Quick-mode figures" in readme and "The paper's Table 3" in readme and "e2e_gpt_bleu_vs_params.png" in readme and "### On base_512 (GPT-2)" in readme

@@ -253,7 +253,7 @@ def _plot(figures: dict, plot) -> str:
     fig, ax = plt.subplots(figsize=(7.5, 4))
     plot_bleu_vs_params(figures, ax)
     fig.tight_layout()
-    return plot(fig, "e2e_bleu_vs_params.png")
+    return plot(fig, f"e2e_{figures['arch']}_bleu_vs_params.png")
 
 
 def write_outputs(figures: dict, plot) -> list:
@@ -323,11 +323,28 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
     return {"figure": figure, "body": "\n".join(lines), "plots": [_plot(figures, plot)]}
 
 
-def render_comparison(claim: dict) -> str:
-    from minilora.experiments.core import compare_verdicts
-
-    return compare_verdicts(claim) + (" The learning rates were chosen on the GPT base and reused on LLaMA, so a "
-                                      "gap on LLaMA may partly be a rate that suits it less.")
+def compare(slots: dict) -> dict:
+    """No verdict of its own (the section's is the bases' combined): the thresholds, which both bases share."""
+    return {"thresholds": next(iter(slots.values()))["verdict"]["thresholds"]}
 
 
-__all__ = ["measure", "verdict", "render", "judge_bleu", "choose_rates", "generations_name", "plot_bleu_vs_params", "setting_row"]
+def render_claim(claim: dict, plot, quick: bool) -> dict:
+    """The section over both bases, each under its own name (base_512, llama_base_512: the 512-position twins of
+    the bases verify knows as toy and llama), then the two compared."""
+    from minilora.experiments.core import verdicts_differ_text
+
+    body, plots, figures = [], [], []
+    for slot in claim["bases"].values():
+        f, v = slot["figures"], slot["verdict"]
+        part = render(f, v, plot, quick)
+        body += [f"### On {f['base_name']}", "", f"**Verdict on {f['base_name']}: {v['verdict']}.** {part['body'].strip()}", ""]
+        plots += part["plots"]
+        figures.append(f"{f['base_name']}: {part['figure']} ({v['verdict']})")
+    names = {slot["figures"]["base_name"]: slot["verdict"]["verdict"] for slot in claim["bases"].values()}
+    if len(names) > 1:
+        body += ["### The bases compared", "", verdicts_differ_text(names) + " The learning rates were chosen on the GPT "
+                 "base and reused on LLaMA, so a gap on LLaMA may partly be a rate that suits it less."]
+    return {"figure": " · ".join(figures), "measured": claim["measured"], "body": "\n".join(body).strip(), "plots": plots}
+
+
+__all__ = ["measure", "verdict", "render", "judge_bleu", "choose_rates", "generations_name", "plot_bleu_vs_params", "setting_row", "render_claim"]
