@@ -16,7 +16,7 @@ sacrebleu = pytest.importorskip("sacrebleu")
 from minilora.experiments.claims import e2e as section  # noqa: E402
 from minilora.experiments.core import FAILS, HOLDS, ONE_RUN, inconclusive  # noqa: E402
 from minilora.experiments.core.intervals import replicate_statistics  # noqa: E402
-from minilora.nlg_metrics import bleu_from_stats, bleu_stats, reference_streams, resampled_scores  # noqa: E402
+from minilora.nlg_metrics import corpus_stats, reference_streams, resampled_scores, score_corpus, score_from_stats  # noqa: E402
 from minilora.tasks import e2e_task  # noqa: E402
 
 N = 40  # test MRs of the synthetic runs
@@ -28,10 +28,13 @@ def task():
 
 
 def fake_run(task, generations, seed=0, status="ok", n=N):
-    refs = task.test_refs[:n]
+    """A run's figures as measure_test returns them, for the given sentences (scored, with 20 resamples)."""
     return {"spec": {"seed": seed}, "status": status, "generations": generations, "val_loss": 1.0, "trainable": 8192,
-            "steps": 1, "max_new_tokens": 8, "bleu_stats": bleu_stats(generations, refs).tolist(),
-            "scores": {"bleu": {"score": sacrebleu.corpus_bleu(generations, reference_streams(refs)).score}}}
+            "steps": 1, "max_new_tokens": 8, "scores": score_corpus(generations, task.test_refs[:n], n_bootstrap=20)}
+
+
+def bleu(counts):
+    return score_from_stats("bleu", counts)
 
 
 def figures(full, lora):
@@ -41,22 +44,24 @@ def figures(full, lora):
 def test_corpus_bleu_from_summed_counts_is_sacrebleu_s_and_the_bootstrap_resamples_it(task):
     refs = task.test_refs[:N]
     hyps = [r[-1] for r in task.test_refs[1 : N + 1]]  # another MR's sentence: a BLEU well inside (0, 100)
-    stats = bleu_stats(hyps, refs)
+    stats = corpus_stats("bleu", hyps, refs)
     expected = sacrebleu.corpus_bleu(hyps, reference_streams(refs)).score
     assert 0 < expected < 100
-    assert bleu_from_stats(stats.sum(0)) == pytest.approx(expected, rel=1e-12)
+    assert bleu(stats.sum(0)) == pytest.approx(expected, rel=1e-12)
+    chrf = corpus_stats("chrf", hyps, refs).sum(0)
+    assert score_from_stats("chrf", chrf) == pytest.approx(sacrebleu.corpus_chrf(hyps, reference_streams(refs)).score, rel=1e-12)
     # every MR drawn once: the resample is the full sample, and its score sacrebleu's
-    assert resampled_scores(stats, bleu_from_stats, np.ones((1, N)))[0] == pytest.approx(expected, rel=1e-12)
+    assert resampled_scores(stats, bleu, np.ones((1, N)))[0] == pytest.approx(expected, rel=1e-12)
     # two levels, one arm of two identical seeds: the replicates scatter around the corpus score
-    reps = replicate_statistics({"a": [stats, stats]}, bleu_from_stats, replicates=400)["a"]
+    reps = replicate_statistics({"a": [stats, stats]}, bleu, replicates=400)["a"]
     assert reps.shape == (400,) and np.quantile(reps, 0.025) < expected < np.quantile(reps, 0.975)
     with pytest.raises(ValueError, match=r"\(seeds, rows, k\)"):
-        replicate_statistics({"a": stats}, bleu_from_stats)
+        replicate_statistics({"a": stats}, bleu)
 
 
 def test_an_empty_generation_scores_zero_and_is_judged_without_crashing(task):
     empty = [""] * N
-    assert bleu_from_stats(bleu_stats(empty, task.test_refs[:N]).sum(0)) == 0.0
+    assert bleu(corpus_stats("bleu", empty, task.test_refs[:N]).sum(0)) == 0.0
     good = [refs[0] for refs in task.test_refs[:N]]
     full = [fake_run(task, good, s) for s in range(2)]
     v = section.verdict(figures(full, [fake_run(task, empty, s) for s in range(2)]))

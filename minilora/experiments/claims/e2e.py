@@ -30,13 +30,15 @@ beside the report (``render``), one file per run, which ``sacrebleu`` re-scores 
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from minilora.experiments.bases import e2e
 from minilora.experiments.core import FAILS, ONE_RUN, non_inferiority
-from minilora.experiments.core.intervals import interval_text, percentile_interval, replicate_statistics
+from minilora.experiments.core.intervals import interval_text, percentile_interval, replicate_means, replicate_statistics
 from minilora.experiments.runs.rates import OK, choose_rate, run_status
-from minilora.nlg_metrics import bleu_from_stats
+from minilora.nlg_metrics import SACREBLEU, score_from_stats
 
 KEY, NUMBER = "e2e", 15
 TITLE = "E2E NLG, the LoRA paper's own benchmark, in miniature"
@@ -169,13 +171,17 @@ def kept(runs: list) -> list:
     return [r for r in runs if r["status"] == OK]
 
 
-def bleu_replicates(arms: dict) -> dict:
-    """Two-level bootstrap replicates of each arm's mean corpus BLEU over seeds (``{arm: [runs]}``, the same MRs)."""
-    return replicate_statistics({arm: [r["bleu_stats"] for r in runs] for arm, runs in arms.items()}, bleu_from_stats)
+def replicates(arms: dict, metric: str = "bleu") -> dict:
+    """Two-level bootstrap replicates of each arm's mean score over seeds (``{arm: [runs]}``, scored on the same MRs):
+    BLEU and chrF recomputed from the drawn MRs' summed statistics, ROUGE-L a mean over the drawn MRs."""
+    rows = {arm: [r["scores"][metric]["rows"] for r in runs] for arm, runs in arms.items()}
+    if metric in SACREBLEU:
+        return replicate_statistics(rows, functools.partial(score_from_stats, metric))
+    return replicate_means(rows)
 
 
-def mean_bleu(runs: list) -> float:
-    return float(np.mean([r["scores"]["bleu"]["score"] for r in runs])) if runs else float("nan")
+def mean_bleu(runs: list, metric: str = "bleu") -> float:
+    return float(np.mean([r["scores"][metric]["score"] for r in runs])) if runs else float("nan")
 
 
 def judge_bleu(lora: list, full: list) -> tuple:
@@ -185,7 +191,7 @@ def judge_bleu(lora: list, full: list) -> tuple:
     difference = mean_bleu(lora) - mean_bleu(full)
     if min(len(lora), len(full)) < 2:
         return difference, None, ONE_RUN
-    reps = bleu_replicates({"lora": lora, "full": full})
+    reps = replicates({"lora": lora, "full": full})
     interval = percentile_interval(reps["lora"] - reps["full"])
     return difference, interval, non_inferiority(interval, MARGIN_HOLDS, MARGIN_PARTLY)
 
@@ -214,22 +220,20 @@ def generations_name(arch: str, setting: str, seed: int) -> str:
 
 
 def setting_row(name: str, runs: list, judged: bool, rate: dict) -> str:
-    """One row of the table: kept runs' means; a judged setting's BLEU with its two-level interval."""
+    """One row of the table: the kept runs' mean of each score with its 95% interval -- several seeds: the two-level
+    interval of their mean (``replicates``); one run: its own interval over MRs (``nlg_metrics.score_corpus``)."""
     good = kept(runs)
     n = f"{len(good)} of {len(runs)}" if judged else "1 (descriptive)"
     if not good:
         return f"| {name} | {rate['lr']:g} | {runs[0]['trainable']:,} | {n} | no run kept | | | |"
-    # several seeds: the two-level interval of their mean; one run: its interval over MRs (nlg_metrics.score_corpus)
-    interval = percentile_interval(bleu_replicates({"arm": good})["arm"]) if len(good) > 1 else good[0]["scores"]["bleu"]["interval"]
-    bleu = f"{mean_bleu(good):.1f} [{interval[0]:.1f}, {interval[1]:.1f}]"
 
-    def other(metric):
-        scores = [r["scores"][metric] for r in good]
-        text = f"{np.mean([s['score'] for s in scores]):.1f}"
-        return text + (" [{:.1f}, {:.1f}]".format(*scores[0]["interval"]) if len(good) == 1 else f" ± {np.std([s['score'] for s in scores], ddof=1):.1f}")
+    def cell(metric):
+        interval = (percentile_interval(replicates({"arm": good}, metric)["arm"]) if len(good) > 1
+                    else good[0]["scores"][metric]["interval"])
+        return f"{mean_bleu(good, metric):.1f} [{interval[0]:.1f}, {interval[1]:.1f}]"
 
     return (f"| {name} | {rate['lr']:g} | {runs[0]['trainable']:,} | {n} | {np.mean([r['val_loss'] for r in good]):.3f} | "
-            f"{bleu} | {other('chrf')} | {other('rouge_l')} |")
+            f"{cell('bleu')} | {cell('chrf')} | {cell('rouge_l')} |")
 
 
 def plot_bleu_vs_params(figures: dict, ax) -> None:
@@ -285,13 +289,13 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         f"{MARGIN_HOLDS:g} / {MARGIN_PARTLY:g} BLEU). The interval: two-level bootstrap, the test MRs drawn once per "
         "replicate for both arms and each arm's seeds drawn, corpus BLEU recomputed from the drawn MRs' n-gram counts.",
         "",
-        "| setting | lr | trained | runs kept | val loss | BLEU [95% interval] | chrF | ROUGE-L |",
+        "| setting | lr | trained | runs kept | val loss | BLEU [95% interval] | chrF [95%] | ROUGE-L [95%] |",
         "|---|---|---|---|---|---|---|---|",
         *[setting_row(name, runs[name], name in figures["judged"], figures["rates"][name]) for name in runs],
         "",
         "BLEU and chrF: sacrebleu, corpus-level against every reference of each MR; ROUGE-L: rouge-score, best reference, "
-        "mean over MRs. A judged setting's chrF and ROUGE-L: mean ± std over its kept seeds; a single run's: its bootstrap "
-        "interval over MRs. Descriptive rows: seed 0 only, no verdict.",
+        "mean over MRs. Intervals: a judged setting's, two-level over its kept seeds and the test MRs; a single run's, "
+        "over the test MRs. Descriptive rows: seed 0 only, no verdict.",
         "",
         f"**Failure rule** (on validation, before the test output is read): a run fails when its validation loss is not "
         f"finite or no better than the untuned base's ({figures['untuned_val_loss']:.3f} nats/byte). Failed: "

@@ -53,7 +53,7 @@ def replicate_statistics(arms: dict, statistic=None, replicates: int = REPLICATE
     """``replicate_means`` for any figure of the drawn rows: ``{arm: (seeds, rows) array}`` and their mean
     (``statistic=None``), or ``{arm: (seeds, rows, k) array}`` of additive per-row statistics and a
     corpus score of their sum (``statistic(summed (k,) counts)``: corpus BLEU, which is not a mean of
-    per-sentence figures, from ``nlg_metrics.bleu_stats``). Each replicate draws the rows once for every arm,
+    per-sentence figures, from ``nlg_metrics.corpus_stats``). Each replicate draws the rows once for every arm,
     scores each seed on them (``nlg_metrics.resampled_scores``), draws each arm's seeds and averages."""
     from minilora.nlg_metrics import resampled_scores
 
