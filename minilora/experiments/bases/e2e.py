@@ -33,7 +33,10 @@ used beam search of width 10. Bytes become text with ``errors="replace"`` (a byt
 UTF-8 character), and a generated line break other than the end marker (``\\r``, ...) becomes a
 space, so that the output file holds exactly one line per test MR.
 
-Nothing here judges: ``run_e2e`` returns figures; the verdict belongs to the claim that uses them.
+A run is ``train_e2e`` (the trained model, and its figures up to the validation loss, which the
+failure rule reads) then ``measure_test`` (decode the test MRs, score them); ``run_e2e`` does both.
+The section that chooses learning rates trains candidates with ``train_e2e`` alone and decodes only
+the chosen one. Nothing here judges: the verdict belongs to ``experiments/claims/e2e.py``.
 """
 
 from __future__ import annotations
