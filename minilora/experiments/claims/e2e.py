@@ -180,7 +180,8 @@ def replicates(arms: dict, metric: str = "bleu") -> dict:
     return replicate_means(rows)
 
 
-def mean_bleu(runs: list, metric: str = "bleu") -> float:
+def mean_score(runs: list, metric: str = "bleu") -> float:
+    """The mean over ``runs`` of their test ``metric`` ("bleu", "chrf", "rouge_l"); NaN for no run."""
     return float(np.mean([r["scores"][metric]["score"] for r in runs])) if runs else float("nan")
 
 
@@ -188,7 +189,7 @@ def judge_bleu(lora: list, full: list) -> tuple:
     """(LoRA - full fine-tuning's mean BLEU, its 95% interval or None, the non-inferiority verdict) from the kept runs."""
     if not lora or not full:  # every run of an arm failed: nothing to compare
         return float("nan"), None, FAILS
-    difference = mean_bleu(lora) - mean_bleu(full)
+    difference = mean_score(lora) - mean_score(full)
     if min(len(lora), len(full)) < 2:
         return difference, None, ONE_RUN
     reps = replicates({"lora": lora, "full": full})
@@ -230,7 +231,7 @@ def setting_row(name: str, runs: list, judged: bool, rate: dict) -> str:
     def cell(metric):
         interval = (percentile_interval(replicates({"arm": good}, metric)["arm"]) if len(good) > 1
                     else good[0]["scores"][metric]["interval"])
-        return f"{mean_bleu(good, metric):.1f} [{interval[0]:.1f}, {interval[1]:.1f}]"
+        return f"{mean_score(good, metric):.1f} [{interval[0]:.1f}, {interval[1]:.1f}]"
 
     return (f"| {name} | {rate['lr']:g} | {runs[0]['trainable']:,} | {n} | {np.mean([r['val_loss'] for r in good]):.3f} | "
             f"{cell('bleu')} | {cell('chrf')} | {cell('rouge_l')} |")
@@ -243,7 +244,7 @@ def plot_bleu_vs_params(figures: dict, ax) -> None:
         if not good:
             continue
         points = ax.scatter([runs[0]["trainable"]] * len(good), [r["scores"]["bleu"]["score"] for r in good], alpha=0.4, s=12)
-        ax.plot([runs[0]["trainable"]], [mean_bleu(good)], "o", color=points.get_facecolor()[0][:3], label=name)
+        ax.plot([runs[0]["trainable"]], [mean_score(good)], "o", color=points.get_facecolor()[0][:3], label=name)
     ax.set_xscale("log")
     ax.set_xlabel("trained parameters")
     ax.set_ylabel("test BLEU (sacrebleu)")
@@ -283,8 +284,8 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
             "rough, for a demo only. ") if quick else ""
     lines = [
         mode + f"{figures['base_name']}, {runs[full_name][0]['steps']} steps at batch {runs[full_name][0]['spec']['batch_size']} (one "
-        f"epoch in full mode), greedy decoding of {s['test_mrs']} test MRs (cap {runs[full_name][0]['max_new_tokens']} bytes). Full fine-tuning reaches {mean_bleu(kept(runs[full_name])):.1f} BLEU, LoRA r=4 on "
-        f"W_q and W_v {mean_bleu(kept(runs[lora_name])):.1f} with {runs[lora_name][0]['trainable']:,} trained parameters "
+        f"epoch in full mode), greedy decoding of {s['test_mrs']} test MRs (cap {runs[full_name][0]['max_new_tokens']} bytes). Full fine-tuning reaches {mean_score(kept(runs[full_name])):.1f} BLEU, LoRA r=4 on "
+        f"W_q and W_v {mean_score(kept(runs[lora_name])):.1f} with {runs[lora_name][0]['trainable']:,} trained parameters "
         f"(of {runs[full_name][0]['trainable']:,}): **{figure}** ({verdict['verdict']}; non-inferiority, margins "
         f"{MARGIN_HOLDS:g} / {MARGIN_PARTLY:g} BLEU). The interval: two-level bootstrap, the test MRs drawn once per "
         "replicate for both arms and each arm's seeds drawn, corpus BLEU recomputed from the drawn MRs' n-gram counts.",
