@@ -96,15 +96,14 @@ def score_from_stats(name: str, counts) -> float:
 
 
 def _sacrebleu_scores(name: str, hypotheses, references, n_bootstrap: int, seed: int) -> dict:
-    """A sacrebleu metric's corpus score, its interval over MRs, its signature, and the per-MR statistics (``rows``)
-    that a bootstrap over MRs and seeds resamples (``core.intervals.replicate_statistics``)."""
+    """A sacrebleu metric's corpus score, its interval over MRs and its signature."""
     stats = corpus_stats(name, hypotheses, references)  # (N, k): counts per MR
 
     def score(counts):
         return score_from_stats(name, counts)
 
     return {"score": score(stats.sum(0)), "interval": bootstrap_interval(stats, score, n_bootstrap, seed),
-            "signature": _metric(name).get_signature().format(), "rows": stats.astype(int).tolist()}
+            "signature": _metric(name).get_signature().format()}
 
 
 def rouge_l(hypotheses, references) -> np.ndarray:
@@ -133,8 +132,7 @@ def score_corpus(hypotheses, references, n_bootstrap: int = N_BOOTSTRAP, seed: i
         **{name: _sacrebleu_scores(name, hypotheses, references, n_bootstrap, seed) for name in SACREBLEU},
         "rouge_l": {"score": float(rouge.mean()),
                     "interval": bootstrap_interval(rouge[:, None], lambda s: float(s[0]) / len(rouge), n_bootstrap, seed),
-                    "signature": f"rouge-score {metadata.version('rouge-score')}: rougeL F1, best reference, no stemmer, mean over MRs",
-                    "rows": rouge.tolist()},
+                    "signature": f"rouge-score {metadata.version('rouge-score')}: rougeL F1, best reference, no stemmer, mean over MRs"},
         "n_mrs": len(hypotheses),
         "n_bootstrap": n_bootstrap,
     }

@@ -188,7 +188,7 @@ def train_e2e(spec: E2ESpec, progress: bool = False, task=None) -> tuple:
 def measure_test(model, spec: E2ESpec, task=None) -> dict:
     """A trained model's test figures: ``generations`` (one line per test MR, in the test file's order),
     ``decode_seconds``, ``max_new_tokens``, ``scores`` (``nlg_metrics.score_corpus``: BLEU, chrF, ROUGE-L with
-    intervals, signatures and the per-MR rows that two-level intervals resample)."""
+    intervals and signatures)."""
     task = task or e2e_task()
     _, _, test_mrs = quick_sizes(spec, task)
     prompts = [task.prompt(mr) for mr in test_mrs]

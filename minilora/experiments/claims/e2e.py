@@ -38,7 +38,7 @@ from minilora.experiments.bases import e2e
 from minilora.experiments.core import FAILS, ONE_RUN, non_inferiority
 from minilora.experiments.core.intervals import interval_text, percentile_interval, replicate_means, replicate_statistics
 from minilora.experiments.runs.rates import OK, choose_rate, run_status
-from minilora.nlg_metrics import SACREBLEU, score_from_stats
+from minilora.nlg_metrics import SACREBLEU, corpus_stats, rouge_l, score_from_stats
 
 KEY, NUMBER = "e2e", 15
 TITLE = "E2E NLG, the LoRA paper's own benchmark, in miniature"
@@ -171,10 +171,26 @@ def kept(runs: list) -> list:
     return [r for r in runs if r["status"] == OK]
 
 
+@functools.lru_cache(maxsize=1)
+def _references() -> list:
+    from minilora.tasks import e2e_task
+
+    return e2e_task().test_refs
+
+
+def mr_rows(run: dict, metric: str):
+    """A run's per-MR figures for ``metric``: sacrebleu's statistics (BLEU, chrF: (N, k) counts) or each MR's ROUGE-L
+    (N,), recomputed from its sentences and the shipped test references (sha256-checked at load) -- results.json
+    keeps the 630 sentences of a run, not the 630 x 29 numbers derived from them. A quick run has the first N MRs."""
+    generations = run["generations"]
+    references = _references()[: len(generations)]
+    return corpus_stats(metric, generations, references) if metric in SACREBLEU else 100 * rouge_l(generations, references)
+
+
 def replicates(arms: dict, metric: str = "bleu") -> dict:
     """Two-level bootstrap replicates of each arm's mean score over seeds (``{arm: [runs]}``, scored on the same MRs):
     BLEU and chrF recomputed from the drawn MRs' summed statistics, ROUGE-L a mean over the drawn MRs."""
-    rows = {arm: [r["scores"][metric]["rows"] for r in runs] for arm, runs in arms.items()}
+    rows = {arm: [mr_rows(r, metric) for r in runs] for arm, runs in arms.items()}
     if metric in SACREBLEU:
         return replicate_statistics(rows, functools.partial(score_from_stats, metric))
     return replicate_means(rows)
