@@ -5,7 +5,7 @@ Not a test (timings on a shared machine are noisy; nothing here asserts). Prints
 * ``step``: seconds per training step (forward, backward, AdamW) on a fixed batch of 8 training
   pairs padded to 300 bytes, for full fine-tuning and LoRA r = 4 on each 512-position base:
   the median of 10 steps after 2 of warm-up;
-* ``runs``: one LoRA r = 4, seed-0 run on the GPT base (``minilora.experiments.e2e.run_e2e``), in
+* ``runs``: one LoRA r = 4, seed-0 run on the GPT base (``minilora.experiments.bases.e2e.run_e2e``), in
   quick mode and (with ``--full``) for one whole epoch: its time per step, the time to decode its
   test MRs (all 630 in full mode), its validation loss and scores;
 * the machine's load average before and after, and the BLAS thread count.
@@ -24,7 +24,7 @@ import time
 import numpy as np
 
 import minilora
-from minilora.experiments.e2e import E2ESpec, build_model, run_e2e
+from minilora.experiments.bases.e2e import E2ESpec, build_model, run_e2e
 from minilora.optim import AdamW
 from minilora.tasks import e2e_task
 

@@ -25,6 +25,7 @@ statistics, not means, so each resample re-computes them from the MRs' summed n-
 
 from __future__ import annotations
 
+import functools
 from importlib import metadata
 
 import numpy as np
@@ -44,30 +45,65 @@ def reference_streams(references) -> list:
     return [[refs[j] if j < len(refs) else None for refs in references] for j in range(width)]
 
 
+def resample_counts(n: int, n_bootstrap: int, rng: np.random.Generator) -> np.ndarray:
+    """(n_bootstrap, n): how often each of ``n`` rows (MRs) is drawn in each resample with replacement."""
+    return np.stack([np.bincount(rng.integers(0, n, n), minlength=n) for _ in range(n_bootstrap)])
+
+
+def resampled_scores(stats, statistic, counts) -> np.ndarray:
+    """``statistic`` of each resample's summed row statistics: ``stats`` (N, k), one row of additive
+    statistics per MR; ``counts`` (R, N), how often each resample draws each MR. A corpus score is
+    recomputed from the resample's summed counts -- never averaged over MRs -- and with every count 1
+    it is the corpus score itself. The one function behind both kinds of interval: over MRs here,
+    over MRs and seeds in ``minilora.experiments.core.intervals.replicate_statistics``."""
+    return np.array([statistic(row) for row in np.asarray(counts, dtype=np.float64) @ np.asarray(stats, dtype=np.float64)])
+
+
 def bootstrap_interval(stats, statistic, n_bootstrap: int = N_BOOTSTRAP, seed: int = 0, level: float = LEVEL) -> list:
     """The ``level`` percentile interval of ``statistic(stats[rows].sum(0))`` over ``n_bootstrap``
     resamples of the rows (the MRs) with replacement. ``stats``: (N, k), one row of additive
     statistics per MR (n-gram counts, or a score to average: then ``statistic`` divides by N)."""
     stats = np.asarray(stats, dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    values = [statistic(stats[rng.integers(0, len(stats), len(stats))].sum(0)) for _ in range(n_bootstrap)]
+    values = resampled_scores(stats, statistic, resample_counts(len(stats), n_bootstrap, np.random.default_rng(seed)))
     tail = 100 * (1 - level) / 2
     return [float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))]
 
 
-def _sacrebleu_scores(metric, hypotheses, streams, n_bootstrap: int, seed: int) -> dict:
-    """A sacrebleu metric's corpus score, its interval over MRs and its signature.
+SACREBLEU = ("bleu", "chrf")  # the corpus metrics computed from summed per-MR statistics
 
-    ``_extract_corpus_statistics`` and ``_compute_score_from_stats`` are the two steps of sacrebleu's
-    own ``corpus_score`` and of its bootstrap (``sacrebleu.significance``): per-MR counts, and a score
-    from summed counts -- so the score is ``corpus_score``'s (tests/test_nlg_metrics.py checks it)."""
-    stats = np.array(metric._extract_corpus_statistics(hypotheses, streams), dtype=np.float64)  # (N, k): counts per MR
+
+@functools.lru_cache(maxsize=None)
+def _metric(name: str):
+    """sacrebleu's metric object (default settings) for "bleu" or "chrf", made once."""
+    from sacrebleu.metrics import BLEU, CHRF
+
+    if name not in SACREBLEU:
+        raise ValueError(f"unknown sacrebleu metric {name!r}; known: {', '.join(SACREBLEU)}")
+    return {"bleu": BLEU, "chrf": CHRF}[name]()
+
+
+def corpus_stats(name: str, hypotheses, references) -> np.ndarray:
+    """(N, k): sacrebleu's statistics of each MR for ``name`` ("bleu": hypothesis and reference lengths, matched and
+    total n-grams for n = 1..4; "chrf": character n-gram counts), which ``score_from_stats`` turns back into the
+    corpus score once summed over MRs. ``references``: all references of each MR."""
+    return np.array(_metric(name)._extract_corpus_statistics(list(hypotheses), reference_streams(references)), dtype=np.float64)
+
+
+def score_from_stats(name: str, counts) -> float:
+    """The corpus score (0-100) of ``name`` from statistics summed over MRs (``corpus_stats(...).sum(0)``), as
+    sacrebleu's own ``corpus_score`` computes it (``_compute_score_from_stats`` is its second step)."""
+    return float(_metric(name)._compute_score_from_stats(list(counts)).score)
+
+
+def _sacrebleu_scores(name: str, hypotheses, references, n_bootstrap: int, seed: int) -> dict:
+    """A sacrebleu metric's corpus score, its interval over MRs and its signature."""
+    stats = corpus_stats(name, hypotheses, references)  # (N, k): counts per MR
 
     def score(counts):
-        return float(metric._compute_score_from_stats(counts).score)
+        return score_from_stats(name, counts)
 
     return {"score": score(stats.sum(0)), "interval": bootstrap_interval(stats, score, n_bootstrap, seed),
-            "signature": metric.get_signature().format()}
+            "signature": _metric(name).get_signature().format()}
 
 
 def rouge_l(hypotheses, references) -> np.ndarray:
@@ -83,8 +119,6 @@ def score_corpus(hypotheses, references, n_bootstrap: int = N_BOOTSTRAP, seed: i
     (all references of each MR), each with a bootstrap interval over MRs, and the libraries' signatures.
 
     An empty hypothesis is a sentence with no words: it matches nothing and lowers every score."""
-    from sacrebleu.metrics import BLEU, CHRF
-
     hypotheses = list(hypotheses)
     references = [list(refs) for refs in references]
     if len(hypotheses) != len(references):
@@ -92,11 +126,10 @@ def score_corpus(hypotheses, references, n_bootstrap: int = N_BOOTSTRAP, seed: i
     bad = [i for i, h in enumerate(hypotheses) if not isinstance(h, str)]
     if bad:
         raise TypeError(f"hypotheses must be strings; entry {bad[0]} is {type(hypotheses[bad[0]]).__name__}")
-    streams = reference_streams(references)
+    reference_streams(references)  # checks that every MR has a reference
     rouge = 100 * rouge_l(hypotheses, references)  # (N,)
     return {
-        "bleu": _sacrebleu_scores(BLEU(), hypotheses, streams, n_bootstrap, seed),
-        "chrf": _sacrebleu_scores(CHRF(), hypotheses, streams, n_bootstrap, seed),
+        **{name: _sacrebleu_scores(name, hypotheses, references, n_bootstrap, seed) for name in SACREBLEU},
         "rouge_l": {"score": float(rouge.mean()),
                     "interval": bootstrap_interval(rouge[:, None], lambda s: float(s[0]) / len(rouge), n_bootstrap, seed),
                     "signature": f"rouge-score {metadata.version('rouge-score')}: rougeL F1, best reference, no stemmer, mean over MRs"},

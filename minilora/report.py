@@ -125,6 +125,12 @@ class Plots:
         plt.close(fig)
         return name
 
+    def file(self, name: str) -> Path:
+        """Where a claim writes another file of the report (a sub-folder is made): ``name`` in the report folder."""
+        path = self.folder / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
 
 def render_claim(key: str, claim: dict, module, folder: Path, where: str) -> dict:
     """One claim's section: ``{"figure", "measured", "verdict", "body", "plots", "thresholds"}``."""

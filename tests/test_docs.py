@@ -182,7 +182,7 @@ def test_citation_cff_has_what_cff_1_2_0_requires():
 def _claim_sections() -> dict:
     """``{number: (key, section text)}`` from docs/claims.md's ``## N. Title (`key`)`` headings."""
     text = (ROOT / "docs" / "claims.md").read_text(encoding="utf-8")
-    parts = re.split(r"^## (\d+)\. .*\(`([a-z_]+)`\)\s*$", text, flags=re.M)
+    parts = re.split(r"^## (\d+)\. .*\(`([a-z0-9_]+)`\)\s*$", text, flags=re.M)
     return {int(parts[i]): (parts[i + 1], parts[i + 2]) for i in range(1, len(parts), 3)}
 
 

@@ -1,4 +1,4 @@
-"""The E2E NLG task (minilora.tasks.e2e_task) and one E2E run (minilora.experiments.e2e).
+"""The E2E NLG task (minilora.tasks.e2e_task) and one E2E run (minilora.experiments.bases.e2e).
 
 Oracles: the data files themselves (read with the csv module here), their recorded sha256, and
 sacrebleu re-scoring a run's output file.
@@ -73,7 +73,7 @@ def test_a_data_file_that_differs_is_refused_naming_it_and_both_hashes(tmp_path)
 def test_a_quick_run_writes_one_line_per_mr_that_sacrebleu_rescores(task, tmp_path):
     import sacrebleu
 
-    from minilora.experiments.e2e import E2ESpec, QUICK, run_e2e, write_generations
+    from minilora.experiments.bases.e2e import E2ESpec, QUICK, run_e2e, write_generations
     from minilora.nlg_metrics import reference_streams
 
     result = run_e2e(E2ESpec(method="lora", size=4, steps=2, quick=True), task=task)

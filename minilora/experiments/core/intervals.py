@@ -54,16 +54,32 @@ def replicate_means(arms: dict, replicates: int = REPLICATES, seed: int = SEED) 
     Every arm must be scored on the same test rows (row ``j`` is the same example in each): one draw of
     the rows per replicate serves every arm and every seed; each arm's seeds are drawn on their own. An
     arm of one seed (the untuned base model) varies by its rows alone."""
+    return replicate_statistics(arms, None, replicates, seed)
+
+
+def replicate_statistics(arms: dict, statistic=None, replicates: int = REPLICATES, seed: int = SEED) -> dict:
+    """``replicate_means`` for any figure of the drawn rows: ``{arm: (seeds, rows) array}`` and their mean
+    (``statistic=None``), or ``{arm: (seeds, rows, k) array}`` of additive per-row statistics and a
+    corpus score of their sum (``statistic(summed (k,) counts)``: corpus BLEU, which is not a mean of
+    per-sentence figures, from ``nlg_metrics.corpus_stats``). Each replicate draws the rows once for every arm,
+    scores each seed on them (``nlg_metrics.resampled_scores``), draws each arm's seeds and averages."""
+    from minilora.nlg_metrics import resampled_scores
+
     arrays = {name: np.asarray(a, dtype=np.float64) for name, a in arms.items()}
     shapes = {name: a.shape for name, a in arrays.items()}
-    if any(len(s) != 2 or s[0] < 1 or s[1] < 1 for s in shapes.values()) or len({s[1] for s in shapes.values()}) != 1:
-        raise ValueError(f"replicate_means needs (seeds, rows) arrays with the same rows in every arm, got {shapes}")
+    dims = 2 if statistic is None else 3
+    if any(len(s) != dims or s[0] < 1 or s[1] < 1 for s in shapes.values()) or len({s[1] for s in shapes.values()}) != 1:
+        raise ValueError(f"replicate_{'means' if statistic is None else 'statistics'} needs (seeds, rows{'' if dims == 2 else ', k'}) "
+                         f"arrays with the same rows in every arm, got {shapes}")
     rng = np.random.default_rng(seed)
     n = next(iter(shapes.values()))[1]
-    weights = rng.multinomial(n, np.full(n, 1.0 / n), size=replicates) / n  # (R, n): how often each row is drawn
+    counts = rng.multinomial(n, np.full(n, 1.0 / n), size=replicates)  # (R, n): how often each row is drawn
     out = {}
     for name, a in arrays.items():
-        per_seed = weights @ a.T  # (R, S): each seed's mean over the drawn rows
+        if statistic is None:
+            per_seed = (counts / n) @ a.T  # (R, S): each seed's mean over the drawn rows
+        else:
+            per_seed = np.stack([resampled_scores(seed_stats, statistic, counts) for seed_stats in a], axis=1)
         picks = rng.integers(0, a.shape[0], size=(replicates, a.shape[0]))  # (R, S): the seeds drawn
         out[name] = np.take_along_axis(per_seed, picks, axis=1).mean(axis=1)
     return out

@@ -33,7 +33,10 @@ used beam search of width 10. Bytes become text with ``errors="replace"`` (a byt
 UTF-8 character), and a generated line break other than the end marker (``\\r``, ...) becomes a
 space, so that the output file holds exactly one line per test MR.
 
-Nothing here judges: ``run_e2e`` returns figures; the verdict belongs to the claim that uses them.
+A run is ``train_e2e`` (the trained model, and its figures up to the validation loss, which the
+failure rule reads) then ``measure_test`` (decode the test MRs, score them); ``run_e2e`` does both.
+The section that chooses learning rates trains candidates with ``train_e2e`` alone and decodes only
+the chosen one. Nothing here judges: the verdict belongs to ``experiments/claims/e2e.py``.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ WARMUP_FRACTION = 0.05  # of the run's steps
 WEIGHT_DECAY = {"ia3": 0.0}  # as the GPT bases' METHOD_WEIGHT_DECAY: a decayed (IA)^3 scale is pulled towards 0, not 1
 DECODE_BATCH = 32  # test MRs decoded together
 # Quick mode: a few steps, a handful of MRs -- the figures are rough, for a notebook or a test.
-QUICK = dict(steps=30, val_pairs=64, test_mrs=16)
+QUICK = dict(steps=30, val_pairs=32, test_mrs=8, max_new_tokens=96)  # a quick sentence is cut at 96 bytes
 
 
 @dataclass(frozen=True)
@@ -127,29 +130,43 @@ def text(ids) -> str:
     return " ".join(bytes(ids).decode("utf-8", errors="replace").splitlines())
 
 
-def run_e2e(spec: E2ESpec, progress: bool = False, task=None) -> dict:
-    """Train ``spec``'s run and measure it. Returns plain JSON-able figures:
-
-    ``spec``, ``trainable`` and ``total`` parameters, ``steps``, ``train_losses`` (one per step),
-    ``train_seconds``, ``val_loss`` (nats per reference byte, the validation pairs), ``generations``
-    (one line per test MR, in the test file's order), ``decode_seconds``, ``scores``
-    (``nlg_metrics.score_corpus``: BLEU, chrF, ROUGE-L with intervals and signatures).
-    ``task``: an ``E2ETask`` to reuse (default: ``e2e_task()``)."""
-    task = task or e2e_task()
-    model = build_model(spec)
-    virtual = spec.size if spec.method == "prefix" else 0
-    block = POSITIONS - virtual  # the real tokens' share of the positions
-    val_pairs, test_mrs = task.val, task.test_mrs
+def quick_sizes(spec: E2ESpec, task) -> tuple:
+    """(steps, validation pairs, test MRs) of ``spec``'s run: one epoch and every pair and MR, or QUICK's."""
     steps = spec.steps or math.ceil(len(task.train) / spec.batch_size)
     if spec.quick:
-        steps, val_pairs, test_mrs = min(steps, QUICK["steps"]), val_pairs[: QUICK["val_pairs"]], test_mrs[: QUICK["test_mrs"]]
+        return min(steps, QUICK["steps"]), task.val[: QUICK["val_pairs"]], task.test_mrs[: QUICK["test_mrs"]]
+    return steps, task.val, task.test_mrs
+
+
+def block(spec: E2ESpec) -> int:
+    """The real tokens' share of the positions (prefix tuning's virtual tokens take the rest)."""
+    return POSITIONS - (spec.size if spec.method == "prefix" else 0)
+
+
+def val_loss(model, spec: E2ESpec, task) -> float:
+    """Nats per reference byte on the validation pairs (QUICK's few in quick mode)."""
+    return evaluate_loss(model, task.batches(quick_sizes(spec, task)[1], spec.batch_size, block(spec)))
+
+
+def untuned_val_loss(base: str, quick: bool = False, task=None) -> float:
+    """The untuned base's validation loss: the failure rule's floor (a run that ends no better fails)."""
+    task = task or e2e_task()
+    return val_loss(load_base(arch=base, positions=POSITIONS), E2ESpec(base=base, method="full", size=None, quick=quick), task)
+
+
+def train_e2e(spec: E2ESpec, progress: bool = False, task=None) -> tuple:
+    """Train ``spec``'s run: (the trained model, its figures before the test split is read -- ``spec``,
+    ``trainable`` and ``total`` parameters, ``steps``, ``train_losses``, ``train_seconds``, ``val_loss``)."""
+    task = task or e2e_task()
+    model = build_model(spec)
+    steps, _, _ = quick_sizes(spec, task)
     epochs = iter(())
 
     def batches(rng):  # the training pairs in a fresh shuffled order each epoch
         nonlocal epochs
         batch = next(epochs, None)
         if batch is None:
-            epochs = task.epoch_batches(spec.batch_size, block, rng)
+            epochs = task.epoch_batches(spec.batch_size, block(spec), rng)
             batch = next(epochs)
         return batch
 
@@ -157,27 +174,42 @@ def run_e2e(spec: E2ESpec, progress: bool = False, task=None) -> dict:
                          weight_decay=WEIGHT_DECAY.get(spec.method, 0.1), eval_interval=0, seed=spec.seed,
                          progress=progress, desc=spec.label())
     history = train(model, batches, config)
-    val_loss = evaluate_loss(model, task.batches(val_pairs, spec.batch_size, block))
-    prompts = [task.prompt(mr) for mr in test_mrs]
-    cap = min(MAX_NEW_TOKENS, block - max(len(p) for p in prompts))
-    start = time.perf_counter()
-    generated = greedy_decode(model, prompts, cap, stop_token=E2E_END[0], batch_size=DECODE_BATCH)
-    decode_seconds = time.perf_counter() - start
-    generations = [text(ids) for ids in generated]
-    refs = task.test_refs[: len(test_mrs)]
-    return {
+    return model, {
         "spec": asdict(spec),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
         "total": sum(p.numel() for p in model.parameters()),
         "steps": steps,
         "train_losses": history.losses,
         "train_seconds": history.seconds,
-        "val_loss": val_loss,
-        "generations": generations,
-        "decode_seconds": decode_seconds,
-        "max_new_tokens": cap,
-        "scores": score_corpus(generations, refs, seed=spec.seed),
+        "val_loss": val_loss(model, spec, task),
     }
+
+
+def measure_test(model, spec: E2ESpec, task=None) -> dict:
+    """A trained model's test figures: ``generations`` (one line per test MR, in the test file's order),
+    ``decode_seconds``, ``max_new_tokens``, ``scores`` (``nlg_metrics.score_corpus``: BLEU, chrF, ROUGE-L with
+    intervals and signatures)."""
+    task = task or e2e_task()
+    _, _, test_mrs = quick_sizes(spec, task)
+    prompts = [task.prompt(mr) for mr in test_mrs]
+    cap = min(QUICK["max_new_tokens"] if spec.quick else MAX_NEW_TOKENS, block(spec) - max(len(p) for p in prompts))
+    start = time.perf_counter()
+    generated = greedy_decode(model, prompts, cap, stop_token=E2E_END[0], batch_size=DECODE_BATCH)
+    decode_seconds = time.perf_counter() - start
+    generations = [text(ids) for ids in generated]
+    refs = task.test_refs[: len(test_mrs)]
+    return {"generations": generations, "decode_seconds": decode_seconds, "max_new_tokens": cap,
+            "scores": score_corpus(generations, refs, seed=spec.seed)}
+
+
+
+
+def run_e2e(spec: E2ESpec, progress: bool = False, task=None) -> dict:
+    """Train ``spec``'s run and measure it: ``train_e2e``'s figures and ``measure_test``'s, as plain JSON.
+    ``task``: an ``E2ETask`` to reuse (default: ``e2e_task()``)."""
+    task = task or e2e_task()
+    model, figures = train_e2e(spec, progress, task)
+    return {**figures, **measure_test(model, spec, task)}
 
 
 def write_generations(path, generations) -> None:
@@ -188,4 +220,4 @@ def write_generations(path, generations) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in generations), encoding="utf-8"))
 
 
-__all__ = ["E2ESpec", "run_e2e", "build_model", "peft_config", "write_generations", "text", "METHODS", "BASES"]
+__all__ = ["E2ESpec", "run_e2e", "train_e2e", "measure_test", "untuned_val_loss", "build_model", "peft_config", "write_generations", "text", "METHODS", "BASES"]
