@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.set_defaults(run=lambda args: __import__("minilora.verify", fromlist=["main_verify"]).main_verify(args))
 
     r = sub.add_parser("report", help="write the report of a results.json again, measuring nothing")
-    r.add_argument("results", help="the results.json a verify wrote")
+    r.add_argument("results", nargs="+", help="the results.json a verify wrote; several: sections of one report "
+                                              "(verify --only ...) joined into one, each claim from one file")
     r.add_argument("--out", required=True, help="the report folder to write")
     r.set_defaults(run=lambda args: __import__("minilora.verify", fromlist=["main_report"]).main_report(args))
 

@@ -255,15 +255,42 @@ def verify(out, quick: bool = False, seed: int = 0, only=None, progress: bool = 
     return results
 
 
-def report(results_path, out) -> None:
-    """``minilora report``: the report of ``results_path`` written to ``out``, from that file alone (nothing
-    is measured): the same README.md and plots as verify wrote. A results file from another version,
-    cut short or missing a field is an error naming the file and the field, and nothing is written."""
+def report(results_paths, out) -> None:
+    """``minilora report``: the report of a results.json written to ``out``, from the file alone (nothing
+    is measured): the same README.md and plots as verify wrote. Several results files -- sections of one
+    report measured by separate ``verify --only`` commands, e.g. side by side on two cores (``make report``)
+    -- are joined into one: they must share the mode and seed and name each claim once. A results file
+    from another version, cut short or missing a field is an error naming the file and the field, and
+    nothing is written."""
+    paths = [results_paths] if isinstance(results_paths, (str, Path)) else list(results_paths)
     modules = claim_modules()
-    results = load_results(results_path, modules)
+    sections = [load_results(path, modules) for path in paths]
+    results = sections[0] if len(sections) == 1 else joined(paths, sections)
     with output_folder(out) as tmp:
-        shutil.copyfile(results_path, tmp / "results.json")
-        write_report(results, tmp, modules, source=str(results_path))
+        if len(paths) == 1:  # the file itself, byte for byte
+            shutil.copyfile(paths[0], tmp / "results.json")
+        else:
+            (tmp / "results.json").write_text(json.dumps(results, indent=1))
+        write_report(results, tmp, modules, source=str(paths[0]) if len(paths) == 1 else "results.json")
+
+
+def joined(paths: list, sections: list) -> dict:
+    """One results dict from several sections' (loaded from ``paths``): their claims, in claim order, each
+    with its own provenance; the commands that measured them, in the order given."""
+    first = sections[0]["meta"]
+    claims, seen = {}, {}
+    for path, section in zip(paths, sections):
+        if (section["meta"]["mode"], section["meta"]["seed"]) != (first["mode"], first["seed"]):
+            raise ValueError(f"{path}: measured in {section['meta']['mode']} mode with seed {section['meta']['seed']}, "
+                             f"{paths[0]} in {first['mode']} mode with seed {first['seed']}: join like with like")
+        for key, claim in section["claims"].items():
+            if key in seen:
+                raise ValueError(f"{path}: claim {key!r} is also in {seen[key]}: each claim must come from one file")
+            seen[key], claims[key] = path, claim
+    claims = dict(sorted(claims.items(), key=lambda item: item[1]["number"]))
+    meta = {**first, "bases": sorted({b for c in claims.values() for b in c["bases"]}),
+            "commands": [c for section in sections for c in section["meta"]["commands"]]}
+    return {**sections[0], "meta": meta, "claims": claims}
 
 
 def names(text: str | None) -> list | None:

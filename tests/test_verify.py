@@ -87,6 +87,35 @@ def test_report_rerenders_what_verify_wrote(verified, tmp_path):
     assert readme.count("**Provenance:** `minilora verify --quick --only params,memory,accuracy --bases toy`") == 3
 
 
+def test_report_joins_sections_measured_apart(verified, tmp_path, capsys):
+    """make report measures the claims as sections, side by side; minilora report joins their results files."""
+    folder, results = verified
+    parts = []
+    for i, keys in enumerate((["memory"], ["params", "accuracy"])):  # given out of claim order
+        part = json.loads((folder / "results.json").read_text())
+        part["claims"] = {k: v for k, v in part["claims"].items() if k in keys}
+        parts.append(tmp_path / f"section{i}.json")
+        parts[-1].write_text(json.dumps(part))
+    assert cli(["report", *map(str, parts), "--out", str(tmp_path / "joined")]) == 0
+    joined = json.loads((tmp_path / "joined" / "results.json").read_text())
+    assert joined["claims"] == results["claims"] and list(joined["claims"]) == ["params", "memory", "accuracy"]
+    assert len(joined["meta"]["commands"]) == 2
+    written, again = files(folder), files(tmp_path / "joined")
+    assert all(written[name] == again[name] for name in written if name.endswith(".png"))
+    for claim in results["claims"].values():  # each section's text as verify wrote it
+        heading = f"## {claim['number']}. "
+        section = written["README.md"].decode().split(heading)[1].split("\n## ")[0]
+        assert section in again["README.md"].decode()
+
+    assert cli(["report", str(parts[1]), str(folder / "results.json"), "--out", str(tmp_path / "twice")]) == 1
+    assert "claim 'params' is also in" in capsys.readouterr().err and not (tmp_path / "twice").exists()
+    full = json.loads(parts[0].read_text())
+    full["meta"]["mode"] = "full"
+    (tmp_path / "full.json").write_text(json.dumps(full))
+    assert cli(["report", str(parts[1]), str(tmp_path / "full.json"), "--out", str(tmp_path / "mixed")]) == 1
+    assert "join like with like" in capsys.readouterr().err and not (tmp_path / "mixed").exists()
+
+
 def damaged(path, bad, change) -> str:
     """``path``'s results with ``change`` made, written to ``bad``."""
     results = json.loads(path.read_text())
