@@ -310,7 +310,7 @@ def points(value: float, interval=False, sign: str = "") -> str:
     """An accuracy figure in points with its 95% interval ("one run: no interval" where an arm rests on one run;
     none at all for ``interval=False``)."""
     if not np.isfinite(value):
-        return "every run of one architecture failed" if np.isinf(value) else "not measurable (every run failed)"
+        return "not measurable (every run of one architecture failed)" if np.isinf(value) else "not measurable (every run failed)"
     return f"{100 * value:{sign}.1f} points" + ("" if interval is False else interval_text(interval, 100))
 
 
