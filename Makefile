@@ -57,7 +57,7 @@ report: $(VENV)/.installed-core $(MINILM)
 	( $(PY) -m minilora verify --no-progress --only $(SECTION_1) --out $(REPORT_SECTIONS)/1 > $(REPORT_SECTIONS)/1.log 2>&1 && \
 	  $(PY) -m minilora verify --no-progress --only $(SECTION_2) --out $(REPORT_SECTIONS)/2 > $(REPORT_SECTIONS)/2.log 2>&1 ) & first=$$!; \
 	$(PY) -m minilora verify --no-progress --only $(SECTION_3) --out $(REPORT_SECTIONS)/3 > $(REPORT_SECTIONS)/3.log 2>&1 & second=$$!; \
-	wait $$first && wait $$second || { tail -5 $(REPORT_SECTIONS)/*.log; exit 1; }
+	wait $$first && wait $$second || { tail -n 5 $(REPORT_SECTIONS)/*.log; exit 1; }
 	$(PY) -m minilora report $(REPORT_SECTIONS)/1/results.json $(REPORT_SECTIONS)/2/results.json $(REPORT_SECTIONS)/3/results.json --out $(REPORT_BUILD)
 	rm -rf docs/report && mkdir -p docs/report
 	cp -r $(REPORT_BUILD)/. docs/report/ && mv docs/report/README.md docs/report/full-run.md && rm -f docs/report/.minilora-output.json
