@@ -12,6 +12,8 @@ import copy
 import json
 from contextlib import contextmanager
 
+import numpy as np
+
 import minilora
 from minilora.experiments import bases
 from minilora.experiments.bases import gpt
@@ -91,7 +93,6 @@ def claim_entry(key: str, session, folder) -> tuple:
 def timed_setting(ratios: dict, noise: float = 0.01, rounds: int = 21, seed: int = 0) -> dict:
     """One setting as ``core.time_rounds`` returns it, made up: the base takes 1 s +- ``noise`` a round (a shared
     machine), each variant of ``ratios`` (``{name: ratio}``) that ratio of the same round's base, +- ``noise``."""
-    import numpy as np
 
     rng = np.random.default_rng(seed)
     base = 1 + noise * rng.standard_normal(rounds)
@@ -99,3 +100,14 @@ def timed_setting(ratios: dict, noise: float = 0.01, rounds: int = 21, seed: int
     return {**{name: float(np.median(t)) for name, t in times.items()},
             **{f"{name}/base": float(np.median(times[name] / base)) for name in ratios},
             "repeats": rounds, "clock": "made up", "rounds": {name: t.tolist() for name, t in times.items()}}
+
+
+def runs_missing_rows(right, wrong: int, seeds: int, seed_base: int) -> list:
+    """Per-row accuracies of ``seeds`` synthetic runs on the same test rows: each right where ``right`` is, except
+    ``wrong + seed`` of those rows (drawn with ``default_rng(seed_base + seed)``: each run its own)."""
+    out = []
+    for seed in range(seeds):
+        rows = np.asarray(right).astype(float)
+        rows[np.random.default_rng(seed_base + seed).choice(np.flatnonzero(right), wrong + seed, replace=False)] = 0.0
+        out.append(rows.tolist())
+    return out

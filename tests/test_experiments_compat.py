@@ -16,7 +16,7 @@ import json
 import numpy as np
 import pytest
 
-from experiment_helpers import claim_entry, registered, session_for, tiny_gpt, tiny_toy, toy_env
+from experiment_helpers import claim_entry, registered, runs_missing_rows, session_for, tiny_gpt, tiny_toy, toy_env
 from minilora.experiments.bases import gpt
 from minilora.experiments.bases.llama import BASE as LLAMA
 from minilora.experiments.bases.toy import BASE as TOY
@@ -42,12 +42,7 @@ RIGHT = np.random.default_rng(0).random(ROWS) < 0.9  # the rows a fine-tuned mod
 
 def arm(wrong: int, seeds: int = 3) -> list:
     """Per-row accuracies of ``seeds`` runs, each right on RIGHT except ``wrong + seed`` of those rows (its own)."""
-    out = []
-    for seed in range(seeds):
-        rows = RIGHT.astype(float)
-        rows[np.random.default_rng(100 + seed).choice(np.flatnonzero(RIGHT), wrong + seed, replace=False)] = 0.0
-        out.append(rows.tolist())
-    return out
+    return runs_missing_rows(RIGHT, wrong, seeds, seed_base=100)
 
 
 def twin(lora_wrong: dict, seeds: int = 3) -> dict:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiment_helpers import TINY, claim_entry, registered, session_for, tiny_gpt, tiny_toy, toy_env
+from experiment_helpers import TINY, claim_entry, registered, runs_missing_rows, session_for, tiny_gpt, tiny_toy, toy_env
 from minilora.experiments.bases import gpt as ft
 from minilora.experiments.bases.toy import BASE as TOY
 from minilora.experiments.claims import accuracy, modularity as mod, rank as ir, reference as ref, sensitivity as sens
@@ -522,15 +522,7 @@ def sensitivity_figures(lost: dict, seeds: int = 3, comparisons: int = 1) -> dic
     setting except ``lost[setting]`` (+ the seed) of them; rank judged between "r=1" and "r=8", target sets alike."""
     right = np.random.default_rng(0).random(300) < 0.9
 
-    def runs(k):
-        out = []
-        for seed in range(seeds):
-            rows = right.astype(float)
-            rows[np.random.default_rng(10 + seed).choice(np.flatnonzero(right), k + seed, replace=False)] = 0.0
-            out.append(rows.tolist())
-        return out
-
-    rows = {name: runs(k) for name, k in lost.items()}
+    rows = {name: runs_missing_rows(right, k, seeds, seed_base=10) for name, k in lost.items()}
     mean = {name: float(np.mean(r)) for name, r in rows.items()}
     judged = {part: {"best": best, "worst": worst, "difference": mean[best] - mean[worst], "comparisons": comparisons}
               for part, (best, worst) in {"rank": ("r=8", "r=1"), "target matrices": ("Wq+Wv", "Wq")}.items()}
