@@ -93,7 +93,6 @@ def claim_entry(key: str, session, folder) -> tuple:
 def timed_setting(ratios: dict, noise: float = 0.01, rounds: int = 21, seed: int = 0) -> dict:
     """One setting as ``core.time_rounds`` returns it, made up: the base takes 1 s +- ``noise`` a round (a shared
     machine), each variant of ``ratios`` (``{name: ratio}``) that ratio of the same round's base, +- ``noise``."""
-
     rng = np.random.default_rng(seed)
     base = 1 + noise * rng.standard_normal(rounds)
     times = {"base": base, **{name: r * base * (1 + noise * rng.standard_normal(rounds)) for name, r in ratios.items()}}
