@@ -519,6 +519,16 @@ def test_modularity_is_judged_on_exact_figures_and_intervals():
     with pytest.raises(ValueError, match=r"claim 8 \(modularity\).*per-row"):
         mod.verdict({**old, "combination_seeds": {"seeds": [0, 1], "scores": [old["combination"]]}})
 
+def test_modularity_tells_a_share_below_the_base_as_the_multiple_it_loses():
+    """A combination that ends worse than the base model: its share (e.g. -9.1, "-910%") is told as the
+    multiple of the adapter's gain it loses, with the interval turned round; any other share stays a percentage."""
+    assert mod._kept(-9.1, [-11.72, -6.71], "its gain") == (
+        "none of its gain: it ends worse than the base model, by 9.1x that gain (95% interval [6.7, 11.7]x)")
+    assert mod._kept(0.77, [0.6, 0.9], "its gain") == "77% (95% interval [60, 90]%) of its gain"
+    assert mod._kept(-0.1, [-0.5, 0.2], "its gain").startswith("none (worse than the base model) (95% interval [-50, 20]%)")
+    assert mod._kept(float("nan"), None, "its gain").startswith("(not measurable")
+
+
 
 def test_retained_share():
     scores = {"base": {"cls": {"accuracy": 0.2}, "code": {"loss": 2.0}},
