@@ -92,20 +92,34 @@ def test_the_verdict_is_read_off_the_interval_of_lora_minus_full(task, monkeypat
 def test_a_grid_is_extended_while_its_best_rate_is_at_an_edge(monkeypatch):
     from minilora.experiments.core.session import Session
 
-    trained = []
+    def fake_validated(session, spec):  # validation loss falls as the rate rises, for every setting
+        return {"val_loss": 1.0 - spec.lr}
 
-    def fake_trained(session, spec):  # validation loss falls as the rate rises, for every setting
-        trained.append((spec.method, spec.size, spec.lr))
-        return None, {"val_loss": 1.0 - spec.lr}
-
-    monkeypatch.setattr(section, "_trained", fake_trained)
+    monkeypatch.setattr(section, "_validated", fake_validated)
     monkeypatch.setattr(section, "_untuned", lambda session, arch: 2.0)
     rates = section.choose_rates(Session(quick=False, progress=False))
     lora = rates["LoRA r=4 (Wq, Wv)"]
     assert section.RATE_GRIDS["lora"] == (3e-2, 1e-1)
     assert list(lora["table"]) == ["0.03", "0.1", "0.3", "1"] and lora["lr"] == 1.0 and lora["edge"] == "top"
     assert set(rates) == {*section.JUDGED, *section.DESCRIPTIVE}
-    assert section.half_decades(1e-3, 1e-1) == [1e-3, 3e-3, 1e-2, 3e-2, 1e-1]
+
+
+def test_the_committed_report_s_rates_are_what_the_rule_chooses_from_its_validation_losses(monkeypatch):
+    """The committed full run's E2E rate tables (docs/report/results.json), their validation losses replayed:
+    every setting's rates tried, its rate and its edge are what choose_rates computes (the half-decade ladder)."""
+    from pathlib import Path
+
+    from minilora.experiments.core.session import Session
+
+    committed = json.loads((Path(__file__).parents[1] / "docs/report/results.json").read_text())["claims"]["e2e"]
+    figs = committed["bases"]["toy"]["figures"]
+    losses = {(name, float(lr)): row["loss"] for name, rate in figs["rates"].items() for lr, row in rate["table"].items()}
+    names = {setting: name for name, setting in {**section.JUDGED, **section.DESCRIPTIVE}.items()}
+    monkeypatch.setattr(section, "_validated", lambda session, spec: {"val_loss": losses[names[spec.method, spec.size], spec.lr]})
+    monkeypatch.setattr(section, "_untuned", lambda session, arch: figs["untuned_val_loss"])
+    assert section.choose_rates(Session(quick=False, progress=False)) == figs["rates"]
+    assert figs["rates"]["prefix tuning P=8"]["edge"] == "top" and list(figs["rates"]["prefix tuning P=8"]["table"]) == [
+        "0.01", "0.03", "0.1", "0.3"]
 
 
 def test_every_run_s_test_output_is_one_line_per_mr_in_the_test_file_s_order(task, tmp_path):
@@ -146,3 +160,43 @@ def test_the_quick_section_end_to_end(tmp_path):
     assert files == 2 * 2 * len(section.SEEDS[True]) + len(section.DESCRIPTIVE)
     readme = (out / "README.md").read_text()
     assert "Quick-mode figures" in readme and "The paper's Table 3" in readme and "e2e_gpt_bleu_vs_params.png" in readme and "### On base_512 (GPT-2)" in readme
+
+
+def test_the_section_s_runs_are_read_back_from_the_run_cache(tmp_path, monkeypatch):
+    """A quick section measured twice on one run cache: the same figures, byte for byte, and nothing trained the
+    second time; an edited record is named in a warning and its run trained again; other code misses."""
+    from minilora.experiments import bases
+    from minilora.experiments.bases import e2e as runs
+    from minilora.experiments.core import provenance
+    from minilora.experiments.core.session import Session
+    from minilora.experiments.runs import RunCacheWarning
+    from minilora.verify import plain
+
+    monkeypatch.setenv("MINILORA_RUN_CACHE", str(tmp_path))
+    trained, train = [], runs.train_e2e
+    monkeypatch.setattr(runs, "train_e2e", lambda spec, *args: trained.append(spec) or train(spec, *args))
+
+    def measured():
+        session = Session(quick=True, progress=False, claim=section.KEY)
+        return json.dumps(plain(section.measure(bases.get("llama"), session))), session.used[section.KEY]
+
+    first, used = measured()
+    n = 2 * len(section.SEEDS[True])  # LLaMA: full fine-tuning and LoRA, each seed
+    assert len(trained) == n and len(list(tmp_path.glob("*.json"))) == 2 * n  # each run's validated and tested record
+    assert {p["origin"] for p in used.values()} == {"trained"} and len(used) == n  # a run counted once
+    again, used = measured()
+    assert again == first and len(trained) == n and {p["origin"] for p in used.values()} == {"run cache"}
+    # an edited record: warned about, by name, and trained again (the same figures: the same code and data)
+    spec = trained[0]
+    (path,) = [p for p in tmp_path.glob("*.json") if json.loads(p.read_text())["request"]["identity"]["record"] == "tested"
+               and json.loads(p.read_text())["request"]["spec"] == json.loads(first)["runs"]["full"][0]["spec"]]
+    path.write_text(path.read_text().replace('"status": "ok"', '"status": "diverged"'))
+    with pytest.warns(RunCacheWarning, match=f"{path.name}.*checksum"):
+        rerun = plain(section._run(Session(quick=True, progress=False), spec, 9.0))
+    untimed = lambda run: {k: v for k, v in run.items() if not k.endswith("_seconds")}  # noqa: E731
+    assert untimed(rerun) == untimed(json.loads(first)["runs"]["full"][0])
+    assert len(trained) == n + 1
+    # another code: another key, not read
+    monkeypatch.setattr(provenance, "code_sha256", lambda: "0" * 64)
+    section._validated(Session(quick=True, progress=False), spec)
+    assert len(trained) == n + 2

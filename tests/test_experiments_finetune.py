@@ -174,7 +174,7 @@ def test_choose_rate_skips_failed_runs():
     assert tuning.nearest_rank(16) == 8 and tuning.nearest_rank(32) == 64 and tuning.nearest_rank(1) == 8
 
 
-def extended_choice(peak, grid=(1e-3, 3e-3, 1e-2), key="accuracy", higher=True):
+def extended_choice(peak, grid=(1e-3, 3e-3, 1e-2), key="accuracy", higher=True, ladder=None):
     """choose_rate_extended on synthetic validation figures that peak at ``peak`` (log scale)."""
     tried = []
 
@@ -183,7 +183,7 @@ def extended_choice(peak, grid=(1e-3, 3e-3, 1e-2), key="accuracy", higher=True):
         gap = abs(math.log(lr / peak))
         return {key: -gap if higher else gap}
 
-    rate, table = tuning.choose_rate_extended(grid, validate, key, higher)
+    rate, table = tuning.choose_rate_extended(grid, validate, key, higher, ladder=ladder)
     return rate, table, tuning.at_edge(rate, table), tried
 
 
@@ -203,6 +203,20 @@ def test_a_rate_grid_is_extended_past_a_winning_edge_at_most_twice():
     assert not summary_module.selection_table({"cls": {"full": [3e-3, extended_choice(3e-3)[1]]}})[-1].endswith("edge) |")
     with pytest.raises(ValueError, match="at least two rates"):
         tuning.choose_rate_extended((1e-3,), lambda lr: {"accuracy": 0.5}, "accuracy", True)
+
+
+def test_along_a_ladder_a_grid_is_extended_to_the_ladder_s_next_rates():
+    half_decades = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
+    # a two-rate grid's own spacing (10x from 1e-2 to 3e-2: 3x) would step to 9e-2; the ladder steps to 0.1, then 0.3
+    rate, table, at_edge, tried = extended_choice(10.0, grid=(1e-2, 3e-2), ladder=half_decades)
+    assert tried == [1e-2, 3e-2, 0.1, 0.3] and rate == 0.3 and at_edge and list(table) == tried
+    rate, table, at_edge, tried = extended_choice(3e-3, grid=(1e-2, 3e-2), ladder=half_decades)
+    assert tried == [1e-2, 3e-2, 3e-3, 1e-3] and rate == 3e-3 and not at_edge
+    assert extended_choice(3e-2, grid=(1e-2, 3e-2, 0.1), ladder=half_decades)[3] == [1e-2, 3e-2, 0.1]  # inside: as without
+    with pytest.raises(ValueError, match="rate 0.02 at the grid's edge is not on the ladder"):
+        extended_choice(1.0, grid=(1e-2, 2e-2), ladder=half_decades)
+    with pytest.raises(ValueError, match="ends at 0.3; it has no rate above it"):
+        extended_choice(10.0, grid=(0.1, 0.3), ladder=half_decades[:-1])
 
 
 def test_a_diverging_run_is_returned_not_raised(cls_task):
@@ -504,6 +518,16 @@ def test_modularity_is_judged_on_exact_figures_and_intervals():
         scores["cls"].pop("rows")
     with pytest.raises(ValueError, match=r"claim 8 \(modularity\).*per-row"):
         mod.verdict({**old, "combination_seeds": {"seeds": [0, 1], "scores": [old["combination"]]}})
+
+def test_modularity_tells_a_share_below_the_base_as_the_multiple_it_loses():
+    """A combination that ends worse than the base model: its share (e.g. -9.1, "-910%") is told as the
+    multiple of the adapter's gain it loses, with the interval turned round; any other share stays a percentage."""
+    assert mod._kept(-9.1, [-11.72, -6.71], "its gain") == (
+        "none of its gain: it ends worse than the base model, by 9.1x that gain (95% interval [6.7, 11.7]x)")
+    assert mod._kept(0.77, [0.6, 0.9], "its gain") == "77% (95% interval [60, 90]%) of its gain"
+    assert mod._kept(-0.1, [-0.5, 0.2], "its gain").startswith("none (worse than the base model) (95% interval [-50, 20]%)")
+    assert mod._kept(float("nan"), None, "its gain").startswith("(not measurable")
+
 
 
 def test_retained_share():

@@ -308,6 +308,32 @@ def test_a_bad_cache_entry_is_named_and_trained_again(tasks, tmp_path, monkeypat
         assert train(cached_session(tasks), toy, [SPEC])[0].provenance["origin"] == "run cache"
 
 
+def test_a_record_is_kept_as_strict_json_with_its_nan_and_infinities(tmp_path):
+    """RunCache's JSON records (the E2E section's runs): read back as written -- NaN and infinities included, the
+    file strict JSON all the same -- and an edited or another request's record named in a warning."""
+    import math
+
+    import numpy as np
+
+    from minilora.experiments.runs.cache import request
+
+    cache, spec = RunCache(tmp_path), SPEC
+    req = request("toy", spec, {"record": "validated"})
+    record = {"val_loss": float("nan"), "losses": [1.5, float("inf"), float("-inf")], "pair": (1, "a"), "n": np.int64(3),
+              "float": "nan"}
+    cache.write_record(req, record, {"origin": "trained", "run": "x", "date": "today"})
+    (path,) = tmp_path.glob("*.json")
+    json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in the file: not strict JSON"))
+    back, origin = cache.read_record(req)
+    assert math.isnan(back.pop("val_loss")) and back == {"losses": [1.5, math.inf, -math.inf], "pair": [1, "a"], "n": 3,
+                                                       "float": "nan"}
+    assert origin == {"date": "today", "origin": "run cache", "file": str(path)}
+    assert cache.read_record(request("toy", spec, {"record": "tested"})) is None  # another kind: another key
+    path.write_text(path.read_text().replace('"today"', '"yesterday"'))
+    with pytest.warns(RunCacheWarning, match=f"{path.name}.*checksum"):
+        assert cache.read_record(req) is None
+
+
 def test_no_time_is_read_from_the_cache(tasks, tmp_path, monkeypatch):
     """Claim 12 reads runs from the cache whose recorded training took 12345 s: its step times are measured in
     this process, and the 12345 s appear only in the provenance, labelled."""

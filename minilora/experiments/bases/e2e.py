@@ -54,7 +54,7 @@ from minilora.io import atomic_write
 from minilora.models.decoding import greedy_decode
 from minilora.nlg_metrics import score_corpus
 from minilora.peft import LoraConfig, get_peft_model
-from minilora.pretrain import load_base
+from minilora.pretrain import SHIPPED_SHA256, base_dir, load_base
 from minilora.tasks import E2E_END, e2e_task
 from minilora.train import TrainConfig, evaluate_loss, train
 
@@ -106,6 +106,17 @@ class E2ESpec:
         """E.g. "gpt lora r=4 seed 0 lr 0.003"."""
         return " ".join(filter(None, [self.base, self.method, M.size_label(self.method, self.size),
                                       f"seed {self.seed} lr {self.lr:g}"]))
+
+
+def base_folder(arch: str) -> str:
+    """The shipped folder of ``arch``'s 512-position base: "base_512" or "llama_base_512"."""
+    return base_dir(arch, POSITIONS).name
+
+
+def run_identity(spec: E2ESpec, task) -> dict:
+    """What decides ``spec``'s figures besides the spec itself and the code: the base's weights (the sha256
+    ``load_base`` checks them against) and the data (``task.meta``: the E2E files' sha256 and the split)."""
+    return {"base_model_sha256": SHIPPED_SHA256[base_folder(spec.base)], "e2e_task": task.meta}
 
 
 def peft_config(spec: E2ESpec):
@@ -220,4 +231,4 @@ def write_generations(path, generations) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text("".join(line + "\n" for line in generations), encoding="utf-8"))
 
 
-__all__ = ["E2ESpec", "run_e2e", "train_e2e", "measure_test", "untuned_val_loss", "build_model", "peft_config", "write_generations", "text", "METHODS", "BASES"]
+__all__ = ["E2ESpec", "run_e2e", "train_e2e", "measure_test", "untuned_val_loss", "build_model", "run_identity", "peft_config", "write_generations", "text", "METHODS", "BASES"]

@@ -18,14 +18,24 @@ The table, stated before any result was seen (docs/e2e.md):
   prefix tuning (P = 8) and (IA)^3;
 * **learning rates**: two per setting (``RATE_GRIDS``) on seed 0 of the GPT base, chosen by validation
   loss (``runs.rates.choose_rate``), reused on LLaMA; a grid whose best rate is at an edge is extended
-  by a half-decade step that way, at most ``MAX_EXTENSIONS`` times, and a setting still at an edge
-  is named;
+  by a half-decade step that way (the next rate of ``RATE_LADDER``: ``runs.rates.choose_rate_extended``
+  with its ladder), at most ``MAX_EXTENSIONS`` times, and a setting still at an edge is named;
 * **failure rule** (``runs.rates.run_status``, as every claim): a run whose validation loss is not
   finite, or no better than the untuned base's, fails -- decided before its test output is read --
   and is left out of the interval (its output is still written).
 
 The runs are ``minilora.experiments.bases.e2e``'s; every judged run's 630 test sentences are written
 beside the report (``render``), one file per run, which ``sacrebleu`` re-scores as they are.
+
+**The run cache.** With ``MINILORA_RUN_CACHE`` set, each run is kept there as JSON records
+(``runs.cache.RunCache.write_record``), no weights: "validated", ``train_e2e``'s figures up to the
+validation loss (what choosing a rate reads), and "tested", everything ``_run`` returns (with the
+status, the test sentences and scores), each keyed by the ``E2ESpec``, the record's kind, the base's
+weights' sha256, the E2E task (its files' sha256 and split: ``bases.e2e.run_identity``), the sha256
+of minilora's source and the versions. A tested run found there is neither trained nor decoded; one
+missing is trained once per session (``_trained``: a rate candidate already trained is reused) and
+both its records written. So after ``minilora verify --only e2e`` on a cache, notebooks/e2e_nlg.ipynb
+run on the same cache reads the section back in minutes (docs/e2e.md).
 """
 
 from __future__ import annotations
@@ -37,7 +47,8 @@ import numpy as np
 from minilora.experiments.bases import e2e
 from minilora.experiments.core import FAILS, ONE_RUN, non_inferiority
 from minilora.experiments.core.intervals import interval_text, percentile_interval, replicate_means, replicate_statistics
-from minilora.experiments.runs.rates import OK, choose_rate, run_status
+from minilora.experiments.runs.cache import RunCache, request, run_key, trained_provenance
+from minilora.experiments.runs.rates import OK, at_edge, choose_rate_extended, run_status
 from minilora.nlg_metrics import SACREBLEU, corpus_stats, rouge_l, score_from_stats
 
 KEY, NUMBER = "e2e", 15
@@ -58,6 +69,7 @@ SEEDS = {False: (0, 1, 2, 3, 4), True: (0, 1)}  # quick: two seeds, so that the 
 RATE_GRIDS = {"full": (1e-3, 3e-3), "lora": (3e-2, 1e-1), "houlsby": (3e-3, 1e-2), "prefix": (1e-2, 3e-2),
               "ia3": (3e-2, 1e-1)}
 MAX_EXTENSIONS = 2  # half-decade steps beyond a grid whose best rate is at its edge
+RATE_LADDER = (1e-5, 3e-5, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0)  # the half decades extended along
 # Quick mode: QUICK_STEPS steps of QUICK_BATCH pairs per run, QUICK's handful of MRs (bases/e2e.py), each
 # grid's first rate (not chosen): the code path end to end in seconds, nothing the figures could decide.
 QUICK_STEPS, QUICK_BATCH = 5, 4
@@ -69,15 +81,6 @@ PAPER_TABLE3 = {  # GPT-2 Medium on the E2E test set, Hu et al. (2022), Table 3:
 def bases(session) -> tuple:
     """Both bases, always: the section is defined on the pair."""
     return BASES
-
-
-def half_decades(low: float = 1e-5, high: float = 10.0) -> list:
-    """The learning-rate ladder the grids are extended along: 1e-5, 3e-5, 1e-4, ..., 10."""
-    out, e = [], int(np.floor(np.log10(low)))
-    while 10.0 ** e <= high:
-        out += [v for v in (10.0 ** e, 3 * 10.0 ** e) if low <= v <= high]
-        e += 1
-    return [float(f"{v:.0e}") for v in out]
 
 
 # ---------------------------------------------------------------------------
@@ -102,13 +105,41 @@ def _trained(session, spec) -> tuple:
     return session.once(("e2e", "trained", spec), lambda: e2e.train_e2e(spec, session.progress, _task(session)))
 
 
+def _validated(session, spec) -> dict:
+    """``spec``'s figures before the test split (``_trained``'s): what choosing a rate reads."""
+    return _record(session, "validated", spec, lambda: _trained(session, spec)[1])
+
+
 def _run(session, spec, floor: float) -> dict:
-    """``spec``'s run, tested: its figures, its status under the failure rule (read off validation before the test)."""
+    """``spec``'s run, tested: its figures, its status under the failure rule (read off validation before the test).
+    The model is ``_trained``'s: a candidate of the rate choice is not trained again."""
     def make():
         model, figures = _trained(session, spec)
+        _validated(session, spec)  # its record kept too
         status = run_status({"loss": figures["val_loss"]}, "loss", False, floor)
         return {**figures, "status": status, **e2e.measure_test(model, spec, _task(session))}
-    return session.once(("e2e", "run", spec), make)
+    return _record(session, "tested", spec, make)
+
+
+def _record(session, kind: str, spec, make) -> dict:
+    """``spec``'s figures of ``kind`` ("validated", "tested"), once per session: read back from the run cache
+    (``MINILORA_RUN_CACHE``, when set), or ``make()``'s and kept there; counted in the claim's provenance as
+    ``runs.runner`` counts a run (trained now, or read back), once."""
+    def read_or_make():
+        cache = session.once(("run cache",), RunCache.from_env)
+        req = request(e2e.base_folder(spec.base), spec, {"record": kind, **e2e.run_identity(spec, _task(session))})
+        found = cache.read_record(req) if cache is not None else None
+        if found is not None:
+            return found[0], {**found[1], "run": run_key(req)}
+        record = make()
+        origin = trained_provenance(req, record["train_seconds"] + record.get("decode_seconds", 0.0))
+        if cache is not None:
+            cache.write_record(req, record, origin)
+        return record, origin
+    record, origin = session.once(("e2e", kind, spec), read_or_make)
+    if session.claim is not None:  # one entry a run: a tested run's "tested" record, read after its "validated" one
+        session.used.setdefault(session.claim, {})[("e2e", spec)] = origin
+    return record
 
 
 def _untuned(session, arch: str) -> float:
@@ -118,25 +149,21 @@ def _untuned(session, arch: str) -> float:
 
 def choose_rates(session) -> dict:
     """``{setting: {"lr", "table", "edge"}}``: each setting's rate, chosen on seed 0 of the GPT base by
-    validation loss among its runs that did not fail; the grid extended while its best rate is at an
-    edge (at most MAX_EXTENSIONS steps). Quick mode: each grid's first rate, nothing chosen."""
+    validation loss among its runs that did not fail; the grid extended along RATE_LADDER while its best
+    rate is at an edge (``runs.rates.choose_rate_extended``, at most MAX_EXTENSIONS steps). Quick mode:
+    each grid's first rate, nothing chosen."""
     def make():
         settings = {**JUDGED, **DESCRIPTIVE}
         if session.quick:
             return {name: {"lr": RATE_GRIDS[method][0], "table": None, "edge": None} for name, (method, _) in settings.items()}
-        floor, ladder, out = _untuned(session, "gpt"), half_decades(), {}
+        floor, out = _untuned(session, "gpt"), {}
         for name, (method, size) in settings.items():
-            rates, extended = list(RATE_GRIDS[method]), 0
-            while True:
-                val = {lr: {"loss": _trained(session, _spec(session, "gpt", method, size, 0, lr))[1]["val_loss"]} for lr in rates}
-                best, table = choose_rate(val, "loss", False, floor)
-                edge = "top" if best == max(rates) else "bottom" if best == min(rates) else None
-                if edge is None or extended == MAX_EXTENSIONS:
-                    break
-                i = ladder.index(best)
-                rates.append(ladder[i + 1] if edge == "top" else ladder[i - 1])
-                extended += 1
-            out[name] = {"lr": best, "table": {f"{lr:g}": row for lr, row in sorted(table.items())}, "edge": edge}
+            def validate(lr, method=method, size=size):
+                return {"loss": _validated(session, _spec(session, "gpt", method, size, 0, lr))["val_loss"]}
+
+            best, table = choose_rate_extended(RATE_GRIDS[method], validate, "loss", False, floor, MAX_EXTENSIONS, RATE_LADDER)
+            edge = ("top" if best == max(table) else "bottom") if at_edge(best, table) else None
+            out[name] = {"lr": best, "table": {f"{lr:g}": row for lr, row in table.items()}, "edge": edge}
         return out
     return session.once(("e2e", "rates", session.quick), make)
 

@@ -288,8 +288,8 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         "",
         f"The combination ΔW_cls + ΔW_code (`add_weighted_adapter`, \"cat\", weights 1 and 1), averaged over the "
         f"adapters of seeds {f['settings']['seeds']}, keeps {_share(keep['cls'])} of the classification adapter's accuracy "
-        f"gain and {_share(keep['code'])} of the code adapter's loss improvement; the weaker task's share "
-        f"{_share(verdict['worst_retained'])}{interval_text(ci['combination'], 100, '%', 0)} (seeds and test rows "
+        f"gain and {_share(keep['code'])} of the code adapter's loss improvement; the weaker task keeps "
+        f"{_kept(verdict['worst_retained'], ci['combination'], 'its gain')} (seeds and test rows "
         f"resampled, rows paired between the base, the adapter alone and the combination; {parts['combination']}). "
         f"Seed {f['settings']['seeds'][0]}'s adapters:",
         "",
@@ -306,9 +306,10 @@ def render(figures: dict, verdict: dict, plot, quick: bool) -> dict:
         f"{mixed['max_abs_diff']:.1e} (tolerance {MIXED_TOLERANCE:g}; {parts['mixed batch']}).",
         "", *routing_lines(figures["routing"]),
     ]
+    kept = _kept(verdict["worst_retained"], ci["combination"], "the weaker task's gain")
     return {"figure": f"adapter {100 * f['storage_ratio']:.1f}% of a checkpoint; swap {1e6 * f['set_adapter_seconds']:.0f} µs; "
-                      f"combination keeps {_share(verdict['worst_retained'])}{interval_text(ci['combination'], 100, '%', 0)} "
-                      "of the weaker task's gain", "body": "\n".join(body), "plots": [plot(plot_intervals(f, verdict), "modularity_intervals.png")]}
+                      f"combination keeps {kept}", "body": "\n".join(body),
+            "plots": [plot(plot_intervals(f, verdict), "modularity_intervals.png")]}
 
 
 def plot_intervals(figures: dict, verdict: dict):
@@ -354,3 +355,13 @@ def _share(x: float) -> str:
     if x != x:
         return "(not measurable: the single adapter gained too little)"
     return "none (worse than the base model)" if x < 0 else f"{100 * x:.0f}%"
+
+
+def _kept(share: float, interval, gain: str) -> str:
+    """The weaker task's retained share of ``gain`` (what it is a share of), with its interval. A share whose
+    whole interval is below zero (the combination ends worse than the base model) is told as the multiple of
+    that gain it loses: "-1172%" is a true share, but "worse by 9.1x that gain" is read at once."""
+    if share == share and share < 0 and isinstance(interval, (list, tuple)) and interval[1] < 0:
+        return (f"none of {gain}: it ends worse than the base model, by {-share:.1f}x that gain "
+                f"(95% interval [{-interval[1]:.1f}, {-interval[0]:.1f}]x)")
+    return f"{_share(share)}{interval_text(interval, 100, '%', 0)} of {gain}"

@@ -12,6 +12,12 @@ again. A run is two files, never a pickle (docs/files.md):
                         of the weights file, and a checksum of all of it
     <key>.safetensors   the trained weights (an adapter, or the whole model)
 
+A **record** (``write_record`` / ``read_record``) is a run kept as its figures alone, one JSON file
+in the same format with ``record`` in place of ``result`` and no weights: the E2E section keeps
+each run so (``claims/e2e.py``: its figures up to the validation loss, and with its test output),
+as nothing it reports needs the weights again. In both, NaN and the infinities are written as
+``{"float": "nan"}`` (``"inf"``, ``"-inf"``), so that every file is strict JSON.
+
 ``key`` is the sha256 of the request: a run trained by other code, or on other data, has another
 key and is never read back. An entry that does not parse, whose checksum, request or weights do
 not match what was asked for, is named in a ``RunCacheWarning``, ignored and trained again.
@@ -61,6 +67,12 @@ def run_key(req: dict) -> str:
     return sha256(canonical(req))[:40]
 
 
+def trained_provenance(req: dict, seconds: float) -> dict:
+    """The provenance of ``req``'s run, trained now: its key, the code, the date, the machine's load, its wall time."""
+    return {"origin": "trained", "run": run_key(req), "code_sha256": provenance.code_sha256(), "date": provenance.now_utc(),
+            "load": provenance.machine()["load"], "wall_seconds": round(seconds, 2)}
+
+
 class RunCache:
     """The runs kept in ``folder`` (``RunCache.from_env()``: the folder ``MINILORA_RUN_CACHE`` names, or None)."""
 
@@ -79,34 +91,38 @@ class RunCache:
     def read(self, req: dict, spec) -> RunResult | None:
         """The cached RunResult of ``req``, or None: not there, or unusable (then a warning names the file and why)."""
         meta_path, weights_path = self.paths(req)
+        return self._checked(meta_path, f" (with {weights_path.name})", lambda: self._read(meta_path, weights_path, req, spec))
+
+    def read_record(self, req: dict) -> tuple | None:
+        """(record, provenance) of ``req`` written by ``write_record``, or None: not there, or unusable (then a
+        warning names the file and why)."""
+        meta_path, _ = self.paths(req)
+
+        def read():
+            entry = _entry(meta_path, req)
+            return _decode(entry["record"]), {**entry["provenance"], "origin": "run cache", "file": str(meta_path)}
+        return self._checked(meta_path, "", read)
+
+    @staticmethod
+    def _checked(meta_path: Path, also: str, read):
         if not meta_path.exists():
             return None
         try:
-            return self._read(meta_path, weights_path, req, spec)
+            return read()
         except (ValueError, KeyError, TypeError, OSError) as err:
-            warnings.warn(f"run cache: the entry {meta_path} (with {weights_path.name}) cannot be used ({err}); the run is "
-                          "trained again", RunCacheWarning, stacklevel=3)
+            warnings.warn(f"run cache: the entry {meta_path}{also} cannot be used ({err}); the run is trained again",
+                          RunCacheWarning, stacklevel=4)
             return None
 
     def _read(self, meta_path: Path, weights_path: Path, req: dict, spec) -> RunResult:
         from safetensors.numpy import load
 
-        try:
-            entry = json.loads(meta_path.read_text())
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"not a JSON file: {err}") from None
-        if not isinstance(entry, dict) or entry.get("format") != FORMAT or entry.get("version") != VERSION:
-            raise ValueError(f"not a {FORMAT} entry of version {VERSION}")
-        content = {k: v for k, v in entry.items() if k != "checksum"}
-        if entry.get("checksum") != sha256(canonical(content)):
-            raise ValueError("its checksum does not match its content (edited or damaged)")
-        if canonical(entry["request"]) != canonical(req):
-            raise ValueError(f"it holds another run ({entry['request'].get('spec')}) than the one asked for ({req['spec']})")
+        entry = _entry(meta_path, req)
         weights = weights_path.read_bytes()
         if sha256(weights) != entry["weights_sha256"]:
             raise ValueError(f"its weights file {weights_path.name} does not match the checksum it records")
         state = {k: np.array(v) for k, v in load(weights).items()}
-        res = entry["result"]
+        res = _decode(entry["result"])
         return RunResult(spec, list(res["losses"]), dict(res["final"]), int(res["trainable"]), float(res["seconds"]),
                          state, dict(res["val"]), {**entry["provenance"], "origin": "run cache", "file": str(meta_path)},
                          {k: list(v) for k, v in res.get("rows", {}).items()})
@@ -115,19 +131,74 @@ class RunCache:
         """Keep ``result`` (weights first, then its JSON: a run killed in between leaves no entry that reads)."""
         from safetensors.numpy import save
 
-        from minilora.io import write_atomically
-
         meta_path, weights_path = self.paths(req)
         weights = save({k: np.ascontiguousarray(v) for k, v in result.state.items()})
-        content = {"format": FORMAT, "version": VERSION, "request": req,
-                   "result": {"losses": [float(x) for x in result.losses], "final": _floats(result.final),
-                              "val": _floats(result.val), "trainable": int(result.trainable), "seconds": float(result.seconds),
-                              "rows": {k: [float(x) for x in v] for k, v in result.rows.items()}},
-                   "provenance": {k: v for k, v in result.provenance.items() if k not in ("origin", "run")},
-                   "weights_sha256": sha256(weights)}
-        text = json.dumps({**content, "checksum": sha256(canonical(content))}, indent=1, sort_keys=True) + "\n"
-        write_atomically({weights_path: lambda tmp: Path(tmp).write_bytes(weights),
-                          meta_path: lambda tmp: Path(tmp).write_text(text)})
+        _write_entry(meta_path, req, result.provenance, {
+            "result": _encode({"losses": [float(x) for x in result.losses], "final": _floats(result.final),
+                               "val": _floats(result.val), "trainable": int(result.trainable), "seconds": float(result.seconds),
+                               "rows": {k: [float(x) for x in v] for k, v in result.rows.items()}}),
+            "weights_sha256": sha256(weights)}, {weights_path: lambda tmp: Path(tmp).write_bytes(weights)})
+
+    def write_record(self, req: dict, record: dict, provenance: dict) -> None:
+        """Keep ``record`` -- plain figures (numbers, text, lists, dicts; NaN and infinities kept, as
+        ``{"float": "nan"}`` and the like, so that the file stays strict JSON) -- as ``req``'s entry, JSON
+        only, no weights."""
+        _write_entry(self.paths(req)[0], req, provenance, {"record": _encode(record)})
+
+
+def _entry(meta_path: Path, req: dict) -> dict:
+    """The checked JSON entry at ``meta_path``: this format and version, its checksum right, ``req``'s request."""
+    try:
+        entry = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"not a JSON file: {err}") from None
+    if not isinstance(entry, dict) or entry.get("format") != FORMAT or entry.get("version") != VERSION:
+        raise ValueError(f"not a {FORMAT} entry of version {VERSION}")
+    content = {k: v for k, v in entry.items() if k != "checksum"}
+    if entry.get("checksum") != sha256(canonical(content)):
+        raise ValueError("its checksum does not match its content (edited or damaged)")
+    if canonical(entry["request"]) != canonical(req):
+        raise ValueError(f"it holds another run ({entry['request'].get('spec')}) than the one asked for ({req['spec']})")
+    return entry
+
+
+def _write_entry(meta_path: Path, req: dict, provenance: dict, body: dict, first: dict | None = None) -> None:
+    """The JSON entry of ``req`` with ``body``, written atomically after the files of ``first`` ({path: writer})."""
+    from minilora.io import write_atomically
+
+    content = {"format": FORMAT, "version": VERSION, "request": req, **body,
+               "provenance": {k: v for k, v in provenance.items() if k not in ("origin", "run")}}
+    # in the order given (a record's keys as its maker wrote them); the checksum is over the canonical, sorted form
+    text = json.dumps({**content, "checksum": sha256(canonical(content))}, indent=1) + "\n"
+    write_atomically({**(first or {}), meta_path: lambda tmp: Path(tmp).write_text(text)})
+
+
+NONFINITE = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf")}
+
+
+def _encode(value):
+    """``value`` as strict JSON holds it: a NaN or infinity as ``{"float": "nan"}`` (``"inf"``, ``"-inf"``), tuples
+    as lists, NumPy scalars as Python's."""
+    if isinstance(value, dict):
+        return {str(k): _encode(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_encode(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return {"float": str(value)}
+    return value
+
+
+def _decode(value):
+    """``_encode``'s inverse (tuples come back as lists)."""
+    if isinstance(value, dict):
+        if value.keys() == {"float"} and value["float"] in NONFINITE:
+            return NONFINITE[value["float"]]
+        return {k: _decode(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode(v) for v in value]
+    return value
 
 
 def _floats(figures: dict) -> dict:

@@ -8,7 +8,8 @@ for both base models:
 * each is trained with one seed at every rate of a small grid; the rate whose run
   reaches the best *validation* figure is kept (the test split is never read to choose);
   a rate that wins at an **edge** of the grid is extended past, one step of the grid's
-  own log spacing at a time, at most ``EXTEND_STEPS`` times, until an interior rate wins
+  own log spacing at a time (or along a fixed ladder of rates, as the E2E section's half
+  decades), at most ``EXTEND_STEPS`` times, until an interior rate wins
   (``choose_rate_extended``); a setting still at an edge is named ("lr at the grid's edge");
 * every other setting takes the rate of the **nearest tuned one**: the same method and
   target set (else the default target set), the nearest rank on a log scale
@@ -87,14 +88,17 @@ def choose_rate(candidates: dict, key: str, higher_is_better: bool, baseline: fl
 
 
 def choose_rate_extended(grid, validate, key: str, higher_is_better: bool, baseline: float | None = None,
-                         steps: int = EXTEND_STEPS) -> tuple:
+                         steps: int = EXTEND_STEPS, ladder=None) -> tuple:
     """(rate, table): ``choose_rate`` over ``grid``, extended past a winning edge.
 
     ``validate(rate)`` trains one run at ``rate`` and returns its validation figures. When the
     chosen rate is the grid's smallest or largest, one more rate is tried beyond it, a step of the
     grid's own log spacing (``(max / min) ** (1 / (len - 1))``, e.g. sqrt(10) for 1e-3, 3e-3, 1e-2)
-    further out, and the rate chosen again -- at most ``steps`` times. ``table`` holds every rate
-    tried; ``at_edge(rate, table)`` says whether the rate chosen is still the smallest or largest."""
+    further out, and the rate chosen again -- at most ``steps`` times. With a ``ladder`` (sorted
+    rates, e.g. the half decades 1e-3, 3e-3, 1e-2, ...), the rate beyond is instead the ladder's
+    neighbour of the rate chosen; a ValueError says so if that rate is not on the ladder or the
+    ladder ends there. ``table`` holds every rate tried; ``at_edge(rate, table)`` says whether the
+    rate chosen is still the smallest or largest."""
     rates = sorted(float(r) for r in grid)
     if len(rates) < 2:
         raise ValueError(f"choose_rate_extended: a grid needs at least two rates to have an inside, got {list(grid)}")
@@ -107,10 +111,24 @@ def choose_rate_extended(grid, validate, key: str, higher_is_better: bool, basel
             break
         side = "up" if rate == max(figures) else "down"
         out[side] += 1
-        beyond = rates[-1] * spacing ** out["up"] if side == "up" else rates[0] / spacing ** out["down"]
-        beyond = float(f"{beyond:.3g}")
+        if ladder is not None:
+            beyond = ladder_neighbour(ladder, rate, side)
+        else:
+            beyond = rates[-1] * spacing ** out["up"] if side == "up" else rates[0] / spacing ** out["down"]
+            beyond = float(f"{beyond:.3g}")
         figures[beyond] = validate(beyond)
     return rate, dict(sorted(table.items()))
+
+
+def ladder_neighbour(ladder, rate: float, side: str) -> float:
+    """The rate next to ``rate`` on the sorted ``ladder``, above it (``side`` "up") or below it ("down")."""
+    ladder = sorted(float(r) for r in ladder)
+    if rate not in ladder:
+        raise ValueError(f"choose_rate_extended: the rate {rate:g} at the grid's edge is not on the ladder {ladder}")
+    i = ladder.index(rate) + (1 if side == "up" else -1)
+    if not 0 <= i < len(ladder):
+        raise ValueError(f"choose_rate_extended: the ladder {ladder} ends at {rate:g}; it has no rate {'above' if side == 'up' else 'below'} it")
+    return ladder[i]
 
 
 def at_edge(rate, rows) -> bool:

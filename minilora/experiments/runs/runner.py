@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from minilora.experiments.core import provenance
 from minilora.experiments.runs import rates as tuning
-from minilora.experiments.runs.cache import RunCache, request, run_key
+from minilora.experiments.runs.cache import RunCache, request, run_key, trained_provenance
 from minilora.experiments.runs.spec import RunSpec, setting_name
 from minilora.experiments.runs.summary import metric
 
@@ -46,9 +45,7 @@ def _train_or_read(session, base, spec):
             result.provenance["run"] = run_id
             return result
     result = base.finetune(spec, session)
-    result.provenance = {"origin": "trained", "run": run_id, "code_sha256": provenance.code_sha256(),
-                         "date": provenance.now_utc(), "load": provenance.machine()["load"],
-                         "wall_seconds": round(result.seconds, 2)}
+    result.provenance = trained_provenance(req, result.seconds)
     if cache is not None:
         cache.write(req, result)
     return result
