@@ -80,9 +80,11 @@ GPU_PY ?= python3
 gpu-check:
 	PY=$(GPU_PY) bash benchmarks/gpu_check.sh
 
-# Re-run the notebooks in full and save their outputs (slow; for maintainers).
+# Re-run the notebooks in full and save their outputs (slow; for maintainers). NOTEBOOKS=e2e_nlg runs
+# those alone; with MINILORA_RUN_CACHE naming a verify's run cache, the report notebooks read its runs back.
+NOTEBOOKS ?=
 notebooks: $(VENV)/.installed-test $(MINILM)
-	MINILORA_QUICK=0 $(PY) -m minilora.notebooks --execute-in-place
+	MINILORA_QUICK=0 $(PY) -m minilora.notebooks --execute-in-place $(NOTEBOOKS)
 
 # The documentation site in site/: README, docs/ and the notebooks (the claim reports with their
 # outputs, the course as students receive it), built offline with its own MathJax; --strict
@@ -94,7 +96,6 @@ docs: $(VENV)/.installed-docs
 # nbgrader_config.py, one assignment per week (minilora.course.WEEKS) in source/ and its student
 # version (no solution, no hidden test, no output) in release/. NOTEBOOKS=02_transformer regenerates
 # that notebook's week alone; the others are left as they are.
-NOTEBOOKS ?=
 exercises: $(VENV)/.installed-course
 	$(PY) -m minilora.notebooks --exercises build/exercises $(NOTEBOOKS)
 
